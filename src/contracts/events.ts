@@ -1,0 +1,147 @@
+// The data schemas of every event of the order saga, by type and version. A published
+// (type, version) never changes incompatibly: test/contracts checks this file against
+// published-schemas.json. A breaking change is a new version plus an upcaster.
+import { type TSchema, Type as T } from '@sinclair/typebox'
+
+const Id = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' })
+const Sku = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })
+const Currency = T.String({ pattern: '^[A-Z]{3}$' })
+const AmountMinor = T.Integer({ minimum: 0, maximum: 1_000_000_000_000 })
+const Quantity = T.Integer({ minimum: 1, maximum: 10_000 })
+const Timestamp = T.String({ format: 'date-time' })
+const Email = T.String({ format: 'email', maxLength: 254 })
+const Text = (maxLength: number) => T.String({ maxLength })
+
+const Address = T.Object(
+  {
+    name: T.String({ minLength: 1, maxLength: 200 }),
+    line1: T.String({ minLength: 1, maxLength: 200 }),
+    line2: T.Optional(Text(200)),
+    city: T.String({ minLength: 1, maxLength: 100 }),
+    postalCode: T.String({ minLength: 1, maxLength: 20 }),
+    country: T.String({ pattern: '^[A-Z]{2}$' }),
+  },
+  { additionalProperties: false },
+)
+
+const Line = T.Object({ sku: Sku, quantity: Quantity }, { additionalProperties: false })
+const PricedLine = T.Object({ sku: Sku, quantity: Quantity, unitPriceMinor: AmountMinor }, { additionalProperties: false })
+const Lines = T.Array(Line, { minItems: 1, maxItems: 100 })
+const Money = { amountMinor: AmountMinor, currency: Currency }
+
+const obj = (properties: Record<string, TSchema>) => T.Object(properties, { additionalProperties: false })
+
+export const CancelReason = T.Union([
+  T.Literal('out-of-stock'),
+  T.Literal('payment-declined'),
+  T.Literal('payment-failed'),
+  T.Literal('deadline-passed'),
+  T.Literal('customer-cancelled'),
+  T.Literal('invalid-order'),
+])
+
+/** type → version → schema of `data`. */
+export const eventSchemas: Record<string, Record<number, TSchema>> = {
+  'order.requested': {
+    1: obj({ orderId: Id, customerId: Id, lines: Lines, shippingAddress: Address, paymentMethodToken: Id }),
+  },
+  'order.placed': {
+    1: obj({ orderId: Id, customerId: Id, lines: T.Array(PricedLine, { minItems: 1, maxItems: 100 }), totalMinor: AmountMinor, currency: Currency }),
+  },
+  'order.cancel-requested': { 1: obj({ orderId: Id, requestedBy: Id }) },
+  'order.confirmed': { 1: obj({ orderId: Id }) },
+  'order.cancelled': { 1: obj({ orderId: Id, reason: CancelReason, detail: T.Optional(Text(500)) }) },
+  'order.shipped': { 1: obj({ orderId: Id, shipmentId: Id }) },
+  'order.delivered': { 1: obj({ orderId: Id, shipmentId: Id }) },
+  'inventory.reserved': { 1: obj({ orderId: Id, reservationId: Id, lines: Lines, expiresAt: Timestamp }) },
+  'inventory.rejected': {
+    1: obj({
+      orderId: Id,
+      shortages: T.Array(obj({ sku: Sku, requested: Quantity, available: T.Integer({ minimum: 0 }) }), { maxItems: 100 }),
+    }),
+  },
+  'inventory.committed': { 1: obj({ orderId: Id, reservationId: Id }) },
+  'inventory.released': {
+    1: obj({ orderId: Id, reservationId: Id, reason: T.Union([T.Literal('compensation'), T.Literal('expired')]) }),
+  },
+  'inventory.adjusted': {
+    1: obj({
+      sku: Sku,
+      delta: T.Integer({ minimum: -1_000_000, maximum: 1_000_000 }),
+      reason: T.Union([T.Literal('restock'), T.Literal('write-off')]),
+      onHand: T.Integer({ minimum: 0 }),
+      available: T.Integer({ minimum: 0 }),
+    }),
+  },
+  'payment.authorized': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
+  'payment.declined': { 1: obj({ orderId: Id, reason: Text(200) }) },
+  'payment.failed': { 1: obj({ orderId: Id, reason: Text(200) }) },
+  'payment.captured': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
+  'payment.voided': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
+  'payment.refunded': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
+  'shipment.scheduled': {
+    1: obj({ orderId: Id, shipmentId: Id, carrier: T.String({ minLength: 1, maxLength: 50 }), trackingNumber: Id }),
+  },
+  'shipment.shipped': { 1: obj({ orderId: Id, shipmentId: Id }) },
+  'shipment.delivered': { 1: obj({ orderId: Id, shipmentId: Id }) },
+  'notification.sent': {
+    1: obj({
+      notificationId: Id,
+      customerId: Id,
+      channel: T.Union([T.Literal('email'), T.Literal('webhook')]),
+      template: T.String({ minLength: 1, maxLength: 64 }),
+      orderId: T.Optional(Id),
+    }),
+  },
+  'customer.registered': {
+    1: obj({ customerId: Id, email: Email, name: T.String({ minLength: 1, maxLength: 200 }) }),
+    2: obj({
+      customerId: Id,
+      email: Email,
+      givenName: T.String({ minLength: 1, maxLength: 100 }),
+      familyName: T.String({ maxLength: 100 }),
+    }),
+  },
+  'customer.address-added': { 1: obj({ customerId: Id, addressId: Id, address: Address }) },
+  'product.upserted': {
+    1: obj({
+      sku: Sku,
+      name: T.String({ minLength: 1, maxLength: 200 }),
+      description: Text(5000),
+      category: T.String({ minLength: 1, maxLength: 100 }),
+      priceMinor: AmountMinor,
+      currency: Currency,
+    }),
+  },
+  'flag.changed': {
+    1: obj({ key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }), definition: T.Record(T.String(), T.Unknown()) }),
+  },
+}
+
+/**
+ * Upcasters lift `data` of version N to N+1, so a consumer only ever sees the latest version.
+ * Keyed by type, then by the version they read.
+ */
+export const upcasters: Record<string, Record<number, (data: Record<string, unknown>) => Record<string, unknown>>> = {
+  'customer.registered': {
+    1: ({ name, ...rest }) => {
+      const full = String(name).trim()
+      const space = full.indexOf(' ')
+      return space < 0
+        ? { ...rest, givenName: full, familyName: '' }
+        : { ...rest, givenName: full.slice(0, space), familyName: full.slice(space + 1).trim() }
+    },
+  },
+}
+
+/** The topic an event type lives on: one per aggregate, so order is kept per aggregate id. */
+export const topicOf: Record<string, string> = {
+  order: 'orders',
+  inventory: 'inventory',
+  payment: 'payments',
+  shipment: 'shipments',
+  notification: 'notifications',
+  customer: 'customers',
+  product: 'products',
+  flag: 'flags',
+}

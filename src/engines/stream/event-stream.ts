@@ -1,0 +1,287 @@
+// Events on top of any stream engine: every event is validated and encoded (CloudEvents
+// binary binding) when published, decoded, validated and upcast when consumed. A handler
+// that throws is retried with exponential backoff and jitter, a bounded number of times;
+// then the record is parked on `<topic>.dlq` with the error, the attempt count and its
+// original position, and the group moves on. A record that cannot be decoded goes to
+// the DLQ at once: it never reaches a handler.
+import { type CloudEvent, decodeEvent, encodeEvent } from '../../contracts/envelope.ts'
+import { eventRegistry } from '../../contracts/registry.ts'
+import { errorMessage, InvalidEventError } from '../../platform/errors.ts'
+import { backoffMs, sleep } from '../../platform/limits.ts'
+import type { Logger } from '../../platform/logger.ts'
+import { latencyBucketsSeconds, type Metrics } from '../../platform/metrics.ts'
+import { currentTraceparent, inSpan, SpanKind } from '../../platform/tracing.ts'
+import {
+  type ConsumerHandle,
+  dlqTopicOf,
+  type OutgoingRecord,
+  type RecordPosition,
+  type StreamEngine,
+  type StreamRecord,
+} from './port.ts'
+
+export interface RetryPolicy {
+  attemptsMax: number
+  backoffBaseMs: number
+  backoffMaxMs: number
+}
+
+export interface EventStreamOptions {
+  partitions: number
+  eventBytesMax: number
+  batchSizeMax: number
+  retry: RetryPolicy
+  lagIntervalMs: number
+}
+
+export interface SubscribeOptions {
+  group: string
+  topics: string[]
+  startAt?: 'earliest' | 'latest'
+  handle: (event: CloudEvent, position: RecordPosition) => Promise<void>
+  retry?: Partial<RetryPolicy>
+}
+
+export interface Subscription {
+  readonly group: string
+  assignment(): string[]
+  stop(): Promise<void>
+  abort(): Promise<void>
+}
+
+export interface DeadLetter {
+  position: RecordPosition
+  original: RecordPosition & { group: string }
+  error: string
+  attempts: number
+  failedAt: string
+  record: StreamRecord
+}
+
+export class EventStream {
+  readonly engine: StreamEngine
+  readonly options: EventStreamOptions
+  readonly #log: Logger
+  readonly #metrics: Metrics
+  readonly #subscriptions = new Set<Subscription>()
+  readonly #lagTimers = new Set<NodeJS.Timeout>()
+
+  constructor(engine: StreamEngine, options: EventStreamOptions, log: Logger, metrics: Metrics) {
+    this.engine = engine
+    this.options = options
+    this.#log = log
+    this.#metrics = metrics
+  }
+
+  /** Creates every topic of the contracts, and its dead-letter topic. */
+  async ensureTopics(topics: string[] = eventRegistry.topics()): Promise<void> {
+    await this.engine.ensureTopics([...topics, ...topics.map(dlqTopicOf)], this.options.partitions)
+  }
+
+  /** Validates, encodes and appends events; resolves once they are durable. */
+  async publish(events: CloudEvent[]): Promise<RecordPosition[]> {
+    const traceparent = currentTraceparent()
+    const records = events.map((event) =>
+      encodeEvent(event.traceparent || !traceparent ? event : { ...event, traceparent }, {
+        eventBytesMax: this.options.eventBytesMax,
+      }),
+    )
+    const positions = await this.engine.publish(records)
+    this.#metrics
+      .counter('mercato_stream_published_total', 'Events appended to the stream.', ['engine'])
+      .inc({ engine: this.engine.kind }, records.length)
+    return positions
+  }
+
+  async subscribe(options: SubscribeOptions): Promise<Subscription> {
+    const retry = { ...this.options.retry, ...options.retry }
+    const handled = this.#metrics.counter('mercato_stream_handled_total', 'Events handled, by outcome.', [
+      'group',
+      'outcome',
+    ])
+    const duration = this.#metrics.histogram(
+      'mercato_stream_handler_seconds',
+      'Time a handler took for one event, retries included.',
+      ['group'],
+      latencyBucketsSeconds,
+    )
+    const delivered = this.#metrics.histogram(
+      'mercato_stream_publish_to_handle_seconds',
+      'Time from append to the start of handling.',
+      ['group'],
+      latencyBucketsSeconds,
+    )
+    const stopped = new AbortController()
+    const handle = await this.engine.consume({
+      group: options.group,
+      topics: options.topics,
+      startAt: options.startAt ?? 'earliest',
+      batchSizeMax: this.options.batchSizeMax,
+      onBatch: async (batch) => {
+        for (const record of batch.records) {
+          if (stopped.signal.aborted) throw new Error('subscription stopped')
+          delivered.observe({ group: options.group }, Math.max(0, Date.now() - record.timestampMs) / 1000)
+          const started = performance.now()
+          const outcome = await this.#handleRecord(options, retry, record, stopped.signal)
+          duration.observe({ group: options.group }, (performance.now() - started) / 1000)
+          handled.inc({ group: options.group, outcome })
+        }
+      },
+    })
+    const lagTimer = this.#watchLag(options.group, options.topics)
+    const subscription: Subscription = {
+      group: options.group,
+      assignment: () => handle.assignment(),
+      stop: async () => {
+        this.#forget(subscription, lagTimer)
+        await handle.stop()
+      },
+      abort: async () => {
+        stopped.abort()
+        this.#forget(subscription, lagTimer)
+        await handle.abort()
+      },
+    }
+    this.#subscriptions.add(subscription)
+    return subscription
+  }
+
+  /** Decodes, then handles with retries; returns the outcome. Throws only to leave the batch uncommitted. */
+  async #handleRecord(
+    options: SubscribeOptions,
+    retry: RetryPolicy,
+    record: StreamRecord,
+    stopped: AbortSignal,
+  ): Promise<'ok' | 'invalid' | 'dead-lettered'> {
+    let event: CloudEvent
+    try {
+      event = decodeEvent(record.headers, record.value)
+    } catch (error) {
+      await this.#deadLetter(options.group, record, error, 0)
+      return 'invalid'
+    }
+    const position = { topic: record.topic, partition: record.partition, offset: record.offset }
+    for (let attempt = 1; ; attempt++) {
+      try {
+        await inSpan(
+          `${options.group} handle ${event.type}`,
+          {
+            traceparent: event.traceparent,
+            kind: SpanKind.CONSUMER,
+            attributes: { 'messaging.consumer.group.name': options.group, 'cloudevents.event_id': event.id },
+          },
+          () => options.handle(event, position),
+        )
+        return 'ok'
+      } catch (error) {
+        if (stopped.aborted) throw error
+        if (attempt >= retry.attemptsMax) {
+          this.#log.warn(
+            { group: options.group, eventId: event.id, type: event.type, attempt, err: errorMessage(error) },
+            'handler failed for the last time: dead-lettered',
+          )
+          await this.#deadLetter(options.group, record, error, attempt)
+          return 'dead-lettered'
+        }
+        this.#log.debug({ group: options.group, eventId: event.id, attempt, err: errorMessage(error) }, 'retrying')
+        await sleep(backoffMs(attempt, retry.backoffBaseMs, retry.backoffMaxMs), stopped)
+      }
+    }
+  }
+
+  async #deadLetter(group: string, record: StreamRecord, error: unknown, attempts: number): Promise<void> {
+    const reason = error instanceof InvalidEventError ? `invalid event: ${error.message}` : errorMessage(error)
+    const dead: OutgoingRecord = {
+      topic: dlqTopicOf(record.topic),
+      key: record.key,
+      value: record.value,
+      headers: {
+        ...record.headers,
+        mercato_dlq_error: reason.slice(0, 2000),
+        mercato_dlq_attempts: String(attempts),
+        mercato_dlq_group: group,
+        mercato_dlq_topic: record.topic,
+        mercato_dlq_partition: String(record.partition),
+        mercato_dlq_offset: String(record.offset),
+        mercato_dlq_failed_at: new Date().toISOString(),
+      },
+    }
+    await this.engine.publish([dead])
+    this.#metrics
+      .counter('mercato_stream_dead_lettered_total', 'Records parked on a dead-letter topic.', ['group', 'topic'])
+      .inc({ group, topic: record.topic })
+  }
+
+  /** Lists what a topic's dead-letter topic holds. */
+  async deadLetters(topic: string, countMax = 100): Promise<DeadLetter[]> {
+    const dlq = dlqTopicOf(topic)
+    const letters: DeadLetter[] = []
+    const partitions = await this.engine.partitionsOf(dlq)
+    for (let p = 0; p < partitions && letters.length < countMax; p++) {
+      for (const record of await this.engine.read(dlq, p, 0, countMax - letters.length)) {
+        letters.push(toDeadLetter(record))
+      }
+    }
+    return letters
+  }
+
+  /** Re-publishes dead letters to their original topic (the `mercato_dlq_*` headers removed). */
+  async replayDeadLetters(letters: DeadLetter[]): Promise<RecordPosition[]> {
+    const records = letters.map(({ record, original }) => ({
+      topic: original.topic,
+      key: record.key,
+      value: record.value,
+      headers: Object.fromEntries(Object.entries(record.headers).filter(([name]) => !name.startsWith('mercato_dlq_'))),
+    }))
+    return this.engine.publish(records)
+  }
+
+  #watchLag(group: string, topics: string[]): NodeJS.Timeout {
+    const gauge = this.#metrics.gauge('mercato_stream_consumer_lag', 'Records not yet handled by a group.', [
+      'group',
+      'topic',
+      'partition',
+    ])
+    const timer = setInterval(async () => {
+      try {
+        for (const lag of await this.engine.lag(group, topics)) {
+          gauge.set({ group, topic: lag.topic, partition: String(lag.partition) }, lag.lag)
+        }
+      } catch (error) {
+        this.#log.debug({ group, err: errorMessage(error) }, 'lag not measured')
+      }
+    }, this.options.lagIntervalMs)
+    timer.unref()
+    this.#lagTimers.add(timer)
+    return timer
+  }
+
+  #forget(subscription: Subscription, lagTimer: NodeJS.Timeout): void {
+    clearInterval(lagTimer)
+    this.#lagTimers.delete(lagTimer)
+    this.#subscriptions.delete(subscription)
+  }
+
+  /** Stops every subscription (in-flight handlers finish, offsets are committed), then the engine. */
+  async close(): Promise<void> {
+    await Promise.all([...this.#subscriptions].map((subscription) => subscription.stop()))
+    await this.engine.close()
+  }
+}
+
+function toDeadLetter(record: StreamRecord): DeadLetter {
+  const h = record.headers
+  return {
+    position: { topic: record.topic, partition: record.partition, offset: record.offset },
+    original: {
+      group: h.mercato_dlq_group ?? '',
+      topic: h.mercato_dlq_topic ?? record.topic.replace(/\.dlq$/, ''),
+      partition: Number(h.mercato_dlq_partition ?? -1),
+      offset: Number(h.mercato_dlq_offset ?? -1),
+    },
+    error: h.mercato_dlq_error ?? '',
+    attempts: Number(h.mercato_dlq_attempts ?? 0),
+    failedAt: h.mercato_dlq_failed_at ?? '',
+    record,
+  }
+}

@@ -1,0 +1,101 @@
+// Every error a caller can see is created here once, with a code and an HTTP status,
+// and rendered as RFC 9457 problem details.
+
+export interface ProblemDetails {
+  type: string
+  title: string
+  status: number
+  detail?: string
+  instance?: string
+  [extension: string]: unknown
+}
+
+export class MercatoError extends Error {
+  readonly code: string
+  readonly status: number
+  readonly extensions: Record<string, unknown>
+  constructor(code: string, status: number, message: string, extensions: Record<string, unknown> = {}) {
+    super(message)
+    this.name = 'MercatoError'
+    this.code = code
+    this.status = status
+    this.extensions = extensions
+  }
+}
+
+/** A bounded resource (pool, queue, in-flight limit) is full: shed, never wait without end. */
+export class OverloadedError extends MercatoError {
+  readonly retryAfterSeconds: number
+  constructor(resource: string, detail: string, retryAfterSeconds = 1) {
+    super('overloaded', 503, `${resource}: ${detail}`, { resource })
+    this.name = 'OverloadedError'
+    this.retryAfterSeconds = retryAfterSeconds
+  }
+}
+
+export class TimeoutError extends MercatoError {
+  constructor(operation: string, timeoutMs: number) {
+    super('timeout', 503, `${operation} did not finish within ${timeoutMs} ms`, { operation, timeoutMs })
+    this.name = 'TimeoutError'
+  }
+}
+
+export class InvalidEventError extends MercatoError {
+  constructor(reason: string, extensions: Record<string, unknown> = {}) {
+    super('invalid-event', 400, reason, extensions)
+    this.name = 'InvalidEventError'
+  }
+}
+
+export class ConfigError extends MercatoError {
+  readonly setting: string
+  constructor(setting: string, problem: string) {
+    super('invalid-configuration', 500, `${setting}: ${problem}`, { setting })
+    this.name = 'ConfigError'
+    this.setting = setting
+  }
+}
+
+export class UnreachableError extends MercatoError {
+  constructor(what: string, url: string, cause: unknown) {
+    super('unreachable', 503, `${what} at ${redactUrl(url)} is unreachable: ${errorMessage(cause)}`, { what })
+    this.name = 'UnreachableError'
+  }
+}
+
+export function toProblem(error: unknown, instance?: string): ProblemDetails {
+  if (error instanceof MercatoError) {
+    return {
+      type: `https://mercato.dev/problems/${error.code}`,
+      title: titleOf(error.code),
+      status: error.status,
+      detail: error.message,
+      ...(instance ? { instance } : {}),
+      ...error.extensions,
+    }
+  }
+  // Unknown errors never leak their message or stack to a caller.
+  return { type: 'about:blank', title: 'Internal Server Error', status: 500, ...(instance ? { instance } : {}) }
+}
+
+function titleOf(code: string): string {
+  const words = code.replaceAll('-', ' ')
+  return words.charAt(0).toUpperCase() + words.slice(1)
+}
+
+export function errorMessage(error: unknown): string {
+  if (error instanceof AggregateError && error.errors.length > 0) return errorMessage(error.errors[0])
+  if (error instanceof Error) return error.message || error.name
+  return String(error)
+}
+
+/** Drops the password from a URL before it is logged or shown. */
+export function redactUrl(url: string): string {
+  try {
+    const parsed = new URL(url)
+    if (parsed.password) parsed.password = '***'
+    return parsed.toString()
+  } catch {
+    return url
+  }
+}

@@ -1,0 +1,45 @@
+import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+
+/** One registry per process; every component registers its metrics here. */
+export class Metrics {
+  readonly registry = new Registry()
+  readonly #created = new Map<string, Counter | Gauge | Histogram>()
+
+  constructor(options: { defaultMetrics?: boolean } = {}) {
+    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'mercato_' })
+  }
+
+  counter(name: string, help: string, labelNames: string[] = []): Counter {
+    return this.#once(name, () => new Counter({ name, help, labelNames, registers: [this.registry] })) as Counter
+  }
+
+  gauge(name: string, help: string, labelNames: string[] = []): Gauge {
+    return this.#once(name, () => new Gauge({ name, help, labelNames, registers: [this.registry] })) as Gauge
+  }
+
+  histogram(name: string, help: string, labelNames: string[] = [], buckets?: number[]): Histogram {
+    return this.#once(
+      name,
+      () => new Histogram({ name, help, labelNames, registers: [this.registry], ...(buckets ? { buckets } : {}) }),
+    ) as Histogram
+  }
+
+  text(): Promise<string> {
+    return this.registry.metrics()
+  }
+
+  get contentType(): string {
+    return this.registry.contentType
+  }
+
+  #once(name: string, create: () => Counter | Gauge | Histogram) {
+    let metric = this.#created.get(name)
+    if (!metric) {
+      metric = create()
+      this.#created.set(name, metric)
+    }
+    return metric
+  }
+}
+
+export const latencyBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]

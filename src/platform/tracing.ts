@@ -1,0 +1,60 @@
+import { context, type Context, propagation, type Span, SpanKind, SpanStatusCode, trace } from '@opentelemetry/api'
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks'
+import { W3CTraceContextPropagator } from '@opentelemetry/core'
+import { BasicTracerProvider } from '@opentelemetry/sdk-trace-base'
+import { errorMessage } from './errors.ts'
+
+let installed = false
+
+/** Installs the OpenTelemetry SDK once per process: real trace and span ids, W3C propagation. */
+export function installTracing(): void {
+  if (installed) return
+  installed = true
+  const contextManager = new AsyncLocalStorageContextManager()
+  contextManager.enable()
+  context.setGlobalContextManager(contextManager)
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator())
+  trace.setGlobalTracerProvider(new BasicTracerProvider())
+}
+
+const tracer = () => trace.getTracer('mercato')
+
+/** The W3C traceparent of the active span, to put into an event or an outgoing call. */
+export function currentTraceparent(): string | undefined {
+  const carrier: Record<string, string> = {}
+  propagation.inject(context.active(), carrier)
+  return carrier.traceparent
+}
+
+export function currentTraceId(): string | undefined {
+  const spanContext = trace.getSpan(context.active())?.spanContext()
+  return spanContext && trace.isSpanContextValid(spanContext) ? spanContext.traceId : undefined
+}
+
+function parentFrom(traceparent: string | undefined): Context {
+  if (!traceparent) return context.active()
+  return propagation.extract(context.active(), { traceparent })
+}
+
+/** Runs `work` in a new span, child of `traceparent` when given (a consumed event continues its producer's trace). */
+export async function inSpan<T>(
+  name: string,
+  options: { traceparent?: string; kind?: SpanKind; attributes?: Record<string, string | number> },
+  work: (span: Span) => Promise<T>,
+): Promise<T> {
+  const span = tracer().startSpan(
+    name,
+    { kind: options.kind ?? SpanKind.INTERNAL, attributes: options.attributes },
+    parentFrom(options.traceparent),
+  )
+  try {
+    return await context.with(trace.setSpan(parentFrom(options.traceparent), span), () => work(span))
+  } catch (error) {
+    span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) })
+    throw error
+  } finally {
+    span.end()
+  }
+}
+
+export { SpanKind }
