@@ -27,6 +27,8 @@ export interface RetryPolicy {
 }
 
 export interface EventStreamOptions {
+  /** Put before every topic name, so several deployments (or test runs) can share one cluster. */
+  topicPrefix: string
   partitions: number
   eventBytesMax: number
   batchSizeMax: number
@@ -75,17 +77,24 @@ export class EventStream {
 
   /** Creates every topic of the contracts, and its dead-letter topic. */
   async ensureTopics(topics: string[] = eventRegistry.topics()): Promise<void> {
-    await this.engine.ensureTopics([...topics, ...topics.map(dlqTopicOf)], this.options.partitions)
+    const names = topics.map((topic) => this.topic(topic))
+    await this.engine.ensureTopics([...names, ...names.map(dlqTopicOf)], this.options.partitions)
+  }
+
+  /** The engine's name for a contracts topic. */
+  topic(name: string): string {
+    return this.options.topicPrefix + name
   }
 
   /** Validates, encodes and appends events; resolves once they are durable. */
   async publish(events: CloudEvent[]): Promise<RecordPosition[]> {
     const traceparent = currentTraceparent()
-    const records = events.map((event) =>
-      encodeEvent(event.traceparent || !traceparent ? event : { ...event, traceparent }, {
+    const records = events.map((event) => {
+      const record = encodeEvent(event.traceparent || !traceparent ? event : { ...event, traceparent }, {
         eventBytesMax: this.options.eventBytesMax,
-      }),
-    )
+      })
+      return { ...record, topic: this.topic(record.topic) }
+    })
     const positions = await this.engine.publish(records)
     this.#metrics
       .counter('mercato_stream_published_total', 'Events appended to the stream.', ['engine'])
@@ -114,7 +123,7 @@ export class EventStream {
     const stopped = new AbortController()
     const handle = await this.engine.consume({
       group: options.group,
-      topics: options.topics,
+      topics: options.topics.map((topic) => this.topic(topic)),
       startAt: options.startAt ?? 'earliest',
       batchSizeMax: this.options.batchSizeMax,
       onBatch: async (batch) => {
@@ -128,7 +137,7 @@ export class EventStream {
         }
       },
     })
-    const lagTimer = this.#watchLag(options.group, options.topics)
+    const lagTimer = this.#watchLag(options.group, options.topics.map((topic) => this.topic(topic)))
     const subscription: Subscription = {
       group: options.group,
       assignment: () => handle.assignment(),
@@ -214,7 +223,7 @@ export class EventStream {
 
   /** Lists what a topic's dead-letter topic holds. */
   async deadLetters(topic: string, countMax = 100): Promise<DeadLetter[]> {
-    const dlq = dlqTopicOf(topic)
+    const dlq = dlqTopicOf(this.topic(topic))
     const letters: DeadLetter[] = []
     const partitions = await this.engine.partitionsOf(dlq)
     for (let p = 0; p < partitions && letters.length < countMax; p++) {

@@ -1,0 +1,23 @@
+import type { Store, Tx } from './port.ts'
+
+/**
+ * Runs `work` at most once per (consumer, event id): the id is recorded in the same
+ * transaction as the state change, so a redelivered event has no second effect.
+ * Resolves false when the event had been handled already.
+ */
+export async function handleOnce(
+  store: Store,
+  consumer: string,
+  eventId: string,
+  work: (tx: Tx) => Promise<void>,
+): Promise<boolean> {
+  return store.transaction(async (tx) => {
+    const inserted = await tx.execute(
+      'INSERT INTO mercato_inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
+      [consumer, eventId, new Date().toISOString()],
+    )
+    if (inserted === 0) return false
+    await work(tx)
+    return true
+  })
+}

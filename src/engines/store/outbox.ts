@@ -1,0 +1,137 @@
+// The transactional outbox: a service writes the events it emits into its own store, in
+// the same transaction as its state change; the relay publishes them and marks them sent.
+// A crash between publish and mark publishes again; the consumer's inbox absorbs it.
+import type { CloudEvent } from '../../contracts/envelope.ts'
+import { eventRegistry } from '../../contracts/registry.ts'
+import { errorMessage } from '../../platform/errors.ts'
+import { sleep } from '../../platform/limits.ts'
+import type { Logger } from '../../platform/logger.ts'
+import type { Metrics } from '../../platform/metrics.ts'
+import type { EventStream } from '../stream/event-stream.ts'
+import type { Store, Tx } from './port.ts'
+
+const wakers = new WeakMap<object, Set<() => void>>()
+
+/** Adds events to the outbox inside `tx`; they are validated now, so a bad event rolls the transaction back. */
+export async function addToOutbox(store: Store, tx: Tx, events: CloudEvent[]): Promise<void> {
+  const now = new Date().toISOString()
+  for (const event of events) {
+    eventRegistry.assertValid(event)
+    await tx.execute('INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2)', [JSON.stringify(event), now])
+  }
+  tx.afterCommit(() => {
+    for (const wake of wakers.get(store) ?? []) wake()
+  })
+}
+
+export interface OutboxRow {
+  id: number
+  event: CloudEvent
+}
+
+export interface OutboxRelayOptions {
+  batchSizeMax: number
+  pollIntervalMs: number
+  sentRetentionMs: number
+}
+
+export class OutboxRelay {
+  readonly #store: Store
+  readonly #stream: EventStream
+  readonly #options: OutboxRelayOptions
+  readonly #log: Logger
+  readonly #metrics: Metrics
+  readonly #stop = new AbortController()
+  #wake: (() => void) | undefined
+  #running: Promise<void> | undefined
+  #lastPruneMs = 0
+
+  constructor(store: Store, stream: EventStream, options: OutboxRelayOptions, log: Logger, metrics: Metrics) {
+    this.#store = store
+    this.#stream = stream
+    this.#options = options
+    this.#log = log
+    this.#metrics = metrics
+  }
+
+  start(): void {
+    let set = wakers.get(this.#store)
+    if (!set) wakers.set(this.#store, (set = new Set()))
+    set.add(this.#onWrite)
+    this.#running = this.#loop()
+  }
+
+  readonly #onWrite = () => this.#wake?.()
+
+  async #loop(): Promise<void> {
+    while (!this.#stop.signal.aborted) {
+      let relayed = 0
+      try {
+        relayed = await this.relayOnce()
+        await this.#pruneIfDue()
+      } catch (error) {
+        this.#log.warn({ store: this.#store.service, err: errorMessage(error) }, 'outbox relay failed; will retry')
+        await sleep(this.#options.pollIntervalMs * 10, this.#stop.signal)
+      }
+      if (relayed === 0) {
+        await new Promise<void>((resolve) => {
+          this.#wake = resolve
+          sleep(this.#options.pollIntervalMs, this.#stop.signal).then(resolve)
+        })
+        this.#wake = undefined
+      }
+    }
+  }
+
+  /** Publishes one batch of unsent events and marks them sent; resolves with how many. */
+  async relayOnce(): Promise<number> {
+    const rows = await this.pending()
+    if (rows.length === 0) return 0
+    await this.publish(rows)
+    await this.markSent(rows)
+    return rows.length
+  }
+
+  async pending(): Promise<OutboxRow[]> {
+    const rows = await this.#store.query<{ id: number; event: string }>(
+      'SELECT id, event FROM mercato_outbox WHERE sent_at IS NULL ORDER BY id LIMIT $1',
+      [this.#options.batchSizeMax],
+    )
+    return rows.map((row) => ({ id: Number(row.id), event: JSON.parse(row.event) }))
+  }
+
+  async publish(rows: OutboxRow[]): Promise<void> {
+    await this.#stream.publish(rows.map((row) => row.event))
+    this.#metrics
+      .counter('mercato_outbox_relayed_total', 'Events relayed from a service outbox to the stream.', ['store'])
+      .inc({ store: this.#store.service }, rows.length)
+  }
+
+  async markSent(rows: OutboxRow[]): Promise<void> {
+    const ids = rows.map((row) => row.id)
+    const placeholders = ids.map((_, i) => `$${i + 2}`).join(', ')
+    await this.#store.transaction((tx) =>
+      tx.execute(`UPDATE mercato_outbox SET sent_at = $1 WHERE id IN (${placeholders})`, [
+        new Date().toISOString(),
+        ...ids,
+      ]),
+    )
+  }
+
+  async #pruneIfDue(): Promise<void> {
+    const now = Date.now()
+    if (now - this.#lastPruneMs < 60_000) return
+    this.#lastPruneMs = now
+    const before = new Date(now - this.#options.sentRetentionMs).toISOString()
+    await this.#store.transaction((tx) =>
+      tx.execute('DELETE FROM mercato_outbox WHERE sent_at IS NOT NULL AND sent_at < $1', [before]),
+    )
+  }
+
+  async stop(): Promise<void> {
+    this.#stop.abort()
+    this.#wake?.()
+    wakers.get(this.#store)?.delete(this.#onWrite)
+    await this.#running
+  }
+}

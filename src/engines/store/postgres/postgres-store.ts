@@ -1,0 +1,132 @@
+import pg from 'pg'
+import { UnreachableError } from '../../../platform/errors.ts'
+import { Semaphore, withTimeout } from '../../../platform/limits.ts'
+import {
+  assertServiceName,
+  coreMigrations,
+  type Migration,
+  migrationSql,
+  type SqlValue,
+  type Store,
+  type StoreLimits,
+  type Tx,
+} from '../port.ts'
+
+// BIGINT and COUNT(*) come back as numbers, as they do from SQLite.
+const types = {
+  getTypeParser: (oid: number, format?: 'text' | 'binary') =>
+    oid === 20 ? (value: string) => Number(value) : pg.types.getTypeParser(oid, format as 'text'),
+}
+
+/**
+ * One PostgreSQL schema per service, on a bounded pool. A caller waits for a connection
+ * only within `acquireTimeoutMs` and only while fewer than `queueLengthMax` others wait;
+ * a transaction holds exactly one connection and never asks for a second.
+ */
+export class PostgresStore implements Store {
+  readonly kind = 'postgres' as const
+  readonly service: string
+  readonly #pool: pg.Pool
+  readonly #connections: Semaphore
+  readonly #url: string
+
+  constructor(url: string, service: string, limits: StoreLimits) {
+    assertServiceName(service)
+    this.service = service
+    this.#url = url
+    this.#pool = new pg.Pool({
+      connectionString: url,
+      max: limits.poolSizeMax,
+      connectionTimeoutMillis: limits.acquireTimeoutMs,
+      idleTimeoutMillis: 30_000,
+      statement_timeout: limits.statementTimeoutMs,
+      idle_in_transaction_session_timeout: limits.statementTimeoutMs * 2,
+      options: `-c search_path=${service}`,
+      types,
+    })
+    this.#pool.on('error', () => {})
+    this.#connections = new Semaphore(`store.${service}`, {
+      permitsMax: limits.poolSizeMax,
+      queueLengthMax: limits.queueLengthMax,
+      acquireTimeoutMs: limits.acquireTimeoutMs,
+    })
+  }
+
+  async migrate(migrations: Migration[]): Promise<void> {
+    await this.#withClient(async (client) => {
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${this.service}`)
+      await client.query('CREATE TABLE IF NOT EXISTS mercato_migrations (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)')
+    })
+    for (const migration of [...coreMigrations, ...migrations]) {
+      await this.transaction(async (tx) => {
+        // Several processes may start at once: one applies each migration, the others wait.
+        await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`mercato-migrate-${this.service}`])
+        const done = await tx.query('SELECT 1 FROM mercato_migrations WHERE id = $1', [migration.id])
+        if (done.length > 0) return
+        await tx.execute(migrationSql(migration, 'postgres'))
+        await tx.execute('INSERT INTO mercato_migrations (id, applied_at) VALUES ($1, $2)', [
+          migration.id,
+          new Date().toISOString(),
+        ])
+      })
+    }
+  }
+
+  async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+    return this.#withClient(async (client) => {
+      const callbacks: (() => void)[] = []
+      const tx: Tx = {
+        query: async (sql, params) => (await client.query(sql, params?.map(toPg))).rows,
+        execute: async (sql, params) => (await client.query(sql, params?.map(toPg))).rowCount ?? 0,
+        afterCommit: (callback) => callbacks.push(callback),
+      }
+      await client.query('BEGIN')
+      let result: T
+      try {
+        result = await work(tx)
+        await client.query('COMMIT')
+      } catch (error) {
+        await client.query('ROLLBACK').catch(() => {})
+        throw error
+      }
+      for (const callback of callbacks) callback()
+      return result
+    })
+  }
+
+  async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
+    return this.#withClient(async (client) => (await client.query(sql, params?.map(toPg))).rows as Row[])
+  }
+
+  async ping(): Promise<void> {
+    try {
+      await withTimeout('postgres ping', 5_000, this.query('SELECT 1'))
+    } catch (error) {
+      throw new UnreachableError('PostgreSQL', this.#url, error)
+    }
+  }
+
+  async close(): Promise<void> {
+    await this.#pool.end()
+  }
+
+  async #withClient<T>(work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+    return this.#connections.run(async () => {
+      const client = await this.#pool.connect()
+      let broken: Error | undefined
+      try {
+        return await work(client)
+      } catch (error) {
+        broken = error instanceof Error && /terminat|Connection/i.test(error.message) ? error : undefined
+        throw error
+      } finally {
+        client.release(broken)
+      }
+    })
+  }
+}
+
+function toPg(value: SqlValue): unknown {
+  if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
+  return value ?? null
+}

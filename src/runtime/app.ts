@@ -1,0 +1,67 @@
+// Starts the components of the configured targets on one HTTP server, and stops them:
+// SIGTERM stops taking requests, lets in-flight work finish, commits offsets, closes
+// stores, all within `shutdownTimeoutMs`.
+import { errorMessage } from '../platform/errors.ts'
+import type { Logger } from '../platform/logger.ts'
+import { Metrics } from '../platform/metrics.ts'
+import { installTracing } from '../platform/tracing.ts'
+import { type Component, type Context, components, resolveTargets, type Running } from './components.ts'
+import type { Config } from './config.ts'
+import { createHttpServer } from './http.ts'
+
+export class App {
+  readonly context: Context
+  readonly names: string[]
+  readonly #table: Record<string, Component>
+  readonly #running: { name: string; running: Running }[] = []
+  #stopping: Promise<void> | undefined
+
+  constructor(config: Config, log: Logger, table: Record<string, Component> = components) {
+    installTracing()
+    this.#table = table
+    this.names = resolveTargets(config.targets, table)
+    const metrics = new Metrics({ defaultMetrics: true })
+    const http = createHttpServer(config, log, metrics, () =>
+      this.#running.map(({ name, running }) => ({ name, check: running.ready ?? (async () => {}) })),
+    )
+    this.context = { config, log, metrics, http }
+  }
+
+  /** Starts every component in dependency order, then listens. Resolves with the address. */
+  async start(): Promise<string> {
+    const { log, config, http } = this.context
+    for (const name of this.names) {
+      const started = performance.now()
+      try {
+        const running = await this.#table[name].start(this.context)
+        this.#running.push({ name, running })
+      } catch (error) {
+        await this.stop()
+        throw error
+      }
+      log.info({ component: name, ms: Math.round(performance.now() - started) }, 'component started')
+    }
+    const address = await http.listen({ host: config.host, port: config.port })
+    log.info({ address, components: this.names }, 'mercato is up')
+    return address
+  }
+
+  stop(): Promise<void> {
+    this.#stopping ??= this.#stop()
+    return this.#stopping
+  }
+
+  async #stop(): Promise<void> {
+    const { log, http } = this.context
+    await http.close()
+    for (const { name, running } of [...this.#running].reverse()) {
+      try {
+        await running.stop?.()
+        log.info({ component: name }, 'component stopped')
+      } catch (error) {
+        log.error({ component: name, err: errorMessage(error) }, 'component did not stop cleanly')
+      }
+    }
+    this.#running.length = 0
+  }
+}

@@ -1,0 +1,310 @@
+// One typed configuration, from environment variables and command-line flags (flags win).
+// Every setting has a name with its unit, a default, a bound and a line of help; a bad
+// value stops start-up with a message that names the setting and what is wrong.
+import { resolve } from 'node:path'
+import { ConfigError } from '../platform/errors.ts'
+
+export type StreamConfig =
+  | { kind: 'embedded'; path: string }
+  | { kind: 'kafka'; brokers: string[]; replicationFactor: number }
+export type StoreConfig = { kind: 'sqlite'; dataDir: string } | { kind: 'postgres'; url: string }
+export type CacheConfig = { kind: 'memory' } | { kind: 'redis'; url: string }
+
+export interface Config {
+  targets: string[]
+  host: string
+  port: number
+  dataDir: string
+  logLevel: string
+  stream: StreamConfig
+  store: StoreConfig
+  cache: CacheConfig
+  streamPartitions: number
+  streamTopicPrefix: string
+  eventBytesMax: number
+  consumerBatchSizeMax: number
+  handlerAttemptsMax: number
+  handlerBackoffBaseMs: number
+  handlerBackoffMaxMs: number
+  publishQueueLengthMax: number
+  storePoolSizeMax: number
+  storeQueueLengthMax: number
+  storeAcquireTimeoutMs: number
+  storeStatementTimeoutMs: number
+  cacheEntriesMax: number
+  cacheCommandTimeoutMs: number
+  httpInFlightMax: number
+  httpBodyBytesMax: number
+  httpRequestTimeoutMs: number
+  connectTimeoutMs: number
+  shutdownTimeoutMs: number
+}
+
+type Source = Record<string, string | undefined>
+
+interface IntSetting {
+  env: string
+  help: string
+  default: number
+  min: number
+  max: number
+}
+
+/** Integer settings: name (with unit), default and bound. `mercato start --help` lists them. */
+export const intSettings = {
+  port: { env: 'MERCATO_PORT', help: 'HTTP port of this process', default: 8080, min: 0, max: 65_535 },
+  streamPartitions: {
+    env: 'MERCATO_STREAM_PARTITIONS',
+    help: 'partitions of each topic when it is created',
+    default: 8,
+    min: 1,
+    max: 256,
+  },
+  eventBytesMax: {
+    env: 'MERCATO_EVENT_BYTES_MAX',
+    help: 'largest event (data and attributes), in bytes',
+    default: 65_536,
+    min: 1_024,
+    max: 1_000_000,
+  },
+  consumerBatchSizeMax: {
+    env: 'MERCATO_CONSUMER_BATCH_SIZE_MAX',
+    help: 'records handed to a consumer at once, per partition',
+    default: 500,
+    min: 1,
+    max: 10_000,
+  },
+  handlerAttemptsMax: {
+    env: 'MERCATO_HANDLER_ATTEMPTS_MAX',
+    help: 'attempts at handling one event before it goes to the dead-letter topic',
+    default: 5,
+    min: 1,
+    max: 50,
+  },
+  handlerBackoffBaseMs: {
+    env: 'MERCATO_HANDLER_BACKOFF_BASE_MS',
+    help: 'first retry delay; doubles each attempt, with jitter',
+    default: 100,
+    min: 1,
+    max: 60_000,
+  },
+  handlerBackoffMaxMs: {
+    env: 'MERCATO_HANDLER_BACKOFF_MAX_MS',
+    help: 'longest retry delay',
+    default: 5_000,
+    min: 1,
+    max: 600_000,
+  },
+  publishQueueLengthMax: {
+    env: 'MERCATO_PUBLISH_QUEUE_LENGTH_MAX',
+    help: 'events waiting to be appended before publishers are refused',
+    default: 100_000,
+    min: 100,
+    max: 10_000_000,
+  },
+  storePoolSizeMax: {
+    env: 'MERCATO_STORE_POOL_SIZE_MAX',
+    help: 'PostgreSQL connections per service store',
+    default: 10,
+    min: 1,
+    max: 500,
+  },
+  storeQueueLengthMax: {
+    env: 'MERCATO_STORE_QUEUE_LENGTH_MAX',
+    help: 'callers that may wait for a store connection',
+    default: 200,
+    min: 0,
+    max: 100_000,
+  },
+  storeAcquireTimeoutMs: {
+    env: 'MERCATO_STORE_ACQUIRE_TIMEOUT_MS',
+    help: 'longest wait for a store connection',
+    default: 2_000,
+    min: 1,
+    max: 60_000,
+  },
+  storeStatementTimeoutMs: {
+    env: 'MERCATO_STORE_STATEMENT_TIMEOUT_MS',
+    help: 'longest run of one SQL statement (PostgreSQL)',
+    default: 5_000,
+    min: 10,
+    max: 600_000,
+  },
+  cacheEntriesMax: {
+    env: 'MERCATO_CACHE_ENTRIES_MAX',
+    help: 'entries the in-process cache keeps',
+    default: 100_000,
+    min: 1,
+    max: 100_000_000,
+  },
+  cacheCommandTimeoutMs: {
+    env: 'MERCATO_CACHE_COMMAND_TIMEOUT_MS',
+    help: 'longest wait for one Redis command',
+    default: 1_000,
+    min: 1,
+    max: 60_000,
+  },
+  httpInFlightMax: {
+    env: 'MERCATO_HTTP_IN_FLIGHT_MAX',
+    help: 'requests handled at once; more are answered 503 with Retry-After',
+    default: 1_024,
+    min: 1,
+    max: 100_000,
+  },
+  httpBodyBytesMax: {
+    env: 'MERCATO_HTTP_BODY_BYTES_MAX',
+    help: 'largest request body, in bytes',
+    default: 65_536,
+    min: 1_024,
+    max: 10_485_760,
+  },
+  httpRequestTimeoutMs: {
+    env: 'MERCATO_HTTP_REQUEST_TIMEOUT_MS',
+    help: 'longest time to receive a request',
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+  },
+  connectTimeoutMs: {
+    env: 'MERCATO_CONNECT_TIMEOUT_MS',
+    help: 'longest wait for a server at start-up before it is reported unreachable',
+    default: 10_000,
+    min: 100,
+    max: 600_000,
+  },
+  shutdownTimeoutMs: {
+    env: 'MERCATO_SHUTDOWN_TIMEOUT_MS',
+    help: 'longest drain on SIGTERM before the process gives up',
+    default: 15_000,
+    min: 100,
+    max: 600_000,
+  },
+} satisfies Record<string, IntSetting>
+
+export const urlSettings = {
+  stream: { env: 'MERCATO_STREAM', help: 'event stream: unset for the embedded log, or kafka://host:port[,host:port]' },
+  store: { env: 'MERCATO_STORE', help: 'service stores: unset for SQLite files, or postgres://user@host:port/db' },
+  cache: { env: 'MERCATO_CACHE', help: 'cache and key-value: unset for in-process, or redis://host:port' },
+}
+
+const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
+
+/**
+ * Reads the configuration. `env` is the environment; `flags` are command-line values by
+ * environment name (so `--port 9000` arrives as MERCATO_PORT) and take precedence.
+ */
+export function loadConfig(env: Source = process.env, flags: Source = {}): Config {
+  const source: Source = { ...env, ...Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined)) }
+  const ints = Object.fromEntries(
+    Object.entries(intSettings).map(([key, setting]) => [key, readInt(source, setting)]),
+  ) as Record<keyof typeof intSettings, number>
+  const dataDir = resolve(source.MERCATO_DATA_DIR || './data')
+  const logLevel = source.MERCATO_LOG_LEVEL || 'info'
+  if (!logLevels.includes(logLevel)) {
+    throw new ConfigError('MERCATO_LOG_LEVEL', `must be one of ${logLevels.join(', ')}, got "${logLevel}"`)
+  }
+  if (ints.handlerBackoffMaxMs < ints.handlerBackoffBaseMs) {
+    throw new ConfigError('MERCATO_HANDLER_BACKOFF_MAX_MS', 'must not be below MERCATO_HANDLER_BACKOFF_BASE_MS')
+  }
+  return {
+    targets: parseTargets(source.MERCATO_TARGET),
+    host: source.MERCATO_HOST || '127.0.0.1',
+    dataDir,
+    logLevel,
+    stream: parseStream(source.MERCATO_STREAM, dataDir),
+    store: parseStore(source.MERCATO_STORE, dataDir),
+    cache: parseCache(source.MERCATO_CACHE),
+    streamTopicPrefix: parseTopicPrefix(source.MERCATO_STREAM_TOPIC_PREFIX),
+    ...ints,
+  }
+}
+
+function readInt(source: Source, setting: IntSetting): number {
+  const raw = source[setting.env]
+  if (raw === undefined || raw === '') return setting.default
+  if (!/^-?\d+$/.test(raw.trim())) throw new ConfigError(setting.env, `must be a whole number, got "${raw}"`)
+  const value = Number(raw)
+  if (value < setting.min || value > setting.max) {
+    throw new ConfigError(setting.env, `must be between ${setting.min} and ${setting.max}, got ${value}`)
+  }
+  return value
+}
+
+function parseTopicPrefix(raw: string | undefined): string {
+  if (!raw) return ''
+  if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw)) {
+    throw new ConfigError('MERCATO_STREAM_TOPIC_PREFIX', `may hold only letters, digits, ".", "_" and "-" (64 at most), got "${raw}"`)
+  }
+  return raw
+}
+
+function parseTargets(raw: string | undefined): string[] {
+  if (!raw) return ['all']
+  const targets = raw
+    .split(',')
+    .map((t) => t.trim())
+    .filter(Boolean)
+  if (targets.length === 0) throw new ConfigError('MERCATO_TARGET', 'names no component')
+  return targets
+}
+
+function parseUrl(setting: string, raw: string): URL {
+  try {
+    return new URL(raw)
+  } catch {
+    throw new ConfigError(setting, `is not a URL: "${raw}"`)
+  }
+}
+
+function parseStream(raw: string | undefined, dataDir: string): StreamConfig {
+  if (!raw || raw === 'embedded') return { kind: 'embedded', path: resolve(dataDir, 'stream.db') }
+  const url = parseUrl('MERCATO_STREAM', raw)
+  if (url.protocol !== 'kafka:') {
+    throw new ConfigError('MERCATO_STREAM', `must be unset, "embedded" or kafka://host:port, got "${url.protocol}//…"`)
+  }
+  // kafka://host1:9092,host2:9092 — the URL parser keeps only the first host; read them all.
+  const hosts = raw.slice('kafka://'.length).split(/[/?]/)[0].split(',').filter(Boolean)
+  for (const host of hosts) {
+    if (!/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host)) {
+      throw new ConfigError('MERCATO_STREAM', `broker "${host}" is not host:port`)
+    }
+  }
+  if (hosts.length === 0) throw new ConfigError('MERCATO_STREAM', 'names no broker')
+  const replication = url.searchParams.get('replication') ?? '1'
+  if (!/^[1-9]$/.test(replication)) throw new ConfigError('MERCATO_STREAM', `replication must be 1 to 9, got "${replication}"`)
+  return { kind: 'kafka', brokers: hosts, replicationFactor: Number(replication) }
+}
+
+function parseStore(raw: string | undefined, dataDir: string): StoreConfig {
+  if (!raw || raw === 'sqlite') return { kind: 'sqlite', dataDir: resolve(dataDir, 'stores') }
+  const url = parseUrl('MERCATO_STORE', raw)
+  if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
+    throw new ConfigError('MERCATO_STORE', `must be unset, "sqlite" or postgres://…, got "${url.protocol}//…"`)
+  }
+  if (!url.hostname) throw new ConfigError('MERCATO_STORE', 'names no host')
+  return { kind: 'postgres', url: raw }
+}
+
+function parseCache(raw: string | undefined): CacheConfig {
+  if (!raw || raw === 'memory') return { kind: 'memory' }
+  const url = parseUrl('MERCATO_CACHE', raw)
+  if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
+    throw new ConfigError('MERCATO_CACHE', `must be unset, "memory" or redis://host:port, got "${url.protocol}//…"`)
+  }
+  if (!url.hostname) throw new ConfigError('MERCATO_CACHE', 'names no host')
+  return { kind: 'redis', url: raw }
+}
+
+/** The help text of every setting, for `mercato start --help` and the README. */
+export function settingsHelp(): string {
+  const rows = [
+    ['MERCATO_TARGET', 'components to run, comma-separated (default: all)'],
+    ['MERCATO_HOST', 'address to listen on (default: 127.0.0.1)'],
+    ['MERCATO_DATA_DIR', 'where embedded engines keep their files (default: ./data)'],
+    ['MERCATO_STREAM_TOPIC_PREFIX', 'put before every topic name, to share a Kafka cluster (default: none)'],
+    ['MERCATO_LOG_LEVEL', `one of ${logLevels.join(', ')} (default: info)`],
+    ...Object.values(urlSettings).map((s) => [s.env, s.help]),
+    ...Object.values(intSettings).map((s: IntSetting) => [s.env, `${s.help} (default ${s.default}, ${s.min}–${s.max})`]),
+  ]
+  return rows.map(([name, help]) => `  ${name.padEnd(36)} ${help}`).join('\n')
+}

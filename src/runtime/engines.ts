@@ -1,0 +1,102 @@
+// Builds each port's engine from the configuration: the only place that knows which
+// engines exist. A server that does not answer is reported within the connect timeout.
+import { type Cache, cacheLimitDefaults } from '../engines/cache/port.ts'
+import { LruCache } from '../engines/cache/memory/lru-cache.ts'
+import { RedisCache } from '../engines/cache/redis/redis-cache.ts'
+import type { Store } from '../engines/store/port.ts'
+import { PostgresStore } from '../engines/store/postgres/postgres-store.ts'
+import { SqliteStore } from '../engines/store/sqlite/sqlite-store.ts'
+import { SqliteLog, sqliteLogDefaults } from '../engines/stream/embedded/sqlite-log.ts'
+import { EventStream } from '../engines/stream/event-stream.ts'
+import { KafkaStream, kafkaStreamDefaults } from '../engines/stream/kafka/kafka-stream.ts'
+import type { StreamEngine } from '../engines/stream/port.ts'
+import { UnreachableError } from '../platform/errors.ts'
+import { withTimeout } from '../platform/limits.ts'
+import type { Logger } from '../platform/logger.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import type { Config } from './config.ts'
+
+export function createStreamEngine(config: Config): StreamEngine {
+  if (config.stream.kind === 'embedded') {
+    return new SqliteLog({
+      ...sqliteLogDefaults,
+      path: config.stream.path,
+      publishQueueLengthMax: config.publishQueueLengthMax,
+    })
+  }
+  return new KafkaStream({
+    ...kafkaStreamDefaults,
+    brokers: config.stream.brokers,
+    replicationFactor: config.stream.replicationFactor,
+    clientId: `mercato-${process.pid}`,
+    requestTimeoutMs: config.connectTimeoutMs,
+    publishQueueLengthMax: config.publishQueueLengthMax,
+  })
+}
+
+export async function openEventStream(config: Config, log: Logger, metrics: Metrics): Promise<EventStream> {
+  const engine = createStreamEngine(config)
+  try {
+    await withTimeout('event stream', config.connectTimeoutMs, engine.ping())
+  } catch (error) {
+    await engine.close().catch(() => {})
+    const where = config.stream.kind === 'kafka' ? `kafka://${config.stream.brokers.join(',')}` : config.stream.path
+    throw new UnreachableError('the event stream (MERCATO_STREAM)', where, error)
+  }
+  const stream = new EventStream(
+    engine,
+    {
+      topicPrefix: config.streamTopicPrefix,
+      partitions: config.streamPartitions,
+      eventBytesMax: config.eventBytesMax,
+      batchSizeMax: config.consumerBatchSizeMax,
+      retry: {
+        attemptsMax: config.handlerAttemptsMax,
+        backoffBaseMs: config.handlerBackoffBaseMs,
+        backoffMaxMs: config.handlerBackoffMaxMs,
+      },
+      lagIntervalMs: 5_000,
+    },
+    log,
+    metrics,
+  )
+  await stream.ensureTopics()
+  return stream
+}
+
+export type OpenStore = (service: string) => Promise<Store>
+
+export function storeOpener(config: Config): OpenStore {
+  const limits = {
+    poolSizeMax: config.storePoolSizeMax,
+    queueLengthMax: config.storeQueueLengthMax,
+    acquireTimeoutMs: config.storeAcquireTimeoutMs,
+    statementTimeoutMs: config.storeStatementTimeoutMs,
+  }
+  const storeConfig = config.store
+  return async (service) => {
+    const store =
+      storeConfig.kind === 'sqlite'
+        ? new SqliteStore(storeConfig.dataDir, service, limits)
+        : new PostgresStore(storeConfig.url, service, limits)
+    try {
+      await withTimeout(`store ${service}`, config.connectTimeoutMs, store.ping())
+    } catch (error) {
+      await store.close().catch(() => {})
+      throw error instanceof UnreachableError ? error : new UnreachableError('the store (MERCATO_STORE)', 'postgres', error)
+    }
+    return store
+  }
+}
+
+export async function openCache(config: Config): Promise<Cache> {
+  const limits = {
+    ...cacheLimitDefaults,
+    entriesMax: config.cacheEntriesMax,
+    commandTimeoutMs: config.cacheCommandTimeoutMs,
+  }
+  if (config.cache.kind === 'memory') return new LruCache(limits)
+  const cache = new RedisCache(config.cache.url, limits)
+  await cache.connect()
+  return cache
+}

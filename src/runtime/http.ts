@@ -1,0 +1,116 @@
+// The HTTP base every process serves: /healthz, /readyz, /metrics, RFC 9457 errors, a body
+// limit, and load shedding: past `httpInFlightMax` requests in flight, a request is answered
+// 503 with Retry-After at once. Health and metrics are never shed and never wait on a pool.
+import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify'
+import { MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
+import { withTimeout } from '../platform/limits.ts'
+import type { Logger } from '../platform/logger.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import type { Config } from './config.ts'
+
+const unshed = new Set(['/healthz', '/readyz', '/metrics'])
+
+export interface ReadinessCheck {
+  name: string
+  check: () => Promise<void>
+}
+
+export function createHttpServer(
+  config: Config,
+  log: Logger,
+  metrics: Metrics,
+  readiness: () => ReadinessCheck[],
+): FastifyInstance {
+  const app = Fastify({
+    loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    bodyLimit: config.httpBodyBytesMax,
+    requestTimeout: config.httpRequestTimeoutMs,
+    return503OnClosing: true,
+    forceCloseConnections: 'idle',
+  })
+  let inFlight = 0
+  const shed = metrics.counter('mercato_http_shed_total', 'Requests refused with 503 because the process was full.')
+  const inFlightGauge = metrics.gauge('mercato_http_in_flight', 'Requests being handled.')
+
+  app.addHook('onRequest', async (request, reply) => {
+    if (unshed.has(request.url.split('?')[0])) return
+    if (inFlight >= config.httpInFlightMax) {
+      shed.inc()
+      const problem = new OverloadedError('http', `${inFlight} requests in flight, the limit`)
+      reply.header('retry-after', String(problem.retryAfterSeconds))
+      return reply.code(503).type('application/problem+json').send(toProblem(problem, request.url))
+    }
+    inFlight++
+    inFlightGauge.set(inFlight)
+    let done = false
+    const finish = () => {
+      if (done) return
+      done = true
+      inFlight--
+      inFlightGauge.set(inFlight)
+    }
+    reply.raw.once('finish', finish)
+    reply.raw.once('close', finish)
+  })
+
+  app.setErrorHandler((error, request, reply) => {
+    const status = error instanceof MercatoError ? error.status : (error as { statusCode?: number }).statusCode
+    let problem: ReturnType<typeof toProblem>
+    if (error instanceof MercatoError) problem = toProblem(error, request.url)
+    else if (status && status >= 400 && status < 500) {
+      // fastify's own client errors (bad JSON, body too large, …): their message is safe to show.
+      problem = { type: 'about:blank', title: titleFor(status), status, detail: (error as Error).message, instance: request.url }
+    } else {
+      request.log.error({ err: error }, 'request failed')
+      problem = toProblem(error, request.url)
+    }
+    if (error instanceof OverloadedError) reply.header('retry-after', String(error.retryAfterSeconds))
+    reply.code(problem.status).type('application/problem+json').send(problem)
+  })
+
+  app.setNotFoundHandler((request, reply) => {
+    reply
+      .code(404)
+      .type('application/problem+json')
+      .send({ type: 'about:blank', title: 'Not Found', status: 404, detail: `no route ${request.method} ${request.url.split('?')[0]}`, instance: request.url })
+  })
+
+  app.get('/healthz', async () => ({ status: 'ok' }))
+
+  app.get('/readyz', async (_request, reply) => {
+    const results = await Promise.all(
+      readiness().map(async ({ name, check }) => {
+        try {
+          await withTimeout(`readiness of ${name}`, 2_000, check())
+          return { name, ready: true }
+        } catch (error) {
+          return { name, ready: false, reason: (error as Error).message }
+        }
+      }),
+    )
+    const ready = results.length > 0 && results.every((r) => r.ready)
+    reply.code(ready ? 200 : 503)
+    return { status: ready ? 'ready' : 'not ready', checks: results }
+  })
+
+  app.get('/metrics', async (_request, reply) => {
+    reply.type(metrics.contentType)
+    return metrics.text()
+  })
+
+  return app
+}
+
+function titleFor(status: number): string {
+  const titles: Record<number, string> = {
+    400: 'Bad Request',
+    404: 'Not Found',
+    405: 'Method Not Allowed',
+    408: 'Request Timeout',
+    413: 'Content Too Large',
+    415: 'Unsupported Media Type',
+    429: 'Too Many Requests',
+  }
+  return titles[status] ?? 'Client Error'
+}

@@ -1,0 +1,40 @@
+// Where the real servers are, and whether a suite may run. Under CI (MERCATO_TEST_REQUIRE_SERVERS=1)
+// a missing server fails the run; on a laptop the suite is skipped and the reason recorded,
+// so the test runner can say at the end what did not run.
+import { appendFileSync } from 'node:fs'
+import { createConnection } from 'node:net'
+
+export const serverUrls = {
+  kafka: process.env.MERCATO_TEST_KAFKA ?? '127.0.0.1:9092',
+  postgres: process.env.MERCATO_TEST_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+  redis: process.env.MERCATO_TEST_REDIS ?? 'redis://127.0.0.1:6379',
+}
+
+const required = process.env.MERCATO_TEST_REQUIRE_SERVERS === '1'
+
+function reachable(host: string, port: number, timeoutMs = 1_500): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = createConnection({ host, port })
+    const done = (ok: boolean) => {
+      socket.destroy()
+      resolve(ok)
+    }
+    socket.setTimeout(timeoutMs, () => done(false))
+    socket.once('connect', () => done(true))
+    socket.once('error', () => done(false))
+  })
+}
+
+/**
+ * Resolves undefined when `server` answers; otherwise the reason to skip (recorded for the
+ * summary), or throws when servers are required.
+ */
+export async function skipUnlessReachable(suite: string, server: keyof typeof serverUrls): Promise<string | undefined> {
+  const url = serverUrls[server]
+  const { hostname, port } = new URL(url.includes('://') ? url : `tcp://${url}`)
+  if (await reachable(hostname, Number(port))) return undefined
+  const reason = `${server} is not reachable at ${hostname}:${port}`
+  if (required) throw new Error(`${suite}: ${reason}, and MERCATO_TEST_REQUIRE_SERVERS=1`)
+  if (process.env.MERCATO_TEST_SKIPS_FILE) appendFileSync(process.env.MERCATO_TEST_SKIPS_FILE, `${suite}: ${reason}\n`)
+  return reason
+}
