@@ -9,8 +9,16 @@ const skipsFile = join(tmpdir(), `mercato-test-skips-${process.pid}`)
 const files = process.argv.slice(2)
 const result = spawnSync(
   process.execPath,
-  ['--test', '--test-reporter=spec', '--test-concurrency=2', ...(files.length > 0 ? files : ['test/**/*.test.ts'])],
-  { stdio: 'inherit', env: { ...process.env, MERCATO_TEST_SKIPS_FILE: skipsFile, MERCATO_LOG_LEVEL: 'silent' } },
+  [
+    '--test',
+    '--test-reporter=spec',
+    '--test-concurrency=2',
+    ...(files.length > 0 ? files : ['test/**/*.test.ts']),
+  ],
+  {
+    stdio: 'inherit',
+    env: { ...process.env, MERCATO_TEST_SKIPS_FILE: skipsFile, MERCATO_LOG_LEVEL: 'silent' },
+  },
 )
 const skipped = existsSync(skipsFile) ? [...new Set(readFileSync(skipsFile, 'utf8').trim().split('\n'))] : []
 rmSync(skipsFile, { force: true })

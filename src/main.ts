@@ -5,12 +5,12 @@
 //   mercato dlq list --topic T        what a topic's dead-letter topic holds
 //   mercato dlq replay --topic T      put dead letters back on their topic
 import { Command, Option } from 'commander'
-import { App } from './runtime/app.ts'
-import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
-import { openEventStream } from './runtime/engines.ts'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { createLogger } from './platform/logger.ts'
 import { Metrics } from './platform/metrics.ts'
+import { App } from './runtime/app.ts'
+import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
+import { openEventStream } from './runtime/engines.ts'
 
 const program = new Command('mercato').description('An event-driven commerce backend.').showHelpAfterError()
 
@@ -63,7 +63,9 @@ withEngineFlags(program.command('start'))
   })
 
 withEngineFlags(program.command('replay'))
-  .description("move a consumer group's position on a topic, so it handles events again (stop the group first)")
+  .description(
+    "move a consumer group's position on a topic, so it handles events again (stop the group first)",
+  )
   .requiredOption('--group <group>', 'consumer group')
   .requiredOption('--topic <topic>', 'topic')
   .option('--offset <offset>', 'from this offset on every partition')
@@ -71,17 +73,24 @@ withEngineFlags(program.command('replay'))
   .option('--earliest', 'from the start of the topic')
   .option('--latest', 'skip to the end of the topic')
   .action(async (options) => {
-    const targets = [options.offset !== undefined, options.time !== undefined, !!options.earliest, !!options.latest]
+    const targets = [
+      options.offset !== undefined,
+      options.time !== undefined,
+      !!options.earliest,
+      !!options.latest,
+    ]
     if (targets.filter(Boolean).length !== 1) {
       throw new ConfigError('replay', 'give exactly one of --offset, --time, --earliest, --latest')
     }
     let target: Parameters<typeof stream.engine.seek>[2]
     if (options.offset !== undefined) {
-      if (!/^\d+$/.test(options.offset)) throw new ConfigError('--offset', `must be a whole number, got "${options.offset}"`)
+      if (!/^\d+$/.test(options.offset))
+        throw new ConfigError('--offset', `must be a whole number, got "${options.offset}"`)
       target = { offset: Number(options.offset) }
     } else if (options.time !== undefined) {
       const timestampMs = Date.parse(options.time)
-      if (Number.isNaN(timestampMs)) throw new ConfigError('--time', `is not a date and time: "${options.time}"`)
+      if (Number.isNaN(timestampMs))
+        throw new ConfigError('--time', `is not a date and time: "${options.time}"`)
       target = { timestampMs }
     } else target = options.earliest ? 'earliest' : 'latest'
     const config = configFrom(options)

@@ -89,10 +89,13 @@ export function encodeEvent(event: CloudEvent, options: { eventBytesMax: number 
   const value = Buffer.from(JSON.stringify(event.data))
   const size = value.length + Object.entries(headers).reduce((sum, [k, v]) => sum + k.length + v.length, 0)
   if (size > options.eventBytesMax) {
-    throw new InvalidEventError(`event ${event.type} is ${size} bytes, over the limit of ${options.eventBytesMax}`, {
-      eventBytes: size,
-      eventBytesMax: options.eventBytesMax,
-    })
+    throw new InvalidEventError(
+      `event ${event.type} is ${size} bytes, over the limit of ${options.eventBytesMax}`,
+      {
+        eventBytes: size,
+        eventBytesMax: options.eventBytesMax,
+      },
+    )
   }
   return { topic: eventRegistry.topicOf(event.type), key: event.partitionkey, headers, value }
 }
@@ -104,7 +107,9 @@ export function encodeEvent(event: CloudEvent, options: { eventBytesMax: number 
  */
 export function decodeEvent(headers: Record<string, string>, value: Buffer | null): CloudEvent {
   if (headers.ce_specversion !== '1.0') {
-    throw new InvalidEventError(`not a CloudEvents 1.0 record (ce_specversion is ${headers.ce_specversion ?? 'missing'})`)
+    throw new InvalidEventError(
+      `not a CloudEvents 1.0 record (ce_specversion is ${headers.ce_specversion ?? 'missing'})`,
+    )
   }
   for (const name of ['id', 'source', 'type', 'time', 'subject', 'dataversion', 'partitionkey'] as const) {
     if (!headers[`ce_${name}`]) throw new InvalidEventError(`missing attribute ${name}`)

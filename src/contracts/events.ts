@@ -1,7 +1,7 @@
 // The data schemas of every event of the order saga, by type and version. A published
 // (type, version) never changes incompatibly: test/contracts checks this file against
 // published-schemas.json. A breaking change is a new version plus an upcaster.
-import { type TSchema, Type as T } from '@sinclair/typebox'
+import { Type as T, type TSchema } from '@sinclair/typebox'
 
 const Id = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' })
 const Sku = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })
@@ -25,7 +25,10 @@ const Address = T.Object(
 )
 
 const Line = T.Object({ sku: Sku, quantity: Quantity }, { additionalProperties: false })
-const PricedLine = T.Object({ sku: Sku, quantity: Quantity, unitPriceMinor: AmountMinor }, { additionalProperties: false })
+const PricedLine = T.Object(
+  { sku: Sku, quantity: Quantity, unitPriceMinor: AmountMinor },
+  { additionalProperties: false },
+)
 const Lines = T.Array(Line, { minItems: 1, maxItems: 100 })
 const Money = { amountMinor: AmountMinor, currency: Currency }
 
@@ -46,7 +49,13 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
     1: obj({ orderId: Id, customerId: Id, lines: Lines, shippingAddress: Address, paymentMethodToken: Id }),
   },
   'order.placed': {
-    1: obj({ orderId: Id, customerId: Id, lines: T.Array(PricedLine, { minItems: 1, maxItems: 100 }), totalMinor: AmountMinor, currency: Currency }),
+    1: obj({
+      orderId: Id,
+      customerId: Id,
+      lines: T.Array(PricedLine, { minItems: 1, maxItems: 100 }),
+      totalMinor: AmountMinor,
+      currency: Currency,
+    }),
   },
   'order.cancel-requested': { 1: obj({ orderId: Id, requestedBy: Id }) },
   'order.confirmed': { 1: obj({ orderId: Id }) },
@@ -57,12 +66,18 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
   'inventory.rejected': {
     1: obj({
       orderId: Id,
-      shortages: T.Array(obj({ sku: Sku, requested: Quantity, available: T.Integer({ minimum: 0 }) }), { maxItems: 100 }),
+      shortages: T.Array(obj({ sku: Sku, requested: Quantity, available: T.Integer({ minimum: 0 }) }), {
+        maxItems: 100,
+      }),
     }),
   },
   'inventory.committed': { 1: obj({ orderId: Id, reservationId: Id }) },
   'inventory.released': {
-    1: obj({ orderId: Id, reservationId: Id, reason: T.Union([T.Literal('compensation'), T.Literal('expired')]) }),
+    1: obj({
+      orderId: Id,
+      reservationId: Id,
+      reason: T.Union([T.Literal('compensation'), T.Literal('expired')]),
+    }),
   },
   'inventory.adjusted': {
     1: obj({
@@ -80,7 +95,12 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
   'payment.voided': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
   'payment.refunded': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
   'shipment.scheduled': {
-    1: obj({ orderId: Id, shipmentId: Id, carrier: T.String({ minLength: 1, maxLength: 50 }), trackingNumber: Id }),
+    1: obj({
+      orderId: Id,
+      shipmentId: Id,
+      carrier: T.String({ minLength: 1, maxLength: 50 }),
+      trackingNumber: Id,
+    }),
   },
   'shipment.shipped': { 1: obj({ orderId: Id, shipmentId: Id }) },
   'shipment.delivered': { 1: obj({ orderId: Id, shipmentId: Id }) },
@@ -114,7 +134,10 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
     }),
   },
   'flag.changed': {
-    1: obj({ key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }), definition: T.Record(T.String(), T.Unknown()) }),
+    1: obj({
+      key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }),
+      definition: T.Record(T.String(), T.Unknown()),
+    }),
   },
 }
 
@@ -122,7 +145,10 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
  * Upcasters lift `data` of version N to N+1, so a consumer only ever sees the latest version.
  * Keyed by type, then by the version they read.
  */
-export const upcasters: Record<string, Record<number, (data: Record<string, unknown>) => Record<string, unknown>>> = {
+export const upcasters: Record<
+  string,
+  Record<number, (data: Record<string, unknown>) => Record<string, unknown>>
+> = {
   'customer.registered': {
     1: ({ name, ...rest }) => {
       const full = String(name).trim()

@@ -1,5 +1,5 @@
-import { type TSchema, Type as T } from '@sinclair/typebox'
-import { TypeCompiler, type TypeCheck } from '@sinclair/typebox/compiler'
+import { Type as T, type TSchema } from '@sinclair/typebox'
+import { type TypeCheck, TypeCompiler } from '@sinclair/typebox/compiler'
 import { InvalidEventError } from '../platform/errors.ts'
 import type { CloudEvent } from './envelope.ts'
 import { eventSchemas, topicOf, upcasters } from './events.ts'
@@ -23,7 +23,10 @@ const Envelope = T.Object({
 // TypeBox's compiler checks `format` only for formats registered with it.
 import { FormatRegistry } from '@sinclair/typebox'
 
-FormatRegistry.Set('date-time', (value) => !Number.isNaN(Date.parse(value)) && /^\d{4}-\d{2}-\d{2}T/.test(value))
+FormatRegistry.Set(
+  'date-time',
+  (value) => !Number.isNaN(Date.parse(value)) && /^\d{4}-\d{2}-\d{2}T/.test(value),
+)
 FormatRegistry.Set('email', (value) => /^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(value))
 
 class EventRegistry {
@@ -55,7 +58,8 @@ class EventRegistry {
 
   topicOf(type: string): string {
     const topic = topicOf[type.split('.')[0]]
-    if (!topic || !eventSchemas[type]) throw new InvalidEventError(`unknown event type ${type}`, { eventType: type })
+    if (!topic || !eventSchemas[type])
+      throw new InvalidEventError(`unknown event type ${type}`, { eventType: type })
     return topic
   }
 

@@ -75,7 +75,12 @@ export function toProblem(error: unknown, instance?: string): ProblemDetails {
     }
   }
   // Unknown errors never leak their message or stack to a caller.
-  return { type: 'about:blank', title: 'Internal Server Error', status: 500, ...(instance ? { instance } : {}) }
+  return {
+    type: 'about:blank',
+    title: 'Internal Server Error',
+    status: 500,
+    ...(instance ? { instance } : {}),
+  }
 }
 
 function titleOf(code: string): string {

@@ -13,7 +13,10 @@ export class Semaphore {
   #inUse = 0
   #waiters: { grant: () => void; timer: NodeJS.Timeout }[] = []
 
-  constructor(name: string, options: { permitsMax: number; queueLengthMax: number; acquireTimeoutMs: number }) {
+  constructor(
+    name: string,
+    options: { permitsMax: number; queueLengthMax: number; acquireTimeoutMs: number },
+  ) {
     assertPositive(`${name}.permitsMax`, options.permitsMax)
     this.name = name
     this.permitsMax = options.permitsMax
@@ -36,7 +39,10 @@ export class Semaphore {
     }
     if (this.#waiters.length >= this.queueLengthMax) {
       return Promise.reject(
-        new OverloadedError(this.name, `all ${this.permitsMax} permits busy and ${this.queueLengthMax} callers waiting`),
+        new OverloadedError(
+          this.name,
+          `all ${this.permitsMax} permits busy and ${this.queueLengthMax} callers waiting`,
+        ),
       )
     }
     return new Promise<void>((resolve, reject) => {
@@ -103,7 +109,8 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 }
 
 export function assertPositive(name: string, value: number): void {
-  if (!Number.isFinite(value) || value <= 0) throw new Error(`${name} must be a positive number, got ${value}`)
+  if (!Number.isFinite(value) || value <= 0)
+    throw new Error(`${name} must be a positive number, got ${value}`)
 }
 
 export function invariant(condition: unknown, message: string): asserts condition {

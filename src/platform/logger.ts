@@ -1,4 +1,4 @@
-import { pino, type Logger } from 'pino'
+import { type Logger, pino } from 'pino'
 import { currentTraceId } from './tracing.ts'
 
 export type { Logger }

@@ -1,4 +1,4 @@
-import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client'
+import { Counter, collectDefaultMetrics, Gauge, Histogram, Registry } from 'prom-client'
 
 /** One registry per process; every component registers its metrics here. */
 export class Metrics {
@@ -10,7 +10,10 @@ export class Metrics {
   }
 
   counter(name: string, help: string, labelNames: string[] = []): Counter {
-    return this.#once(name, () => new Counter({ name, help, labelNames, registers: [this.registry] })) as Counter
+    return this.#once(
+      name,
+      () => new Counter({ name, help, labelNames, registers: [this.registry] }),
+    ) as Counter
   }
 
   gauge(name: string, help: string, labelNames: string[] = []): Gauge {
@@ -20,7 +23,14 @@ export class Metrics {
   histogram(name: string, help: string, labelNames: string[] = [], buckets?: number[]): Histogram {
     return this.#once(
       name,
-      () => new Histogram({ name, help, labelNames, registers: [this.registry], ...(buckets ? { buckets } : {}) }),
+      () =>
+        new Histogram({
+          name,
+          help,
+          labelNames,
+          registers: [this.registry],
+          ...(buckets ? { buckets } : {}),
+        }),
     ) as Histogram
   }
 
@@ -42,4 +52,6 @@ export class Metrics {
   }
 }
 
-export const latencyBucketsSeconds = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10]
+export const latencyBucketsSeconds = [
+  0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10,
+]

@@ -5,7 +5,7 @@ import { errorMessage } from '../platform/errors.ts'
 import type { Logger } from '../platform/logger.ts'
 import { Metrics } from '../platform/metrics.ts'
 import { installTracing } from '../platform/tracing.ts'
-import { type Component, type Context, components, resolveTargets, type Running } from './components.ts'
+import { type Component, type Context, components, type Running, resolveTargets } from './components.ts'
 import type { Config } from './config.ts'
 import { createHttpServer } from './http.ts'
 

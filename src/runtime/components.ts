@@ -40,7 +40,11 @@ export const components: Record<string, Component> = {
     description: 'the event stream: the embedded log or Kafka, with every topic of the contracts',
     dependsOn: [],
     async start(context) {
-      const stream = await openEventStream(context.config, context.log.child({ component: 'stream' }), context.metrics)
+      const stream = await openEventStream(
+        context.config,
+        context.log.child({ component: 'stream' }),
+        context.metrics,
+      )
       context.stream = stream
       return { ready: () => stream.engine.ping(), stop: () => stream.close() }
     },

@@ -5,7 +5,7 @@ import { resolve } from 'node:path'
 import { ConfigError } from '../platform/errors.ts'
 
 export type StreamConfig =
-  | { kind: 'embedded'; path: string }
+  | { kind: 'embedded'; path: string; synchronous: 'normal' | 'full' }
   | { kind: 'kafka'; brokers: string[]; replicationFactor: number }
 export type StoreConfig = { kind: 'sqlite'; dataDir: string } | { kind: 'postgres'; url: string }
 export type CacheConfig = { kind: 'memory' } | { kind: 'redis'; url: string }
@@ -182,8 +182,14 @@ export const intSettings = {
 } satisfies Record<string, IntSetting>
 
 export const urlSettings = {
-  stream: { env: 'MERCATO_STREAM', help: 'event stream: unset for the embedded log, or kafka://host:port[,host:port]' },
-  store: { env: 'MERCATO_STORE', help: 'service stores: unset for SQLite files, or postgres://user@host:port/db' },
+  stream: {
+    env: 'MERCATO_STREAM',
+    help: 'event stream: unset for the embedded log, or kafka://host:port[,host:port]',
+  },
+  store: {
+    env: 'MERCATO_STORE',
+    help: 'service stores: unset for SQLite files, or postgres://user@host:port/db',
+  },
   cache: { env: 'MERCATO_CACHE', help: 'cache and key-value: unset for in-process, or redis://host:port' },
 }
 
@@ -194,7 +200,10 @@ const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
  * environment name (so `--port 9000` arrives as MERCATO_PORT) and take precedence.
  */
 export function loadConfig(env: Source = process.env, flags: Source = {}): Config {
-  const source: Source = { ...env, ...Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined)) }
+  const source: Source = {
+    ...env,
+    ...Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined)),
+  }
   const ints = Object.fromEntries(
     Object.entries(intSettings).map(([key, setting]) => [key, readInt(source, setting)]),
   ) as Record<keyof typeof intSettings, number>
@@ -204,14 +213,17 @@ export function loadConfig(env: Source = process.env, flags: Source = {}): Confi
     throw new ConfigError('MERCATO_LOG_LEVEL', `must be one of ${logLevels.join(', ')}, got "${logLevel}"`)
   }
   if (ints.handlerBackoffMaxMs < ints.handlerBackoffBaseMs) {
-    throw new ConfigError('MERCATO_HANDLER_BACKOFF_MAX_MS', 'must not be below MERCATO_HANDLER_BACKOFF_BASE_MS')
+    throw new ConfigError(
+      'MERCATO_HANDLER_BACKOFF_MAX_MS',
+      'must not be below MERCATO_HANDLER_BACKOFF_BASE_MS',
+    )
   }
   return {
     targets: parseTargets(source.MERCATO_TARGET),
     host: source.MERCATO_HOST || '127.0.0.1',
     dataDir,
     logLevel,
-    stream: parseStream(source.MERCATO_STREAM, dataDir),
+    stream: parseStream(source.MERCATO_STREAM, dataDir, source.MERCATO_STREAM_SYNC),
     store: parseStore(source.MERCATO_STORE, dataDir),
     cache: parseCache(source.MERCATO_CACHE),
     streamTopicPrefix: parseTopicPrefix(source.MERCATO_STREAM_TOPIC_PREFIX),
@@ -233,7 +245,10 @@ function readInt(source: Source, setting: IntSetting): number {
 function parseTopicPrefix(raw: string | undefined): string {
   if (!raw) return ''
   if (!/^[A-Za-z0-9._-]{1,64}$/.test(raw)) {
-    throw new ConfigError('MERCATO_STREAM_TOPIC_PREFIX', `may hold only letters, digits, ".", "_" and "-" (64 at most), got "${raw}"`)
+    throw new ConfigError(
+      'MERCATO_STREAM_TOPIC_PREFIX',
+      `may hold only letters, digits, ".", "_" and "-" (64 at most), got "${raw}"`,
+    )
   }
   return raw
 }
@@ -256,22 +271,31 @@ function parseUrl(setting: string, raw: string): URL {
   }
 }
 
-function parseStream(raw: string | undefined, dataDir: string): StreamConfig {
-  if (!raw || raw === 'embedded') return { kind: 'embedded', path: resolve(dataDir, 'stream.db') }
-  const url = parseUrl('MERCATO_STREAM', raw)
-  if (url.protocol !== 'kafka:') {
-    throw new ConfigError('MERCATO_STREAM', `must be unset, "embedded" or kafka://host:port, got "${url.protocol}//…"`)
+function parseStream(raw: string | undefined, dataDir: string, sync: string | undefined): StreamConfig {
+  if (!raw || raw === 'embedded') {
+    if (sync && sync !== 'normal' && sync !== 'full') {
+      throw new ConfigError('MERCATO_STREAM_SYNC', `must be "normal" or "full", got "${sync}"`)
+    }
+    return { kind: 'embedded', path: resolve(dataDir, 'stream.db'), synchronous: sync === 'full' ? 'full' : 'normal' }
   }
-  // kafka://host1:9092,host2:9092 — the URL parser keeps only the first host; read them all.
-  const hosts = raw.slice('kafka://'.length).split(/[/?]/)[0].split(',').filter(Boolean)
+  // kafka://host1:9092,host2:9092?replication=3 — a list of hosts is no WHATWG URL, so read it by hand.
+  const match = /^kafka:\/\/([^/?]*)\/?(?:\?(.*))?$/.exec(raw)
+  if (!match) {
+    throw new ConfigError(
+      'MERCATO_STREAM',
+      `must be unset, "embedded" or kafka://host:port[,host:port], got "${raw}"`,
+    )
+  }
+  const hosts = match[1].split(',').filter(Boolean)
+  if (hosts.length === 0) throw new ConfigError('MERCATO_STREAM', 'names no broker')
   for (const host of hosts) {
     if (!/^[A-Za-z0-9.-]+:\d{1,5}$/.test(host)) {
       throw new ConfigError('MERCATO_STREAM', `broker "${host}" is not host:port`)
     }
   }
-  if (hosts.length === 0) throw new ConfigError('MERCATO_STREAM', 'names no broker')
-  const replication = url.searchParams.get('replication') ?? '1'
-  if (!/^[1-9]$/.test(replication)) throw new ConfigError('MERCATO_STREAM', `replication must be 1 to 9, got "${replication}"`)
+  const replication = new URLSearchParams(match[2] ?? '').get('replication') ?? '1'
+  if (!/^[1-9]$/.test(replication))
+    throw new ConfigError('MERCATO_STREAM', `replication must be 1 to 9, got "${replication}"`)
   return { kind: 'kafka', brokers: hosts, replicationFactor: Number(replication) }
 }
 
@@ -279,7 +303,10 @@ function parseStore(raw: string | undefined, dataDir: string): StoreConfig {
   if (!raw || raw === 'sqlite') return { kind: 'sqlite', dataDir: resolve(dataDir, 'stores') }
   const url = parseUrl('MERCATO_STORE', raw)
   if (url.protocol !== 'postgres:' && url.protocol !== 'postgresql:') {
-    throw new ConfigError('MERCATO_STORE', `must be unset, "sqlite" or postgres://…, got "${url.protocol}//…"`)
+    throw new ConfigError(
+      'MERCATO_STORE',
+      `must be unset, "sqlite" or postgres://…, got "${url.protocol}//…"`,
+    )
   }
   if (!url.hostname) throw new ConfigError('MERCATO_STORE', 'names no host')
   return { kind: 'postgres', url: raw }
@@ -289,7 +316,10 @@ function parseCache(raw: string | undefined): CacheConfig {
   if (!raw || raw === 'memory') return { kind: 'memory' }
   const url = parseUrl('MERCATO_CACHE', raw)
   if (url.protocol !== 'redis:' && url.protocol !== 'rediss:') {
-    throw new ConfigError('MERCATO_CACHE', `must be unset, "memory" or redis://host:port, got "${url.protocol}//…"`)
+    throw new ConfigError(
+      'MERCATO_CACHE',
+      `must be unset, "memory" or redis://host:port, got "${url.protocol}//…"`,
+    )
   }
   if (!url.hostname) throw new ConfigError('MERCATO_CACHE', 'names no host')
   return { kind: 'redis', url: raw }
@@ -301,10 +331,14 @@ export function settingsHelp(): string {
     ['MERCATO_TARGET', 'components to run, comma-separated (default: all)'],
     ['MERCATO_HOST', 'address to listen on (default: 127.0.0.1)'],
     ['MERCATO_DATA_DIR', 'where embedded engines keep their files (default: ./data)'],
+    ['MERCATO_STREAM_SYNC', 'embedded log: "normal" survives kill -9, "full" also power loss (default: normal)'],
     ['MERCATO_STREAM_TOPIC_PREFIX', 'put before every topic name, to share a Kafka cluster (default: none)'],
     ['MERCATO_LOG_LEVEL', `one of ${logLevels.join(', ')} (default: info)`],
     ...Object.values(urlSettings).map((s) => [s.env, s.help]),
-    ...Object.values(intSettings).map((s: IntSetting) => [s.env, `${s.help} (default ${s.default}, ${s.min}–${s.max})`]),
+    ...Object.values(intSettings).map((s: IntSetting) => [
+      s.env,
+      `${s.help} (default ${s.default}, ${s.min}–${s.max})`,
+    ]),
   ]
   return rows.map(([name, help]) => `  ${name.padEnd(36)} ${help}`).join('\n')
 }

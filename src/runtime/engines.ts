@@ -1,7 +1,8 @@
 // Builds each port's engine from the configuration: the only place that knows which
 // engines exist. A server that does not answer is reported within the connect timeout.
-import { type Cache, cacheLimitDefaults } from '../engines/cache/port.ts'
+
 import { LruCache } from '../engines/cache/memory/lru-cache.ts'
+import { type Cache, cacheLimitDefaults } from '../engines/cache/port.ts'
 import { RedisCache } from '../engines/cache/redis/redis-cache.ts'
 import type { Store } from '../engines/store/port.ts'
 import { PostgresStore } from '../engines/store/postgres/postgres-store.ts'
@@ -21,6 +22,7 @@ export function createStreamEngine(config: Config): StreamEngine {
     return new SqliteLog({
       ...sqliteLogDefaults,
       path: config.stream.path,
+      synchronous: config.stream.synchronous,
       publishQueueLengthMax: config.publishQueueLengthMax,
     })
   }
@@ -40,7 +42,8 @@ export async function openEventStream(config: Config, log: Logger, metrics: Metr
     await withTimeout('event stream', config.connectTimeoutMs, engine.ping())
   } catch (error) {
     await engine.close().catch(() => {})
-    const where = config.stream.kind === 'kafka' ? `kafka://${config.stream.brokers.join(',')}` : config.stream.path
+    const where =
+      config.stream.kind === 'kafka' ? `kafka://${config.stream.brokers.join(',')}` : config.stream.path
     throw new UnreachableError('the event stream (MERCATO_STREAM)', where, error)
   }
   const stream = new EventStream(
@@ -83,7 +86,9 @@ export function storeOpener(config: Config): OpenStore {
       await withTimeout(`store ${service}`, config.connectTimeoutMs, store.ping())
     } catch (error) {
       await store.close().catch(() => {})
-      throw error instanceof UnreachableError ? error : new UnreachableError('the store (MERCATO_STORE)', 'postgres', error)
+      throw error instanceof UnreachableError
+        ? error
+        : new UnreachableError('the store (MERCATO_STORE)', 'postgres', error)
     }
     return store
   }

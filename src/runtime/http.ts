@@ -30,7 +30,10 @@ export function createHttpServer(
     forceCloseConnections: 'idle',
   })
   let inFlight = 0
-  const shed = metrics.counter('mercato_http_shed_total', 'Requests refused with 503 because the process was full.')
+  const shed = metrics.counter(
+    'mercato_http_shed_total',
+    'Requests refused with 503 because the process was full.',
+  )
   const inFlightGauge = metrics.gauge('mercato_http_in_flight', 'Requests being handled.')
 
   app.addHook('onRequest', async (request, reply) => {
@@ -55,12 +58,19 @@ export function createHttpServer(
   })
 
   app.setErrorHandler((error, request, reply) => {
-    const status = error instanceof MercatoError ? error.status : (error as { statusCode?: number }).statusCode
+    const status =
+      error instanceof MercatoError ? error.status : (error as { statusCode?: number }).statusCode
     let problem: ReturnType<typeof toProblem>
     if (error instanceof MercatoError) problem = toProblem(error, request.url)
     else if (status && status >= 400 && status < 500) {
       // fastify's own client errors (bad JSON, body too large, …): their message is safe to show.
-      problem = { type: 'about:blank', title: titleFor(status), status, detail: (error as Error).message, instance: request.url }
+      problem = {
+        type: 'about:blank',
+        title: titleFor(status),
+        status,
+        detail: (error as Error).message,
+        instance: request.url,
+      }
     } else {
       request.log.error({ err: error }, 'request failed')
       problem = toProblem(error, request.url)
@@ -73,7 +83,13 @@ export function createHttpServer(
     reply
       .code(404)
       .type('application/problem+json')
-      .send({ type: 'about:blank', title: 'Not Found', status: 404, detail: `no route ${request.method} ${request.url.split('?')[0]}`, instance: request.url })
+      .send({
+        type: 'about:blank',
+        title: 'Not Found',
+        status: 404,
+        detail: `no route ${request.method} ${request.url.split('?')[0]}`,
+        instance: request.url,
+      })
   })
 
   app.get('/healthz', async () => ({ status: 'ok' }))

@@ -29,12 +29,16 @@ function reachable(host: string, port: number, timeoutMs = 1_500): Promise<boole
  * Resolves undefined when `server` answers; otherwise the reason to skip (recorded for the
  * summary), or throws when servers are required.
  */
-export async function skipUnlessReachable(suite: string, server: keyof typeof serverUrls): Promise<string | undefined> {
+export async function skipUnlessReachable(
+  suite: string,
+  server: keyof typeof serverUrls,
+): Promise<string | undefined> {
   const url = serverUrls[server]
   const { hostname, port } = new URL(url.includes('://') ? url : `tcp://${url}`)
   if (await reachable(hostname, Number(port))) return undefined
   const reason = `${server} is not reachable at ${hostname}:${port}`
   if (required) throw new Error(`${suite}: ${reason}, and MERCATO_TEST_REQUIRE_SERVERS=1`)
-  if (process.env.MERCATO_TEST_SKIPS_FILE) appendFileSync(process.env.MERCATO_TEST_SKIPS_FILE, `${suite}: ${reason}\n`)
+  if (process.env.MERCATO_TEST_SKIPS_FILE)
+    appendFileSync(process.env.MERCATO_TEST_SKIPS_FILE, `${suite}: ${reason}\n`)
   return reason
 }

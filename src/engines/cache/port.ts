@@ -12,7 +12,12 @@ export interface Cache {
    * Atomically replaces the value when it equals `expected` (undefined: when absent);
    * resolves true when it did. Many callers, one winner.
    */
-  compareAndSet(key: string, expected: string | undefined, next: string, options?: { ttlMs?: number }): Promise<boolean>
+  compareAndSet(
+    key: string,
+    expected: string | undefined,
+    next: string,
+    options?: { ttlMs?: number },
+  ): Promise<boolean>
   /** Atomically adds `by` (default 1) and resolves with the new value; the TTL is set when the key is created. */
   increment(key: string, options?: { by?: number; ttlMs?: number }): Promise<number>
   ping(): Promise<void>
@@ -26,9 +31,14 @@ export interface CacheLimits {
   commandTimeoutMs: number
 }
 
-export const cacheLimitDefaults: CacheLimits = { entriesMax: 100_000, valueBytesMax: 1_048_576, commandTimeoutMs: 1_000 }
+export const cacheLimitDefaults: CacheLimits = {
+  entriesMax: 100_000,
+  valueBytesMax: 1_048_576,
+  commandTimeoutMs: 1_000,
+}
 
 export function assertValueSize(key: string, value: string, valueBytesMax: number): void {
   const bytes = Buffer.byteLength(value)
-  if (bytes > valueBytesMax) throw new RangeError(`value for ${key} is ${bytes} bytes, over the limit of ${valueBytesMax}`)
+  if (bytes > valueBytesMax)
+    throw new RangeError(`value for ${key} is ${bytes} bytes, over the limit of ${valueBytesMax}`)
 }

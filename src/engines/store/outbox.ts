@@ -17,7 +17,10 @@ export async function addToOutbox(store: Store, tx: Tx, events: CloudEvent[]): P
   const now = new Date().toISOString()
   for (const event of events) {
     eventRegistry.assertValid(event)
-    await tx.execute('INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2)', [JSON.stringify(event), now])
+    await tx.execute('INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2)', [
+      JSON.stringify(event),
+      now,
+    ])
   }
   tx.afterCommit(() => {
     for (const wake of wakers.get(store) ?? []) wake()
@@ -70,7 +73,10 @@ export class OutboxRelay {
         relayed = await this.relayOnce()
         await this.#pruneIfDue()
       } catch (error) {
-        this.#log.warn({ store: this.#store.service, err: errorMessage(error) }, 'outbox relay failed; will retry')
+        this.#log.warn(
+          { store: this.#store.service, err: errorMessage(error) },
+          'outbox relay failed; will retry',
+        )
         await sleep(this.#options.pollIntervalMs * 10, this.#stop.signal)
       }
       if (relayed === 0) {
@@ -103,7 +109,9 @@ export class OutboxRelay {
   async publish(rows: OutboxRow[]): Promise<void> {
     await this.#stream.publish(rows.map((row) => row.event))
     this.#metrics
-      .counter('mercato_outbox_relayed_total', 'Events relayed from a service outbox to the stream.', ['store'])
+      .counter('mercato_outbox_relayed_total', 'Events relayed from a service outbox to the stream.', [
+        'store',
+      ])
       .inc({ store: this.#store.service }, rows.length)
   }
 

@@ -12,7 +12,6 @@ import type { Logger } from '../../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../../platform/metrics.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../../platform/tracing.ts'
 import {
-  type ConsumerHandle,
   dlqTopicOf,
   type OutgoingRecord,
   type RecordPosition,
@@ -137,7 +136,10 @@ export class EventStream {
         }
       },
     })
-    const lagTimer = this.#watchLag(options.group, options.topics.map((topic) => this.topic(topic)))
+    const lagTimer = this.#watchLag(
+      options.group,
+      options.topics.map((topic) => this.topic(topic)),
+    )
     const subscription: Subscription = {
       group: options.group,
       assignment: () => handle.assignment(),
@@ -192,14 +194,18 @@ export class EventStream {
           await this.#deadLetter(options.group, record, error, attempt)
           return 'dead-lettered'
         }
-        this.#log.debug({ group: options.group, eventId: event.id, attempt, err: errorMessage(error) }, 'retrying')
+        this.#log.debug(
+          { group: options.group, eventId: event.id, attempt, err: errorMessage(error) },
+          'retrying',
+        )
         await sleep(backoffMs(attempt, retry.backoffBaseMs, retry.backoffMaxMs), stopped)
       }
     }
   }
 
   async #deadLetter(group: string, record: StreamRecord, error: unknown, attempts: number): Promise<void> {
-    const reason = error instanceof InvalidEventError ? `invalid event: ${error.message}` : errorMessage(error)
+    const reason =
+      error instanceof InvalidEventError ? `invalid event: ${error.message}` : errorMessage(error)
     const dead: OutgoingRecord = {
       topic: dlqTopicOf(record.topic),
       key: record.key,
@@ -217,7 +223,10 @@ export class EventStream {
     }
     await this.engine.publish([dead])
     this.#metrics
-      .counter('mercato_stream_dead_lettered_total', 'Records parked on a dead-letter topic.', ['group', 'topic'])
+      .counter('mercato_stream_dead_lettered_total', 'Records parked on a dead-letter topic.', [
+        'group',
+        'topic',
+      ])
       .inc({ group, topic: record.topic })
   }
 
@@ -240,7 +249,9 @@ export class EventStream {
       topic: original.topic,
       key: record.key,
       value: record.value,
-      headers: Object.fromEntries(Object.entries(record.headers).filter(([name]) => !name.startsWith('mercato_dlq_'))),
+      headers: Object.fromEntries(
+        Object.entries(record.headers).filter(([name]) => !name.startsWith('mercato_dlq_')),
+      ),
     }))
     return this.engine.publish(records)
   }

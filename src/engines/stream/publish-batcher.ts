@@ -76,7 +76,10 @@ export class PublishBatcher {
   #take(): Pending[] {
     const batch: Pending[] = []
     let count = 0
-    while (this.#pending.length > 0 && (count === 0 || count + this.#pending[0].records.length <= this.#batchSizeMax)) {
+    while (
+      this.#pending.length > 0 &&
+      (count === 0 || count + this.#pending[0].records.length <= this.#batchSizeMax)
+    ) {
       const next = this.#pending.shift()!
       count += next.records.length
       batch.push(next)

@@ -3,8 +3,8 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { type CloudEvent, createEvent } from '../../../src/contracts/envelope.ts'
 import { handleOnce } from '../../../src/engines/store/inbox.ts'
-import { SqliteStore } from '../../../src/engines/store/sqlite/sqlite-store.ts'
 import { storeLimitDefaults } from '../../../src/engines/store/port.ts'
+import { SqliteStore } from '../../../src/engines/store/sqlite/sqlite-store.ts'
 import { EventStream } from '../../../src/engines/stream/event-stream.ts'
 import type { StreamEngine } from '../../../src/engines/stream/port.ts'
 import { InvalidEventError, OverloadedError } from '../../../src/platform/errors.ts'
@@ -24,7 +24,14 @@ export function productEvent(sku: string, seq: number, extra: Partial<CloudEvent
       type: 'product.upserted',
       source: 'test',
       subject: sku,
-      data: { sku, name: `v${seq}`, description: '', category: 'test', priceMinor: 100 + seq, currency: 'EUR' },
+      data: {
+        sku,
+        name: `v${seq}`,
+        description: '',
+        category: 'test',
+        priceMinor: 100 + seq,
+        currency: 'EUR',
+      },
     }),
     ...extra,
   }
@@ -92,21 +99,36 @@ export function defineStreamConformance(
           }),
         ),
       )
-      const count = (map: Map<string, number[]>) => [...map.values()].reduce((sum, list) => sum + list.length, 0)
+      const count = (map: Map<string, number[]>) =>
+        [...map.values()].reduce((sum, list) => sum + list.length, 0)
       await waitFor('both groups to see every event', () => seen.every((map) => count(map) >= total), 30_000)
       for (const map of seen) {
-        for (const key of keys) assert.deepEqual(map.get(key), Array.from({ length: 20 }, (_, i) => i), key)
+        for (const key of keys)
+          assert.deepEqual(
+            map.get(key),
+            Array.from({ length: 20 }, (_, i) => i),
+            key,
+          )
       }
       await Promise.all(subscriptions.map((s) => s.stop()))
     })
 
     it('acknowledges a publish with positions in input order, a key always on one partition', async () => {
       const stream = await freshStream()
-      const positions = await stream.publish([productEvent('a', 0), productEvent('b', 0), productEvent('a', 1)])
+      const positions = await stream.publish([
+        productEvent('a', 0),
+        productEvent('b', 0),
+        productEvent('a', 1),
+      ])
       assert.equal(positions.length, 3)
       assert.equal(positions[0].partition, positions[2].partition)
       assert.equal(positions[2].offset, positions[0].offset + 1)
-      const [record] = await fixture.engine.read(positions[0].topic, positions[0].partition, positions[0].offset, 1)
+      const [record] = await fixture.engine.read(
+        positions[0].topic,
+        positions[0].partition,
+        positions[0].offset,
+        1,
+      )
       assert.equal(record.headers.ce_type, 'product.upserted')
       assert.equal(record.headers.ce_specversion, '1.0')
       assert.equal(record.key, 'a')
@@ -128,7 +150,10 @@ export function defineStreamConformance(
       const b = await member('b')
       await waitFor(
         'the partitions to be split',
-        () => a.assignment().length > 0 && b.assignment().length > 0 && a.assignment().length + b.assignment().length === 4,
+        () =>
+          a.assignment().length > 0 &&
+          b.assignment().length > 0 &&
+          a.assignment().length + b.assignment().length === 4,
         30_000,
       )
       assert.equal(new Set([...a.assignment(), ...b.assignment()]).size, 4, 'no partition owned twice')
@@ -140,7 +165,11 @@ export function defineStreamConformance(
       await waitFor('b to own every partition', () => b.assignment().length === 4, 30_000)
       const second = Array.from({ length: 40 }, (_, i) => productEvent(`k${i}`, 1))
       await stream.publish(second)
-      await waitFor('b to handle everything after a left', () => second.every((e) => handledBy.get(e.id) === 'b'), 30_000)
+      await waitFor(
+        'b to handle everything after a left',
+        () => second.every((e) => handledBy.get(e.id) === 'b'),
+        30_000,
+      )
       await b.stop()
     })
 
@@ -165,13 +194,23 @@ export function defineStreamConformance(
         // The first member dies in the middle of its batches: its later handlers never return.
         if (member === 'doomed' && deliveries >= 25) await stuck
       }
-      const doomed = await stream.subscribe({ group: 'crash', topics: ['products'], handle: effect('doomed') })
+      const doomed = await stream.subscribe({
+        group: 'crash',
+        topics: ['products'],
+        handle: effect('doomed'),
+      })
       await waitFor('the doomed member to be mid-batch', () => deliveries >= 25, 30_000)
       await doomed.abort()
       releaseStuck()
-      const survivor = await stream.subscribe({ group: 'crash', topics: ['products'], handle: effect('survivor') })
+      const survivor = await stream.subscribe({
+        group: 'crash',
+        topics: ['products'],
+        handle: effect('survivor'),
+      })
       const handledIds = async () =>
-        new Set((await store.query<{ event_id: string }>('SELECT event_id FROM effects')).map((r) => r.event_id))
+        new Set(
+          (await store.query<{ event_id: string }>('SELECT event_id FROM effects')).map((r) => r.event_id),
+        )
       await waitFor(
         'every event to be handled after the crash',
         async () => (await handledIds()).size === events.length,
@@ -203,14 +242,22 @@ export function defineStreamConformance(
       })
       const [position] = await stream.publish([poison, ...fine])
       await waitFor('the good events to be handled', () => handled.length === 2, 30_000)
-      await waitFor('the dead letter', async () => (await stream.deadLetters('products')).length === 1, 30_000)
+      await waitFor(
+        'the dead letter',
+        async () => (await stream.deadLetters('products')).length === 1,
+        30_000,
+      )
       const [letter] = await stream.deadLetters('products')
       assert.equal(attempts, 3)
       assert.equal(letter.attempts, 3)
       assert.equal(letter.error, 'warehouse says no')
       assert.equal(letter.original.group, 'dlq')
       assert.deepEqual(
-        { topic: letter.original.topic, partition: letter.original.partition, offset: letter.original.offset },
+        {
+          topic: letter.original.topic,
+          partition: letter.original.partition,
+          offset: letter.original.offset,
+        },
         position,
       )
       assert.equal(letter.record.headers.ce_id, poison.id)
@@ -244,9 +291,15 @@ export function defineStreamConformance(
 
     it('refuses an oversize or invalid event at publish, appending nothing', async () => {
       const stream = await freshStream()
-      const ends = async () => (await fixture.engine.lag('nobody', [stream.topic('products')])).map((p) => p.end)
+      const ends = async () =>
+        (await fixture.engine.lag('nobody', [stream.topic('products')])).map((p) => p.end)
       const before = await ends()
-      const small = new EventStream(fixture.engine, { ...stream.options, eventBytesMax: 2_048 }, silentLogger(), new Metrics())
+      const small = new EventStream(
+        fixture.engine,
+        { ...stream.options, eventBytesMax: 2_048 },
+        silentLogger(),
+        new Metrics(),
+      )
       const big = productEvent('huge', 0)
       big.data.description = 'x'.repeat(4_000)
       await assert.rejects(small.publish([big]), (error: Error) => {
@@ -277,7 +330,12 @@ export function defineStreamConformance(
       }
       await fixture.engine.publish([
         { topic, key: 'm', headers, value: Buffer.from('{not json') },
-        { topic, key: 'm', headers: { ...headers, ce_id: 'x2', ce_dataversion: '99' }, value: Buffer.from('{}') },
+        {
+          topic,
+          key: 'm',
+          headers: { ...headers, ce_id: 'x2', ce_dataversion: '99' },
+          value: Buffer.from('{}'),
+        },
         { topic, key: 'm', headers: { 'content-type': 'text/plain' }, value: Buffer.from('hello') },
       ])
       await stream.publish([good])
@@ -290,7 +348,11 @@ export function defineStreamConformance(
         },
       })
       await waitFor('the good event', () => handled.includes(good.id), 30_000)
-      await waitFor('three dead letters', async () => (await stream.deadLetters('products')).length === 3, 30_000)
+      await waitFor(
+        'three dead letters',
+        async () => (await stream.deadLetters('products')).length === 3,
+        30_000,
+      )
       const reasons = (await stream.deadLetters('products')).map((l) => l.error).sort()
       assert.match(reasons.join('\n'), /data is not JSON/)
       assert.match(reasons.join('\n'), /version 99 of product.upserted is not known here/)
@@ -327,4 +389,3 @@ export function defineStreamConformance(
     })
   })
 }
-

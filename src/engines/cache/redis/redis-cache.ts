@@ -18,6 +18,12 @@ if tonumber(ARGV[2]) > 0 and redis.call('PTTL', KEYS[1]) == -1 and value == tonu
 end
 return value`
 
+/** The commands defineCommand adds, which ioredis cannot type. */
+type ScriptedRedis = Redis & {
+  mercatoCas(...args: (string | number)[]): Promise<number>
+  mercatoIncr(...args: (string | number)[]): Promise<number>
+}
+
 /** Redis, with a key prefix per deployment, bounded command time and no offline queue: a down server fails fast. */
 export class RedisCache implements Cache {
   readonly kind = 'redis' as const
@@ -81,14 +87,24 @@ export class RedisCache implements Cache {
   ): Promise<boolean> {
     assertValueSize(key, next, this.#limits.valueBytesMax)
     const absent = expected === undefined ? '1' : '0'
-    // biome-ignore lint/suspicious/noExplicitAny: commands defined by defineCommand are not typed
-    const result = await (this.#redis as any).mercatoCas(this.#prefix + key, expected ?? '', next, absent, options.ttlMs ?? 0)
+    const result = await (this.#redis as ScriptedRedis).mercatoCas(
+      this.#prefix + key,
+      expected ?? '',
+      next,
+      absent,
+      options.ttlMs ?? 0,
+    )
     return result === 1
   }
 
   async increment(key: string, options: { by?: number; ttlMs?: number } = {}): Promise<number> {
-    // biome-ignore lint/suspicious/noExplicitAny: commands defined by defineCommand are not typed
-    return Number(await (this.#redis as any).mercatoIncr(this.#prefix + key, options.by ?? 1, options.ttlMs ?? 0))
+    return Number(
+      await (this.#redis as ScriptedRedis).mercatoIncr(
+        this.#prefix + key,
+        options.by ?? 1,
+        options.ttlMs ?? 0,
+      ),
+    )
   }
 
   async ping(): Promise<void> {

@@ -55,7 +55,9 @@ export class PostgresStore implements Store {
   async migrate(migrations: Migration[]): Promise<void> {
     await this.#withClient(async (client) => {
       await client.query(`CREATE SCHEMA IF NOT EXISTS ${this.service}`)
-      await client.query('CREATE TABLE IF NOT EXISTS mercato_migrations (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)')
+      await client.query(
+        'CREATE TABLE IF NOT EXISTS mercato_migrations (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)',
+      )
     })
     for (const migration of [...coreMigrations, ...migrations]) {
       await this.transaction(async (tx) => {

@@ -1,6 +1,6 @@
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
-import { DatabaseSync, type SQLInputValue } from 'node:sqlite'
+import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite'
 import { Semaphore } from '../../../platform/limits.ts'
 import {
   assertServiceName,
@@ -16,21 +16,27 @@ import {
 /**
  * One SQLite file per service (WAL). SQLite has one writer, so transactions run one at a
  * time through a bounded queue: a caller past the queue bound or the wait bound is refused.
+ * Reads outside a transaction use a second connection, so they never see uncommitted work.
  */
 export class SqliteStore implements Store {
   readonly kind = 'sqlite' as const
   readonly service: string
   readonly #db: DatabaseSync
+  readonly #reader: DatabaseSync
   readonly #writer: Semaphore
-  readonly #statements = new Map<string, ReturnType<DatabaseSync['prepare']>>()
+  readonly #statements = new Map<string, StatementSync>()
+  readonly #readStatements = new Map<string, StatementSync>()
 
   constructor(dataDir: string, service: string, limits: StoreLimits) {
     assertServiceName(service)
     this.service = service
     mkdirSync(dataDir, { recursive: true })
-    this.#db = new DatabaseSync(join(dataDir, `${service}.db`))
+    const path = join(dataDir, `${service}.db`)
+    this.#db = new DatabaseSync(path)
     this.#db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
       PRAGMA busy_timeout = ${limits.acquireTimeoutMs};`)
+    this.#reader = new DatabaseSync(path)
+    this.#reader.exec(`PRAGMA busy_timeout = ${limits.acquireTimeoutMs}; PRAGMA query_only = ON;`)
     this.#writer = new Semaphore(`store.${service}`, {
       permitsMax: 1,
       queueLengthMax: limits.queueLengthMax,
@@ -39,7 +45,9 @@ export class SqliteStore implements Store {
   }
 
   async migrate(migrations: Migration[]): Promise<void> {
-    this.#db.exec('CREATE TABLE IF NOT EXISTS mercato_migrations (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)')
+    this.#db.exec(
+      'CREATE TABLE IF NOT EXISTS mercato_migrations (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)',
+    )
     for (const migration of [...coreMigrations, ...migrations]) {
       await this.transaction(async (tx) => {
         const done = await tx.query('SELECT 1 FROM mercato_migrations WHERE id = $1', [migration.id])
@@ -57,7 +65,7 @@ export class SqliteStore implements Store {
     return this.#writer.run(async () => {
       const callbacks: (() => void)[] = []
       const tx: Tx = {
-        query: async (sql, params) => this.#all(sql, params),
+        query: async (sql, params) => this.#all(this.#db, this.#statements, sql, params),
         execute: async (sql, params) => this.#run(sql, params),
         afterCommit: (callback) => callbacks.push(callback),
       }
@@ -76,34 +84,46 @@ export class SqliteStore implements Store {
   }
 
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
-    return this.#all(sql, params) as Row[]
+    return this.#all(this.#reader, this.#readStatements, sql, params) as Row[]
   }
 
   async ping(): Promise<void> {
-    this.#all('SELECT 1')
+    await this.query('SELECT 1')
   }
 
   async close(): Promise<void> {
-    await this.#writer.run(async () => this.#db.close())
+    await this.#writer.run(async () => {
+      this.#db.close()
+      this.#reader.close()
+    })
   }
 
-  #all<Row>(sql: string, params: SqlValue[] = []): Row[] {
-    return this.#prepare(sql).all(...params.map(toSqlite)) as Row[]
+  #all<Row>(
+    db: DatabaseSync,
+    cache: Map<string, StatementSync>,
+    sql: string,
+    params: SqlValue[] = [],
+  ): Row[] {
+    // Plain objects, as PostgreSQL's driver gives (node:sqlite's rows have no prototype).
+    return prepare(db, cache, sql)
+      .all(...params.map(toSqlite))
+      .map((row) => ({ ...row })) as Row[]
   }
 
   #run(sql: string, params: SqlValue[] = []): number {
-    return Number(this.#prepare(sql).run(...params.map(toSqlite)).changes)
+    return Number(prepare(this.#db, this.#statements, sql).run(...params.map(toSqlite)).changes)
   }
+}
 
-  #prepare(sql: string) {
-    let statement = this.#statements.get(sql)
-    if (!statement) {
-      statement = this.#db.prepare(sql.replace(/\$(\d+)/g, '?$1'))
-      if (this.#statements.size > 500) this.#statements.clear()
-      this.#statements.set(sql, statement)
-    }
-    return statement
+/** Prepares once per connection; $1, $2 … become SQLite's ?1, ?2 …. */
+function prepare(db: DatabaseSync, cache: Map<string, StatementSync>, sql: string): StatementSync {
+  let statement = cache.get(sql)
+  if (!statement) {
+    statement = db.prepare(sql.replace(/\$(\d+)/g, '?$1'))
+    if (cache.size > 500) cache.clear()
+    cache.set(sql, statement)
   }
+  return statement
 }
 
 function toSqlite(value: SqlValue): SQLInputValue {

@@ -94,7 +94,9 @@ export class SqliteLog implements StreamEngine {
     this.#sql = {
       topic: prepare('SELECT partitions FROM topics WHERE name = ?'),
       insertTopic: prepare('INSERT INTO topics (name, partitions) VALUES (?, ?) ON CONFLICT DO NOTHING'),
-      insertHead: prepare('INSERT INTO heads (topic, partition, next_offset) VALUES (?, ?, 0) ON CONFLICT DO NOTHING'),
+      insertHead: prepare(
+        'INSERT INTO heads (topic, partition, next_offset) VALUES (?, ?, 0) ON CONFLICT DO NOTHING',
+      ),
       head: prepare('SELECT next_offset FROM heads WHERE topic = ? AND partition = ?'),
       setHead: prepare('UPDATE heads SET next_offset = ? WHERE topic = ? AND partition = ?'),
       append: prepare(
@@ -107,7 +109,9 @@ export class SqliteLog implements StreamEngine {
       commit: prepare(
         'INSERT INTO group_offsets (grp, topic, partition, committed) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET committed = excluded.committed',
       ),
-      firstAtOrAfter: prepare('SELECT MIN(offset) AS offset FROM log WHERE topic = ? AND partition = ? AND ts >= ?'),
+      firstAtOrAfter: prepare(
+        'SELECT MIN(offset) AS offset FROM log WHERE topic = ? AND partition = ? AND ts >= ?',
+      ),
       heartbeat: prepare(
         'INSERT INTO group_members (grp, member, topics, heartbeat_ms) VALUES (?, ?, ?, ?) ON CONFLICT DO UPDATE SET heartbeat_ms = excluded.heartbeat_ms',
       ),
@@ -121,7 +125,9 @@ export class SqliteLog implements StreamEngine {
         'INSERT INTO partition_owners (grp, topic, partition, member) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING',
       ),
       owner: prepare('SELECT member FROM partition_owners WHERE grp = ? AND topic = ? AND partition = ?'),
-      release: prepare('DELETE FROM partition_owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?'),
+      release: prepare(
+        'DELETE FROM partition_owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?',
+      ),
     }
   }
 
@@ -219,7 +225,12 @@ export class SqliteLog implements StreamEngine {
     return lags
   }
 
-  async read(topic: string, partition: number, fromOffset: number, countMax: number): Promise<StreamRecord[]> {
+  async read(
+    topic: string,
+    partition: number,
+    fromOffset: number,
+    countMax: number,
+  ): Promise<StreamRecord[]> {
     return this.readSync(topic, partition, fromOffset, countMax)
   }
 
@@ -232,7 +243,9 @@ export class SqliteLog implements StreamEngine {
       timestampMs: row.ts,
       key: row.key,
       headers: JSON.parse(row.headers),
-      value: row.value ? Buffer.from(row.value.buffer, row.value.byteOffset, row.value.byteLength) : Buffer.alloc(0),
+      value: row.value
+        ? Buffer.from(row.value.buffer, row.value.byteOffset, row.value.byteLength)
+        : Buffer.alloc(0),
     }))
   }
 
@@ -286,7 +299,8 @@ export class SqliteLog implements StreamEngine {
         const subscribers = members.filter((m) => m.topics.includes(topic)).map((m) => m.member)
         const index = subscribers.indexOf(member)
         const partitions = this.#partitionCount(topic)
-        for (let p = index; index >= 0 && p < partitions; p += subscribers.length) desired.add(`${topic}/${p}`)
+        for (let p = index; index >= 0 && p < partitions; p += subscribers.length)
+          desired.add(`${topic}/${p}`)
       }
       return desired
     })
@@ -383,7 +397,9 @@ class GroupMember implements ConsumerHandle {
     for (const [key, worker] of this.#workers) {
       if (desired.has(key)) continue
       this.#workers.delete(key)
-      releases.push(worker.stop().then(() => this.#log.release(this.group, this.id, worker.topic, worker.partition)))
+      releases.push(
+        worker.stop().then(() => this.#log.release(this.group, this.id, worker.topic, worker.partition)),
+      )
     }
     await Promise.all(releases)
     for (const key of desired) {

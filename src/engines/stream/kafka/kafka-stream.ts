@@ -56,7 +56,12 @@ export const kafkaStreamDefaults: Omit<KafkaStreamOptions, 'brokers' | 'clientId
 type KafkaMessage = Message<string, Buffer, string, string>
 
 const identity = (data?: Buffer) => data
-const serializers = { key: stringSerializer, value: identity, headerKey: stringSerializer, headerValue: stringSerializer }
+const serializers = {
+  key: stringSerializer,
+  value: identity,
+  headerKey: stringSerializer,
+  headerValue: stringSerializer,
+}
 const deserializers = {
   key: (data?: Buffer) => stringDeserializer(data) ?? '',
   value: identity as (data?: Buffer) => Buffer,
@@ -105,9 +110,14 @@ export class KafkaStream implements StreamEngine {
     const missing = topics.filter((topic) => !existing.has(topic))
     for (const topic of missing) {
       try {
-        await this.#admin.createTopics({ topics: [topic], partitions, replicas: this.options.replicationFactor })
+        await this.#admin.createTopics({
+          topics: [topic],
+          partitions,
+          replicas: this.options.replicationFactor,
+        })
       } catch (error) {
-        if (!/already exists/i.test(errorMessage(error)) && !/TOPIC_ALREADY_EXISTS/.test(String(error))) throw error
+        if (!/already exists/i.test(errorMessage(error)) && !/TOPIC_ALREADY_EXISTS/.test(String(error)))
+          throw error
       }
     }
   }
@@ -145,7 +155,8 @@ export class KafkaStream implements StreamEngine {
     })
     // Kafka answers with the base offset of each partition's batch; records follow in order.
     const next = new Map<string, number>()
-    for (const { topic, partition, offset } of result.offsets ?? []) next.set(`${topic}/${partition}`, Number(offset))
+    for (const { topic, partition, offset } of result.offsets ?? [])
+      next.set(`${topic}/${partition}`, Number(offset))
     return partitioned.map(({ record, partition }) => {
       const key = `${record.topic}/${partition}`
       const offset = next.get(key)
@@ -184,17 +195,20 @@ export class KafkaStream implements StreamEngine {
     }
     await this.#admin.alterConsumerGroupOffsets({
       groupId: group,
-      topics: [{ name: topic, partitionOffsets: offsets.map((offset, partition) => ({ partition, offset })) }],
+      topics: [
+        { name: topic, partitionOffsets: offsets.map((offset, partition) => ({ partition, offset })) },
+      ],
     })
   }
 
   async #listOffsets(topic: string, partitions: number[], timestamp: bigint): Promise<bigint[]> {
     const listed = await this.#admin.listOffsets({
-      topics: [{ name: topic, partitions: partitions.map((partitionIndex) => ({ partitionIndex, timestamp })) }],
+      topics: [
+        { name: topic, partitions: partitions.map((partitionIndex) => ({ partitionIndex, timestamp })) },
+      ],
     })
-    const offsets = partitions.map(() => -1n)
-    for (const p of listed[0]?.partitions ?? []) offsets[p.partitionIndex] = p.offset
-    return offsets
+    const byPartition = new Map((listed[0]?.partitions ?? []).map((p) => [p.partitionIndex, p.offset]))
+    return partitions.map((partition) => byPartition.get(partition) ?? -1n)
   }
 
   async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
@@ -204,19 +218,32 @@ export class KafkaStream implements StreamEngine {
       const partitions = await this.partitionsOf(topic)
       const ends = await this.#listOffsets(topic, [...Array(partitions).keys()], LATEST)
       const byPartition = new Map(
-        committed?.topics.find((t) => t.name === topic)?.partitions.map((p) => [p.partitionIndex, p.committedOffset]),
+        committed?.topics
+          .find((t) => t.name === topic)
+          ?.partitions.map((p) => [p.partitionIndex, p.committedOffset]),
       )
       ends.forEach((end, partition) => {
         const at = byPartition.get(partition) ?? -1n
         const from = at < 0n ? 0 : Number(at)
-        lags.push({ topic, partition, committed: from, end: Number(end), lag: Math.max(0, Number(end) - from) })
+        lags.push({
+          topic,
+          partition,
+          committed: from,
+          end: Number(end),
+          lag: Math.max(0, Number(end) - from),
+        })
       })
     }
     return lags
   }
 
   /** Reads one partition from an offset with a throwaway consumer (no group offsets are committed). */
-  async read(topic: string, partition: number, fromOffset: number, countMax: number): Promise<StreamRecord[]> {
+  async read(
+    topic: string,
+    partition: number,
+    fromOffset: number,
+    countMax: number,
+  ): Promise<StreamRecord[]> {
     const [end] = await this.#listOffsets(topic, [partition], LATEST)
     const last = Math.min(Number(end), fromOffset + countMax) - 1
     if (last < fromOffset) return []
@@ -349,7 +376,14 @@ class KafkaMember implements ConsumerHandle {
     const key = `${message.topic}/${message.partition}`
     let queue = this.#queues.get(key)
     if (!queue) {
-      queue = { topic: message.topic, partition: message.partition, records: [], leaderEpoch: 0, draining: undefined, next: 0 }
+      queue = {
+        topic: message.topic,
+        partition: message.partition,
+        records: [],
+        leaderEpoch: 0,
+        draining: undefined,
+        next: 0,
+      }
       this.#queues.set(key, queue)
     }
     const offset = Number(message.offset)
@@ -380,7 +414,9 @@ class KafkaMember implements ConsumerHandle {
       const offset = BigInt(records[records.length - 1].offset + 1)
       try {
         await this.#consumer.commit({
-          offsets: [{ topic: queue.topic, partition: queue.partition, offset, leaderEpoch: queue.leaderEpoch }],
+          offsets: [
+            { topic: queue.topic, partition: queue.partition, offset, leaderEpoch: queue.leaderEpoch },
+          ],
         })
       } catch {
         // A rebalance took the partition: its next owner starts from the last commit, and the
@@ -391,7 +427,11 @@ class KafkaMember implements ConsumerHandle {
   }
 
   #resumeIfRoom(): void {
-    if (!this.#stopping && this.#stream?.isPaused() && this.#buffered < this.#engine.options.bufferedRecordsMax / 2) {
+    if (
+      !this.#stopping &&
+      this.#stream?.isPaused() &&
+      this.#buffered < this.#engine.options.bufferedRecordsMax / 2
+    ) {
       this.#stream.resume()
     }
   }

@@ -1,0 +1,209 @@
+// One conformance suite for the store port (with its inbox and outbox), run against every engine.
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import type { CloudEvent } from '../../../src/contracts/envelope.ts'
+import { handleOnce } from '../../../src/engines/store/inbox.ts'
+import { addToOutbox, OutboxRelay } from '../../../src/engines/store/outbox.ts'
+import { type Store, type StoreLimits, storeLimitDefaults } from '../../../src/engines/store/port.ts'
+import { SqliteLog, sqliteLogDefaults } from '../../../src/engines/stream/embedded/sqlite-log.ts'
+import { EventStream } from '../../../src/engines/stream/event-stream.ts'
+import { OverloadedError } from '../../../src/platform/errors.ts'
+import { silentLogger } from '../../../src/platform/logger.ts'
+import { Metrics } from '../../../src/platform/metrics.ts'
+import { tempDir, uniqueName, waitFor } from '../../support/wait.ts'
+import { productEvent } from '../stream/conformance.ts'
+
+export type OpenStore = (service: string, limits: StoreLimits) => Promise<Store>
+
+const migrations = [
+  {
+    id: '0001-stock',
+    sql: 'CREATE TABLE stock (sku TEXT PRIMARY KEY, on_hand INTEGER NOT NULL CHECK (on_hand >= 0))',
+  },
+  { id: '0002-stock-reserved', sql: 'ALTER TABLE stock ADD COLUMN reserved INTEGER NOT NULL DEFAULT 0' },
+]
+
+export function defineStoreConformance(
+  name: string,
+  skip: string | undefined,
+  open: OpenStore,
+  drop: (service: string) => Promise<void>,
+) {
+  describe(`store port conformance: ${name}`, { skip, concurrency: false }, () => {
+    const dir = tempDir()
+    const opened: { store: Store; service: string }[] = []
+    let stream: EventStream
+
+    const newStore = async (limits: Partial<StoreLimits> = {}) => {
+      const service = uniqueName('svc')
+      const store = await open(service, { ...storeLimitDefaults, ...limits })
+      opened.push({ store, service })
+      await store.migrate(migrations)
+      return store
+    }
+
+    before(async () => {
+      stream = new EventStream(
+        new SqliteLog({ ...sqliteLogDefaults, path: join(dir.path, 'stream.db') }),
+        {
+          topicPrefix: '',
+          partitions: 2,
+          eventBytesMax: 16_384,
+          batchSizeMax: 100,
+          retry: { attemptsMax: 3, backoffBaseMs: 1, backoffMaxMs: 5 },
+          lagIntervalMs: 60_000,
+        },
+        silentLogger(),
+        new Metrics(),
+      )
+      await stream.ensureTopics(['products'])
+    })
+    after(async () => {
+      for (const { store, service } of opened) {
+        await store.close().catch(() => {})
+        await drop(service)
+      }
+      await stream.close()
+      dir.remove()
+    })
+
+    it('applies each migration once, however often migrate runs', async () => {
+      const store = await newStore()
+      await store.migrate(migrations)
+      await store.transaction((tx) =>
+        tx.execute('INSERT INTO stock (sku, on_hand, reserved) VALUES ($1, $2, $3)', ['a', 5, 1]),
+      )
+      const rows = await store.query<{ sku: string; on_hand: number; reserved: number }>(
+        'SELECT * FROM stock',
+      )
+      assert.deepEqual(rows, [{ sku: 'a', on_hand: 5, reserved: 1 }])
+      const applied = await store.query<{ id: string }>('SELECT id FROM mercato_migrations ORDER BY id')
+      assert.deepEqual(
+        applied.map((r) => r.id),
+        ['0001-stock', '0002-stock-reserved', 'mercato-0001-inbox', 'mercato-0002-outbox'],
+      )
+    })
+
+    it('commits a transaction that resolves and rolls back one that throws, with its after-commit callbacks', async () => {
+      const store = await newStore()
+      let committed = 0
+      await store.transaction(async (tx) => {
+        await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['kept', 1])
+        tx.afterCommit(() => committed++)
+      })
+      await assert.rejects(
+        store.transaction(async (tx) => {
+          await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['lost', 1])
+          tx.afterCommit(() => committed++)
+          await tx.execute('UPDATE stock SET on_hand = on_hand - 5 WHERE sku = $1', ['kept'])
+        }),
+      )
+      const rows = await store.query<{ sku: string; on_hand: number }>(
+        'SELECT sku, on_hand FROM stock ORDER BY sku',
+      )
+      assert.deepEqual(rows, [{ sku: 'kept', on_hand: 1 }])
+      assert.equal(committed, 1)
+    })
+
+    it('has an inbox: an event handled twice, or by concurrent callers, has one effect', async () => {
+      const store = await newStore()
+      await store.transaction((tx) =>
+        tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['s', 0]),
+      )
+      const restock = () =>
+        handleOnce(store, 'inventory', 'event-1', async (tx) => {
+          await tx.execute('UPDATE stock SET on_hand = on_hand + 10 WHERE sku = $1', ['s'])
+        })
+      const outcomes = await Promise.all([restock(), restock(), restock()])
+      assert.equal(await restock(), false)
+      assert.equal(outcomes.filter(Boolean).length, 1)
+      const [row] = await store.query<{ on_hand: number }>('SELECT on_hand FROM stock WHERE sku = $1', ['s'])
+      assert.equal(row.on_hand, 10)
+    })
+
+    it('relays the outbox; a crash between publish and mark publishes again, and the inbox absorbs it', async () => {
+      const store = await newStore()
+      const events = [productEvent('outbox', 0), productEvent('outbox', 1)]
+      await store.transaction(async (tx) => {
+        await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['outbox', 3])
+        await addToOutbox(store, tx, events)
+      })
+      const relay = () =>
+        new OutboxRelay(
+          store,
+          stream,
+          { batchSizeMax: 100, pollIntervalMs: 10, sentRetentionMs: 60_000 },
+          silentLogger(),
+          new Metrics(),
+        )
+      // The first relay publishes, then dies before it marks the rows sent.
+      const crashing = relay()
+      await crashing.publish(await crashing.pending())
+      // The next one finds them unsent and publishes them again.
+      const survivor = relay()
+      survivor.start()
+      await waitFor('the outbox to drain', async () => (await survivor.pending()).length === 0)
+      await survivor.stop()
+
+      const consumerStore = await newStore()
+      const received: CloudEvent[] = []
+      const handled: string[] = []
+      const subscription = await stream.subscribe({
+        group: uniqueName('outbox-consumer'),
+        topics: ['products'],
+        handle: async (event) => {
+          if (event.subject !== 'outbox') return
+          received.push(event)
+          await handleOnce(consumerStore, 'catalog', event.id, async () => {
+            handled.push(event.id)
+          })
+        },
+      })
+      await waitFor('both copies of both events', () => received.length === 4)
+      await subscription.stop()
+      assert.deepEqual(
+        handled,
+        events.map((e) => e.id),
+      )
+    })
+
+    it('refuses an invalid event in the outbox, rolling the state change back with it', async () => {
+      const store = await newStore()
+      const bad = productEvent('bad', 0)
+      await assert.rejects(
+        store.transaction(async (tx) => {
+          await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['bad', 1])
+          await addToOutbox(store, tx, [{ ...bad, data: { ...bad.data, currency: 'euro' } }])
+        }),
+        /currency/,
+      )
+      assert.deepEqual(await store.query('SELECT * FROM stock WHERE sku = $1', ['bad']), [])
+    })
+
+    it('answers a clear error within its timeout when the pool and its queue are full', async () => {
+      const store = await newStore({ poolSizeMax: 1, queueLengthMax: 1, acquireTimeoutMs: 200 })
+      let release: () => void = () => {}
+      const held = store.transaction(
+        () =>
+          new Promise<void>((resolve) => {
+            release = resolve
+          }),
+      )
+      await waitFor('the holder to start', () => release.toString() !== '() => {}')
+      const waiting = store.transaction((tx) => tx.query('SELECT 1'))
+      const refused = store.transaction((tx) => tx.query('SELECT 1'))
+      await assert.rejects(
+        refused,
+        (error: Error) => error instanceof OverloadedError && /waiting/.test(error.message),
+      )
+      await assert.rejects(
+        waiting,
+        (error: Error) => error instanceof OverloadedError && /200 ms/.test(error.message),
+      )
+      release()
+      await held
+      assert.equal((await store.transaction((tx) => tx.query('SELECT 1 AS one'))).length, 1)
+    })
+  })
+}

@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict'
+import { spawnSync } from 'node:child_process'
+import { describe, it } from 'node:test'
+import { ConfigError } from '../../src/platform/errors.ts'
+import { resolveTargets } from '../../src/runtime/components.ts'
+import { loadConfig } from '../../src/runtime/config.ts'
+
+describe('configuration', () => {
+  it('runs embedded engines under ./data when nothing is set', () => {
+    const config = loadConfig({})
+    assert.equal(config.port, 8080)
+    assert.equal(config.stream.kind, 'embedded')
+    assert.equal(config.store.kind, 'sqlite')
+    assert.equal(config.cache.kind, 'memory')
+    assert.deepEqual(config.targets, ['all'])
+    assert.match(config.dataDir, /data$/)
+  })
+
+  it('chooses engines by URL, and flags override the environment', () => {
+    const config = loadConfig(
+      { MERCATO_STREAM: 'kafka://k1:9092,k2:9093?replication=3', MERCATO_PORT: '9000' },
+      {
+        MERCATO_PORT: '9100',
+        MERCATO_STORE: 'postgres://u@db:5432/shop',
+        MERCATO_CACHE: 'redis://cache:6379',
+      },
+    )
+    assert.deepEqual(config.stream, { kind: 'kafka', brokers: ['k1:9092', 'k2:9093'], replicationFactor: 3 })
+    assert.equal(config.port, 9100)
+    assert.equal(config.store.kind, 'postgres')
+    assert.equal(config.cache.kind, 'redis')
+  })
+
+  const bad: [Record<string, string>, RegExp][] = [
+    [{ MERCATO_PORT: 'eighty' }, /MERCATO_PORT: must be a whole number/],
+    [{ MERCATO_PORT: '70000' }, /MERCATO_PORT: must be between 0 and 65535/],
+    [{ MERCATO_STREAM: 'amqp://x:1' }, /MERCATO_STREAM: must be unset, "embedded" or kafka/],
+    [{ MERCATO_STREAM: 'kafka://' }, /MERCATO_STREAM: names no broker/],
+    [{ MERCATO_STREAM: 'kafka://nohost' }, /MERCATO_STREAM: broker "nohost" is not host:port/],
+    [{ MERCATO_STORE: 'mysql://x' }, /MERCATO_STORE/],
+    [{ MERCATO_CACHE: 'not a url' }, /MERCATO_CACHE: is not a URL/],
+    [{ MERCATO_STORE_POOL_SIZE_MAX: '0' }, /MERCATO_STORE_POOL_SIZE_MAX: must be between 1 and 500/],
+    [{ MERCATO_LOG_LEVEL: 'loud' }, /MERCATO_LOG_LEVEL/],
+    [
+      { MERCATO_HANDLER_BACKOFF_BASE_MS: '500', MERCATO_HANDLER_BACKOFF_MAX_MS: '100' },
+      /MERCATO_HANDLER_BACKOFF_MAX_MS/,
+    ],
+    [{ MERCATO_STREAM_TOPIC_PREFIX: 'a b' }, /MERCATO_STREAM_TOPIC_PREFIX/],
+  ]
+  for (const [env, message] of bad) {
+    it(`refuses ${JSON.stringify(env)} naming the setting`, () => {
+      assert.throws(
+        () => loadConfig(env),
+        (error: Error) => error instanceof ConfigError && message.test(error.message),
+      )
+    })
+  }
+
+  it('resolves targets with their dependencies, and names the known ones for an unknown target', () => {
+    assert.deepEqual(resolveTargets(['all']), ['stream', 'cache', 'stores'])
+    assert.deepEqual(resolveTargets(['cache']), ['cache'])
+    assert.throws(
+      () => resolveTargets(['warp-drive']),
+      /unknown target warp-drive; known: all, stream, cache, stores/,
+    )
+  })
+
+  it('mercato start stops at once on bad configuration, with one line that names the setting', () => {
+    const result = spawnSync(process.execPath, ['src/main.ts', 'start'], {
+      env: { ...process.env, MERCATO_PORT: 'x' },
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    assert.equal(result.status, 2)
+    assert.equal(result.stderr.trim(), 'mercato: MERCATO_PORT: must be a whole number, got "x"')
+  })
+
+  it('mercato start reports an unreachable server within the connect timeout instead of hanging', () => {
+    const result = spawnSync(process.execPath, ['src/main.ts', 'start'], {
+      env: {
+        ...process.env,
+        MERCATO_STREAM: 'kafka://127.0.0.1:9',
+        MERCATO_CONNECT_TIMEOUT_MS: '1000',
+        MERCATO_PORT: '0',
+      },
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    assert.equal(result.status, 2)
+    assert.match(result.stderr, /event stream \(MERCATO_STREAM\) at kafka:\/\/127\.0\.0\.1:9 is unreachable/)
+  })
+})

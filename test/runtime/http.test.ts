@@ -1,0 +1,92 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { MercatoError } from '../../src/platform/errors.ts'
+import { silentLogger } from '../../src/platform/logger.ts'
+import { Metrics } from '../../src/platform/metrics.ts'
+import { loadConfig } from '../../src/runtime/config.ts'
+import { createHttpServer } from '../../src/runtime/http.ts'
+
+describe('the HTTP base', () => {
+  it('sheds load past its in-flight bound with 503 and Retry-After, while health and metrics still answer', async () => {
+    const app = createHttpServer(
+      loadConfig({ MERCATO_HTTP_IN_FLIGHT_MAX: '2' }),
+      silentLogger(),
+      new Metrics(),
+      () => [],
+    )
+    let release: () => void = () => {}
+    const gate = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    app.get('/slow', async () => {
+      await gate
+      return { ok: true }
+    })
+    const address = await app.listen({ port: 0, host: '127.0.0.1' })
+    try {
+      const slow = [fetch(`${address}/slow`), fetch(`${address}/slow`)]
+      let shed: Response | undefined
+      for (let i = 0; i < 100 && !shed; i++) {
+        const response = await fetch(`${address}/slow`, { signal: AbortSignal.timeout(200) }).catch(
+          () => undefined,
+        )
+        if (response?.status === 503) shed = response
+      }
+      assert.ok(shed, 'a request past the bound was answered 503')
+      assert.equal(shed.headers.get('retry-after'), '1')
+      assert.match(shed.headers.get('content-type') ?? '', /^application\/problem\+json/)
+      assert.equal(((await shed.json()) as { status: number }).status, 503)
+      assert.equal((await fetch(`${address}/healthz`)).status, 200)
+      assert.equal((await fetch(`${address}/metrics`)).status, 200)
+      release()
+      for (const response of await Promise.all(slow)) assert.equal(response.status, 200)
+      assert.equal((await fetch(`${address}/slow`)).status, 200)
+    } finally {
+      release()
+      await app.close()
+    }
+  })
+
+  it('answers errors as RFC 9457 problem details, without internals', async () => {
+    const app = createHttpServer(
+      loadConfig({ MERCATO_HTTP_BODY_BYTES_MAX: '1024' }),
+      silentLogger(),
+      new Metrics(),
+      () => [],
+    )
+    app.get('/boom', async () => {
+      throw new Error('secret table mercato_internal exploded')
+    })
+    app.get('/known', async () => {
+      throw new MercatoError('out-of-stock', 409, 'sku A is out of stock')
+    })
+    app.post('/echo', async (request) => request.body)
+    try {
+      const boom = await app.inject({ url: '/boom' })
+      assert.equal(boom.statusCode, 500)
+      assert.match(String(boom.headers['content-type']), /^application\/problem\+json/)
+      assert.doesNotMatch(boom.body, /secret|mercato_internal|at /)
+      const known = await app.inject({ url: '/known' })
+      assert.deepEqual(known.json(), {
+        type: 'https://mercato.dev/problems/out-of-stock',
+        title: 'Out of stock',
+        status: 409,
+        detail: 'sku A is out of stock',
+        instance: '/known',
+      })
+      const big = await app.inject({ method: 'POST', url: '/echo', payload: { x: 'y'.repeat(2_000) } })
+      assert.equal(big.statusCode, 413)
+      assert.equal(big.json().status, 413)
+      const broken = await app.inject({
+        method: 'POST',
+        url: '/echo',
+        payload: '{"x":',
+        headers: { 'content-type': 'application/json' },
+      })
+      assert.equal(broken.statusCode, 400)
+      assert.equal((await app.inject({ url: '/nothing-here' })).json().status, 404)
+    } finally {
+      await app.close()
+    }
+  })
+})

@@ -1,0 +1,84 @@
+import assert from 'node:assert/strict'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { createInterface } from 'node:readline'
+import { after, describe, it } from 'node:test'
+import { SqliteLog, sqliteLogDefaults } from '../../src/engines/stream/embedded/sqlite-log.ts'
+import { tempDir } from '../support/wait.ts'
+
+const dir = tempDir()
+after(() => dir.remove())
+
+/** Starts `node src/main.ts args…` and resolves with the first log line matching `pattern`. */
+async function startAndWaitFor(args: string[], env: Record<string, string>, pattern: RegExp) {
+  const child = spawn(process.execPath, args, {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  })
+  const lines: string[] = []
+  const matched = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      lines.push(line)
+      if (pattern.test(line)) resolve(line)
+    })
+    child.once('exit', (code) => reject(new Error(`exited ${code}: ${lines.join('\n')}`)))
+  })
+  return { child, line: await matched, lines }
+}
+
+describe('the mercato program', () => {
+  it('starts every component on one port, serves health, readiness and metrics, and drains on SIGTERM with exit 0', async () => {
+    const { child, line, lines } = await startAndWaitFor(
+      ['src/main.ts', 'start'],
+      { MERCATO_PORT: '0', MERCATO_DATA_DIR: `${dir.path}/all`, MERCATO_LOG_LEVEL: 'info' },
+      /mercato is up/,
+    )
+    const address = JSON.parse(line).address
+    assert.deepEqual(JSON.parse(line).components, ['stream', 'cache', 'stores'])
+    assert.deepEqual(await (await fetch(`${address}/healthz`)).json(), { status: 'ok' })
+    const ready = await fetch(`${address}/readyz`)
+    assert.equal(ready.status, 200)
+    const metrics = await (await fetch(`${address}/metrics`)).text()
+    assert.match(metrics, /# TYPE mercato_http_in_flight gauge/)
+    assert.match(metrics, /mercato_process_cpu_seconds_total/)
+    child.kill('SIGTERM')
+    const [code] = (await once(child, 'exit')) as [number]
+    assert.equal(code, 0)
+    assert.ok(lines.some((l) => /"msg":"stopped"/.test(l)))
+  })
+
+  it('an acknowledged publish to the embedded log survives kill -9', async () => {
+    const path = `${dir.path}/durable/stream.db`
+    const script = `
+      import { SqliteLog, sqliteLogDefaults } from './src/engines/stream/embedded/sqlite-log.ts'
+      const log = new SqliteLog({ ...sqliteLogDefaults, path: ${JSON.stringify(path)} })
+      await log.ensureTopics(['t'], 2)
+      for (let i = 0; ; i++) {
+        const [p] = await log.publish([{ topic: 't', key: 'k' + (i % 7), value: Buffer.from(String(i)), headers: {} }])
+        console.log(JSON.stringify({ i, ...p }))
+      }`
+    const child: ChildProcess = spawn(process.execPath, ['--input-type=module', '-e', script], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    })
+    const acked: { i: number; partition: number; offset: number }[] = []
+    await new Promise<void>((resolve) => {
+      createInterface({ input: child.stdout! }).on('line', (line) => {
+        acked.push(JSON.parse(line))
+        if (acked.length === 200) {
+          child.kill('SIGKILL')
+          resolve()
+        }
+      })
+    })
+    await once(child, 'exit')
+    const log = new SqliteLog({ ...sqliteLogDefaults, path })
+    try {
+      for (const ack of acked) {
+        const [record] = await log.read('t', ack.partition, ack.offset, 1)
+        assert.equal(record?.value.toString(), String(ack.i), `acknowledged record ${ack.i} is there`)
+      }
+    } finally {
+      await log.close()
+    }
+  })
+})
