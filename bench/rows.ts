@@ -1,0 +1,33 @@
+// The row every benchmark writes: one measured figure beside its baseline from the same run.
+export interface Row {
+  scenario: string
+  engine: string
+  metric: 'throughput' | 'p50' | 'p99'
+  value: number
+  unit: string
+  baseline: number
+  ratio: number
+}
+
+const round = (n: number) => Math.round(n * 1000) / 1000
+
+export function row(scenario: string, engine: string, metric: Row['metric'], value: number, unit: string, baseline: number): Row {
+  return { scenario, engine, metric, value: round(value), unit, baseline: round(baseline), ratio: round(value / baseline) }
+}
+
+export function percentile(values: number[], q: number): number {
+  if (values.length === 0) return Number.NaN
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
+}
+
+/** A one-line progress counter on stderr for long loops. */
+export function progress(label: string, total: number): (done: number) => void {
+  let last = -1
+  return (done) => {
+    const percent = Math.min(100, Math.floor((done / total) * 100))
+    if (percent === last || !process.stderr.isTTY) return
+    last = percent
+    process.stderr.write(`\r${label}: ${percent}%${percent === 100 ? '\n' : ''}`)
+  }
+}

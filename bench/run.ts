@@ -1,0 +1,30 @@
+// npm run bench -- <name> [options]: runs one benchmark, prints a table, writes bench/results/<name>.json.
+import { mkdirSync, writeFileSync } from 'node:fs'
+import { parseArgs } from 'node:util'
+import type { Row } from './rows.ts'
+import { benchStream } from './stream.ts'
+
+const { positionals, values } = parseArgs({
+  allowPositionals: true,
+  options: {
+    engines: { type: 'string', default: 'embedded,kafka' },
+    events: { type: 'string', default: '100000' },
+    kafka: { type: 'string', default: process.env.MERCATO_TEST_KAFKA ?? '127.0.0.1:9092' },
+  },
+})
+
+const benchmarks: Record<string, () => Promise<Row[]>> = {
+  stream: () =>
+    benchStream({ engines: values.engines.split(','), events: Number(values.events), kafka: values.kafka }),
+}
+
+const name = positionals[0]
+if (!name || !benchmarks[name]) {
+  console.error(`usage: npm run bench -- <${Object.keys(benchmarks).join('|')}> [--engines embedded,kafka] [--events N]`)
+  process.exit(2)
+}
+const rows = await benchmarks[name]()
+console.table(rows)
+mkdirSync(new URL('./results/', import.meta.url), { recursive: true })
+writeFileSync(new URL(`./results/${name}.json`, import.meta.url), `${JSON.stringify(rows, null, 2)}\n`)
+process.exit(0)
