@@ -11,8 +11,23 @@ export interface Row {
 
 const round = (n: number) => Math.round(n * 1000) / 1000
 
-export function row(scenario: string, engine: string, metric: Row['metric'], value: number, unit: string, baseline: number): Row {
-  return { scenario, engine, metric, value: round(value), unit, baseline: round(baseline), ratio: round(value / baseline) }
+export function row(
+  scenario: string,
+  engine: string,
+  metric: Row['metric'],
+  value: number,
+  unit: string,
+  baseline: number,
+): Row {
+  return {
+    scenario,
+    engine,
+    metric,
+    value: round(value),
+    unit,
+    baseline: round(baseline),
+    ratio: round(value / baseline),
+  }
 }
 
 export function percentile(values: number[], q: number): number {

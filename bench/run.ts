@@ -20,7 +20,9 @@ const benchmarks: Record<string, () => Promise<Row[]>> = {
 
 const name = positionals[0]
 if (!name || !benchmarks[name]) {
-  console.error(`usage: npm run bench -- <${Object.keys(benchmarks).join('|')}> [--engines embedded,kafka] [--events N]`)
+  console.error(
+    `usage: npm run bench -- <${Object.keys(benchmarks).join('|')}> [--engines embedded,kafka] [--events N]`,
+  )
   process.exit(2)
 }
 const rows = await benchmarks[name]()

@@ -15,14 +15,18 @@ import { KafkaStream, kafkaStreamDefaults } from '../src/engines/stream/kafka/ka
 import { type OutgoingRecord, partitionForKey, type StreamEngine } from '../src/engines/stream/port.ts'
 import { silentLogger } from '../src/platform/logger.ts'
 import { Metrics } from '../src/platform/metrics.ts'
-import { type Row, row, percentile, progress } from './rows.ts'
+import { percentile, progress, type Row, row } from './rows.ts'
 
 const partitions = 8
 const batchSize = 1_000
 const latencyRatePerS = 10_000
 const latencySeconds = 3
 
-export async function benchStream(options: { engines: string[]; events: number; kafka: string }): Promise<Row[]> {
+export async function benchStream(options: {
+  engines: string[]
+  events: number
+  kafka: string
+}): Promise<Row[]> {
   const rows: Row[] = []
   const records = makeRecords(options.events)
   for (const engine of options.engines) {
@@ -40,7 +44,14 @@ function makeRecords(count: number): OutgoingRecord[] {
       type: 'product.upserted',
       source: 'bench',
       subject: sku,
-      data: { sku, name: `Product ${i}`, description: 'A thing', category: 'bench', priceMinor: 1_000 + i, currency: 'EUR' },
+      data: {
+        sku,
+        name: `Product ${i}`,
+        description: 'A thing',
+        category: 'bench',
+        priceMinor: 1_000 + i,
+        currency: 'EUR',
+      },
     })
     return encodeEvent(event, { eventBytesMax: 65_536 })
   })
@@ -130,7 +141,11 @@ async function latencyThroughEvents(engine: StreamEngine, prefix: string): Promi
 }
 
 /** Calls `send` `ratePerS` times a second for `seconds`, in 1 ms ticks; sends are not awaited one by one. */
-async function fixedRate(seconds: number, ratePerS: number, send: (i: number) => Promise<void>): Promise<void> {
+async function fixedRate(
+  seconds: number,
+  ratePerS: number,
+  send: (i: number) => Promise<void>,
+): Promise<void> {
   const total = seconds * ratePerS
   const started = performance.now()
   const pending: Promise<void>[] = []
@@ -165,9 +180,21 @@ async function benchEmbedded(records: OutgoingRecord[]): Promise<Row[]> {
     const latency = await latencyThroughEvents(log, 'lat.')
     await log.close()
     return [
-      row(`keyed batched publish, ${batchSize}/batch`, 'embedded', 'throughput', published, 'events/s', rawPublish),
+      row(
+        `keyed batched publish, ${batchSize}/batch`,
+        'embedded',
+        'throughput',
+        published,
+        'events/s',
+        rawPublish,
+      ),
       row('group consumption', 'embedded', 'throughput', consumed, 'events/s', rawRead),
-      ...latencyRows(`publish-to-handler at ${latencyRatePerS} events/s`, 'embedded', latency, baselineLatency),
+      ...latencyRows(
+        `publish-to-handler at ${latencyRatePerS} events/s`,
+        'embedded',
+        latency,
+        baselineLatency,
+      ),
     ]
   } finally {
     rmSync(dir, { recursive: true, force: true })
@@ -182,14 +209,24 @@ const rawSchema = `PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;
 function rawSqliteInsert(path: string, records: OutgoingRecord[]): number {
   const db = new DatabaseSync(path)
   db.exec(rawSchema)
-  const insert = db.prepare('INSERT INTO log (topic, partition, offset, ts, key, headers, value) VALUES (?, ?, ?, ?, ?, ?, ?)')
+  const insert = db.prepare(
+    'INSERT INTO log (topic, partition, offset, ts, key, headers, value) VALUES (?, ?, ?, ?, ?, ?, ?)',
+  )
   const next = new Array(partitions).fill(0)
   const started = performance.now()
   for (let i = 0; i < records.length; i += batchSize) {
     db.exec('BEGIN IMMEDIATE')
     for (const record of records.slice(i, i + batchSize)) {
       const partition = partitionForKey(record.key, partitions)
-      insert.run('bench', partition, next[partition]++, Date.now(), record.key, JSON.stringify(record.headers), record.value)
+      insert.run(
+        'bench',
+        partition,
+        next[partition]++,
+        Date.now(),
+        record.key,
+        JSON.stringify(record.headers),
+        record.value,
+      )
     }
     db.exec('COMMIT')
   }
@@ -226,8 +263,12 @@ async function rawSqliteLatency(path: string): Promise<number[]> {
   const writer = new DatabaseSync(path)
   writer.exec(rawSchema)
   const reader = new DatabaseSync(path)
-  const insert = writer.prepare('INSERT INTO log (topic, partition, offset, ts, key, headers, value) VALUES (?, 0, ?, ?, ?, ?, ?)')
-  const poll = reader.prepare('SELECT offset FROM log WHERE topic = ? AND partition = 0 AND offset >= ? ORDER BY offset')
+  const insert = writer.prepare(
+    'INSERT INTO log (topic, partition, offset, ts, key, headers, value) VALUES (?, 0, ?, ?, ?, ?, ?)',
+  )
+  const poll = reader.prepare(
+    'SELECT offset FROM log WHERE topic = ? AND partition = 0 AND offset >= ? ORDER BY offset',
+  )
   const sentAt: number[] = []
   const latencies: number[] = []
   let next = 0
@@ -255,7 +296,12 @@ async function rawSqliteLatency(path: string): Promise<number[]> {
 // ---- Kafka ----
 
 const identity = (data?: Buffer) => data
-const rawSerializers = { key: stringSerializer, value: identity, headerKey: stringSerializer, headerValue: stringSerializer }
+const rawSerializers = {
+  key: stringSerializer,
+  value: identity,
+  headerKey: stringSerializer,
+  headerValue: stringSerializer,
+}
 const rawDeserializers = {
   key: (d?: Buffer) => stringDeserializer(d) ?? '',
   value: identity as (d?: Buffer) => Buffer,
@@ -277,14 +323,26 @@ async function benchKafka(records: OutgoingRecord[], broker: string): Promise<Ro
   const latency = await latencyThroughEvents(engine, `lat-${run}.`)
   await engine.close()
   return [
-    row(`keyed batched publish, ${batchSize}/batch`, 'kafka', 'throughput', published, 'events/s', rawPublish),
+    row(
+      `keyed batched publish, ${batchSize}/batch`,
+      'kafka',
+      'throughput',
+      published,
+      'events/s',
+      rawPublish,
+    ),
     row('group consumption', 'kafka', 'throughput', consumed, 'events/s', rawConsume),
     ...latencyRows(`publish-to-handler at ${latencyRatePerS} events/s`, 'kafka', latency, baselineLatency),
   ]
 }
 
 function rawProducer(broker: string) {
-  return new Producer({ clientId: 'bench-raw', bootstrapBrokers: [broker], idempotent: true, serializers: rawSerializers })
+  return new Producer({
+    clientId: 'bench-raw',
+    bootstrapBrokers: [broker],
+    idempotent: true,
+    serializers: rawSerializers,
+  })
 }
 
 async function rawKafkaPublish(broker: string, records: OutgoingRecord[]): Promise<number> {
@@ -314,7 +372,12 @@ async function rawKafkaConsume(broker: string, topic: string, count: number): Pr
     deserializers: rawDeserializers,
   })
   const started = performance.now()
-  const stream = await consumer.consume({ topics: [topic], mode: 'earliest', autocommit: false, maxWaitTime: 50 })
+  const stream = await consumer.consume({
+    topics: [topic],
+    mode: 'earliest',
+    autocommit: false,
+    maxWaitTime: 50,
+  })
   let seen = 0
   for await (const _ of stream) if (++seen >= count) break
   const rate = count / ((performance.now() - started) / 1000)
@@ -331,7 +394,12 @@ async function rawKafkaLatency(broker: string, topic: string): Promise<number[]>
     bootstrapBrokers: [broker],
     deserializers: rawDeserializers,
   })
-  const stream = await consumer.consume({ topics: [topic], mode: 'latest', autocommit: false, maxWaitTime: 50 })
+  const stream = await consumer.consume({
+    topics: [topic],
+    mode: 'latest',
+    autocommit: false,
+    maxWaitTime: 50,
+  })
   const sentAt = new Map<string, number>()
   const latencies: number[] = []
   stream.on('data', (message) => {

@@ -276,7 +276,11 @@ function parseStream(raw: string | undefined, dataDir: string, sync: string | un
     if (sync && sync !== 'normal' && sync !== 'full') {
       throw new ConfigError('MERCATO_STREAM_SYNC', `must be "normal" or "full", got "${sync}"`)
     }
-    return { kind: 'embedded', path: resolve(dataDir, 'stream.db'), synchronous: sync === 'full' ? 'full' : 'normal' }
+    return {
+      kind: 'embedded',
+      path: resolve(dataDir, 'stream.db'),
+      synchronous: sync === 'full' ? 'full' : 'normal',
+    }
   }
   // kafka://host1:9092,host2:9092?replication=3 — a list of hosts is no WHATWG URL, so read it by hand.
   const match = /^kafka:\/\/([^/?]*)\/?(?:\?(.*))?$/.exec(raw)
@@ -331,7 +335,10 @@ export function settingsHelp(): string {
     ['MERCATO_TARGET', 'components to run, comma-separated (default: all)'],
     ['MERCATO_HOST', 'address to listen on (default: 127.0.0.1)'],
     ['MERCATO_DATA_DIR', 'where embedded engines keep their files (default: ./data)'],
-    ['MERCATO_STREAM_SYNC', 'embedded log: "normal" survives kill -9, "full" also power loss (default: normal)'],
+    [
+      'MERCATO_STREAM_SYNC',
+      'embedded log: "normal" survives kill -9, "full" also power loss (default: normal)',
+    ],
     ['MERCATO_STREAM_TOPIC_PREFIX', 'put before every topic name, to share a Kafka cluster (default: none)'],
     ['MERCATO_LOG_LEVEL', `one of ${logLevels.join(', ')} (default: info)`],
     ...Object.values(urlSettings).map((s) => [s.env, s.help]),

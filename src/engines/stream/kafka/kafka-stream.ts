@@ -312,6 +312,10 @@ interface PartitionQueue {
   draining: Promise<void> | undefined
   /** The offset after the last record queued or handled, to drop what a re-fetch brings again. */
   next: number
+  /** The newest offset handled and not yet committed; commits run one at a time, newest wins. */
+  toCommit: bigint
+  committed: bigint
+  committing: Promise<void> | undefined
 }
 
 class KafkaMember implements ConsumerHandle {
@@ -383,6 +387,9 @@ class KafkaMember implements ConsumerHandle {
         leaderEpoch: 0,
         draining: undefined,
         next: 0,
+        toCommit: -1n,
+        committed: -1n,
+        committing: undefined,
       }
       this.#queues.set(key, queue)
     }
@@ -411,7 +418,16 @@ class KafkaMember implements ConsumerHandle {
         }
       }
       if (this.#abandoned) break
-      const offset = BigInt(records[records.length - 1].offset + 1)
+      queue.toCommit = BigInt(records[records.length - 1].offset + 1)
+      // Handling goes on while the commit travels: the next batch never waits on it.
+      queue.committing ??= this.#commit(queue)
+    }
+    queue.draining = undefined
+  }
+
+  async #commit(queue: PartitionQueue): Promise<void> {
+    while (queue.toCommit > queue.committed && !this.#abandoned) {
+      const offset = queue.toCommit
       try {
         await this.#consumer.commit({
           offsets: [
@@ -422,8 +438,9 @@ class KafkaMember implements ConsumerHandle {
         // A rebalance took the partition: its next owner starts from the last commit, and the
         // consumer's inbox absorbs what it sees twice.
       }
+      queue.committed = offset
     }
-    queue.draining = undefined
+    queue.committing = undefined
   }
 
   #resumeIfRoom(): void {
@@ -441,6 +458,7 @@ class KafkaMember implements ConsumerHandle {
     this.#stopping = true
     this.#stream?.pause()
     await Promise.all([...this.#queues.values()].map((queue) => queue.draining))
+    await Promise.all([...this.#queues.values()].map((queue) => queue.committing))
     await this.#close(false)
   }
 
