@@ -7,11 +7,16 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
-import { Consumer, Producer, stringDeserializer, stringSerializer } from '@platformatic/kafka'
+import { Consumer, Producer } from '@platformatic/kafka'
 import { createEvent, encodeEvent } from '../src/contracts/envelope.ts'
 import { SqliteLog, sqliteLogDefaults } from '../src/engines/stream/embedded/sqlite-log.ts'
 import { EventStream } from '../src/engines/stream/event-stream.ts'
-import { KafkaStream, kafkaStreamDefaults } from '../src/engines/stream/kafka/kafka-stream.ts'
+import {
+  deserializers,
+  KafkaStream,
+  kafkaStreamDefaults,
+  serializers,
+} from '../src/engines/stream/kafka/kafka-stream.ts'
 import { type OutgoingRecord, partitionForKey, type StreamEngine } from '../src/engines/stream/port.ts'
 import { silentLogger } from '../src/platform/logger.ts'
 import { Metrics } from '../src/platform/metrics.ts'
@@ -295,20 +300,6 @@ async function rawSqliteLatency(path: string): Promise<number[]> {
 
 // ---- Kafka ----
 
-const identity = (data?: Buffer) => data
-const rawSerializers = {
-  key: stringSerializer,
-  value: identity,
-  headerKey: stringSerializer,
-  headerValue: stringSerializer,
-}
-const rawDeserializers = {
-  key: (d?: Buffer) => stringDeserializer(d) ?? '',
-  value: identity as (d?: Buffer) => Buffer,
-  headerKey: (d?: Buffer) => stringDeserializer(d) ?? '',
-  headerValue: (d?: Buffer) => stringDeserializer(d) ?? '',
-}
-
 async function benchKafka(records: OutgoingRecord[], broker: string): Promise<Row[]> {
   const run = randomUUID().slice(0, 8)
   const engine = new KafkaStream({ ...kafkaStreamDefaults, brokers: [broker], clientId: 'mercato-bench' })
@@ -341,7 +332,7 @@ function rawProducer(broker: string) {
     clientId: 'bench-raw',
     bootstrapBrokers: [broker],
     idempotent: true,
-    serializers: rawSerializers,
+    serializers: serializers,
   })
 }
 
@@ -369,7 +360,7 @@ async function rawKafkaConsume(broker: string, topic: string, count: number): Pr
     clientId: 'bench-raw',
     groupId: `bench-raw-${randomUUID()}`,
     bootstrapBrokers: [broker],
-    deserializers: rawDeserializers,
+    deserializers: deserializers,
   })
   const started = performance.now()
   const stream = await consumer.consume({
@@ -392,7 +383,7 @@ async function rawKafkaLatency(broker: string, topic: string): Promise<number[]>
     clientId: 'bench-raw-lat',
     groupId: `bench-raw-lat-${randomUUID()}`,
     bootstrapBrokers: [broker],
-    deserializers: rawDeserializers,
+    deserializers: deserializers,
   })
   const stream = await consumer.consume({
     topics: [topic],

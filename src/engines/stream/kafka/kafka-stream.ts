@@ -56,13 +56,14 @@ export const kafkaStreamDefaults: Omit<KafkaStreamOptions, 'brokers' | 'clientId
 type KafkaMessage = Message<string, Buffer, string, string>
 
 const identity = (data?: Buffer) => data
-const serializers = {
+/** Keys and headers as strings, values as raw bytes. */
+export const serializers = {
   key: stringSerializer,
   value: identity,
   headerKey: stringSerializer,
   headerValue: stringSerializer,
 }
-const deserializers = {
+export const deserializers = {
   key: (data?: Buffer) => stringDeserializer(data) ?? '',
   value: identity as (data?: Buffer) => Buffer,
   headerKey: (data?: Buffer) => stringDeserializer(data) ?? '',
@@ -377,6 +378,9 @@ class KafkaMember implements ConsumerHandle {
 
   #enqueue(message: KafkaMessage): void {
     if (this.#stopping) return
+    // Right after a rebalance the client may still deliver records of partitions the group
+    // has given to another member; handling them here would run one partition in two places.
+    if (!this.#owns(message.topic, message.partition)) return
     const key = `${message.topic}/${message.partition}`
     let queue = this.#queues.get(key)
     if (!queue) {
@@ -423,6 +427,10 @@ class KafkaMember implements ConsumerHandle {
       queue.committing ??= this.#commit(queue)
     }
     queue.draining = undefined
+  }
+
+  #owns(topic: string, partition: number): boolean {
+    return (this.#consumer.assignments ?? []).some((a) => a.topic === topic && a.partitions.includes(partition))
   }
 
   async #commit(queue: PartitionQueue): Promise<void> {
