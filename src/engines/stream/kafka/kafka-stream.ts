@@ -430,7 +430,9 @@ class KafkaMember implements ConsumerHandle {
   }
 
   #owns(topic: string, partition: number): boolean {
-    return (this.#consumer.assignments ?? []).some((a) => a.topic === topic && a.partitions.includes(partition))
+    return (this.#consumer.assignments ?? []).some(
+      (a) => a.topic === topic && a.partitions.includes(partition),
+    )
   }
 
   async #commit(queue: PartitionQueue): Promise<void> {
