@@ -65,7 +65,6 @@ export class EventStream {
   readonly #log: Logger
   readonly #metrics: Metrics
   readonly #subscriptions = new Set<Subscription>()
-  readonly #lagTimers = new Set<NodeJS.Timeout>()
 
   constructor(engine: StreamEngine, options: EventStreamOptions, log: Logger, metrics: Metrics) {
     this.engine = engine
@@ -272,13 +271,11 @@ export class EventStream {
       }
     }, this.options.lagIntervalMs)
     timer.unref()
-    this.#lagTimers.add(timer)
     return timer
   }
 
   #forget(subscription: Subscription, lagTimer: NodeJS.Timeout): void {
     clearInterval(lagTimer)
-    this.#lagTimers.delete(lagTimer)
     this.#subscriptions.delete(subscription)
   }
 
