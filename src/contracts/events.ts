@@ -58,6 +58,14 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
     }),
   },
   'order.cancel-requested': { 1: obj({ orderId: Id, requestedBy: Id }) },
+  // Saga steps the order service asks of payment and shipping, on the orders topic (key: the
+  // order id), so each consumer sees an order's steps in the order they were taken.
+  'order.payment-requested': {
+    1: obj({ orderId: Id, customerId: Id, paymentMethodToken: Id, ...Money }),
+  },
+  'order.shipment-requested': {
+    1: obj({ orderId: Id, customerId: Id, shippingAddress: Address, lines: Lines, express: T.Boolean() }),
+  },
   'order.confirmed': { 1: obj({ orderId: Id }) },
   'order.cancelled': { 1: obj({ orderId: Id, reason: CancelReason, detail: T.Optional(Text(500)) }) },
   'order.shipped': { 1: obj({ orderId: Id, shipmentId: Id }) },
@@ -88,6 +96,16 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       available: T.Integer({ minimum: 0 }),
     }),
   },
+  'inventory.adjustment-requested': {
+    1: obj({
+      sku: Sku,
+      delta: T.Integer({ minimum: -1_000_000, maximum: 1_000_000 }),
+      reason: T.Union([T.Literal('restock'), T.Literal('write-off')]),
+    }),
+  },
+  'inventory.adjustment-rejected': {
+    1: obj({ sku: Sku, delta: T.Integer({ minimum: -1_000_000, maximum: 1_000_000 }), reason: Text(200) }),
+  },
   'payment.authorized': { 1: obj({ orderId: Id, paymentId: Id, ...Money }) },
   'payment.declined': { 1: obj({ orderId: Id, reason: Text(200) }) },
   'payment.failed': { 1: obj({ orderId: Id, reason: Text(200) }) },
@@ -102,6 +120,7 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       trackingNumber: Id,
     }),
   },
+  'shipment.cancelled': { 1: obj({ orderId: Id, shipmentId: Id }) },
   'shipment.shipped': { 1: obj({ orderId: Id, shipmentId: Id }) },
   'shipment.delivered': { 1: obj({ orderId: Id, shipmentId: Id }) },
   'notification.sent': {
@@ -122,6 +141,18 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       familyName: T.String({ maxLength: 100 }),
     }),
   },
+  'customer.registration-requested': {
+    1: obj({
+      customerId: Id,
+      email: Email,
+      givenName: T.String({ minLength: 1, maxLength: 100 }),
+      familyName: T.String({ maxLength: 100 }),
+      /** scrypt hash ("scrypt$N$r$p$salt$hash"), never the password. */
+      passwordHash: T.Optional(T.String({ maxLength: 512 })),
+      addresses: T.Optional(T.Array(Address, { maxItems: 20 })),
+    }),
+  },
+  'customer.registration-rejected': { 1: obj({ customerId: Id, reason: Text(200) }) },
   'customer.address-added': { 1: obj({ customerId: Id, addressId: Id, address: Address }) },
   'product.upserted': {
     1: obj({
@@ -131,6 +162,15 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       category: T.String({ minLength: 1, maxLength: 100 }),
       priceMinor: AmountMinor,
       currency: Currency,
+    }),
+  },
+  'webhook.endpoint-set': {
+    1: obj({
+      endpointId: Id,
+      url: T.String({ minLength: 1, maxLength: 2048 }),
+      secret: T.String({ minLength: 16, maxLength: 128 }),
+      events: T.Array(T.String({ minLength: 1, maxLength: 128 }), { minItems: 1, maxItems: 100 }),
+      enabled: T.Boolean(),
     }),
   },
   'flag.changed': {
@@ -170,4 +210,5 @@ export const topicOf: Record<string, string> = {
   customer: 'customers',
   product: 'products',
   flag: 'flags',
+  webhook: 'webhooks',
 }

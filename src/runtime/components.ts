@@ -20,6 +20,10 @@ export interface Context {
   cache?: Cache
   /** Set by the `stores` component: opens (and pings) a service's own store. */
   openStore?: OpenStore
+  /** Set by the `flags` component. */
+  flags?: FlagReader
+  /** This process's own base URL, known once it listens (for in-process defaults such as the provider URL). */
+  selfUrl: () => string
 }
 
 export interface Running {

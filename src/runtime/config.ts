@@ -38,6 +38,18 @@ export interface Config {
   httpRequestTimeoutMs: number
   connectTimeoutMs: number
   shutdownTimeoutMs: number
+  idempotencyKeyTtlMs: number
+  idempotencyLockMs: number
+  orderLinesMax: number
+  sagaStepTimeoutMs: number
+  reservationTtlMs: number
+  paymentProviderUrl: string | undefined
+  paymentProviderTimeoutMs: number
+  paymentProviderAttemptsMax: number
+  paymentProviderConcurrencyMax: number
+  carrierStepMs: number
+  smtpUrl: string | undefined
+  seedDemoData: boolean
 }
 
 type Source = Record<string, string | undefined>
@@ -179,6 +191,69 @@ export const intSettings = {
     min: 100,
     max: 600_000,
   },
+  idempotencyKeyTtlMs: {
+    env: 'MERCATO_IDEMPOTENCY_KEY_TTL_MS',
+    help: 'how long an Idempotency-Key and its stored answer are kept',
+    default: 86_400_000,
+    min: 1_000,
+    max: 2_592_000_000,
+  },
+  idempotencyLockMs: {
+    env: 'MERCATO_IDEMPOTENCY_LOCK_MS',
+    help: 'how long a request in flight holds its key before a retry may take it over',
+    default: 30_000,
+    min: 100,
+    max: 600_000,
+  },
+  orderLinesMax: {
+    env: 'MERCATO_ORDER_LINES_MAX',
+    help: 'most lines in one order (the flag max-lines-per-order may lower it)',
+    default: 100,
+    min: 1,
+    max: 100,
+  },
+  sagaStepTimeoutMs: {
+    env: 'MERCATO_SAGA_STEP_TIMEOUT_MS',
+    help: 'deadline of each order saga step; a passed deadline cancels and compensates',
+    default: 30_000,
+    min: 50,
+    max: 86_400_000,
+  },
+  reservationTtlMs: {
+    env: 'MERCATO_RESERVATION_TTL_MS',
+    help: 'how long a stock reservation lives unless the order is confirmed',
+    default: 600_000,
+    min: 100,
+    max: 86_400_000,
+  },
+  paymentProviderTimeoutMs: {
+    env: 'MERCATO_PAYMENT_PROVIDER_TIMEOUT_MS',
+    help: 'longest wait for one call to the payment provider',
+    default: 2_000,
+    min: 10,
+    max: 120_000,
+  },
+  paymentProviderAttemptsMax: {
+    env: 'MERCATO_PAYMENT_PROVIDER_ATTEMPTS_MAX',
+    help: 'attempts at one payment provider call before the step fails',
+    default: 4,
+    min: 1,
+    max: 20,
+  },
+  paymentProviderConcurrencyMax: {
+    env: 'MERCATO_PAYMENT_PROVIDER_CONCURRENCY_MAX',
+    help: 'payment provider calls in flight at once (bulkhead)',
+    default: 64,
+    min: 1,
+    max: 10_000,
+  },
+  carrierStepMs: {
+    env: 'MERCATO_CARRIER_STEP_MS',
+    help: 'simulated carrier clock: time from scheduled to shipped, and from shipped to delivered',
+    default: 5_000,
+    min: 10,
+    max: 86_400_000,
+  },
 } satisfies Record<string, IntSetting>
 
 export const urlSettings = {
@@ -226,6 +301,9 @@ export function loadConfig(env: Source = process.env, flags: Source = {}): Confi
     stream: parseStream(source.MERCATO_STREAM, dataDir, source.MERCATO_STREAM_SYNC),
     store: parseStore(source.MERCATO_STORE, dataDir),
     cache: parseCache(source.MERCATO_CACHE),
+    paymentProviderUrl: parseHttpUrl('MERCATO_PAYMENT_PROVIDER_URL', source.MERCATO_PAYMENT_PROVIDER_URL),
+    smtpUrl: parseSmtpUrl(source.MERCATO_SMTP_URL),
+    seedDemoData: parseBoolean('MERCATO_SEED', source.MERCATO_SEED, true),
     streamTopicPrefix: parseTopicPrefix(source.MERCATO_STREAM_TOPIC_PREFIX),
     ...ints,
   }
@@ -316,6 +394,31 @@ function parseStore(raw: string | undefined, dataDir: string): StoreConfig {
   return { kind: 'postgres', url: raw }
 }
 
+function parseHttpUrl(setting: string, raw: string | undefined): string | undefined {
+  if (!raw) return undefined
+  const url = parseUrl(setting, raw)
+  if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+    throw new ConfigError(setting, `must be an http:// or https:// URL, got "${url.protocol}//…"`)
+  }
+  return raw.replace(/\/+$/, '')
+}
+
+function parseSmtpUrl(raw: string | undefined): string | undefined {
+  if (!raw) return undefined
+  const url = parseUrl('MERCATO_SMTP_URL', raw)
+  if (url.protocol !== 'smtp:' && url.protocol !== 'smtps:') {
+    throw new ConfigError('MERCATO_SMTP_URL', `must be smtp://host:port or smtps://…, got "${url.protocol}//…"`)
+  }
+  return raw
+}
+
+function parseBoolean(setting: string, raw: string | undefined, fallback: boolean): boolean {
+  if (raw === undefined || raw === '') return fallback
+  if (['1', 'true', 'yes', 'on'].includes(raw)) return true
+  if (['0', 'false', 'no', 'off'].includes(raw)) return false
+  throw new ConfigError(setting, `must be true or false, got "${raw}"`)
+}
+
 function parseCache(raw: string | undefined): CacheConfig {
   if (!raw || raw === 'memory') return { kind: 'memory' }
   const url = parseUrl('MERCATO_CACHE', raw)
@@ -340,6 +443,9 @@ export function settingsHelp(): string {
       'embedded log: "normal" survives kill -9, "full" also power loss (default: normal)',
     ],
     ['MERCATO_STREAM_TOPIC_PREFIX', 'put before every topic name, to share a Kafka cluster (default: none)'],
+    ['MERCATO_PAYMENT_PROVIDER_URL', 'payment provider base URL (default: the payment-provider component of this process)'],
+    ['MERCATO_SMTP_URL', 'SMTP server for e-mail (default: an in-process SMTP sink that keeps messages)'],
+    ['MERCATO_SEED', 'seed demo catalog, stock and customers on an empty data directory (default: true)'],
     ['MERCATO_LOG_LEVEL', `one of ${logLevels.join(', ')} (default: info)`],
     ...Object.values(urlSettings).map((s) => [s.env, s.help]),
     ...Object.values(intSettings).map((s: IntSetting) => [

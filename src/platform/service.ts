@@ -1,0 +1,151 @@
+// What every service is made of: its own store (with the inbox and the outbox), a
+// consumer group on the stream, and periodic jobs. A handler changes the service's state
+// and emits events in one local transaction, recorded in the inbox under the event's id,
+// so a redelivered event has no second effect and an emitted event is never lost.
+import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
+import { handleOnce } from '../engines/store/inbox.ts'
+import { addToOutbox, OutboxRelay } from '../engines/store/outbox.ts'
+import type { Migration, Store, Tx } from '../engines/store/port.ts'
+import type { EventStream, Subscription } from '../engines/stream/event-stream.ts'
+import { errorMessage } from './errors.ts'
+import { sleep } from './limits.ts'
+import type { Logger } from './logger.ts'
+import type { Metrics } from './metrics.ts'
+import { currentTraceparent } from './tracing.ts'
+
+/** An event to emit: the source, cause and trace are filled in by the service. */
+export type Emit = (event: Omit<NewEvent, 'source' | 'cause'>) => void
+
+export interface HandlerTools {
+  /**
+   * Runs `work` in one transaction of the service's store, at most once for the event being
+   * handled: resolves undefined when the event had been handled already. Events given to
+   * `emit` are written to the outbox in the same transaction.
+   */
+  transact<T>(work: (tx: Tx, emit: Emit) => Promise<T>): Promise<T | undefined>
+}
+
+export type Handler = (event: CloudEvent, tools: HandlerTools) => Promise<void>
+
+export interface ServiceDeps {
+  name: string
+  store: Store
+  stream: EventStream
+  log: Logger
+  metrics: Metrics
+}
+
+export class Service {
+  readonly name: string
+  readonly store: Store
+  readonly stream: EventStream
+  readonly log: Logger
+  readonly metrics: Metrics
+  readonly source: string
+  readonly #relay: OutboxRelay
+  readonly #subscriptions: Subscription[] = []
+  readonly #jobs: Promise<void>[] = []
+  readonly #stopping = new AbortController()
+
+  constructor(deps: ServiceDeps) {
+    this.name = deps.name
+    this.store = deps.store
+    this.stream = deps.stream
+    this.log = deps.log
+    this.metrics = deps.metrics
+    this.source = `mercato/${deps.name}`
+    this.#relay = new OutboxRelay(
+      deps.store,
+      deps.stream,
+      { batchSizeMax: 500, pollIntervalMs: 200, sentRetentionMs: 3_600_000 },
+      deps.log,
+      deps.metrics,
+    )
+  }
+
+  /** Applies the service's migrations (the store adds the inbox and outbox), then starts the outbox relay. */
+  async start(migrations: Migration[]): Promise<void> {
+    await this.store.migrate(migrations)
+    this.#relay.start()
+  }
+
+  /** Consumes `topics` as the service's consumer group; events of types without a handler are skipped. */
+  async consume(topics: string[], handlers: Record<string, Handler>, group = this.name): Promise<void> {
+    const subscription = await this.stream.subscribe({
+      group,
+      topics,
+      handle: async (event) => {
+        const handler = handlers[event.type]
+        if (!handler) return
+        await handler(event, { transact: (work) => this.#transactOnce(group, event, work) })
+      },
+    })
+    this.#subscriptions.push(subscription)
+  }
+
+  /** Runs `work` in a transaction of the store; emitted events go to the outbox in it. */
+  transact<T>(work: (tx: Tx, emit: Emit) => Promise<T>, cause?: NewEvent['cause']): Promise<T> {
+    return this.store.transaction(async (tx) => {
+      const events: CloudEvent[] = []
+      const result = await work(tx, this.#emitter(events, cause))
+      if (events.length > 0) await addToOutbox(this.store, tx, events)
+      return result
+    })
+  }
+
+  async #transactOnce<T>(
+    group: string,
+    event: CloudEvent,
+    work: (tx: Tx, emit: Emit) => Promise<T>,
+  ): Promise<T | undefined> {
+    let result: T | undefined
+    await handleOnce(this.store, group, event.id, async (tx) => {
+      const events: CloudEvent[] = []
+      result = await work(tx, this.#emitter(events, event))
+      if (events.length > 0) await addToOutbox(this.store, tx, events)
+    })
+    return result
+  }
+
+  #emitter(into: CloudEvent[], cause: NewEvent['cause'] | undefined): Emit {
+    return (event) => {
+      const traceparent = (cause && 'traceparent' in cause ? cause.traceparent : undefined) as
+        | string
+        | undefined
+      into.push(
+        createEvent({
+          ...event,
+          source: this.source,
+          cause,
+          traceparent: event.traceparent ?? traceparent ?? currentTraceparent(),
+        }),
+      )
+    }
+  }
+
+  /** Runs `job` every `intervalMs` until the service stops; a failing run is logged, not fatal. */
+  every(name: string, intervalMs: number, job: () => Promise<void>): void {
+    const signal = this.#stopping.signal
+    this.#jobs.push(
+      (async () => {
+        while (!signal.aborted) {
+          await sleep(intervalMs, signal)
+          if (signal.aborted) break
+          try {
+            await job()
+          } catch (error) {
+            this.log.warn({ job: name, err: errorMessage(error) }, 'periodic job failed; will run again')
+          }
+        }
+      })(),
+    )
+  }
+
+  /** Stops consuming (in-flight handlers finish, offsets commit), the jobs, then the relay. */
+  async stop(): Promise<void> {
+    this.#stopping.abort()
+    await Promise.all(this.#subscriptions.map((s) => s.stop()))
+    await Promise.all(this.#jobs)
+    await this.#relay.stop()
+  }
+}
