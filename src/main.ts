@@ -4,13 +4,16 @@
 //   mercato replay --group G --topic T (--offset N | --time ISO | --earliest | --latest)
 //   mercato dlq list --topic T        what a topic's dead-letter topic holds
 //   mercato dlq replay --topic T      put dead letters back on their topic
+//   mercato load --orders N --rate R  place orders as clients would, and summarize
 import { Command, Option } from 'commander'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { createLogger } from './platform/logger.ts'
 import { Metrics } from './platform/metrics.ts'
 import { App } from './runtime/app.ts'
 import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
+import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
 import { openEventStream } from './runtime/engines.ts'
+import { OrderWatcher, runLoad } from './runtime/load.ts'
 
 const program = new Command('mercato').description('An event-driven commerce backend.').showHelpAfterError()
 
@@ -147,6 +150,68 @@ withEngineFlags(dlq.command('replay'))
       const positions = await stream.replayDeadLetters(letters)
       console.log(`replayed ${positions.length} record(s) onto ${options.topic}`)
     } finally {
+      await stream.close()
+    }
+  })
+
+withEngineFlags(program.command('load'))
+  .description('place orders as real clients would, follow each to its end, and summarize')
+  .option('--url <url>', 'where Mercato answers', 'http://127.0.0.1:8080')
+  .option('--orders <n>', 'orders to place', '1000')
+  .option('--rate <r>', 'orders offered per second (0: as fast as --concurrency allows)', '100')
+  .option('--concurrency <n>', 'requests in flight at most', '64')
+  .option('--retry-share <fraction>', 'share of orders sent twice with the same key', '0.05')
+  .option('--customers <ids>', 'customer ids, comma-separated (default: the demo customers)')
+  .option('--skus <skus>', 'SKUs, comma-separated (default: the demo catalog)')
+  .option('--json', 'print the summary as JSON')
+  .action(async (options) => {
+    const whole = (name: string, raw: string, min: number) => {
+      if (!/^\d+$/.test(raw) || Number(raw) < min)
+        throw new ConfigError(name, `must be a whole number ≥ ${min}, got "${raw}"`)
+      return Number(raw)
+    }
+    const retryShare = Number(options.retryShare)
+    if (!(retryShare >= 0 && retryShare <= 1))
+      throw new ConfigError('--retry-share', 'must be between 0 and 1')
+    const config = configFrom(options)
+    const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
+    const watcher = new OrderWatcher()
+    try {
+      await watcher.start(stream)
+      const summary = await runLoad(
+        {
+          url: options.url.replace(/\/+$/, ''),
+          orders: whole('--orders', options.orders, 1),
+          rate: whole('--rate', options.rate, 0),
+          concurrency: whole('--concurrency', options.concurrency, 1),
+          retryShare,
+          customers: options.customers
+            ? options.customers.split(',')
+            : demoCustomers.map((_, i) => `cus_demo_${i + 1}`),
+          skus: options.skus ? options.skus.split(',') : demoProducts().map((p) => p.sku),
+          requestTimeoutMs: 10_000,
+          settleTimeoutMs: 60_000,
+          onProgress: (p) =>
+            process.stderr.write(
+              `  ${(p.elapsedMs / 1000).toFixed(0).padStart(4)} s  sent ${p.sent}  answered ${p.answered}  accepted ${p.accepted}  ended ${p.ended}  (${Math.round((p.answered * 1000) / p.elapsedMs)} answers/s)\n`,
+            ),
+        },
+        watcher,
+      )
+      if (options.json) console.log(JSON.stringify(summary))
+      else {
+        console.log(
+          `offered ${summary.offered}, answered by status ${JSON.stringify(summary.byStatus)}, retries replayed ${summary.replayed}`,
+        )
+        console.log(
+          `accepted ${summary.accepted} (${summary.acceptedPerSecond.toFixed(0)}/s); confirmed ${summary.confirmed} (${summary.completedPerSecond.toFixed(0)}/s); cancelled ${JSON.stringify(summary.cancelled)}; unfinished ${summary.unfinished}`,
+        )
+        console.log(
+          `POST /v1/orders ms p50 ${summary.requestMs.p50} p99 ${summary.requestMs.p99}; 202 to CONFIRMED ms p50 ${summary.confirmMs.p50} p99 ${summary.confirmMs.p99}`,
+        )
+      }
+    } finally {
+      await watcher.stop()
       await stream.close()
     }
   })

@@ -3,16 +3,16 @@
 // published-schemas.json. A breaking change is a new version plus an upcaster.
 import { Type as T, type TSchema } from '@sinclair/typebox'
 
-const Id = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' })
-const Sku = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })
-const Currency = T.String({ pattern: '^[A-Z]{3}$' })
-const AmountMinor = T.Integer({ minimum: 0, maximum: 1_000_000_000_000 })
-const Quantity = T.Integer({ minimum: 1, maximum: 10_000 })
+export const Id = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' })
+export const Sku = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })
+export const Currency = T.String({ pattern: '^[A-Z]{3}$' })
+export const AmountMinor = T.Integer({ minimum: 0, maximum: 1_000_000_000_000 })
+export const Quantity = T.Integer({ minimum: 1, maximum: 10_000 })
 const Timestamp = T.String({ format: 'date-time' })
-const Email = T.String({ format: 'email', maxLength: 254 })
+export const Email = T.String({ format: 'email', maxLength: 254 })
 const Text = (maxLength: number) => T.String({ maxLength })
 
-const Address = T.Object(
+export const Address = T.Object(
   {
     name: T.String({ minLength: 1, maxLength: 200 }),
     line1: T.String({ minLength: 1, maxLength: 200 }),
@@ -24,7 +24,7 @@ const Address = T.Object(
   { additionalProperties: false },
 )
 
-const Line = T.Object({ sku: Sku, quantity: Quantity }, { additionalProperties: false })
+export const Line = T.Object({ sku: Sku, quantity: Quantity }, { additionalProperties: false })
 const PricedLine = T.Object(
   { sku: Sku, quantity: Quantity, unitPriceMinor: AmountMinor },
   { additionalProperties: false },
@@ -46,7 +46,14 @@ export const CancelReason = T.Union([
 /** type → version → schema of `data`. */
 export const eventSchemas: Record<string, Record<number, TSchema>> = {
   'order.requested': {
-    1: obj({ orderId: Id, customerId: Id, lines: Lines, shippingAddress: Address, paymentMethodToken: Id }),
+    1: obj({
+      orderId: Id,
+      customerId: Id,
+      lines: Lines,
+      shippingAddress: Address,
+      paymentMethodToken: Id,
+      express: T.Optional(T.Boolean()),
+    }),
   },
   'order.placed': {
     1: obj({

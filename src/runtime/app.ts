@@ -8,6 +8,7 @@ import { installTracing } from '../platform/tracing.ts'
 import { type Component, type Context, components, type Running, resolveTargets } from './components.ts'
 import type { Config } from './config.ts'
 import { createHttpServer } from './http.ts'
+import { registerOpenApi } from './openapi.ts'
 
 export class App {
   readonly context: Context
@@ -24,12 +25,25 @@ export class App {
     const http = createHttpServer(config, log, metrics, () =>
       this.#running.map(({ name, running }) => ({ name, check: running.ready ?? (async () => {}) })),
     )
-    this.context = { config, log, metrics, http }
+    this.context = {
+      config,
+      log,
+      metrics,
+      http,
+      running: this.names,
+      selfUrl: () => {
+        const address = http.server.address()
+        if (!address || typeof address === 'string') throw new Error('this process is not listening yet')
+        const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+        return `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`
+      },
+    }
   }
 
   /** Starts every component in dependency order, then listens. Resolves with the address. */
   async start(): Promise<string> {
     const { log, config, http } = this.context
+    await registerOpenApi(http)
     for (const name of this.names) {
       const started = performance.now()
       try {

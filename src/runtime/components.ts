@@ -1,12 +1,27 @@
 // The one table of components: what each is, what it needs, how it starts. A process runs
 // the components its targets name, plus everything they depend on, in dependency order,
 // and stops them in reverse. `all` names every component.
+import { randomUUID } from 'node:crypto'
+import { hostname } from 'node:os'
 import type { FastifyInstance } from 'fastify'
 import type { Cache } from '../engines/cache/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
+import { ConfigError } from '../platform/errors.ts'
+import type { FlagReader } from '../platform/flags.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import { Service } from '../platform/service.ts'
+import { startPaymentProvider } from '../provider/payment-provider.ts'
+import { startFlags } from '../services/flags/flags.ts'
+import { startInventoryService } from '../services/inventory/inventory-service.ts'
+import { startNotificationService } from '../services/notification/notification-service.ts'
+import { startOrderService } from '../services/order/order-service.ts'
+import { startPaymentService } from '../services/payment/payment-service.ts'
+import { startShippingService } from '../services/shipping/shipping-service.ts'
+import { startUserService } from '../services/user/user-service.ts'
+import { startCommandApi } from '../write/command-api.ts'
 import type { Config } from './config.ts'
+import { seedDemoData } from './demo-data.ts'
 import { type OpenStore, openCache, openEventStream, storeOpener } from './engines.ts'
 
 export interface Context {
@@ -24,6 +39,8 @@ export interface Context {
   flags?: FlagReader
   /** This process's own base URL, known once it listens (for in-process defaults such as the provider URL). */
   selfUrl: () => string
+  /** The components this process runs. */
+  running: string[]
 }
 
 export interface Running {
@@ -84,6 +101,165 @@ export const components: Record<string, Component> = {
     },
   },
 }
+
+/** Throws when a component runs without what it depends on (a bug in the table). */
+function need<T>(value: T | undefined, what: string): T {
+  if (value === undefined) throw new Error(`${what} is not started`)
+  return value
+}
+
+/** A service: its own store, a consumer group named after it, and its outbox relay. */
+async function serviceFor(context: Context, name: string): Promise<Service> {
+  const store = await need(context.openStore, 'stores')(name)
+  return new Service({
+    name,
+    store,
+    stream: need(context.stream, 'stream'),
+    log: context.log.child({ component: name }),
+    metrics: context.metrics,
+  })
+}
+
+/** The payment provider's URL: configured, or this process when it runs the stand-in. */
+function providerUrl(context: Context): () => string {
+  const configured = context.config.paymentProviderUrl
+  if (configured) return () => configured
+  if (!context.running.includes('payment-provider')) {
+    throw new ConfigError(
+      'MERCATO_PAYMENT_PROVIDER_URL',
+      'is required when the payment-provider component does not run in this process',
+    )
+  }
+  return () => `${context.selfUrl()}`
+}
+
+Object.assign(components, {
+  flags: {
+    description: 'feature flags (flagd definitions in the key-value port), evaluated through OpenFeature',
+    dependsOn: ['stream', 'cache'],
+    async start(context) {
+      const flags = await startFlags({
+        stream: need(context.stream, 'stream'),
+        cache: need(context.cache, 'cache'),
+        log: context.log.child({ component: 'flags' }),
+        group: `flags-${hostname()}-${process.pid}-${randomUUID().slice(0, 8)}`,
+      })
+      context.flags = flags.flags
+      return { ready: flags.ready, stop: flags.stop }
+    },
+  },
+  'command-api': {
+    description: 'the write path: validation, idempotency keys, append to the stream, 202 Accepted',
+    dependsOn: ['stream', 'stores', 'flags'],
+    async start(context) {
+      const store = await need(context.openStore, 'stores')('commands')
+      const api = await startCommandApi({
+        http: context.http,
+        stream: need(context.stream, 'stream'),
+        store,
+        flags: need(context.flags, 'flags'),
+        log: context.log.child({ component: 'command-api' }),
+        metrics: context.metrics,
+        idempotencyKeyTtlMs: context.config.idempotencyKeyTtlMs,
+        idempotencyLockMs: context.config.idempotencyLockMs,
+        orderLinesMax: context.config.orderLinesMax,
+      })
+      return { ready: () => store.ping(), stop: api.stop }
+    },
+  },
+  'payment-provider': {
+    description: 'the stand-in for the external payment provider, with dials for latency and failures',
+    dependsOn: ['stores'],
+    async start(context) {
+      return startPaymentProvider({
+        http: context.http,
+        store: await need(context.openStore, 'stores')('provider'),
+        log: context.log.child({ component: 'payment-provider' }),
+        metrics: context.metrics,
+      })
+    },
+  },
+  order: {
+    description: 'orders and the saga: deadlines and compensation',
+    dependsOn: ['stream', 'stores', 'flags'],
+    async start(context) {
+      return startOrderService(
+        await serviceFor(context, 'order'),
+        { stepTimeoutMs: context.config.sagaStepTimeoutMs, linesMax: context.config.orderLinesMax },
+        need(context.flags, 'flags'),
+      )
+    },
+  },
+  inventory: {
+    description: 'stock and reservations: all lines or none, expiry, restocks and write-offs',
+    dependsOn: ['stream', 'stores'],
+    async start(context) {
+      return startInventoryService(await serviceFor(context, 'inventory'), {
+        reservationTtlMs: context.config.reservationTtlMs,
+      })
+    },
+  },
+  payment: {
+    description: 'payments through the provider, and the double-entry ledger',
+    dependsOn: ['stream', 'stores', 'flags'],
+    async start(context) {
+      return startPaymentService(
+        await serviceFor(context, 'payment'),
+        {
+          providerUrl: providerUrl(context),
+          timeoutMs: context.config.paymentProviderTimeoutMs,
+          attemptsMax: context.config.paymentProviderAttemptsMax,
+          concurrencyMax: context.config.paymentProviderConcurrencyMax,
+          backoffBaseMs: context.config.handlerBackoffBaseMs,
+        },
+        need(context.flags, 'flags'),
+      )
+    },
+  },
+  shipping: {
+    description: 'shipments with a carrier, on a simulated carrier clock',
+    dependsOn: ['stream', 'stores'],
+    async start(context) {
+      return startShippingService(await serviceFor(context, 'shipping'), {
+        carrierStepMs: context.config.carrierStepMs,
+      })
+    },
+  },
+  notification: {
+    description: 'e-mail over SMTP and signed webhooks at every customer-facing step',
+    dependsOn: ['stream', 'stores'],
+    async start(context) {
+      const notification = await startNotificationService(await serviceFor(context, 'notification'), {
+        smtpUrl: context.config.smtpUrl,
+        from: 'Mercato <shop@mercato.local>',
+        webhookTimeoutMs: 5_000,
+        webhookAttemptsMax: 8,
+        allowPrivateWebhookHosts: false,
+      })
+      return { ready: notification.ready, stop: notification.stop }
+    },
+  },
+  user: {
+    description: 'customer profiles, address books and credentials',
+    dependsOn: ['stream', 'stores'],
+    async start(context) {
+      return startUserService(await serviceFor(context, 'user'))
+    },
+  },
+  'demo-data': {
+    description: 'seeds a catalog, stock and customers on an empty data directory (MERCATO_SEED)',
+    dependsOn: ['stream', 'stores'],
+    async start(context) {
+      if (!context.config.seedDemoData) return {}
+      const seeded = await seedDemoData(
+        need(context.stream, 'stream'),
+        await need(context.openStore, 'stores')('seed'),
+      )
+      if (seeded) context.log.info('demo data seeded: catalog, stock and customers')
+      return {}
+    },
+  },
+} satisfies Record<string, Component>)
 
 /** The components to run for `targets`, dependencies first. */
 export function resolveTargets(targets: string[], table: Record<string, Component> = components): string[] {

@@ -50,6 +50,7 @@ export interface Config {
   carrierStepMs: number
   smtpUrl: string | undefined
   seedDemoData: boolean
+  storeSchemaPrefix: string
 }
 
 type Source = Record<string, string | undefined>
@@ -304,6 +305,7 @@ export function loadConfig(env: Source = process.env, flags: Source = {}): Confi
     paymentProviderUrl: parseHttpUrl('MERCATO_PAYMENT_PROVIDER_URL', source.MERCATO_PAYMENT_PROVIDER_URL),
     smtpUrl: parseSmtpUrl(source.MERCATO_SMTP_URL),
     seedDemoData: parseBoolean('MERCATO_SEED', source.MERCATO_SEED, true),
+    storeSchemaPrefix: parseSchemaPrefix(source.MERCATO_STORE_SCHEMA_PREFIX),
     streamTopicPrefix: parseTopicPrefix(source.MERCATO_STREAM_TOPIC_PREFIX),
     ...ints,
   }
@@ -394,6 +396,17 @@ function parseStore(raw: string | undefined, dataDir: string): StoreConfig {
   return { kind: 'postgres', url: raw }
 }
 
+function parseSchemaPrefix(raw: string | undefined): string {
+  if (raw === undefined) return 'mercato_'
+  if (!/^([a-z][a-z0-9_]{0,20})?$/.test(raw)) {
+    throw new ConfigError(
+      'MERCATO_STORE_SCHEMA_PREFIX',
+      `may hold only lower-case letters, digits and "_", starting with a letter, got "${raw}"`,
+    )
+  }
+  return raw
+}
+
 function parseHttpUrl(setting: string, raw: string | undefined): string | undefined {
   if (!raw) return undefined
   const url = parseUrl(setting, raw)
@@ -407,7 +420,10 @@ function parseSmtpUrl(raw: string | undefined): string | undefined {
   if (!raw) return undefined
   const url = parseUrl('MERCATO_SMTP_URL', raw)
   if (url.protocol !== 'smtp:' && url.protocol !== 'smtps:') {
-    throw new ConfigError('MERCATO_SMTP_URL', `must be smtp://host:port or smtps://…, got "${url.protocol}//…"`)
+    throw new ConfigError(
+      'MERCATO_SMTP_URL',
+      `must be smtp://host:port or smtps://…, got "${url.protocol}//…"`,
+    )
   }
   return raw
 }
@@ -443,8 +459,12 @@ export function settingsHelp(): string {
       'embedded log: "normal" survives kill -9, "full" also power loss (default: normal)',
     ],
     ['MERCATO_STREAM_TOPIC_PREFIX', 'put before every topic name, to share a Kafka cluster (default: none)'],
-    ['MERCATO_PAYMENT_PROVIDER_URL', 'payment provider base URL (default: the payment-provider component of this process)'],
+    [
+      'MERCATO_PAYMENT_PROVIDER_URL',
+      'payment provider base URL (default: the payment-provider component of this process)',
+    ],
     ['MERCATO_SMTP_URL', 'SMTP server for e-mail (default: an in-process SMTP sink that keeps messages)'],
+    ['MERCATO_STORE_SCHEMA_PREFIX', "PostgreSQL: put before each service's schema name (default: mercato_)"],
     ['MERCATO_SEED', 'seed demo catalog, stock and customers on an empty data directory (default: true)'],
     ['MERCATO_LOG_LEVEL', `one of ${logLevels.join(', ')} (default: info)`],
     ...Object.values(urlSettings).map((s) => [s.env, s.help]),

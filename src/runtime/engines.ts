@@ -81,7 +81,7 @@ export function storeOpener(config: Config): OpenStore {
     const store =
       storeConfig.kind === 'sqlite'
         ? new SqliteStore(storeConfig.dataDir, service, limits)
-        : new PostgresStore(storeConfig.url, service, limits)
+        : new PostgresStore(storeConfig.url, service, limits, `${config.storeSchemaPrefix}${service}`)
     try {
       await withTimeout(`store ${service}`, config.connectTimeoutMs, store.ping())
     } catch (error) {

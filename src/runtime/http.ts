@@ -28,6 +28,9 @@ export function createHttpServer(
     requestTimeout: config.httpRequestTimeoutMs,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
+    // Validation refuses what it does not know rather than quietly dropping or coercing it,
+    // and reports every bad field at once.
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
   })
   let inFlight = 0
   const shed = metrics.counter(
@@ -61,7 +64,14 @@ export function createHttpServer(
     const status =
       error instanceof MercatoError ? error.status : (error as { statusCode?: number }).statusCode
     let problem: ReturnType<typeof toProblem>
-    if (error instanceof MercatoError) problem = toProblem(error, request.url)
+    const validation = (error as { validation?: ValidationIssue[]; validationContext?: string }).validation
+    if (validation) {
+      problem = validationProblem(
+        validation,
+        (error as { validationContext?: string }).validationContext ?? 'body',
+        request.url,
+      )
+    } else if (error instanceof MercatoError) problem = toProblem(error, request.url)
     else if (status && status >= 400 && status < 500) {
       // fastify's own client errors (bad JSON, body too large, …): their message is safe to show.
       problem = {
@@ -116,6 +126,33 @@ export function createHttpServer(
   })
 
   return app
+}
+
+interface ValidationIssue {
+  instancePath: string
+  message?: string
+  keyword: string
+  params: Record<string, unknown>
+}
+
+/** A 400 naming each bad field as a JSON pointer into the part of the request it is in. */
+export function validationProblem(issues: ValidationIssue[], part: string, instance: string) {
+  const errors = issues.map((issue) => {
+    let pointer = issue.instancePath
+    if (issue.keyword === 'required') pointer += `/${String(issue.params.missingProperty)}`
+    if (issue.keyword === 'additionalProperties') pointer += `/${String(issue.params.additionalProperty)}`
+    const message =
+      issue.keyword === 'additionalProperties' ? 'is not a known field' : (issue.message ?? 'is invalid')
+    return { in: part, field: pointer || '/', message }
+  })
+  return {
+    type: 'https://mercato.dev/problems/invalid-request',
+    title: 'Invalid request',
+    status: 400,
+    detail: errors.map((e) => `${e.in} ${e.field}: ${e.message}`).join('; '),
+    instance,
+    errors,
+  }
 }
 
 function titleFor(status: number): string {

@@ -30,9 +30,14 @@ export class PostgresStore implements Store {
   readonly #connections: Semaphore
   readonly #url: string
 
-  constructor(url: string, service: string, limits: StoreLimits) {
+  readonly schema: string
+
+  /** `schema` defaults to the service name; a deployment usually prefixes it (MERCATO_STORE_SCHEMA_PREFIX). */
+  constructor(url: string, service: string, limits: StoreLimits, schema = service) {
     assertServiceName(service)
+    assertServiceName(schema)
     this.service = service
+    this.schema = schema
     this.#url = url
     this.#pool = new pg.Pool({
       connectionString: url,
@@ -41,7 +46,7 @@ export class PostgresStore implements Store {
       idleTimeoutMillis: 30_000,
       statement_timeout: limits.statementTimeoutMs,
       idle_in_transaction_session_timeout: limits.statementTimeoutMs * 2,
-      options: `-c search_path=${service}`,
+      options: `-c search_path=${schema}`,
       types,
     })
     this.#pool.on('error', () => {})
@@ -54,7 +59,7 @@ export class PostgresStore implements Store {
 
   async migrate(migrations: Migration[]): Promise<void> {
     await this.#withClient(async (client) => {
-      await client.query(`CREATE SCHEMA IF NOT EXISTS ${this.service}`)
+      await client.query(`CREATE SCHEMA IF NOT EXISTS ${this.schema}`)
       await client.query(
         'CREATE TABLE IF NOT EXISTS mercato_migrations (id TEXT PRIMARY KEY, applied_at TEXT NOT NULL)',
       )
@@ -62,7 +67,7 @@ export class PostgresStore implements Store {
     for (const migration of [...coreMigrations, ...migrations]) {
       await this.transaction(async (tx) => {
         // Several processes may start at once: one applies each migration, the others wait.
-        await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`mercato-migrate-${this.service}`])
+        await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`mercato-migrate-${this.schema}`])
         const done = await tx.query('SELECT 1 FROM mercato_migrations WHERE id = $1', [migration.id])
         if (done.length > 0) return
         await tx.execute(migrationSql(migration, 'postgres'))

@@ -1,0 +1,86 @@
+// The bodies of the command API, in TypeBox: one definition gives the type, the validator
+// and the OpenAPI document. Unknown fields are refused everywhere.
+import { type Static, Type as T } from '@sinclair/typebox'
+import { Address, AmountMinor, Email, Id, Quantity, Sku } from './events.ts'
+
+/** ISO 4217 codes the runtime knows; anything else is a bad currency. */
+export const currencies: string[] = Intl.supportedValuesOf('currency')
+
+const Currency = T.String({ enum: currencies, description: 'ISO 4217 currency code' })
+const strict = { additionalProperties: false } as const
+
+export const PlaceOrder = T.Object(
+  {
+    customerId: Id,
+    lines: T.Array(T.Object({ sku: Sku, quantity: Quantity }, strict), { minItems: 1, maxItems: 100 }),
+    shippingAddress: Address,
+    paymentMethodToken: Id,
+    express: T.Optional(T.Boolean()),
+  },
+  strict,
+)
+export type PlaceOrder = Static<typeof PlaceOrder>
+
+export const CancelOrder = T.Object({ reason: T.Optional(T.String({ maxLength: 500 })) }, strict)
+
+export const RegisterCustomer = T.Object(
+  {
+    email: Email,
+    givenName: T.String({ minLength: 1, maxLength: 100 }),
+    familyName: T.String({ maxLength: 100 }),
+    password: T.Optional(T.String({ minLength: 10, maxLength: 200 })),
+    addresses: T.Optional(T.Array(Address, { maxItems: 20 })),
+  },
+  strict,
+)
+export type RegisterCustomer = Static<typeof RegisterCustomer>
+
+export const UpsertProduct = T.Object(
+  {
+    name: T.String({ minLength: 1, maxLength: 200 }),
+    description: T.String({ maxLength: 5000 }),
+    category: T.String({ minLength: 1, maxLength: 100 }),
+    priceMinor: AmountMinor,
+    currency: Currency,
+  },
+  strict,
+)
+export type UpsertProduct = Static<typeof UpsertProduct>
+
+export const AdjustInventory = T.Object(
+  {
+    delta: T.Integer({ minimum: -1_000_000, maximum: 1_000_000, not: { const: 0 } }),
+    reason: T.Union([T.Literal('restock'), T.Literal('write-off')]),
+  },
+  strict,
+)
+export type AdjustInventory = Static<typeof AdjustInventory>
+
+export const SetFlag = T.Object(
+  {
+    state: T.Union([T.Literal('ENABLED'), T.Literal('DISABLED')]),
+    variants: T.Record(T.String({ minLength: 1, maxLength: 64 }), T.Unknown(), { maxProperties: 100 }),
+    defaultVariant: T.String({ minLength: 1, maxLength: 64 }),
+    targeting: T.Optional(T.Record(T.String(), T.Unknown())),
+  },
+  strict,
+)
+
+export const RegisterWebhook = T.Object(
+  {
+    url: T.String({ format: 'uri', maxLength: 2048 }),
+    events: T.Array(T.String({ minLength: 1, maxLength: 128 }), { minItems: 1, maxItems: 100 }),
+    enabled: T.Optional(T.Boolean()),
+  },
+  strict,
+)
+
+export const SkuParam = T.Object({ sku: Sku }, strict)
+export const IdParam = T.Object({ id: Id }, strict)
+export const FlagKeyParam = T.Object({ key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }) }, strict)
+
+export const Accepted = T.Object({
+  id: T.String(),
+  status: T.Literal('accepted'),
+  consistencyToken: T.String(),
+})

@@ -1,0 +1,254 @@
+// The inventory service: stock per product, and reservations per order. An order reserves
+// all its lines or none; a reservation becomes a sale when the order is confirmed, and goes
+// back to stock when the order is cancelled or when it expires unconfirmed. The store
+// itself refuses negative stock and any row where on-hand is not available + reserved.
+import type { Tx } from '../../engines/store/port.ts'
+import type { Emit, Handler, Service } from '../../platform/service.ts'
+
+export const inventoryMigrations = [
+  {
+    id: 'inventory-0001-stock',
+    sql: `CREATE TABLE IF NOT EXISTS stock (
+        sku TEXT PRIMARY KEY,
+        on_hand BIGINT NOT NULL, available BIGINT NOT NULL, reserved BIGINT NOT NULL,
+        CHECK (available >= 0 AND reserved >= 0 AND on_hand = available + reserved));
+      CREATE TABLE IF NOT EXISTS reservations (
+        order_id TEXT PRIMARY KEY, reservation_id TEXT NOT NULL, lines TEXT NOT NULL,
+        status TEXT NOT NULL, expires_at BIGINT NOT NULL, updated_at TEXT NOT NULL);
+      CREATE INDEX IF NOT EXISTS reservations_held ON reservations (expires_at) WHERE status = 'held'`,
+  },
+]
+
+interface Line {
+  sku: string
+  quantity: number
+}
+
+interface ReservationRow {
+  order_id: string
+  reservation_id: string
+  lines: string
+  status: 'held' | 'committed' | 'released'
+}
+
+class Shortage extends Error {
+  readonly shortages: { sku: string; requested: number; available: number }[]
+  constructor(shortages: { sku: string; requested: number; available: number }[]) {
+    super('not enough stock')
+    this.shortages = shortages
+  }
+}
+
+/** Lines merged per product and sorted, so concurrent reservations lock rows in one order. */
+function merged(lines: Line[]): Line[] {
+  const bySku = new Map<string, number>()
+  for (const line of lines) bySku.set(line.sku, (bySku.get(line.sku) ?? 0) + line.quantity)
+  return [...bySku.entries()]
+    .sort(([a], [b]) => (a < b ? -1 : 1))
+    .map(([sku, quantity]) => ({ sku, quantity }))
+}
+
+export async function startInventoryService(service: Service, options: { reservationTtlMs: number }) {
+  await service.start(inventoryMigrations)
+
+  async function reservation(tx: Tx, orderId: string): Promise<ReservationRow | undefined> {
+    const [row] = await tx.query<ReservationRow>('SELECT * FROM reservations WHERE order_id = $1', [orderId])
+    return row
+  }
+
+  async function setStatus(tx: Tx, orderId: string, status: ReservationRow['status']): Promise<void> {
+    await tx.execute('UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3', [
+      status,
+      new Date().toISOString(),
+      orderId,
+    ])
+  }
+
+  /** Takes every line from available stock, or throws Shortage having changed nothing that will commit. */
+  async function take(tx: Tx, lines: Line[], into: 'reserved' | 'sold'): Promise<void> {
+    const shortages: Shortage['shortages'] = []
+    for (const line of merged(lines)) {
+      const changed = await tx.execute(
+        into === 'reserved'
+          ? 'UPDATE stock SET available = available - $1, reserved = reserved + $1 WHERE sku = $2 AND available >= $1'
+          : 'UPDATE stock SET available = available - $1, on_hand = on_hand - $1 WHERE sku = $2 AND available >= $1',
+        [line.quantity, line.sku],
+      )
+      if (changed === 0) {
+        const [row] = await tx.query<{ available: number }>('SELECT available FROM stock WHERE sku = $1', [
+          line.sku,
+        ])
+        shortages.push({ sku: line.sku, requested: line.quantity, available: Number(row?.available ?? 0) })
+      }
+    }
+    if (shortages.length > 0) throw new Shortage(shortages)
+  }
+
+  async function release(
+    tx: Tx,
+    emit: Emit,
+    row: ReservationRow,
+    reason: 'compensation' | 'expired',
+  ): Promise<void> {
+    for (const line of merged(JSON.parse(row.lines))) {
+      await tx.execute(
+        row.status === 'held'
+          ? 'UPDATE stock SET available = available + $1, reserved = reserved - $1 WHERE sku = $2'
+          : 'UPDATE stock SET available = available + $1, on_hand = on_hand + $1 WHERE sku = $2',
+        [line.quantity, line.sku],
+      )
+    }
+    await setStatus(tx, row.order_id, 'released')
+    emit({
+      type: 'inventory.released',
+      subject: row.order_id,
+      data: { orderId: row.order_id, reservationId: row.reservation_id, reason },
+    })
+  }
+
+  const handlers: Record<string, Handler> = {
+    'order.placed': async (event, tools) => {
+      const { orderId, lines } = event.data as {
+        orderId: string
+        lines: (Line & { unitPriceMinor: number })[]
+      }
+      const plain = lines.map(({ sku, quantity }) => ({ sku, quantity }))
+      try {
+        await tools.transact(async (tx, emit) => {
+          if (await reservation(tx, orderId)) return
+          await take(tx, plain, 'reserved')
+          const expiresAt = Date.now() + options.reservationTtlMs
+          const reservationId = `res_${orderId}`
+          await tx.execute(
+            `INSERT INTO reservations (order_id, reservation_id, lines, status, expires_at, updated_at)
+             VALUES ($1, $2, $3, 'held', $4, $5)`,
+            [orderId, reservationId, JSON.stringify(plain), expiresAt, new Date().toISOString()],
+          )
+          emit({
+            type: 'inventory.reserved',
+            subject: orderId,
+            data: { orderId, reservationId, lines: plain, expiresAt: new Date(expiresAt).toISOString() },
+          })
+        })
+      } catch (error) {
+        if (!(error instanceof Shortage)) throw error
+        // The reservation rolled back whole; record the rejection in a transaction of its own.
+        await tools.transact(async (_tx, emit) => {
+          emit({
+            type: 'inventory.rejected',
+            subject: orderId,
+            data: { orderId, shortages: error.shortages },
+          })
+        })
+      }
+    },
+
+    'order.confirmed': async (event, tools) => {
+      const { orderId } = event.data as { orderId: string }
+      await tools.transact(async (tx, emit) => {
+        const row = await reservation(tx, orderId)
+        if (!row || row.status === 'committed') return
+        if (row.status === 'held') {
+          for (const line of merged(JSON.parse(row.lines))) {
+            await tx.execute(
+              'UPDATE stock SET reserved = reserved - $1, on_hand = on_hand - $1 WHERE sku = $2',
+              [line.quantity, line.sku],
+            )
+          }
+        } else {
+          // Released on expiry before the confirmation arrived: sell from available stock again.
+          try {
+            await take(tx, JSON.parse(row.lines), 'sold')
+          } catch (error) {
+            if (!(error instanceof Shortage)) throw error
+            service.log.error(
+              { orderId, shortages: error.shortages },
+              'a confirmed order lost its expired reservation',
+            )
+            service.metrics
+              .counter('mercato_inventory_oversold_total', 'Confirmed orders whose stock was gone.')
+              .inc()
+            return
+          }
+        }
+        await setStatus(tx, orderId, 'committed')
+        emit({
+          type: 'inventory.committed',
+          subject: orderId,
+          data: { orderId, reservationId: row.reservation_id },
+        })
+      })
+    },
+
+    'order.cancelled': async (event, tools) => {
+      const { orderId } = event.data as { orderId: string }
+      await tools.transact(async (tx, emit) => {
+        const row = await reservation(tx, orderId)
+        if (row && row.status !== 'released') await release(tx, emit, row, 'compensation')
+      })
+    },
+
+    'inventory.adjustment-requested': async (event, tools) => {
+      const { sku, delta, reason } = event.data as {
+        sku: string
+        delta: number
+        reason: 'restock' | 'write-off'
+      }
+      await tools.transact(async (tx, emit) => {
+        await tx.execute(
+          'INSERT INTO stock (sku, on_hand, available, reserved) VALUES ($1, 0, 0, 0) ON CONFLICT (sku) DO NOTHING',
+          [sku],
+        )
+        const changed = await tx.execute(
+          'UPDATE stock SET on_hand = on_hand + $1, available = available + $1 WHERE sku = $2 AND available + $1 >= 0',
+          [delta, sku],
+        )
+        const [row] = await tx.query<{ on_hand: number; available: number }>(
+          'SELECT on_hand, available FROM stock WHERE sku = $1',
+          [sku],
+        )
+        if (changed === 0) {
+          emit({
+            type: 'inventory.adjustment-rejected',
+            subject: sku,
+            data: { sku, delta, reason: `only ${row.available} available to write off` },
+          })
+          return
+        }
+        emit({
+          type: 'inventory.adjusted',
+          subject: sku,
+          data: { sku, delta, reason, onHand: Number(row.on_hand), available: Number(row.available) },
+        })
+      })
+    },
+  }
+
+  await service.consume(['orders', 'inventory'], handlers)
+
+  service.every(
+    'reservation expiry',
+    Math.max(10, Math.min(1_000, Math.floor(options.reservationTtlMs / 4))),
+    async () => {
+      const expired = await service.store.query<{ order_id: string }>(
+        "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at < $1 LIMIT 200",
+        [Date.now()],
+      )
+      for (const { order_id } of expired) {
+        await service.transact(async (tx, emit) => {
+          const row = await reservation(tx, order_id)
+          if (row?.status === 'held') await release(tx, emit, row, 'expired')
+        })
+      }
+    },
+  )
+
+  return { ready: () => service.store.ping(), stop: () => service.stop() }
+}
+
+/** Stock of every product, for tests and operators: on-hand always equals available + reserved. */
+export async function stockLevels(service: Service) {
+  return service.store.query<{ sku: string; on_hand: number; available: number; reserved: number }>(
+    'SELECT sku, on_hand, available, reserved FROM stock ORDER BY sku',
+  )
+}

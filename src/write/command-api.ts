@@ -1,0 +1,493 @@
+// The write path: validate (statelessly), make idempotent, append one event, answer 202
+// with the id, its Location and a consistency token naming the stream position.
+import { randomBytes, randomUUID } from 'node:crypto'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import {
+  Accepted,
+  AdjustInventory,
+  CancelOrder,
+  FlagKeyParam,
+  IdParam,
+  PlaceOrder,
+  RegisterCustomer,
+  RegisterWebhook,
+  SetFlag,
+  SkuParam,
+  UpsertProduct,
+} from '../contracts/commands.ts'
+import { encodeConsistencyToken } from '../contracts/consistency.ts'
+import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
+import type { Store } from '../engines/store/port.ts'
+import type { EventStream } from '../engines/stream/event-stream.ts'
+import { errorMessage, MercatoError } from '../platform/errors.ts'
+import type { FlagReader } from '../platform/flags.ts'
+import type { Logger } from '../platform/logger.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import { hashPassword } from '../platform/passwords.ts'
+import { currentTraceparent } from '../platform/tracing.ts'
+import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
+
+export interface CommandApiOptions {
+  http: FastifyInstance
+  stream: EventStream
+  store: Store
+  flags: FlagReader
+  log: Logger
+  metrics: Metrics
+  idempotencyKeyTtlMs: number
+  idempotencyLockMs: number
+  orderLinesMax: number
+}
+
+const source = 'mercato/command-api'
+const keyPattern = /^[\x21-\x7e]{1,255}$/
+
+class RequestProblem extends MercatoError {
+  constructor(status: number, code: string, message: string, extensions: Record<string, unknown> = {}) {
+    super(code, status, message, extensions)
+  }
+}
+
+interface CommandSpec {
+  /** Creating commands require an Idempotency-Key; others honour one when it is sent. */
+  keyRequired: boolean
+  newId: () => string
+  events: (id: string, request: FastifyRequest) => Promise<Array<Omit<NewEvent, 'source'>>>
+  location?: (id: string) => string
+  extraBody?: (id: string, events: CloudEvent[]) => Record<string, unknown>
+}
+
+export async function startCommandApi(options: CommandApiOptions): Promise<{ stop(): Promise<void> }> {
+  const { http, stream, store, flags, log, metrics } = options
+  await store.migrate(idempotencyMigrations)
+  const keys = new IdempotencyKeys(store, {
+    ttlMs: options.idempotencyKeyTtlMs,
+    lockMs: options.idempotencyLockMs,
+  })
+  const accepted = metrics.counter('mercato_commands_total', 'Commands answered, by type and outcome.', [
+    'command',
+    'outcome',
+  ])
+
+  async function handle(name: string, spec: CommandSpec, request: FastifyRequest, reply: FastifyReply) {
+    const scope = principalOf(request)
+    const key = request.headers['idempotency-key']
+    if (Array.isArray(key))
+      throw new RequestProblem(400, 'invalid-idempotency-key', 'send one Idempotency-Key')
+    if (key === undefined && spec.keyRequired) {
+      throw new RequestProblem(
+        400,
+        'idempotency-key-required',
+        'this request needs an Idempotency-Key header',
+        {
+          errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is required' }],
+        },
+      )
+    }
+    if (key !== undefined && !keyPattern.test(key)) {
+      throw new RequestProblem(
+        400,
+        'invalid-idempotency-key',
+        'Idempotency-Key must be 1 to 255 visible ASCII characters',
+        { errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is invalid' }] },
+      )
+    }
+    let id = spec.newId()
+    if (key !== undefined) {
+      const claim = await keys.claim(
+        scope,
+        key,
+        fingerprintOf(request.method, request.url, request.body),
+        () => id,
+      )
+      if (claim.kind === 'other-request') {
+        accepted.inc({ command: name, outcome: 'key-reused' })
+        throw new RequestProblem(
+          422,
+          'idempotency-key-reused',
+          'this Idempotency-Key was used for another request; use a new key for a new request',
+        )
+      }
+      if (claim.kind === 'in-flight') {
+        accepted.inc({ command: name, outcome: 'key-in-flight' })
+        reply.header('retry-after', '1')
+        throw new RequestProblem(
+          409,
+          'idempotency-key-in-flight',
+          'a request with this Idempotency-Key is in progress',
+        )
+      }
+      if (claim.kind === 'replay') {
+        accepted.inc({ command: name, outcome: 'replayed' })
+        reply.headers({ ...claim.headers, 'idempotent-replayed': 'true' })
+        return reply.code(claim.status).send(claim.body)
+      }
+      id = claim.resourceId
+    }
+    let answer: { status: number; body: Record<string, unknown>; headers: Record<string, string> }
+    try {
+      const traceparent = currentTraceparent()
+      const events = (await spec.events(id, request)).map((event, i) =>
+        createEvent({
+          ...event,
+          source,
+          // The first event's id is the command's id, so a retried command is the same event.
+          id: i === 0 ? id : `${id}:${i}`,
+          cause: { requestId: request.id },
+          ...(traceparent ? { traceparent } : {}),
+        }),
+      )
+      const [position] = await stream.publish(events)
+      const token = encodeConsistencyToken(position)
+      const headers: Record<string, string> = { 'mercato-consistency-token': token }
+      if (spec.location) headers.location = spec.location(id)
+      answer = {
+        status: 202,
+        body: { id, status: 'accepted', consistencyToken: token, ...spec.extraBody?.(id, events) },
+        headers,
+      }
+    } catch (error) {
+      if (key !== undefined) await keys.release(scope, key).catch(() => {})
+      accepted.inc({ command: name, outcome: 'failed' })
+      throw error
+    }
+    if (key !== undefined) {
+      await keys.complete(scope, key, answer.status, answer.body, answer.headers).catch((error) => {
+        // The event is appended; a retry after the lock time takes the key over with the same id.
+        log.warn({ err: errorMessage(error), command: name }, 'idempotency answer not stored')
+      })
+    }
+    accepted.inc({ command: name, outcome: 'accepted' })
+    reply.headers(answer.headers)
+    return reply.code(answer.status).send(answer.body)
+  }
+
+  const idempotencyHeader = {
+    type: 'object',
+    properties: {
+      'idempotency-key': { type: 'string', description: 'unique per request; see the IETF draft' },
+    },
+  }
+  const responses = (extra: Record<string, unknown> = {}) => ({
+    202: { ...Accepted, properties: { ...Accepted.properties, ...extra } },
+  })
+
+  http.post(
+    '/v1/orders',
+    {
+      schema: {
+        summary: 'Place an order',
+        tags: ['orders'],
+        body: PlaceOrder,
+        headers: idempotencyHeader,
+        response: responses(),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'place-order',
+        {
+          keyRequired: true,
+          newId: () => `ord_${randomUUID()}`,
+          location: (id) => `/v1/orders/${id}`,
+          events: async (orderId, request) => {
+            const body = request.body as PlaceOrder
+            await checkLines(body, flags, options.orderLinesMax)
+            return [
+              {
+                type: 'order.requested',
+                subject: orderId,
+                data: {
+                  orderId,
+                  customerId: body.customerId,
+                  lines: body.lines,
+                  shippingAddress: body.shippingAddress,
+                  paymentMethodToken: body.paymentMethodToken,
+                  ...(body.express !== undefined ? { express: body.express } : {}),
+                },
+              },
+            ]
+          },
+        },
+        request,
+        reply,
+      ),
+  )
+
+  http.post(
+    '/v1/orders/:id/cancel',
+    {
+      schema: {
+        summary: 'Ask to cancel an order (granted until it ships)',
+        tags: ['orders'],
+        params: IdParam,
+        body: CancelOrder,
+        headers: idempotencyHeader,
+        response: responses(),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'cancel-order',
+        {
+          keyRequired: false,
+          newId: () => `cxl_${randomUUID()}`,
+          location: () => `/v1/orders/${(request.params as { id: string }).id}`,
+          events: async (_id, request) => {
+            const orderId = (request.params as { id: string }).id
+            return [
+              {
+                type: 'order.cancel-requested',
+                subject: orderId,
+                data: { orderId, requestedBy: principalOf(request) },
+              },
+            ]
+          },
+        },
+        request,
+        reply,
+      ),
+  )
+
+  http.post(
+    '/v1/customers',
+    {
+      schema: {
+        summary: 'Register a customer',
+        tags: ['customers'],
+        body: RegisterCustomer,
+        headers: idempotencyHeader,
+        response: responses(),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'register-customer',
+        {
+          keyRequired: true,
+          newId: () => `cus_${randomUUID()}`,
+          location: (id) => `/v1/customers/${id}`,
+          events: async (customerId, request) => {
+            const body = request.body as {
+              email: string
+              givenName: string
+              familyName: string
+              password?: string
+              addresses?: unknown[]
+            }
+            return [
+              {
+                type: 'customer.registration-requested',
+                subject: customerId,
+                data: {
+                  customerId,
+                  email: body.email,
+                  givenName: body.givenName,
+                  familyName: body.familyName,
+                  ...(body.password ? { passwordHash: await hashPassword(body.password) } : {}),
+                  ...(body.addresses ? { addresses: body.addresses } : {}),
+                },
+              },
+            ]
+          },
+        },
+        request,
+        reply,
+      ),
+  )
+
+  http.put(
+    '/v1/products/:sku',
+    {
+      schema: {
+        summary: 'Create or replace a catalog product',
+        tags: ['catalog'],
+        params: SkuParam,
+        body: UpsertProduct,
+        headers: idempotencyHeader,
+        response: responses(),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'upsert-product',
+        {
+          keyRequired: false,
+          newId: () => `prd_${randomUUID()}`,
+          location: () => `/v1/products/${(request.params as { sku: string }).sku}`,
+          events: async (_id, request) => {
+            const { sku } = request.params as { sku: string }
+            return [
+              {
+                type: 'product.upserted',
+                subject: sku,
+                data: { sku, ...(request.body as Record<string, unknown>) },
+              },
+            ]
+          },
+        },
+        request,
+        reply,
+      ),
+  )
+
+  http.post(
+    '/v1/inventory/:sku/adjustments',
+    {
+      schema: {
+        summary: 'Restock or write off stock of a product',
+        tags: ['inventory'],
+        params: SkuParam,
+        body: AdjustInventory,
+        headers: idempotencyHeader,
+        response: responses(),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'adjust-inventory',
+        {
+          keyRequired: true,
+          newId: () => `adj_${randomUUID()}`,
+          events: async (_id, request) => {
+            const { sku } = request.params as { sku: string }
+            const body = request.body as { delta: number; reason: string }
+            if ((body.reason === 'restock') !== body.delta > 0) {
+              throw new RequestProblem(
+                400,
+                'invalid-request',
+                'a restock adds stock (delta > 0); a write-off removes it',
+                {
+                  errors: [{ in: 'body', field: '/delta', message: `has the wrong sign for ${body.reason}` }],
+                },
+              )
+            }
+            return [{ type: 'inventory.adjustment-requested', subject: sku, data: { sku, ...body } }]
+          },
+        },
+        request,
+        reply,
+      ),
+  )
+
+  http.put(
+    '/v1/flags/:key',
+    {
+      schema: {
+        summary: 'Set a feature flag (flagd flag definition)',
+        tags: ['flags'],
+        params: FlagKeyParam,
+        body: SetFlag,
+        headers: idempotencyHeader,
+        response: responses(),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'set-flag',
+        {
+          keyRequired: false,
+          newId: () => `flg_${randomUUID()}`,
+          events: async (_id, request) => {
+            const { key } = request.params as { key: string }
+            const definition = request.body as { variants: Record<string, unknown>; defaultVariant: string }
+            if (!(definition.defaultVariant in definition.variants)) {
+              throw new RequestProblem(
+                400,
+                'invalid-request',
+                'defaultVariant must name one of the variants',
+                {
+                  errors: [{ in: 'body', field: '/defaultVariant', message: 'is not one of the variants' }],
+                },
+              )
+            }
+            return [{ type: 'flag.changed', subject: key, data: { key, definition } }]
+          },
+        },
+        request,
+        reply,
+      ),
+  )
+
+  http.post(
+    '/v1/webhooks',
+    {
+      schema: {
+        summary: 'Register a webhook endpoint; the answer carries its signing secret, shown once',
+        tags: ['webhooks'],
+        body: RegisterWebhook,
+        headers: idempotencyHeader,
+        response: responses({ secret: { type: 'string' } }),
+      },
+    },
+    (request, reply) =>
+      handle(
+        'register-webhook',
+        {
+          keyRequired: true,
+          newId: () => `whe_${randomUUID()}`,
+          events: async (endpointId, request) => {
+            const body = request.body as { url: string; events: string[]; enabled?: boolean }
+            const url = new URL(body.url)
+            if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+              throw new RequestProblem(400, 'invalid-request', 'a webhook URL must be http or https', {
+                errors: [{ in: 'body', field: '/url', message: 'must be http or https' }],
+              })
+            }
+            const secret = `whsec_${randomBytes(24).toString('base64url')}`
+            return [
+              {
+                type: 'webhook.endpoint-set',
+                subject: endpointId,
+                data: {
+                  endpointId,
+                  url: body.url,
+                  secret,
+                  events: body.events,
+                  enabled: body.enabled ?? true,
+                },
+              },
+            ]
+          },
+          extraBody: (_id, events) => ({ secret: (events[0].data as { secret: string }).secret }),
+        },
+        request,
+        reply,
+      ),
+  )
+
+  const pruning = setInterval(() => {
+    keys.prune().catch((error) => log.warn({ err: errorMessage(error) }, 'idempotency keys not pruned'))
+  }, 60_000)
+  pruning.unref()
+  return { stop: async () => clearInterval(pruning) }
+}
+
+/** Who is calling: the scope of idempotency keys. The gateway sets the principal once it authenticates. */
+function principalOf(request: FastifyRequest): string {
+  return (request as FastifyRequest & { principal?: { id: string } }).principal?.id ?? 'anonymous'
+}
+
+async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number): Promise<void> {
+  const flagMax = await flags.number('max-lines-per-order', linesMax)
+  const max = Math.min(linesMax, flagMax)
+  const errors: { in: string; field: string; message: string }[] = []
+  if (body.lines.length > max)
+    errors.push({ in: 'body', field: '/lines', message: `must have at most ${max} lines` })
+  const seen = new Set<string>()
+  body.lines.forEach((line, i) => {
+    if (seen.has(line.sku))
+      errors.push({ in: 'body', field: `/lines/${i}/sku`, message: 'appears on another line' })
+    seen.add(line.sku)
+  })
+  if (errors.length > 0) {
+    throw new RequestProblem(
+      400,
+      'invalid-request',
+      errors.map((e) => `${e.field}: ${e.message}`).join('; '),
+      {
+        errors,
+      },
+    )
+  }
+}

@@ -1,0 +1,138 @@
+// Idempotency keys, after the IETF draft "The Idempotency-Key HTTP Header Field" and
+// Stripe's practice. A key belongs to a caller (its scope) and remembers a fingerprint of
+// the request and, once the request is done, its answer. The record lives in the store,
+// so every command-api process sees the same keys.
+import { createHash } from 'node:crypto'
+import type { Migration, Store } from '../engines/store/port.ts'
+
+export const idempotencyMigrations: Migration[] = [
+  {
+    id: 'command-api-0001-idempotency-keys',
+    sql: `CREATE TABLE IF NOT EXISTS idempotency_keys (
+      scope TEXT NOT NULL, idem_key TEXT NOT NULL, fingerprint TEXT NOT NULL, resource_id TEXT NOT NULL,
+      status INTEGER, body TEXT, headers TEXT, locked_until BIGINT NOT NULL, expires_at BIGINT NOT NULL,
+      PRIMARY KEY (scope, idem_key));
+      CREATE INDEX IF NOT EXISTS idempotency_keys_expiry ON idempotency_keys (expires_at)`,
+  },
+]
+
+export type KeyClaim =
+  /** The caller owns the key now: do the work under `resourceId`, then `complete`. */
+  | { kind: 'owned'; resourceId: string }
+  | { kind: 'replay'; status: number; body: unknown; headers: Record<string, string> }
+  | { kind: 'other-request' }
+  | { kind: 'in-flight' }
+
+interface KeyRow {
+  fingerprint: string
+  resource_id: string
+  status: number | null
+  body: string | null
+  headers: string | null
+  locked_until: number
+  expires_at: number
+}
+
+export class IdempotencyKeys {
+  readonly #store: Store
+  readonly #ttlMs: number
+  readonly #lockMs: number
+
+  constructor(store: Store, options: { ttlMs: number; lockMs: number }) {
+    this.#store = store
+    this.#ttlMs = options.ttlMs
+    this.#lockMs = options.lockMs
+  }
+
+  /**
+   * Claims `key` for a request with `fingerprint`. A request still in flight holds its key
+   * for the lock time; after that (its process died) a retry takes the key over, with the
+   * same resource id, so the retry names the same order and duplicates nothing.
+   */
+  claim(scope: string, key: string, fingerprint: string, newResourceId: () => string): Promise<KeyClaim> {
+    return this.#store.transaction(async (tx) => {
+      const now = Date.now()
+      const [row] = await tx.query<KeyRow>(
+        'SELECT fingerprint, resource_id, status, body, headers, locked_until, expires_at FROM idempotency_keys WHERE scope = $1 AND idem_key = $2',
+        [scope, key],
+      )
+      if (!row || Number(row.expires_at) <= now) {
+        const resourceId = newResourceId()
+        await tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2', [scope, key])
+        await tx.execute(
+          `INSERT INTO idempotency_keys (scope, idem_key, fingerprint, resource_id, locked_until, expires_at)
+           VALUES ($1, $2, $3, $4, $5, $6)`,
+          [scope, key, fingerprint, resourceId, now + this.#lockMs, now + this.#ttlMs],
+        )
+        return { kind: 'owned', resourceId }
+      }
+      if (row.fingerprint !== fingerprint) return { kind: 'other-request' }
+      if (row.status !== null) {
+        return {
+          kind: 'replay',
+          status: Number(row.status),
+          body: JSON.parse(row.body ?? 'null'),
+          headers: JSON.parse(row.headers ?? '{}'),
+        }
+      }
+      if (Number(row.locked_until) > now) return { kind: 'in-flight' }
+      await tx.execute('UPDATE idempotency_keys SET locked_until = $1 WHERE scope = $2 AND idem_key = $3', [
+        now + this.#lockMs,
+        scope,
+        key,
+      ])
+      return { kind: 'owned', resourceId: row.resource_id }
+    })
+  }
+
+  /** Stores the answer; later requests with the key get it back. */
+  async complete(
+    scope: string,
+    key: string,
+    status: number,
+    body: unknown,
+    headers: Record<string, string>,
+  ): Promise<void> {
+    await this.#store.transaction((tx) =>
+      tx.execute(
+        'UPDATE idempotency_keys SET status = $1, body = $2, headers = $3 WHERE scope = $4 AND idem_key = $5',
+        [status, JSON.stringify(body), JSON.stringify(headers), scope, key],
+      ),
+    )
+  }
+
+  /** Lets go of a key whose request failed before it had any effect, so a retry starts afresh. */
+  async release(scope: string, key: string): Promise<void> {
+    await this.#store.transaction((tx) =>
+      tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND status IS NULL', [
+        scope,
+        key,
+      ]),
+    )
+  }
+
+  /** Deletes expired keys; resolves with how many. */
+  prune(): Promise<number> {
+    return this.#store.transaction((tx) =>
+      tx.execute('DELETE FROM idempotency_keys WHERE expires_at <= $1', [Date.now()]),
+    )
+  }
+}
+
+/** The fingerprint of a request: method, path and the body in a canonical form. */
+export function fingerprintOf(method: string, path: string, body: unknown): string {
+  return createHash('sha256')
+    .update(`${method} ${path}\n${canonicalJson(body)}`)
+    .digest('base64url')
+}
+
+function canonicalJson(value: unknown): string {
+  if (Array.isArray(value)) return `[${value.map(canonicalJson).join(',')}]`
+  if (value && typeof value === 'object') {
+    const entries = Object.entries(value as Record<string, unknown>)
+      .filter(([, v]) => v !== undefined)
+      .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+    return `{${entries.map(([k, v]) => `${JSON.stringify(k)}:${canonicalJson(v)}`).join(',')}}`
+  }
+  return JSON.stringify(value ?? null)
+}
