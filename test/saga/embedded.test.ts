@@ -1,0 +1,3 @@
+import { defineSagaSuite } from './saga-suite.ts'
+
+defineSagaSuite('embedded', undefined)

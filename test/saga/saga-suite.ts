@@ -1,0 +1,240 @@
+// The order saga, end to end through the HTTP API, on one engine set. Every case checks
+// what a shop owner would: how the order ended, the stock, the provider's own record of
+// the money, and the ledger.
+import assert from 'node:assert/strict'
+import { after, before, describe, it } from 'node:test'
+import fc from 'fast-check'
+import { type EngineSet, type Shop, startShop } from '../support/shop.ts'
+import { waitFor } from '../support/wait.ts'
+
+export interface Charge {
+  status: string
+  amountMinor: number
+  capturedMinor: number
+  refundedMinor: number
+  operations: { operation: string }[]
+}
+
+export async function chargesOf(shop: Shop, orderId: string): Promise<Charge[]> {
+  const answer = await shop.get(`/provider/v1/charges?reference=${encodeURIComponent(orderId)}`)
+  assert.equal(answer.status, 200)
+  return answer.body.charges
+}
+
+export async function orderState(shop: Shop, orderId: string): Promise<string | undefined> {
+  const [row] = await (await shop.store('order')).query<{ state: string }>('SELECT state FROM orders WHERE order_id = $1', [
+    orderId,
+  ])
+  return row?.state
+}
+
+export async function waitForState(shop: Shop, orderId: string, state: string, timeoutMs = 20_000) {
+  await waitFor(`order ${orderId} to be ${state}`, async () => (await orderState(shop, orderId)) === state, timeoutMs)
+}
+
+export async function stockOf(shop: Shop, sku: string) {
+  const [row] = await (await shop.store('inventory')).query<{ on_hand: number; available: number; reserved: number }>(
+    'SELECT on_hand, available, reserved FROM stock WHERE sku = $1',
+    [sku],
+  )
+  return { onHand: Number(row.on_hand), available: Number(row.available), reserved: Number(row.reserved) }
+}
+
+export async function ledgerSum(shop: Shop): Promise<number> {
+  const [row] = await (await shop.store('payment')).query<{ total: number | null }>(
+    'SELECT SUM(amount_minor) AS total FROM ledger_lines',
+  )
+  return Number(row.total ?? 0)
+}
+
+async function dials(shop: Shop, value: Record<string, unknown>) {
+  const answer = await shop.put('/provider/v1/dials', {
+    latencyMs: 0,
+    errorRate: 0,
+    timeoutRate: 0,
+    declineTokens: [],
+    ...value,
+  })
+  assert.equal(answer.status, 200, JSON.stringify(answer.body))
+}
+
+/** Every accepted order ended, and the books agree with the provider. */
+export async function assertInvariants(shop: Shop, orderIds: string[], skus: string[]) {
+  for (const sku of skus) {
+    const stock = await stockOf(shop, sku)
+    assert.ok(stock.available >= 0 && stock.reserved >= 0, `${sku} stock is never negative`)
+    assert.equal(stock.onHand, stock.available + stock.reserved, `${sku}: on-hand = available + reserved`)
+  }
+  const inventory = await shop.store('inventory')
+  for (const orderId of orderIds) {
+    const state = await orderState(shop, orderId)
+    assert.ok(['CONFIRMED', 'SHIPPED', 'DELIVERED', 'CANCELLED'].includes(state ?? ''), `${orderId} ended: ${state}`)
+    const charges = await chargesOf(shop, orderId)
+    assert.ok(charges.length <= 1, `${orderId} was authorized at most once`)
+    const captures = charges.flatMap((c) => c.operations.filter((o) => o.operation === 'capture'))
+    const [reservation] = await inventory.query<{ status: string }>('SELECT status FROM reservations WHERE order_id = $1', [
+      orderId,
+    ])
+    if (state === 'CANCELLED') {
+      assert.ok(!reservation || reservation.status === 'released', `${orderId} cancelled holds no stock`)
+      for (const charge of charges) {
+        assert.ok(['voided', 'refunded', 'declined'].includes(charge.status), `${orderId} cancelled: charge ${charge.status}`)
+      }
+    } else {
+      assert.equal(captures.length, 1, `${orderId} confirmed was captured exactly once`)
+      assert.equal(reservation?.status, 'committed', `${orderId} confirmed took its stock`)
+    }
+  }
+  assert.equal(await ledgerSum(shop), 0, 'the ledger sums to zero')
+}
+
+export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
+  describe(`the order saga on ${engines} engines`, { skip }, () => {
+    let shop: Shop
+    const skus = ['SAGA-A', 'SAGA-B', 'SAGA-SCARCE']
+
+    before(async () => {
+      shop = await startShop(engines)
+      await shop.stockUp(['SAGA-A', 'SAGA-B'], 10_000)
+      await shop.stockUp(['SAGA-SCARCE'], 3)
+    })
+    after(() => shop?.stop())
+
+    it('takes an order from 202 to DELIVERED: stock taken, captured once, ledger balanced', async () => {
+      const before = await stockOf(shop, 'SAGA-A')
+      const orderId = await shop.placeOrder([
+        { sku: 'SAGA-A', quantity: 2 },
+        { sku: 'SAGA-B', quantity: 1 },
+      ])
+      assert.equal((await shop.watcher.waitFor(orderId, 20_000))?.state, 'CONFIRMED')
+      await waitForState(shop, orderId, 'DELIVERED')
+      const [charge] = await chargesOf(shop, orderId)
+      assert.equal(charge.amountMinor, 3_000)
+      await waitFor('capture', async () => (await chargesOf(shop, orderId))[0].capturedMinor === 3_000)
+      assert.equal((await stockOf(shop, 'SAGA-A')).onHand, before.onHand - 2)
+      await assertInvariants(shop, [orderId], skus)
+    })
+
+    it('cancels an order it cannot fill, out-of-stock, and charges nothing', async () => {
+      const orderId = await shop.placeOrder([
+        { sku: 'SAGA-A', quantity: 1 },
+        { sku: 'SAGA-SCARCE', quantity: 50 },
+      ])
+      const outcome = await shop.watcher.waitFor(orderId, 20_000)
+      assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'out-of-stock'])
+      assert.deepEqual(await chargesOf(shop, orderId), [])
+      await assertInvariants(shop, [orderId], skus)
+    })
+
+    it('releases the stock of a declined payment', async () => {
+      const before = await stockOf(shop, 'SAGA-B')
+      const orderId = await shop.placeOrder([{ sku: 'SAGA-B', quantity: 3 }], 'tok_decline')
+      const outcome = await shop.watcher.waitFor(orderId, 20_000)
+      assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'payment-declined'])
+      await waitFor('stock released', async () => (await stockOf(shop, 'SAGA-B')).available === before.available)
+      await assertInvariants(shop, [orderId], skus)
+    })
+
+    it('retries provider errors and timeouts, then pays; compensates when the provider stays down', async () => {
+      await dials(shop, { errorRate: 0.4, timeoutRate: 0.2 })
+      const flaky = await Promise.all([1, 2, 3, 4].map(() => shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])))
+      for (const orderId of flaky) {
+        const outcome = await shop.watcher.waitFor(orderId, 30_000)
+        assert.ok(outcome, `${orderId} ended`)
+      }
+      await dials(shop, {})
+      await waitForQuiet(shop, flaky)
+      await dials(shop, { errorRate: 1 })
+      const down = await shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])
+      const outcome = await shop.watcher.waitFor(down, 30_000)
+      assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'payment-failed'])
+      await dials(shop, {})
+      await waitForQuiet(shop, [...flaky, down])
+      await assertInvariants(shop, [...flaky, down], skus)
+    })
+
+    it('a customer cancel compensates: stock back, payment voided or refunded', async () => {
+      const before = await stockOf(shop, 'SAGA-B')
+      const orderId = await shop.placeOrder([{ sku: 'SAGA-B', quantity: 4 }])
+      const cancel = await shop.post(`/v1/orders/${orderId}/cancel`, {})
+      assert.equal(cancel.status, 202)
+      const outcome = await shop.watcher.waitFor(orderId, 20_000)
+      if (outcome?.state === 'CONFIRMED') await waitForState(shop, orderId, 'CANCELLED')
+      await waitForQuiet(shop, [orderId])
+      assert.equal((await stockOf(shop, 'SAGA-B')).onHand, before.onHand)
+      await assertInvariants(shop, [orderId], skus)
+    })
+
+    it('random orders over scarce stock with provider faults: every invariant holds (property)', async () => {
+      let round = 0
+      await fc.assert(
+        fc.asyncProperty(
+          fc.array(
+            fc.record({
+              lines: fc.uniqueArray(
+                fc.record({ sku: fc.constantFrom('SAGA-A', 'SAGA-SCARCE', 'SAGA-B'), quantity: fc.integer({ min: 1, max: 3 }) }),
+                { minLength: 1, maxLength: 3, selector: (line) => line.sku },
+              ),
+              token: fc.constantFrom('tok_visa', 'tok_visa', 'tok_visa', 'tok_decline'),
+              cancel: fc.boolean(),
+            }),
+            { minLength: 1, maxLength: 8 },
+          ),
+          fc.record({ errorRate: fc.constantFrom(0, 0.2, 0.5), timeoutRate: fc.constantFrom(0, 0.1) }),
+          async (orders, faults) => {
+            round++
+            await dials(shop, faults)
+            const restock = await shop.post(
+              '/v1/inventory/SAGA-SCARCE/adjustments',
+              { delta: 2, reason: 'restock' },
+              { 'idempotency-key': `property-restock-${round}-${Date.now()}` },
+            )
+            assert.equal(restock.status, 202)
+            const ids = await Promise.all(
+              orders.map(async (order) => {
+                const id = await shop.placeOrder(order.lines, order.token)
+                if (order.cancel) await shop.post(`/v1/orders/${id}/cancel`, {})
+                return id
+              }),
+            )
+            for (const id of ids) assert.ok(await shop.watcher.waitFor(id, 40_000), `${id} ended`)
+            await dials(shop, {})
+            await waitForQuiet(shop, ids)
+            await assertInvariants(shop, ids, skus)
+          },
+        ),
+        { numRuns: 4 },
+      )
+    })
+  })
+}
+
+/** Waits until the follow-up work of these orders (capture, void, refund, release) is done. */
+export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 30_000) {
+  const payment = await shop.store('payment')
+  const inventory = await shop.store('inventory')
+  await waitFor(
+    'compensation and capture to settle',
+    async () => {
+      for (const orderId of orderIds) {
+        const state = await orderState(shop, orderId)
+        if (!state || ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED', 'SHIPMENT_SCHEDULED'].includes(state)) return false
+        const [reservation] = await inventory.query<{ status: string }>(
+          'SELECT status FROM reservations WHERE order_id = $1',
+          [orderId],
+        )
+        const [pay] = await payment.query<{ status: string }>('SELECT status FROM payments WHERE order_id = $1', [orderId])
+        if (state === 'CANCELLED') {
+          if (reservation && reservation.status !== 'released') return false
+          if (pay && !['voided', 'refunded', 'declined', 'failed'].includes(pay.status)) return false
+        } else {
+          if (reservation?.status !== 'committed') return false
+          if (pay?.status !== 'captured') return false
+        }
+      }
+      const outbox = await payment.query('SELECT 1 FROM mercato_outbox WHERE sent_at IS NULL LIMIT 1')
+      return outbox.length === 0
+    },
+    timeoutMs,
+  )
+}

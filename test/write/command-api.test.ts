@@ -1,0 +1,176 @@
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import fc from 'fast-check'
+import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
+import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
+import { storeLimitDefaults } from '../../src/engines/store/port.ts'
+import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
+import { type Shop, startShop } from '../support/shop.ts'
+import { tempDir } from '../support/wait.ts'
+
+const address = { name: 'A', line1: '1 St', city: 'C', postalCode: '1', country: 'US' }
+const order = (lines: unknown = [{ sku: 'CMD-1', quantity: 1 }]) => ({
+  customerId: 'cus_1',
+  lines,
+  shippingAddress: address,
+  paymentMethodToken: 'tok_visa',
+})
+
+/** Records on every topic the command API writes to: what a refused request must not change. */
+async function appended(shop: Shop): Promise<number> {
+  const stream = shop.app.context.stream!
+  const topics = ['orders', 'customers', 'products', 'inventory', 'flags', 'webhooks'].map((t) => stream.topic(t))
+  const lag = await stream.engine.lag('nobody-reads-this', topics)
+  return lag.reduce((sum, p) => sum + p.end, 0)
+}
+
+describe('the command API', () => {
+  let shop: Shop
+  before(async () => {
+    shop = await startShop('embedded')
+  })
+  after(() => shop?.stop())
+
+  it('accepts an order with 202, the id, a Location and a consistency token naming the stream position', async () => {
+    const answer = await shop.post('/v1/orders', order(), { 'idempotency-key': randomUUID() })
+    assert.equal(answer.status, 202)
+    assert.match(answer.body.id, /^ord_/)
+    assert.equal(answer.headers.get('location'), `/v1/orders/${answer.body.id}`)
+    const position = decodeConsistencyToken(answer.body.consistencyToken)
+    assert.equal(position?.topic, shop.app.context.stream!.topic('orders'))
+    const [record] = await shop.app.context.stream!.engine.read(position!.topic, position!.partition, position!.offset, 1)
+    assert.equal(record.headers.ce_type, 'order.requested')
+    assert.equal(record.key, answer.body.id)
+  })
+
+  it('refuses bad bodies with 400 problem details naming each bad field, and publishes nothing', async () => {
+    const cases: [unknown, string[]][] = [
+      [{ ...order(), coupon: 'FREE' }, ['/coupon']],
+      [{ ...order(), customerId: 42 }, ['/customerId']],
+      [order([]), ['/lines']],
+      [order(Array.from({ length: 101 }, (_, i) => ({ sku: `S${i}`, quantity: 1 }))), ['/lines']],
+      [order([{ sku: 'X', quantity: 0 }]), ['/lines/0/quantity']],
+      [order([{ sku: 'X', quantity: -2 }, { sku: 'Y', quantity: 1.5 }]), ['/lines/0/quantity', '/lines/1/quantity']],
+      [order([{ sku: 'X', quantity: 1 }, { sku: 'X', quantity: 2 }]), ['/lines/1/sku']],
+      [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/customerId', '/shippingAddress', '/paymentMethodToken']],
+    ]
+    const before = await appended(shop)
+    for (const [body, fields] of cases) {
+      const answer = await shop.post('/v1/orders', body, { 'idempotency-key': randomUUID() })
+      assert.equal(answer.status, 400, JSON.stringify(body).slice(0, 80))
+      assert.match(answer.headers.get('content-type') ?? '', /application\/problem\+json/)
+      const named = answer.body.errors.map((e: { field: string }) => e.field)
+      for (const field of fields) assert.ok(named.includes(field), `${field} named in ${JSON.stringify(named)}`)
+    }
+    const product = await shop.put('/v1/products/P1', {
+      name: 'x',
+      description: '',
+      category: 'c',
+      priceMinor: 100,
+      currency: 'XYZ',
+    })
+    assert.equal(product.status, 400)
+    assert.deepEqual(
+      product.body.errors.map((e: { field: string }) => e.field),
+      ['/currency'],
+    )
+    const tooBig = await shop.post('/v1/orders', { ...order(), pad: 'x'.repeat(70_000) }, { 'idempotency-key': randomUUID() })
+    assert.equal(tooBig.status, 413)
+    assert.equal(tooBig.body.status, 413)
+    assert.equal(await appended(shop), before)
+  })
+
+  it('requires an Idempotency-Key on creating POSTs', async () => {
+    const answer = await shop.post('/v1/orders', order())
+    assert.equal(answer.status, 400)
+    assert.equal(answer.body.errors[0].field, 'Idempotency-Key')
+  })
+
+  it('replays the stored answer for the same key and body; 422 for another body; 409 while in flight', async () => {
+    const key = randomUUID()
+    const first = await shop.post('/v1/orders', order(), { 'idempotency-key': key })
+    const before = await appended(shop)
+    const again = await shop.post('/v1/orders', order(), { 'idempotency-key': key })
+    assert.equal(again.status, 202)
+    assert.deepEqual(again.body, first.body)
+    assert.equal(again.headers.get('idempotent-replayed'), 'true')
+    assert.equal(again.headers.get('location'), first.headers.get('location'))
+    const other = await shop.post('/v1/orders', order([{ sku: 'CMD-2', quantity: 1 }]), { 'idempotency-key': key })
+    assert.equal(other.status, 422)
+    assert.equal(await appended(shop), before)
+
+    const inFlightKey = randomUUID()
+    const keys = new IdempotencyKeys(await shop.store('commands'), { ttlMs: 60_000, lockMs: 60_000 })
+    await keys.claim('anonymous', inFlightKey, fingerprintOf('POST', '/v1/orders', order()), () => 'ord_elsewhere')
+    const busy = await shop.post('/v1/orders', order(), { 'idempotency-key': inFlightKey })
+    assert.equal(busy.status, 409)
+    assert.equal(await appended(shop), before)
+  })
+
+  it('serves an OpenAPI 3.1 document with every command route', async () => {
+    const answer = await shop.get('/v1/openapi.json')
+    assert.equal(answer.status, 200)
+    assert.equal(answer.body.openapi, '3.1.0')
+    for (const path of [
+      '/v1/orders',
+      '/v1/orders/{id}/cancel',
+      '/v1/customers',
+      '/v1/products/{sku}',
+      '/v1/inventory/{sku}/adjustments',
+      '/v1/flags/{key}',
+    ]) {
+      assert.ok(answer.body.paths[path], `${path} documented`)
+    }
+    assert.equal(answer.body.paths['/healthz'], undefined)
+  })
+
+  it('never answers fuzzed bodies and headers with a 5xx, and never publishes them (property)', async () => {
+    const before = await appended(shop)
+    let accepted = 0
+    await fc.assert(
+      fc.asyncProperty(
+        fc.constantFrom('/v1/orders', '/v1/customers', '/v1/inventory/SKU-1/adjustments', '/v1/orders/x/cancel'),
+        fc.oneof(
+          fc.jsonValue(),
+          fc.record({ customerId: fc.jsonValue(), lines: fc.jsonValue(), shippingAddress: fc.jsonValue() }),
+          fc.string(),
+        ),
+        fc.option(fc.string({ maxLength: 300 }), { nil: undefined }),
+        async (path, body, key) => {
+          const headers: Record<string, string> = {}
+          if (key !== undefined && /^[\x20-\x7e]*$/.test(key)) headers['idempotency-key'] = key
+          const answer = await shop.post(path, typeof body === 'string' ? body : body, headers)
+          assert.ok(answer.status < 500, `${answer.status} for ${JSON.stringify(body).slice(0, 100)}`)
+          if (answer.status === 202) {
+            assert.equal(path, '/v1/orders/x/cancel', 'only a cancel may take a fuzzed body')
+            accepted++
+          }
+        },
+      ),
+      { numRuns: 200 },
+    )
+    assert.equal(await appended(shop), before + accepted, 'only accepted requests appended an event')
+  })
+})
+
+describe('idempotency keys', () => {
+  it('expire after their time, so the key can be used afresh', async () => {
+    const dir = tempDir()
+    const store = new SqliteStore(dir.path, 'commands', storeLimitDefaults)
+    try {
+      await store.migrate(idempotencyMigrations)
+      const keys = new IdempotencyKeys(store, { ttlMs: 20, lockMs: 10 })
+      assert.deepEqual(await keys.claim('a', 'k', 'f1', () => 'r1'), { kind: 'owned', resourceId: 'r1' })
+      await keys.complete('a', 'k', 202, { id: 'r1' }, {})
+      assert.equal((await keys.claim('a', 'k', 'f1', () => 'r2')).kind, 'replay')
+      assert.equal((await keys.claim('b', 'k', 'f2', () => 'r3')).kind, 'owned', 'keys are scoped to the caller')
+      await new Promise((resolve) => setTimeout(resolve, 30))
+      assert.deepEqual(await keys.claim('a', 'k', 'f2', () => 'r4'), { kind: 'owned', resourceId: 'r4' })
+      assert.ok((await keys.prune()) >= 1)
+    } finally {
+      await store.close()
+      dir.remove()
+    }
+  })
+})
