@@ -2,7 +2,9 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import type { Row } from './rows.ts'
+import { benchSaga } from './saga.ts'
 import { benchStream } from './stream.ts'
+import { benchWrite } from './write.ts'
 
 const { positionals, values } = parseArgs({
   allowPositionals: true,
@@ -10,12 +12,26 @@ const { positionals, values } = parseArgs({
     engines: { type: 'string', default: 'embedded,kafka' },
     events: { type: 'string', default: '100000' },
     kafka: { type: 'string', default: process.env.MERCATO_TEST_KAFKA ?? '127.0.0.1:9092' },
+    postgres: {
+      type: 'string',
+      default: process.env.MERCATO_TEST_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/postgres',
+    },
+    seconds: { type: 'string', default: '10' },
+    connections: { type: 'string', default: '64' },
   },
 })
 
 const benchmarks: Record<string, () => Promise<Row[]>> = {
   stream: () =>
     benchStream({ engines: values.engines.split(','), events: Number(values.events), kafka: values.kafka }),
+  write: () => benchWrite({ seconds: Number(values.seconds), connections: Number(values.connections) }),
+  saga: () =>
+    benchSaga({
+      engines: values.engines.split(','),
+      seconds: Number(values.seconds),
+      kafka: values.kafka,
+      postgres: values.postgres,
+    }),
 }
 
 const name = positionals[0]

@@ -22,21 +22,27 @@ export async function chargesOf(shop: Shop, orderId: string): Promise<Charge[]> 
 }
 
 export async function orderState(shop: Shop, orderId: string): Promise<string | undefined> {
-  const [row] = await (await shop.store('order')).query<{ state: string }>('SELECT state FROM orders WHERE order_id = $1', [
-    orderId,
-  ])
+  const [row] = await (await shop.store('order')).query<{ state: string }>(
+    'SELECT state FROM orders WHERE order_id = $1',
+    [orderId],
+  )
   return row?.state
 }
 
 export async function waitForState(shop: Shop, orderId: string, state: string, timeoutMs = 20_000) {
-  await waitFor(`order ${orderId} to be ${state}`, async () => (await orderState(shop, orderId)) === state, timeoutMs)
+  await waitFor(
+    `order ${orderId} to be ${state}`,
+    async () => (await orderState(shop, orderId)) === state,
+    timeoutMs,
+  )
 }
 
 export async function stockOf(shop: Shop, sku: string) {
-  const [row] = await (await shop.store('inventory')).query<{ on_hand: number; available: number; reserved: number }>(
-    'SELECT on_hand, available, reserved FROM stock WHERE sku = $1',
-    [sku],
-  )
+  const [row] = await (await shop.store('inventory')).query<{
+    on_hand: number
+    available: number
+    reserved: number
+  }>('SELECT on_hand, available, reserved FROM stock WHERE sku = $1', [sku])
   return { onHand: Number(row.on_hand), available: Number(row.available), reserved: Number(row.reserved) }
 }
 
@@ -68,17 +74,24 @@ export async function assertInvariants(shop: Shop, orderIds: string[], skus: str
   const inventory = await shop.store('inventory')
   for (const orderId of orderIds) {
     const state = await orderState(shop, orderId)
-    assert.ok(['CONFIRMED', 'SHIPPED', 'DELIVERED', 'CANCELLED'].includes(state ?? ''), `${orderId} ended: ${state}`)
+    assert.ok(
+      ['CONFIRMED', 'SHIPPED', 'DELIVERED', 'CANCELLED'].includes(state ?? ''),
+      `${orderId} ended: ${state}`,
+    )
     const charges = await chargesOf(shop, orderId)
     assert.ok(charges.length <= 1, `${orderId} was authorized at most once`)
     const captures = charges.flatMap((c) => c.operations.filter((o) => o.operation === 'capture'))
-    const [reservation] = await inventory.query<{ status: string }>('SELECT status FROM reservations WHERE order_id = $1', [
-      orderId,
-    ])
+    const [reservation] = await inventory.query<{ status: string }>(
+      'SELECT status FROM reservations WHERE order_id = $1',
+      [orderId],
+    )
     if (state === 'CANCELLED') {
       assert.ok(!reservation || reservation.status === 'released', `${orderId} cancelled holds no stock`)
       for (const charge of charges) {
-        assert.ok(['voided', 'refunded', 'declined'].includes(charge.status), `${orderId} cancelled: charge ${charge.status}`)
+        assert.ok(
+          ['voided', 'refunded', 'declined'].includes(charge.status),
+          `${orderId} cancelled: charge ${charge.status}`,
+        )
       }
     } else {
       assert.equal(captures.length, 1, `${orderId} confirmed was captured exactly once`)
@@ -131,13 +144,18 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
       const orderId = await shop.placeOrder([{ sku: 'SAGA-B', quantity: 3 }], 'tok_decline')
       const outcome = await shop.watcher.waitFor(orderId, 20_000)
       assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'payment-declined'])
-      await waitFor('stock released', async () => (await stockOf(shop, 'SAGA-B')).available === before.available)
+      await waitFor(
+        'stock released',
+        async () => (await stockOf(shop, 'SAGA-B')).available === before.available,
+      )
       await assertInvariants(shop, [orderId], skus)
     })
 
     it('retries provider errors and timeouts, then pays; compensates when the provider stays down', async () => {
       await dials(shop, { errorRate: 0.4, timeoutRate: 0.2 })
-      const flaky = await Promise.all([1, 2, 3, 4].map(() => shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])))
+      const flaky = await Promise.all(
+        [1, 2, 3, 4].map(() => shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])),
+      )
       for (const orderId of flaky) {
         const outcome = await shop.watcher.waitFor(orderId, 30_000)
         assert.ok(outcome, `${orderId} ended`)
@@ -172,7 +190,10 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
           fc.array(
             fc.record({
               lines: fc.uniqueArray(
-                fc.record({ sku: fc.constantFrom('SAGA-A', 'SAGA-SCARCE', 'SAGA-B'), quantity: fc.integer({ min: 1, max: 3 }) }),
+                fc.record({
+                  sku: fc.constantFrom('SAGA-A', 'SAGA-SCARCE', 'SAGA-B'),
+                  quantity: fc.integer({ min: 1, max: 3 }),
+                }),
                 { minLength: 1, maxLength: 3, selector: (line) => line.sku },
               ),
               token: fc.constantFrom('tok_visa', 'tok_visa', 'tok_visa', 'tok_decline'),
@@ -218,12 +239,19 @@ export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 3
     async () => {
       for (const orderId of orderIds) {
         const state = await orderState(shop, orderId)
-        if (!state || ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED', 'SHIPMENT_SCHEDULED'].includes(state)) return false
+        if (
+          !state ||
+          ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED', 'SHIPMENT_SCHEDULED'].includes(state)
+        )
+          return false
         const [reservation] = await inventory.query<{ status: string }>(
           'SELECT status FROM reservations WHERE order_id = $1',
           [orderId],
         )
-        const [pay] = await payment.query<{ status: string }>('SELECT status FROM payments WHERE order_id = $1', [orderId])
+        const [pay] = await payment.query<{ status: string }>(
+          'SELECT status FROM payments WHERE order_id = $1',
+          [orderId],
+        )
         if (state === 'CANCELLED') {
           if (reservation && reservation.status !== 'released') return false
           if (pay && !['voided', 'refunded', 'declined', 'failed'].includes(pay.status)) return false

@@ -16,7 +16,11 @@ export interface Shop {
   app: App
   watcher: OrderWatcher
   store(service: string): Promise<Store>
-  post(path: string, body: unknown, headers?: Record<string, string>): Promise<{ status: number; body: any; headers: Headers }>
+  post(
+    path: string,
+    body: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: any; headers: Headers }>
   put(path: string, body: unknown): Promise<{ status: number; body: any }>
   get(path: string): Promise<{ status: number; body: any }>
   /** Creates products (price 1000 minor USD) with `stock` units each, and waits until orders can use them. */
@@ -52,7 +56,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     ...engineEnv(engines, name),
     ...env,
   })
-  const app = new App(config, silentLogger)
+  const app = new App(config, silentLogger())
   const url = await app.start()
   const watcher = new OrderWatcher()
   await watcher.start(app.context.stream!)
@@ -84,7 +88,13 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     get: (path) => request('GET', path),
     async stockUp(skus, stock) {
       for (const sku of skus) {
-        const product = { name: `Product ${sku}`, description: '', category: 'test', priceMinor: 1000, currency: 'USD' }
+        const product = {
+          name: `Product ${sku}`,
+          description: '',
+          category: 'test',
+          priceMinor: 1000,
+          currency: 'USD',
+        }
         const put = await shop.put(`/v1/products/${sku}`, product)
         if (put.status !== 202) throw new Error(`product ${sku}: ${put.status} ${JSON.stringify(put.body)}`)
         const adjusted = await shop.post(
@@ -111,12 +121,19 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
         {
           customerId: 'cus_test',
           lines,
-          shippingAddress: { name: 'T', line1: '1 Test St', city: 'Testville', postalCode: '1', country: 'US' },
+          shippingAddress: {
+            name: 'T',
+            line1: '1 Test St',
+            city: 'Testville',
+            postalCode: '1',
+            country: 'US',
+          },
           paymentMethodToken: token,
         },
         { 'idempotency-key': randomUUID() },
       )
-      if (answer.status !== 202) throw new Error(`order refused: ${answer.status} ${JSON.stringify(answer.body)}`)
+      if (answer.status !== 202)
+        throw new Error(`order refused: ${answer.status} ${JSON.stringify(answer.body)}`)
       return answer.body.id
     },
     async stop() {

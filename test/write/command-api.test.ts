@@ -3,8 +3,8 @@ import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import fc from 'fast-check'
 import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
-import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
+import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
 import { type Shop, startShop } from '../support/shop.ts'
 import { tempDir } from '../support/wait.ts'
@@ -20,7 +20,9 @@ const order = (lines: unknown = [{ sku: 'CMD-1', quantity: 1 }]) => ({
 /** Records on every topic the command API writes to: what a refused request must not change. */
 async function appended(shop: Shop): Promise<number> {
   const stream = shop.app.context.stream!
-  const topics = ['orders', 'customers', 'products', 'inventory', 'flags', 'webhooks'].map((t) => stream.topic(t))
+  const topics = ['orders', 'customers', 'products', 'inventory', 'flags', 'webhooks'].map((t) =>
+    stream.topic(t),
+  )
   const lag = await stream.engine.lag('nobody-reads-this', topics)
   return lag.reduce((sum, p) => sum + p.end, 0)
 }
@@ -39,7 +41,12 @@ describe('the command API', () => {
     assert.equal(answer.headers.get('location'), `/v1/orders/${answer.body.id}`)
     const position = decodeConsistencyToken(answer.body.consistencyToken)
     assert.equal(position?.topic, shop.app.context.stream!.topic('orders'))
-    const [record] = await shop.app.context.stream!.engine.read(position!.topic, position!.partition, position!.offset, 1)
+    const [record] = await shop.app.context.stream!.engine.read(
+      position!.topic,
+      position!.partition,
+      position!.offset,
+      1,
+    )
     assert.equal(record.headers.ce_type, 'order.requested')
     assert.equal(record.key, answer.body.id)
   })
@@ -51,8 +58,20 @@ describe('the command API', () => {
       [order([]), ['/lines']],
       [order(Array.from({ length: 101 }, (_, i) => ({ sku: `S${i}`, quantity: 1 }))), ['/lines']],
       [order([{ sku: 'X', quantity: 0 }]), ['/lines/0/quantity']],
-      [order([{ sku: 'X', quantity: -2 }, { sku: 'Y', quantity: 1.5 }]), ['/lines/0/quantity', '/lines/1/quantity']],
-      [order([{ sku: 'X', quantity: 1 }, { sku: 'X', quantity: 2 }]), ['/lines/1/sku']],
+      [
+        order([
+          { sku: 'X', quantity: -2 },
+          { sku: 'Y', quantity: 1.5 },
+        ]),
+        ['/lines/0/quantity', '/lines/1/quantity'],
+      ],
+      [
+        order([
+          { sku: 'X', quantity: 1 },
+          { sku: 'X', quantity: 2 },
+        ]),
+        ['/lines/1/sku'],
+      ],
       [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/customerId', '/shippingAddress', '/paymentMethodToken']],
     ]
     const before = await appended(shop)
@@ -61,7 +80,8 @@ describe('the command API', () => {
       assert.equal(answer.status, 400, JSON.stringify(body).slice(0, 80))
       assert.match(answer.headers.get('content-type') ?? '', /application\/problem\+json/)
       const named = answer.body.errors.map((e: { field: string }) => e.field)
-      for (const field of fields) assert.ok(named.includes(field), `${field} named in ${JSON.stringify(named)}`)
+      for (const field of fields)
+        assert.ok(named.includes(field), `${field} named in ${JSON.stringify(named)}`)
     }
     const product = await shop.put('/v1/products/P1', {
       name: 'x',
@@ -75,7 +95,11 @@ describe('the command API', () => {
       product.body.errors.map((e: { field: string }) => e.field),
       ['/currency'],
     )
-    const tooBig = await shop.post('/v1/orders', { ...order(), pad: 'x'.repeat(70_000) }, { 'idempotency-key': randomUUID() })
+    const tooBig = await shop.post(
+      '/v1/orders',
+      { ...order(), pad: 'x'.repeat(70_000) },
+      { 'idempotency-key': randomUUID() },
+    )
     assert.equal(tooBig.status, 413)
     assert.equal(tooBig.body.status, 413)
     assert.equal(await appended(shop), before)
@@ -96,13 +120,20 @@ describe('the command API', () => {
     assert.deepEqual(again.body, first.body)
     assert.equal(again.headers.get('idempotent-replayed'), 'true')
     assert.equal(again.headers.get('location'), first.headers.get('location'))
-    const other = await shop.post('/v1/orders', order([{ sku: 'CMD-2', quantity: 1 }]), { 'idempotency-key': key })
+    const other = await shop.post('/v1/orders', order([{ sku: 'CMD-2', quantity: 1 }]), {
+      'idempotency-key': key,
+    })
     assert.equal(other.status, 422)
     assert.equal(await appended(shop), before)
 
     const inFlightKey = randomUUID()
     const keys = new IdempotencyKeys(await shop.store('commands'), { ttlMs: 60_000, lockMs: 60_000 })
-    await keys.claim('anonymous', inFlightKey, fingerprintOf('POST', '/v1/orders', order()), () => 'ord_elsewhere')
+    await keys.claim(
+      'anonymous',
+      inFlightKey,
+      fingerprintOf('POST', '/v1/orders', order()),
+      () => 'ord_elsewhere',
+    )
     const busy = await shop.post('/v1/orders', order(), { 'idempotency-key': inFlightKey })
     assert.equal(busy.status, 409)
     assert.equal(await appended(shop), before)
@@ -130,7 +161,12 @@ describe('the command API', () => {
     let accepted = 0
     await fc.assert(
       fc.asyncProperty(
-        fc.constantFrom('/v1/orders', '/v1/customers', '/v1/inventory/SKU-1/adjustments', '/v1/orders/x/cancel'),
+        fc.constantFrom(
+          '/v1/orders',
+          '/v1/customers',
+          '/v1/inventory/SKU-1/adjustments',
+          '/v1/orders/x/cancel',
+        ),
         fc.oneof(
           fc.jsonValue(),
           fc.record({ customerId: fc.jsonValue(), lines: fc.jsonValue(), shippingAddress: fc.jsonValue() }),
@@ -164,7 +200,11 @@ describe('idempotency keys', () => {
       assert.deepEqual(await keys.claim('a', 'k', 'f1', () => 'r1'), { kind: 'owned', resourceId: 'r1' })
       await keys.complete('a', 'k', 202, { id: 'r1' }, {})
       assert.equal((await keys.claim('a', 'k', 'f1', () => 'r2')).kind, 'replay')
-      assert.equal((await keys.claim('b', 'k', 'f2', () => 'r3')).kind, 'owned', 'keys are scoped to the caller')
+      assert.equal(
+        (await keys.claim('b', 'k', 'f2', () => 'r3')).kind,
+        'owned',
+        'keys are scoped to the caller',
+      )
       await new Promise((resolve) => setTimeout(resolve, 30))
       assert.deepEqual(await keys.claim('a', 'k', 'f2', () => 'r4'), { kind: 'owned', resourceId: 'r4' })
       assert.ok((await keys.prune()) >= 1)

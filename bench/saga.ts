@@ -1,0 +1,173 @@
+// `npm run bench -- saga`: orders from 202 to CONFIRMED, through every component in one
+// `mercato start` process, driven over HTTP by `runLoad` (the code behind `mercato load`):
+// at a fixed offered rate (latency) and at saturation (throughput), on the embedded engines
+// and on Kafka + PostgreSQL. There is no external baseline for a whole saga: the row's
+// baseline is the issue's target, so the ratio says how far above or below it we are.
+import { randomUUID } from 'node:crypto'
+import { silentLogger } from '../src/platform/logger.ts'
+import { Metrics } from '../src/platform/metrics.ts'
+import { loadConfig } from '../src/runtime/config.ts'
+import { openEventStream } from '../src/runtime/engines.ts'
+import { type LoadSummary, OrderWatcher, runLoad } from '../src/runtime/load.ts'
+import { tempDir } from '../test/support/wait.ts'
+import { startProcess } from './mercato-process.ts'
+import { type Row, row } from './rows.ts'
+
+const skus = Array.from({ length: 20 }, (_, i) => `BENCH-${i + 1}`)
+
+interface Targets {
+  rate: number
+  p99Ms: number
+  completedPerSecond: number
+}
+
+const targets: Record<string, Targets> = {
+  embedded: { rate: 500, p99Ms: 250, completedPerSecond: 1_000 },
+  kafka: { rate: 150, p99Ms: 1_000, completedPerSecond: 300 },
+}
+
+async function call(url: string, method: string, path: string, body: unknown, key?: string) {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', ...(key ? { 'idempotency-key': key } : {}) },
+    body: JSON.stringify(body),
+  })
+  if (response.status !== 202)
+    throw new Error(`${method} ${path}: ${response.status} ${await response.text()}`)
+}
+
+export async function benchSaga(options: {
+  engines: string[]
+  seconds: number
+  kafka: string
+  postgres: string
+}) {
+  const rows: Row[] = []
+  for (const engine of options.engines) {
+    const dir = tempDir('mercato-bench-saga-')
+    const name = `bench_${Date.now().toString(36)}`
+    const env: Record<string, string> = {
+      MERCATO_PORT: '0',
+      MERCATO_DATA_DIR: dir.path,
+      MERCATO_SEED: 'false',
+      MERCATO_HTTP_IN_FLIGHT_MAX: '4096',
+      ...(engine === 'kafka'
+        ? {
+            MERCATO_STREAM: `kafka://${options.kafka}`,
+            MERCATO_STREAM_TOPIC_PREFIX: `${name}.`,
+            MERCATO_STORE: options.postgres,
+            MERCATO_STORE_SCHEMA_PREFIX: `${name}_`,
+          }
+        : {}),
+    }
+    const mercato = await startProcess(['src/main.ts', 'start'], env, /mercato is up/)
+    const stream = await openEventStream(
+      loadConfig({ ...env, MERCATO_LOG_LEVEL: 'silent' }),
+      silentLogger(),
+      new Metrics(),
+    )
+    const watcher = new OrderWatcher()
+    try {
+      await watcher.start(stream)
+      for (const sku of skus) {
+        const product = {
+          name: sku,
+          description: 'bench',
+          category: 'bench',
+          priceMinor: 1_000,
+          currency: 'USD',
+        }
+        await call(mercato.url, 'PUT', `/v1/products/${sku}`, product)
+        await call(
+          mercato.url,
+          'POST',
+          `/v1/inventory/${sku}/adjustments`,
+          { delta: 1_000_000, reason: 'restock' },
+          randomUUID(),
+        )
+      }
+      const base = {
+        url: mercato.url,
+        retryShare: 0.02,
+        customers: ['cus_bench_1', 'cus_bench_2', 'cus_bench_3'],
+        skus,
+        requestTimeoutMs: 10_000,
+        settleTimeoutMs: 60_000,
+        onProgress: (p: { answered: number; ended: number; elapsedMs: number }) =>
+          process.stderr.write(
+            `  ${engine} ${(p.elapsedMs / 1000).toFixed(0)} s: answered ${p.answered}, ended ${p.ended}\n`,
+          ),
+      }
+      // Warm-up, and proof that prices and stock have arrived everywhere.
+      await runLoad({ ...base, orders: 50, rate: 50, concurrency: 16 }, watcher)
+      const target = targets[engine]
+      const fixed = await runLoad(
+        { ...base, orders: target.rate * options.seconds, rate: target.rate, concurrency: 512 },
+        watcher,
+      )
+      report(`${engine} fixed ${target.rate}/s`, fixed)
+      const saturated = await runLoad(
+        { ...base, orders: target.completedPerSecond * options.seconds, rate: 0, concurrency: 256 },
+        watcher,
+      )
+      report(`${engine} saturation`, saturated)
+      rows.push(
+        row(
+          `saga at ${target.rate} orders/s offered`,
+          engine,
+          'p50',
+          fixed.confirmMs.p50,
+          'ms 202→CONFIRMED',
+          target.p99Ms,
+        ),
+        row(
+          `saga at ${target.rate} orders/s offered`,
+          engine,
+          'p99',
+          fixed.confirmMs.p99,
+          'ms 202→CONFIRMED',
+          target.p99Ms,
+        ),
+        row(
+          `saga at ${target.rate} orders/s offered`,
+          engine,
+          'throughput',
+          fixed.completedPerSecond,
+          'confirmed/s',
+          target.rate,
+        ),
+        row(
+          'saga at saturation (256 clients)',
+          engine,
+          'throughput',
+          saturated.completedPerSecond,
+          'confirmed/s',
+          target.completedPerSecond,
+        ),
+        row(
+          'saga at saturation (256 clients)',
+          engine,
+          'p99',
+          saturated.confirmMs.p99,
+          'ms 202→CONFIRMED',
+          target.p99Ms,
+        ),
+      )
+    } finally {
+      await watcher.stop()
+      await stream.close()
+      await mercato.stop()
+      dir.remove()
+    }
+  }
+  return rows
+}
+
+function report(label: string, summary: LoadSummary) {
+  console.error(
+    `${label}: answers by status ${JSON.stringify(summary.byStatus)}, accepted ${summary.accepted}, confirmed ${summary.confirmed}, ` +
+      `cancelled ${JSON.stringify(summary.cancelled)}, unfinished ${summary.unfinished}, ` +
+      `POST p50/p99 ${summary.requestMs.p50}/${summary.requestMs.p99} ms, 202→CONFIRMED p50/p99 ${summary.confirmMs.p50}/${summary.confirmMs.p99} ms, ` +
+      `${summary.completedPerSecond.toFixed(0)} confirmed/s`,
+  )
+}

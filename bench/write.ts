@@ -1,0 +1,75 @@
+// `npm run bench -- write`: POST /v1/orders on command-api (validation, idempotency key
+// in the store, append to the stream) beside a bare fastify server that only validates
+// the same body, under the same autocannon settings, in the same run.
+import { randomUUID } from 'node:crypto'
+import autocannon from 'autocannon'
+import { tempDir } from '../test/support/wait.ts'
+import { startProcess } from './mercato-process.ts'
+import { type Row, row } from './rows.ts'
+
+const body = JSON.stringify({
+  customerId: 'cus_bench',
+  lines: [
+    { sku: 'BENCH-1', quantity: 1 },
+    { sku: 'BENCH-2', quantity: 2 },
+  ],
+  shippingAddress: { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' },
+  paymentMethodToken: 'tok_visa',
+})
+
+async function drive(url: string, seconds: number, connections: number) {
+  const result = await autocannon({
+    url: `${url}/v1/orders`,
+    connections,
+    duration: seconds,
+    requests: [
+      {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body,
+        setupRequest: (request) => ({
+          ...request,
+          headers: { ...request.headers, 'idempotency-key': randomUUID() },
+        }),
+      },
+    ],
+  })
+  const accepted = result['2xx']
+  return {
+    perSecond: accepted / seconds,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    non2xx: result.non2xx,
+    errors: result.errors + result.timeouts,
+  }
+}
+
+export async function benchWrite(options: { seconds: number; connections: number }): Promise<Row[]> {
+  const dir = tempDir('mercato-bench-write-')
+  const bare = await startProcess(['bench/bare-order-server.ts'], {}, /bare server is up/)
+  const mercato = await startProcess(
+    ['src/main.ts', 'start', '--target', 'command-api'],
+    { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_SEED: 'false' },
+    /mercato is up/,
+  ).catch(async (error) => {
+    await bare.stop()
+    throw error
+  })
+  try {
+    await drive(bare.url, 2, options.connections) // warm-up
+    await drive(mercato.url, 2, options.connections)
+    const baseline = await drive(bare.url, options.seconds, options.connections)
+    const subject = await drive(mercato.url, options.seconds, options.connections)
+    console.error({ baseline, subject })
+    const scenario = `POST /v1/orders, ${options.connections} connections`
+    return [
+      row(scenario, 'embedded', 'throughput', subject.perSecond, 'accepted/s', baseline.perSecond),
+      row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
+      row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
+    ]
+  } finally {
+    await mercato.stop()
+    await bare.stop()
+    dir.remove()
+  }
+}
