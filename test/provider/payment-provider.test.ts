@@ -34,6 +34,18 @@ beforeEach(async () => {
   await setDials({ latencyMs: 0, errorRate: 0, timeoutRate: 0, declineTokens: [] })
 })
 
+/** The fields these tests read from an answer. */
+interface Body {
+  chargeId: string
+  status: string
+  reason: string
+  type: string
+  chargeStatus: string
+  capturedMinor: number
+  refundedMinor: number
+  [field: string]: unknown
+}
+
 const unique = (prefix: string) => `${prefix}-${++counter}-${Math.random().toString(36).slice(2, 8)}`
 
 async function post(path: string, key: string | undefined, body?: unknown, signal?: AbortSignal) {
@@ -46,7 +58,7 @@ async function post(path: string, key: string | undefined, body?: unknown, signa
     body: body === undefined ? undefined : JSON.stringify(body),
     signal,
   })
-  return { status: response.status, headers: response.headers, body: (await response.json()) as any }
+  return { status: response.status, headers: response.headers, body: (await response.json()) as Body }
 }
 
 async function setDials(dials: Record<string, unknown>) {
@@ -55,7 +67,7 @@ async function setDials(dials: Record<string, unknown>) {
     headers: { 'content-type': 'application/json' },
     body: JSON.stringify(dials),
   })
-  return { status: response.status, body: (await response.json()) as any }
+  return { status: response.status, body: (await response.json()) as Record<string, unknown> }
 }
 
 async function chargesOf(reference: string): Promise<ChargeView[]> {

@@ -1,0 +1,212 @@
+// A stand-in for an external payment provider, under /provider/v1: authorizations,
+// captures, voids and refunds, each behind an Idempotency-Key, with a durable record of
+// every charge and operation (the witness tests use) and dials for latency, errors and
+// lost answers. Its routes are hidden from Mercato's OpenAPI document.
+import type {} from '@fastify/swagger'
+import { Type as T } from '@sinclair/typebox'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Store, Tx } from '../engines/store/port.ts'
+import { MercatoError } from '../platform/errors.ts'
+import { sleep } from '../platform/limits.ts'
+import type { Logger } from '../platform/logger.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import {
+  type AuthorizationRequest,
+  authorize,
+  capture,
+  chargeMigrations,
+  chargesByReference,
+  getCharge,
+  refund,
+  voidCharge,
+} from './charges.ts'
+import { type Dials, DialsChangeSchema, declineReasonOf, defaultDials } from './dials.ts'
+import { type Answer, complete, idempotencyMigrations, release, requestHash, reserve } from './idempotency.ts'
+
+const prefix = '/provider/v1'
+/** How long a lost answer is held back: far past any caller's timeout. */
+const holdMs = 30_000
+/** A reservation older than this, still unanswered, belongs to a process that died. */
+const leaseMs = 120_000
+
+const IdempotencyHeaders = T.Object({ 'idempotency-key': T.String({ minLength: 1, maxLength: 255 }) })
+const ChargeParams = T.Object({ id: T.String({ minLength: 1, maxLength: 64 }) })
+const AuthorizationBody = T.Object(
+  {
+    amountMinor: T.Integer({ minimum: 0, maximum: 1_000_000_000_000 }),
+    currency: T.String({ pattern: '^[A-Z]{3}$' }),
+    paymentMethodToken: T.String({ minLength: 1, maxLength: 128 }),
+    reference: T.String({ minLength: 1, maxLength: 128 }),
+  },
+  { additionalProperties: false },
+)
+const RefundBody = T.Object(
+  { amountMinor: T.Optional(T.Integer({ minimum: 1, maximum: 1_000_000_000_000 })) },
+  { additionalProperties: false },
+)
+
+export interface PaymentProviderOptions {
+  http: FastifyInstance
+  store: Store
+  log: Logger
+  metrics: Metrics
+}
+
+export async function startPaymentProvider(
+  options: PaymentProviderOptions,
+): Promise<{ stop(): Promise<void>; ready(): Promise<void> }> {
+  const { http, store, metrics } = options
+  const log = options.log.child({ component: 'payment-provider' })
+  await store.migrate([...chargeMigrations, ...idempotencyMigrations])
+  let dials: Dials = defaultDials()
+  const closing = new AbortController()
+  const requests = metrics.counter(
+    'mercato_provider_requests_total',
+    'Requests to the payment provider stand-in.',
+    ['operation', 'outcome'],
+  )
+
+  http.addHook('preClose', async () => closing.abort())
+
+  /** Runs one operation under its Idempotency-Key, with the dialled failures. */
+  async function operate(
+    request: FastifyRequest,
+    reply: FastifyReply,
+    operation: string,
+    target: string,
+    body: Record<string, unknown>,
+    work: (tx: Tx, key: string) => Promise<Answer>,
+  ): Promise<FastifyReply> {
+    const key = (request.headers as Record<string, string>)['idempotency-key']
+    const current = dials
+    if (Math.random() < current.errorRate) {
+      requests.inc({ operation, outcome: 'injected-error' })
+      throw new MercatoError('provider-injected-error', 500, 'an error dialled into the provider stand-in')
+    }
+    let reservation: Awaited<ReturnType<typeof reserve>>
+    try {
+      reservation = await reserve(store, key, requestHash(operation, target, body), leaseMs)
+    } catch (error) {
+      if (error instanceof MercatoError) requests.inc({ operation, outcome: error.code })
+      throw error
+    }
+    if (reservation.kind === 'replay') {
+      requests.inc({ operation, outcome: 'replayed' })
+      reply.header('idempotent-replayed', 'true')
+      return send(reply, reservation.answer)
+    }
+    const { lease } = reservation
+    let answer: Answer
+    try {
+      if (current.latencyMs > 0) await sleep(current.latencyMs, closing.signal)
+      answer = await store.transaction(async (tx) => {
+        const result = await work(tx, key)
+        await complete(tx, key, lease, result)
+        return result
+      })
+    } catch (error) {
+      await release(store, key, lease).catch(() => {})
+      throw error
+    }
+    if (Math.random() < current.timeoutRate) {
+      requests.inc({ operation, outcome: 'held' })
+      // Done and recorded, but the answer comes too late (or never): a retry with the same key gets it.
+      await sleep(holdMs, closing.signal)
+      if (closing.signal.aborted) {
+        reply.hijack()
+        reply.raw.destroy()
+        return reply
+      }
+    } else {
+      requests.inc({ operation, outcome: answer.status < 300 ? 'ok' : String(answer.status) })
+    }
+    return send(reply, answer)
+  }
+
+  http.post(
+    `${prefix}/authorizations`,
+    { schema: { hide: true, headers: IdempotencyHeaders, body: AuthorizationBody } },
+    async (request, reply) => {
+      const body = request.body as AuthorizationRequest
+      return operate(request, reply, 'authorize', '', { ...body }, (tx, key) =>
+        authorize(tx, body, key, declineReasonOf(body.paymentMethodToken, dials)),
+      )
+    },
+  )
+
+  const chargeOperation = (name: 'capture' | 'void') =>
+    http.post(
+      `${prefix}/charges/:id/${name}`,
+      { schema: { hide: true, headers: IdempotencyHeaders, params: ChargeParams } },
+      async (request, reply) => {
+        const { id } = request.params as { id: string }
+        return operate(request, reply, name, id, {}, (tx, key) =>
+          name === 'capture' ? capture(tx, id, key, request.url) : voidCharge(tx, id, key, request.url),
+        )
+      },
+    )
+  chargeOperation('capture')
+  chargeOperation('void')
+
+  http.post(
+    `${prefix}/charges/:id/refund`,
+    {
+      schema: { hide: true, headers: IdempotencyHeaders, params: ChargeParams, body: RefundBody },
+      // A refund of everything that is left may come without a body.
+      preValidation: async (request) => {
+        request.body ??= {}
+      },
+    },
+    async (request, reply) => {
+      const { id } = request.params as { id: string }
+      const body = request.body as { amountMinor?: number }
+      return operate(request, reply, 'refund', id, { ...body }, (tx, key) =>
+        refund(tx, id, body.amountMinor, key, request.url),
+      )
+    },
+  )
+
+  http.get(`${prefix}/charges/:id`, { schema: { hide: true, params: ChargeParams } }, async (request) => {
+    const { id } = request.params as { id: string }
+    const charge = await getCharge(store, id)
+    if (!charge) throw new MercatoError('charge-not-found', 404, `no charge ${id}`, { chargeId: id })
+    return charge
+  })
+
+  http.get(
+    `${prefix}/charges`,
+    {
+      schema: {
+        hide: true,
+        querystring: T.Object({ reference: T.String({ minLength: 1, maxLength: 128 }) }),
+      },
+    },
+    async (request) => {
+      const { reference } = request.query as { reference: string }
+      return { charges: await chargesByReference(store, reference) }
+    },
+  )
+
+  http.get(`${prefix}/dials`, { schema: { hide: true } }, async () => dials)
+
+  http.put(`${prefix}/dials`, { schema: { hide: true, body: DialsChangeSchema } }, async (request) => {
+    dials = { ...dials, ...(request.body as Partial<Dials>) }
+    log.info({ dials }, 'dials changed')
+    return dials
+  })
+
+  return {
+    ready: () => store.ping(),
+    stop: async () => {
+      closing.abort()
+    },
+  }
+}
+
+function send(reply: FastifyReply, answer: Answer): FastifyReply {
+  const problem = answer.status >= 400 && answer.status !== 402
+  return reply
+    .code(answer.status)
+    .type(problem ? 'application/problem+json' : 'application/json')
+    .send(answer.body)
+}
