@@ -1,0 +1,261 @@
+// The payment service: authorizes, captures, voids and refunds with the provider as the
+// order saga asks, and books each step in its double-entry ledger. A provider call is made
+// outside any store transaction (never hold the store across HTTP); its result is then
+// recorded, booked and announced in one transaction, under the provider idempotency key
+// `<orderId>:<step>`, so a redelivered event repeats the call harmlessly.
+//
+// An authorization always gets an answer (authorized, declined or failed): the saga waits
+// on it. A capture, void or refund that cannot be done throws instead, so the stream
+// retries the event with backoff and finally dead-letters it: money is never dropped silently.
+import { randomUUID } from 'node:crypto'
+import type { CloudEvent } from '../../contracts/envelope.ts'
+import { errorMessage } from '../../platform/errors.ts'
+import type { FlagReader } from '../../platform/flags.ts'
+import type { Emit, Handler, HandlerTools, Service } from '../../platform/service.ts'
+import { post } from './ledger.ts'
+import {
+  insertPayment,
+  loadPayment,
+  movePayment,
+  noteStrayCharge,
+  type PaymentRow,
+  paymentMigrations,
+} from './payments.ts'
+import { type Authorization, ProviderClient } from './provider-client.ts'
+import { reconcile } from './reconcile.ts'
+
+export interface PaymentServiceOptions {
+  /** The provider's base URL. */
+  providerUrl: () => string
+  timeoutMs: number
+  attemptsMax: number
+  concurrencyMax: number
+  backoffBaseMs: number
+}
+
+interface PaymentRequested {
+  orderId: string
+  customerId: string
+  paymentMethodToken: string
+  amountMinor: number
+  currency: string
+}
+
+type AuthorizationOutcome = Authorization | { outcome: 'failed'; reason: string }
+
+const reconcileEveryMs = 60_000
+const reasonLengthMax = 200
+
+export async function startPaymentService(
+  service: Service,
+  options: PaymentServiceOptions,
+  flags: FlagReader,
+): Promise<{ stop(): Promise<void>; ready(): Promise<void> }> {
+  await service.start(paymentMigrations)
+  const log = service.log.child({ component: 'payment' })
+  const store = service.store
+  const client = new ProviderClient({ ...options, log, metrics: service.metrics })
+  const steps = service.metrics.counter(
+    'mercato_payment_steps_total',
+    'Payment saga steps, by step and outcome.',
+    ['step', 'outcome'],
+  )
+
+  const announce = (emit: Emit, payment: PaymentRow) => {
+    const { order_id: orderId, payment_id: paymentId, amount_minor: amountMinor, currency } = payment
+    const reason = payment.reason ?? payment.status
+    if (payment.status === 'authorized') {
+      emit({
+        type: 'payment.authorized',
+        subject: orderId,
+        data: { orderId, paymentId, amountMinor, currency },
+      })
+    } else if (payment.status === 'declined') {
+      emit({ type: 'payment.declined', subject: orderId, data: { orderId, reason } })
+    } else if (payment.status === 'failed') {
+      emit({ type: 'payment.failed', subject: orderId, data: { orderId, reason } })
+    }
+  }
+
+  async function authorizeWithProvider(request: PaymentRequested): Promise<AuthorizationOutcome> {
+    try {
+      return await client.authorize(
+        {
+          amountMinor: request.amountMinor,
+          currency: request.currency,
+          paymentMethodToken: request.paymentMethodToken,
+          reference: request.orderId,
+        },
+        `${request.orderId}:authorize`,
+      )
+    } catch (error) {
+      log.warn(
+        { orderId: request.orderId, err: errorMessage(error) },
+        'authorization failed: answering payment.failed',
+      )
+      return { outcome: 'failed', reason: errorMessage(error).slice(0, reasonLengthMax) }
+    }
+  }
+
+  const onPaymentRequested: Handler = async (event, tools) => {
+    const request = event.data as unknown as PaymentRequested
+    const known = await loadPayment(store, request.orderId)
+    if (known) {
+      // Asked again: the same answer again, without a second authorization.
+      await tools.transact(async (_tx, emit) => announce(emit, known))
+      return
+    }
+    const result = await authorizeWithProvider(request)
+    await tools.transact(async (tx, emit) => {
+      const payment: PaymentRow = {
+        order_id: request.orderId,
+        payment_id: `pay_${randomUUID()}`,
+        customer_id: request.customerId,
+        charge_id: result.outcome === 'failed' ? null : (result.chargeId ?? null),
+        status: result.outcome,
+        amount_minor: request.amountMinor,
+        currency: request.currency,
+        captured_minor: 0,
+        refunded_minor: 0,
+        reason: result.outcome === 'authorized' ? null : result.reason.slice(0, reasonLengthMax),
+        created_at: '',
+        updated_at: '',
+      }
+      if (!(await insertPayment(tx, payment))) {
+        const current = await loadPayment(tx, request.orderId)
+        if (current) announce(emit, current)
+        return
+      }
+      if (payment.status === 'authorized') {
+        await post(tx, ids(payment), 'authorize', payment.amount_minor)
+      }
+      announce(emit, payment)
+    })
+    steps.inc({ step: 'authorize', outcome: result.outcome })
+  }
+
+  async function capture(event: CloudEvent, tools: HandlerTools, when: string): Promise<void> {
+    const { orderId } = event.data as { orderId: string }
+    const payment = await loadPayment(store, orderId)
+    if (payment?.status !== 'authorized') return
+    await withProvider('capture', orderId, () => client.capture(chargeOf(payment), `${orderId}:capture`))
+    await tools.transact(async (tx, emit) => {
+      if (
+        !(await movePayment(tx, orderId, 'authorized', 'captured', { capturedMinor: payment.amount_minor }))
+      )
+        return
+      await post(tx, ids(payment), 'capture', payment.amount_minor)
+      emit({ type: 'payment.captured', subject: orderId, data: money(payment, payment.amount_minor) })
+    })
+    steps.inc({ step: 'capture', outcome: 'ok' })
+    log.info({ orderId, when }, 'payment captured')
+  }
+
+  const onConfirmed: Handler = async (event, tools) => {
+    if ((await flags.string('capture-on', 'confirmation')) !== 'confirmation') return
+    await capture(event, tools, 'on confirmation')
+  }
+
+  // Whatever the flag says now, goods that ship are paid for: a payment still only
+  // authorized here (captured on shipment, or the flag changed in between) is captured.
+  const onShipped: Handler = (event, tools) => capture(event, tools, 'on shipment')
+
+  const onCancelled: Handler = async (event, tools) => {
+    const { orderId } = event.data as { orderId: string }
+    const payment = await loadPayment(store, orderId)
+    if (payment?.status === 'authorized') {
+      await withProvider('void', orderId, () => client.void(chargeOf(payment), `${orderId}:void`))
+      await tools.transact(async (tx, emit) => {
+        if (!(await movePayment(tx, orderId, 'authorized', 'voided'))) return
+        await post(tx, ids(payment), 'void', payment.amount_minor)
+        emit({ type: 'payment.voided', subject: orderId, data: money(payment, payment.amount_minor) })
+      })
+      steps.inc({ step: 'void', outcome: 'ok' })
+    } else if (payment?.status === 'captured') {
+      const amount = payment.captured_minor - payment.refunded_minor
+      await withProvider('refund', orderId, () => client.refund(chargeOf(payment), `${orderId}:refund`))
+      await tools.transact(async (tx, emit) => {
+        const refunded = { refundedMinor: payment.captured_minor }
+        if (!(await movePayment(tx, orderId, 'captured', 'refunded', refunded))) return
+        await post(tx, ids(payment), 'refund', amount)
+        emit({ type: 'payment.refunded', subject: orderId, data: money(payment, amount) })
+      })
+      steps.inc({ step: 'refund', outcome: 'ok' })
+    } else if (payment?.status === 'failed') {
+      await releaseStrayAuthorization(payment, tools)
+    }
+  }
+
+  /**
+   * An authorization whose answer was lost on every attempt may still have happened at the
+   * provider; when the order is cancelled, it is found by reference and voided.
+   */
+  async function releaseStrayAuthorization(payment: PaymentRow, tools: HandlerTools): Promise<void> {
+    const orderId = payment.order_id
+    const charges = await withProvider('void', orderId, () => client.chargesFor(orderId))
+    const stray = charges.find((charge) => charge.status === 'authorized')
+    if (!stray) return
+    await withProvider('void', orderId, () => client.void(stray.chargeId, `${orderId}:void`))
+    log.warn({ orderId, chargeId: stray.chargeId }, 'voided an authorization left behind by a failed payment')
+    await tools.transact((tx) =>
+      noteStrayCharge(
+        tx,
+        orderId,
+        stray.chargeId,
+        `${payment.reason ?? 'failed'}; stray authorization voided`,
+      ),
+    )
+  }
+
+  /** A compensation or capture that fails is thrown, for the stream to retry and finally dead-letter. */
+  async function withProvider<T>(step: string, orderId: string, call: () => Promise<T>): Promise<T> {
+    try {
+      return await call()
+    } catch (error) {
+      steps.inc({ step, outcome: 'failed' })
+      log.error(
+        { orderId, step, err: errorMessage(error) },
+        `payment ${step} failed after every attempt; the event is retried, then dead-lettered`,
+      )
+      throw error
+    }
+  }
+
+  await service.consume(['orders'], {
+    'order.payment-requested': onPaymentRequested,
+    'order.confirmed': onConfirmed,
+    'order.shipped': onShipped,
+    'order.cancelled': onCancelled,
+  })
+
+  service.every('payment-reconciliation', reconcileEveryMs, async () => {
+    const mismatches = await reconcile(service, options.providerUrl, client)
+    if (mismatches.length > 0) {
+      log.warn(
+        { count: mismatches.length, first: mismatches.slice(0, 5) },
+        'payment reconciliation found mismatches',
+      )
+    }
+  })
+
+  return {
+    ready: () => store.ping(),
+    stop: () => service.stop(),
+  }
+}
+
+function ids(payment: PaymentRow) {
+  return { paymentId: payment.payment_id, orderId: payment.order_id, currency: payment.currency }
+}
+
+function money(payment: PaymentRow, amountMinor: number) {
+  return { orderId: payment.order_id, paymentId: payment.payment_id, amountMinor, currency: payment.currency }
+}
+
+function chargeOf(payment: PaymentRow): string {
+  if (!payment.charge_id)
+    throw new Error(`payment ${payment.payment_id} is ${payment.status} without a charge`)
+  return payment.charge_id
+}
+
+export { reconcile }

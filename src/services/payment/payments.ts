@@ -1,0 +1,129 @@
+// The payments table: one payment per order, with its provider charge and its state.
+import type { Migration, Tx } from '../../engines/store/port.ts'
+import { ledgerMigrations, type Reader } from './ledger.ts'
+
+export type PaymentStatus = 'authorized' | 'captured' | 'voided' | 'refunded' | 'declined' | 'failed'
+
+export interface PaymentRow {
+  order_id: string
+  payment_id: string
+  customer_id: string
+  charge_id: string | null
+  status: PaymentStatus
+  amount_minor: number
+  currency: string
+  captured_minor: number
+  refunded_minor: number
+  reason: string | null
+  created_at: string
+  updated_at: string
+}
+
+export const paymentMigrations: Migration[] = [
+  {
+    id: 'payment-0001-payments',
+    sql: `CREATE TABLE IF NOT EXISTS payments (
+        order_id TEXT PRIMARY KEY, payment_id TEXT NOT NULL UNIQUE, customer_id TEXT NOT NULL,
+        charge_id TEXT, status TEXT NOT NULL, amount_minor BIGINT NOT NULL, currency TEXT NOT NULL,
+        captured_minor BIGINT NOT NULL DEFAULT 0, refunded_minor BIGINT NOT NULL DEFAULT 0,
+        reason TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)`,
+  },
+  ...ledgerMigrations,
+]
+
+export async function loadPayment(reader: Reader, orderId: string): Promise<PaymentRow | undefined> {
+  const [row] = await reader.query<PaymentRow>('SELECT * FROM payments WHERE order_id = $1', [orderId])
+  return row && numeric(row)
+}
+
+/** Payments in order id order, after `afterOrderId`. */
+export async function paymentsPage(
+  reader: Reader,
+  afterOrderId: string,
+  countMax: number,
+): Promise<PaymentRow[]> {
+  const rows = await reader.query<PaymentRow>(
+    'SELECT * FROM payments WHERE order_id > $1 ORDER BY order_id LIMIT $2',
+    [afterOrderId, countMax],
+  )
+  return rows.map(numeric)
+}
+
+function numeric(row: PaymentRow): PaymentRow {
+  return {
+    ...row,
+    amount_minor: Number(row.amount_minor),
+    captured_minor: Number(row.captured_minor),
+    refunded_minor: Number(row.refunded_minor),
+  }
+}
+
+export async function insertPayment(
+  tx: Tx,
+  payment: Pick<
+    PaymentRow,
+    | 'order_id'
+    | 'payment_id'
+    | 'customer_id'
+    | 'charge_id'
+    | 'status'
+    | 'amount_minor'
+    | 'currency'
+    | 'reason'
+  >,
+): Promise<boolean> {
+  const now = new Date().toISOString()
+  const inserted = await tx.execute(
+    `INSERT INTO payments (order_id, payment_id, customer_id, charge_id, status, amount_minor, currency, reason,
+       created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT DO NOTHING`,
+    [
+      payment.order_id,
+      payment.payment_id,
+      payment.customer_id,
+      payment.charge_id,
+      payment.status,
+      payment.amount_minor,
+      payment.currency,
+      payment.reason,
+      now,
+    ],
+  )
+  return inserted === 1
+}
+
+/** Moves a payment from `from` to `to`; false when it was not in `from` (nothing changed). */
+export async function movePayment(
+  tx: Tx,
+  orderId: string,
+  from: PaymentStatus,
+  to: PaymentStatus,
+  amounts: { capturedMinor?: number; refundedMinor?: number } = {},
+): Promise<boolean> {
+  const changed = await tx.execute(
+    `UPDATE payments SET status = $3, captured_minor = COALESCE($4, captured_minor),
+       refunded_minor = COALESCE($5, refunded_minor), updated_at = $6
+     WHERE order_id = $1 AND status = $2`,
+    [
+      orderId,
+      from,
+      to,
+      amounts.capturedMinor ?? null,
+      amounts.refundedMinor ?? null,
+      new Date().toISOString(),
+    ],
+  )
+  return changed === 1
+}
+
+/** Records a charge found at the provider for a payment that failed here, and what was done about it. */
+export async function noteStrayCharge(
+  tx: Tx,
+  orderId: string,
+  chargeId: string,
+  note: string,
+): Promise<void> {
+  await tx.execute(
+    `UPDATE payments SET charge_id = COALESCE(charge_id, $2), reason = $3, updated_at = $4 WHERE order_id = $1`,
+    [orderId, chargeId, note.slice(0, 500), new Date().toISOString()],
+  )
+}

@@ -1,0 +1,154 @@
+// Reconciliation: the ledger against itself (every entry balances), each payment against
+// its ledger, and each payment against the provider's record of its charge. A mismatch
+// can be transient while an operation is between the provider and the local commit; one
+// that stays across runs needs a person.
+import type { Service } from '../../platform/service.ts'
+import { paymentLedger, unbalancedEntries } from './ledger.ts'
+import { type PaymentRow, type PaymentStatus, paymentsPage } from './payments.ts'
+import { type ProviderCharge, ProviderClient } from './provider-client.ts'
+
+export interface Mismatch {
+  kind:
+    | 'unbalanced-entry'
+    | 'ledger-status'
+    | 'ledger-amount'
+    | 'provider-status'
+    | 'provider-amount'
+    | 'missing-at-provider'
+    | 'untracked-charge'
+  orderId?: string
+  paymentId?: string
+  chargeId?: string
+  ours?: string | number
+  provider?: string | number
+  detail: string
+}
+
+/** The ledger's view of a payment in each status ('none': no entries). */
+const ledgerStatusOf: Record<PaymentStatus, string> = {
+  authorized: 'authorized',
+  captured: 'captured',
+  refunded: 'refunded',
+  voided: 'voided',
+  declined: 'none',
+  failed: 'none',
+}
+
+const pageSize = 200
+const concurrency = 8
+
+export async function reconcile(
+  service: Service,
+  providerUrl: string | (() => string),
+  client: ProviderClient = new ProviderClient({
+    providerUrl: typeof providerUrl === 'string' ? () => providerUrl : providerUrl,
+    timeoutMs: 5_000,
+    attemptsMax: 2,
+    concurrencyMax: concurrency,
+    backoffBaseMs: 100,
+    log: service.log,
+    metrics: service.metrics,
+  }),
+): Promise<Mismatch[]> {
+  const mismatches: Mismatch[] = (await unbalancedEntries(service.store)).map((entry) => ({
+    kind: 'unbalanced-entry',
+    ours: entry.sumMinor,
+    detail: `ledger entry ${entry.entryId} sums to ${entry.sumMinor} ${entry.currency}, not 0`,
+  }))
+  let after = ''
+  for (;;) {
+    const page = await paymentsPage(service.store, after, pageSize)
+    if (page.length === 0) break
+    after = page[page.length - 1].order_id
+    for (let i = 0; i < page.length; i += concurrency) {
+      const found = await Promise.all(page.slice(i, i + concurrency).map((p) => check(service, client, p)))
+      mismatches.push(...found.flat())
+    }
+  }
+  service.metrics
+    .gauge(
+      'mercato_payment_reconciliation_mismatches',
+      'Mismatches found by the last payment reconciliation.',
+    )
+    .set(mismatches.length)
+  return mismatches
+}
+
+async function check(service: Service, client: ProviderClient, payment: PaymentRow): Promise<Mismatch[]> {
+  const ids = { orderId: payment.order_id, paymentId: payment.payment_id }
+  const found: Mismatch[] = []
+  const ledger = await paymentLedger(service.store, payment.payment_id)
+  if (ledger.status !== ledgerStatusOf[payment.status]) {
+    found.push({
+      kind: 'ledger-status',
+      ...ids,
+      ours: payment.status,
+      detail: `payment is ${payment.status} but its ledger entries say ${ledger.status}`,
+    })
+  }
+  if (ledger.capturedMinor !== payment.captured_minor || ledger.refundedMinor !== payment.refunded_minor) {
+    found.push({
+      kind: 'ledger-amount',
+      ...ids,
+      detail:
+        `payment has captured ${payment.captured_minor}, refunded ${payment.refunded_minor}; ` +
+        `ledger has captured ${ledger.capturedMinor}, refunded ${ledger.refundedMinor}`,
+    })
+  }
+  if (payment.status === 'failed') {
+    // Nothing should have moved at the provider; an authorization left behind by a lost answer shows here.
+    for (const charge of await client.chargesFor(payment.order_id)) {
+      if (charge.status === 'voided' || charge.status === 'declined') continue
+      found.push({
+        kind: 'untracked-charge',
+        ...ids,
+        chargeId: charge.chargeId,
+        ours: payment.status,
+        provider: charge.status,
+        detail: `payment failed here, but the provider has charge ${charge.chargeId} ${charge.status}`,
+      })
+    }
+    return found
+  }
+  if (!payment.charge_id) return found
+  const charge = await client.charge(payment.charge_id)
+  if (!charge) {
+    found.push({
+      kind: 'missing-at-provider',
+      ...ids,
+      chargeId: payment.charge_id,
+      detail: `the provider has no charge ${payment.charge_id}`,
+    })
+    return found
+  }
+  return [...found, ...compare(payment, charge)]
+}
+
+function compare(payment: PaymentRow, charge: ProviderCharge): Mismatch[] {
+  const ids = { orderId: payment.order_id, paymentId: payment.payment_id, chargeId: charge.chargeId }
+  const found: Mismatch[] = []
+  if (charge.status !== payment.status) {
+    found.push({
+      kind: 'provider-status',
+      ...ids,
+      ours: payment.status,
+      provider: charge.status,
+      detail: `payment is ${payment.status}; the provider's charge is ${charge.status}`,
+    })
+  }
+  for (const [field, ours, theirs] of [
+    ['captured', payment.captured_minor, charge.capturedMinor],
+    ['refunded', payment.refunded_minor, charge.refundedMinor],
+  ] as const) {
+    if (ours !== Number(theirs)) {
+      found.push({
+        kind: 'provider-amount',
+        ...ids,
+        ours,
+        provider: Number(theirs),
+        detail: `${field} ${ours} here, ${theirs} at the provider`,
+      })
+    }
+  }
+  return found
+}
