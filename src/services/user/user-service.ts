@@ -1,0 +1,203 @@
+// The user service: customer profiles, credentials (the password hash only) and address
+// books. A registration request becomes `customer.registered` (and one
+// `customer.address-added` per address), or `customer.registration-rejected` when the
+// e-mail address belongs to another customer. E-mail addresses are unique regardless of
+// case, enforced by a unique index, so two requests racing on two partitions (or two
+// processes) cannot both win.
+import { createHash } from 'node:crypto'
+import type { CloudEvent } from '../../contracts/envelope.ts'
+import type { Migration, Store, Tx } from '../../engines/store/port.ts'
+import type { Emit, HandlerTools, Service } from '../../platform/service.ts'
+
+export const userMigrations: Migration[] = [
+  {
+    id: 'user-0001-customers',
+    sql: `CREATE TABLE IF NOT EXISTS user_customers (
+        customer_id TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL,
+        given_name TEXT NOT NULL,
+        family_name TEXT NOT NULL,
+        registered_at TEXT NOT NULL,
+        registration_event_id TEXT NOT NULL);
+      CREATE UNIQUE INDEX IF NOT EXISTS user_customers_email_key ON user_customers (email_key);
+      CREATE TABLE IF NOT EXISTS user_credentials (
+        customer_id TEXT PRIMARY KEY REFERENCES user_customers (customer_id),
+        password_hash TEXT NOT NULL,
+        updated_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS user_addresses (
+        customer_id TEXT NOT NULL REFERENCES user_customers (customer_id),
+        address_id TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        address TEXT NOT NULL,
+        added_at TEXT NOT NULL,
+        PRIMARY KEY (customer_id, address_id));
+      CREATE TABLE IF NOT EXISTS user_rejections (
+        customer_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        email TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        rejected_at TEXT NOT NULL,
+        PRIMARY KEY (customer_id, event_id))`,
+  },
+]
+
+export interface Address {
+  name: string
+  line1: string
+  line2?: string
+  city: string
+  postalCode: string
+  country: string
+}
+
+export interface RegistrationRequested {
+  customerId: string
+  email: string
+  givenName: string
+  familyName: string
+  passwordHash?: string
+  addresses?: Address[]
+}
+
+export interface Credentials {
+  customerId: string
+  email: string
+  passwordHash: string
+}
+
+export interface CustomerProfile {
+  customerId: string
+  email: string
+  givenName: string
+  familyName: string
+  registeredAt: string
+  addresses: (Address & { addressId: string })[]
+}
+
+/** The form under which an e-mail address is unique: trimmed, lower case. */
+export function emailKey(email: string): string {
+  return email.trim().toLowerCase()
+}
+
+/** A stable id for the `index`-th address of a registration, so replaying it yields the same ids. */
+export function addressIdOf(customerId: string, index: number): string {
+  const digest = createHash('sha256').update(`${customerId}\u0000address\u0000${index}`).digest('base64url')
+  return `adr_${digest.slice(0, 22)}`
+}
+
+/** The credentials registered for an e-mail address (any case), for a login; undefined when none. */
+export async function findCredentials(store: Store, email: string): Promise<Credentials | undefined> {
+  const rows = await store.query<{ customer_id: string; email: string; password_hash: string }>(
+    `SELECT c.customer_id, c.email, k.password_hash
+       FROM user_customers c JOIN user_credentials k ON k.customer_id = c.customer_id
+      WHERE c.email_key = $1`,
+    [emailKey(email)],
+  )
+  const row = rows[0]
+  return row ? { customerId: row.customer_id, email: row.email, passwordHash: row.password_hash } : undefined
+}
+
+/** A customer's profile and address book; undefined when not registered. */
+export async function findCustomer(store: Store, customerId: string): Promise<CustomerProfile | undefined> {
+  const rows = await store.query<{
+    customer_id: string
+    email: string
+    given_name: string
+    family_name: string
+    registered_at: string
+  }>(
+    'SELECT customer_id, email, given_name, family_name, registered_at FROM user_customers WHERE customer_id = $1',
+    [customerId],
+  )
+  const row = rows[0]
+  if (!row) return undefined
+  const addresses = await store.query<{ address_id: string; address: string }>(
+    'SELECT address_id, address FROM user_addresses WHERE customer_id = $1 ORDER BY position',
+    [customerId],
+  )
+  return {
+    customerId: row.customer_id,
+    email: row.email,
+    givenName: row.given_name,
+    familyName: row.family_name,
+    registeredAt: row.registered_at,
+    addresses: addresses.map((a) => ({ addressId: a.address_id, ...(JSON.parse(a.address) as Address) })),
+  }
+}
+
+async function register(
+  tx: Tx,
+  emit: Emit,
+  event: CloudEvent,
+  request: RegistrationRequested,
+): Promise<void> {
+  const { customerId } = request
+  const existing = await tx.query('SELECT 1 FROM user_customers WHERE customer_id = $1', [customerId])
+  // Already registered under this id (a second request for the same customer): nothing to do.
+  if (existing.length > 0) return
+  const key = emailKey(request.email)
+  const taken = await tx.query<{ customer_id: string }>(
+    'SELECT customer_id FROM user_customers WHERE email_key = $1',
+    [key],
+  )
+  const now = new Date().toISOString()
+  if (taken.length > 0) {
+    const reason = 'the e-mail address is already registered'
+    await tx.execute(
+      `INSERT INTO user_rejections (customer_id, event_id, email, reason, rejected_at)
+       VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING`,
+      [customerId, event.id, request.email, reason, now],
+    )
+    emit({ type: 'customer.registration-rejected', subject: customerId, data: { customerId, reason } })
+    return
+  }
+  await tx.execute(
+    `INSERT INTO user_customers
+       (customer_id, email, email_key, given_name, family_name, registered_at, registration_event_id)
+     VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+    [customerId, request.email.trim(), key, request.givenName, request.familyName, now, event.id],
+  )
+  if (request.passwordHash) {
+    await tx.execute(
+      'INSERT INTO user_credentials (customer_id, password_hash, updated_at) VALUES ($1, $2, $3)',
+      [customerId, request.passwordHash, now],
+    )
+  }
+  emit({
+    type: 'customer.registered',
+    subject: customerId,
+    data: {
+      customerId,
+      email: request.email.trim(),
+      givenName: request.givenName,
+      familyName: request.familyName,
+    },
+  })
+  const addresses = request.addresses ?? []
+  for (const [index, address] of addresses.entries()) {
+    const addressId = addressIdOf(customerId, index)
+    await tx.execute(
+      `INSERT INTO user_addresses (customer_id, address_id, position, address, added_at)
+       VALUES ($1, $2, $3, $4, $5)`,
+      [customerId, addressId, index, JSON.stringify(address), now],
+    )
+    emit({ type: 'customer.address-added', subject: customerId, data: { customerId, addressId, address } })
+  }
+}
+
+export async function startUserService(
+  service: Service,
+): Promise<{ stop(): Promise<void>; ready(): Promise<void> }> {
+  await service.start(userMigrations)
+  await service.consume(['customers'], {
+    'customer.registration-requested': async (event: CloudEvent, tools: HandlerTools) => {
+      const request = event.data as unknown as RegistrationRequested
+      await tools.transact((tx, emit) => register(tx, emit, event, request))
+    },
+  })
+  return {
+    stop: () => service.stop(),
+    ready: () => service.store.ping(),
+  }
+}
