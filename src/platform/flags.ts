@@ -2,7 +2,11 @@
 // `flags` component keeps them in the key-value port and evaluates them in process.
 
 export interface FlagReader {
-  boolean(key: string, fallback: boolean, context?: Record<string, string | number | boolean>): Promise<boolean>
+  boolean(
+    key: string,
+    fallback: boolean,
+    context?: Record<string, string | number | boolean>,
+  ): Promise<boolean>
   number(key: string, fallback: number, context?: Record<string, string | number | boolean>): Promise<number>
   string(key: string, fallback: string, context?: Record<string, string | number | boolean>): Promise<string>
 }

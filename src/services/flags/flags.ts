@@ -1,0 +1,320 @@
+// Feature flags: definitions in flagd's JSON format, kept in the key-value port as one
+// document (`flags:definitions`), evaluated in process through the OpenFeature server SDK
+// with a small provider on flagd-core. A `flag.changed` event updates the document and
+// this process's evaluator at once; every few seconds the document is read again, so a
+// change applied by another process takes effect here too. No restart, ever.
+import { randomUUID } from 'node:crypto'
+import { FlagdCore, MemoryStorage } from '@openfeature/flagd-core'
+import {
+  type EvaluationContext,
+  type JsonValue,
+  OpenFeature,
+  OpenFeatureEventEmitter,
+  type Logger as OpenFeatureLogger,
+  type Provider,
+  ProviderEvents,
+  type ResolutionDetails,
+} from '@openfeature/server-sdk'
+import type { CloudEvent } from '../../contracts/envelope.ts'
+import type { Cache } from '../../engines/cache/port.ts'
+import type { EventStream, Subscription } from '../../engines/stream/event-stream.ts'
+import { errorMessage } from '../../platform/errors.ts'
+import { defaultFlagDefinitions, type FlagReader } from '../../platform/flags.ts'
+import type { Logger } from '../../platform/logger.ts'
+
+/** The key-value key of the document of every flag definition. */
+export const flagDefinitionsKey = 'flags:definitions'
+const flagdSchema = 'https://flagd.dev/schema/v0/flags.json'
+const flagKeyPattern = /^[a-z0-9][a-z0-9._-]{0,63}$/
+/** A definition larger than this is refused: the whole document is read every few seconds. */
+const definitionBytesMax = 16_384
+
+export type FlagDefinitions = Record<string, Record<string, unknown>>
+
+export interface FlagsOptions {
+  stream: EventStream
+  cache: Cache
+  log: Logger
+  group: string
+  /** How often the document is read again from the key-value port (another process may have changed it). */
+  refreshIntervalMs?: number
+}
+
+export interface RunningFlags {
+  flags: FlagReader
+  /** Throws while the key-value port cannot be reached. */
+  ready(): Promise<void>
+  stop(): Promise<void>
+}
+
+/** The reason a flagd flag definition is invalid, or undefined when it is valid. */
+export function validateFlagDefinition(definition: unknown, key = 'flag'): string | undefined {
+  if (!definition || typeof definition !== 'object' || Array.isArray(definition))
+    return 'a flag definition must be a JSON object'
+  let text: string
+  try {
+    text = JSON.stringify({ flags: { [key]: definition } })
+  } catch (error) {
+    return `not serializable as JSON: ${errorMessage(error)}`
+  }
+  if (Buffer.byteLength(text) > definitionBytesMax)
+    return `the definition is larger than ${definitionBytesMax} bytes`
+  const def = definition as Record<string, unknown>
+  if (def.state !== 'ENABLED' && def.state !== 'DISABLED') return 'state must be "ENABLED" or "DISABLED"'
+  const variants = def.variants
+  if (!variants || typeof variants !== 'object' || Array.isArray(variants))
+    return 'variants must be an object of named values'
+  const values = Object.values(variants)
+  if (values.length === 0) return 'variants must name at least one value'
+  const kinds = new Set(
+    values.map((value) => (value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value)),
+  )
+  if (kinds.size > 1) return `every variant must have the same type (found ${[...kinds].join(', ')})`
+  const [kind] = kinds
+  if (!['boolean', 'string', 'number', 'object'].includes(kind))
+    return `variants must be booleans, strings, numbers or objects (found ${kind})`
+  if (
+    def.defaultVariant !== undefined &&
+    def.defaultVariant !== null &&
+    !Object.hasOwn(variants, String(def.defaultVariant))
+  )
+    return `defaultVariant "${String(def.defaultVariant)}" is not one of the variants`
+  // flagd's own schema (strict), its structural checks, and its targeting parser.
+  const storage = new MemoryStorage(quietLogger)
+  try {
+    storage.setConfigurations(text, true)
+  } catch (error) {
+    return `not a valid flagd definition: ${flagdReason(error)}`
+  }
+  const flag = storage.getFlag(key)
+  if (!flag) return 'not a valid flagd definition'
+  const probe = flag.evaluate({}, quietLogger)
+  if (probe.errorCode === 'PARSE_ERROR') return probe.errorMessage ?? 'the targeting rule cannot be parsed'
+  return undefined
+}
+
+function flagdReason(error: unknown): string {
+  const message = errorMessage(error)
+  const detail = (error as { cause?: unknown })?.cause
+  const reason = detail ? `${message}: ${errorMessage(detail)}` : message
+  // flagd-core prints ajv's error list as JSON: keep its first message and path.
+  const match = /"instancePath":\s*"([^"]*)"[\s\S]*?"message":\s*"([^"]*)"/.exec(reason)
+  return (match ? `${match[1] || '/'} ${match[2]}` : reason).slice(0, 300)
+}
+
+const quietLogger: OpenFeatureLogger = { error() {}, warn() {}, info() {}, debug() {} }
+
+function openFeatureLogger(log: Logger): OpenFeatureLogger {
+  const text = (args: unknown[]) =>
+    args.map((arg) => (typeof arg === 'string' ? arg : errorMessage(arg))).join(' ')
+  return {
+    error: (...args) => log.warn({ component: 'flags' }, text(args)),
+    warn: (...args) => log.warn({ component: 'flags' }, text(args)),
+    info: (...args) => log.debug({ component: 'flags' }, text(args)),
+    debug: (...args) => log.debug({ component: 'flags' }, text(args)),
+  }
+}
+
+/** Reads the document of every flag from the key-value port; undefined when absent. */
+export async function readFlagDefinitions(cache: Cache): Promise<FlagDefinitions | undefined> {
+  const text = await cache.get(flagDefinitionsKey)
+  if (text === undefined) return undefined
+  return parseDocument(text).flags
+}
+
+function parseDocument(text: string): { flags: FlagDefinitions } {
+  const parsed = JSON.parse(text) as { flags?: unknown }
+  if (!parsed || typeof parsed !== 'object' || !parsed.flags || typeof parsed.flags !== 'object')
+    throw new Error('the flag document has no "flags" object')
+  return { flags: parsed.flags as FlagDefinitions }
+}
+
+function documentOf(flags: FlagDefinitions): string {
+  return JSON.stringify({ $schema: flagdSchema, flags })
+}
+
+/**
+ * Sets one flag's definition in the key-value document, atomically (compare and set: many
+ * writers, none lost). Throws when the definition is invalid.
+ */
+export async function writeFlagDefinition(cache: Cache, key: string, definition: Record<string, unknown>) {
+  if (!flagKeyPattern.test(key)) throw new Error(`invalid flag key ${JSON.stringify(key)}`)
+  const invalid = validateFlagDefinition(definition, key)
+  if (invalid) throw new Error(`invalid definition of flag ${key}: ${invalid}`)
+  for (let attempt = 0; attempt < 100; attempt++) {
+    const current = await cache.get(flagDefinitionsKey)
+    let flags: FlagDefinitions = { ...defaultFlagDefinitions }
+    if (current !== undefined) {
+      try {
+        flags = parseDocument(current).flags
+      } catch {
+        // A document that does not parse is replaced; each flag in it is lost only if unreadable.
+      }
+    }
+    const next = documentOf({ ...flags, [key]: definition })
+    if (next === current) return
+    if (await cache.compareAndSet(flagDefinitionsKey, current, next)) return
+  }
+  throw new Error(`flag ${key}: the definitions document kept changing; not written`)
+}
+
+/** An OpenFeature provider over flagd-core's in-process evaluator. */
+class FlagdCoreProvider implements Provider {
+  readonly metadata = { name: 'mercato-flagd-in-process' } as const
+  readonly runsOn = 'server' as const
+  readonly events = new OpenFeatureEventEmitter()
+  readonly #core: FlagdCore
+
+  constructor(core: FlagdCore) {
+    this.#core = core
+  }
+
+  changed(flagsChanged: string[]): void {
+    this.events.emit(ProviderEvents.ConfigurationChanged, { flagsChanged })
+  }
+
+  async resolveBooleanEvaluation(
+    key: string,
+    fallback: boolean,
+    context: EvaluationContext,
+    logger: OpenFeatureLogger,
+  ): Promise<ResolutionDetails<boolean>> {
+    return this.#core.resolveBooleanEvaluation(key, fallback, context, logger)
+  }
+
+  async resolveStringEvaluation(
+    key: string,
+    fallback: string,
+    context: EvaluationContext,
+    logger: OpenFeatureLogger,
+  ): Promise<ResolutionDetails<string>> {
+    return this.#core.resolveStringEvaluation(key, fallback, context, logger)
+  }
+
+  async resolveNumberEvaluation(
+    key: string,
+    fallback: number,
+    context: EvaluationContext,
+    logger: OpenFeatureLogger,
+  ): Promise<ResolutionDetails<number>> {
+    return this.#core.resolveNumberEvaluation(key, fallback, context, logger)
+  }
+
+  async resolveObjectEvaluation<T extends JsonValue>(
+    key: string,
+    fallback: T,
+    context: EvaluationContext,
+    logger: OpenFeatureLogger,
+  ): Promise<ResolutionDetails<T>> {
+    return this.#core.resolveObjectEvaluation(key, fallback, context, logger)
+  }
+}
+
+export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
+  const { stream, cache, group } = options
+  const log = options.log.child({ component: 'flags' })
+  const refreshIntervalMs = options.refreshIntervalMs ?? 3_000
+  const core = new FlagdCore(undefined, openFeatureLogger(log))
+  const provider = new FlagdCoreProvider(core)
+  let applied: string | undefined
+
+  /** Loads a document into the evaluator when it differs from the one loaded; invalid flags are dropped. */
+  const apply = (text: string) => {
+    if (text === applied) return
+    const { flags } = parseDocument(text)
+    const valid: FlagDefinitions = {}
+    for (const [key, definition] of Object.entries(flags)) {
+      const invalid = validateFlagDefinition(definition, key)
+      if (invalid)
+        log.warn({ flag: key, reason: invalid }, 'flag definition in the key-value store is invalid; ignored')
+      else valid[key] = definition
+    }
+    const changed = core.setConfigurations(documentOf(valid))
+    applied = text
+    if (changed.length > 0) {
+      log.info({ flags: changed }, 'flag definitions applied')
+      provider.changed(changed)
+    }
+  }
+
+  const refresh = async () => {
+    let text = await cache.get(flagDefinitionsKey)
+    if (text === undefined) {
+      // Absent: a fresh deployment, or the key-value store lost it (an evicted LRU entry, a
+      // flushed Redis). Write back what this process knows, or the defaults.
+      const known = applied ?? documentOf(defaultFlagDefinitions)
+      await cache.setIfAbsent(flagDefinitionsKey, known)
+      text = (await cache.get(flagDefinitionsKey)) ?? known
+    }
+    apply(text)
+  }
+
+  await refresh()
+
+  const domain = `mercato.flags.${group}.${randomUUID()}`
+  await OpenFeature.setProviderAndWait(domain, provider)
+  const client = OpenFeature.getClient(domain)
+  client.setLogger(openFeatureLogger(log))
+
+  const handle = async (event: CloudEvent) => {
+    if (event.type !== 'flag.changed') return
+    const key = String(event.data.key)
+    const definition = event.data.definition as Record<string, unknown>
+    const invalid = flagKeyPattern.test(key) ? validateFlagDefinition(definition, key) : 'invalid flag key'
+    if (invalid) {
+      log.warn(
+        { flag: key, eventId: event.id, reason: invalid },
+        'flag.changed with an invalid definition; skipped',
+      )
+      return
+    }
+    await writeFlagDefinition(cache, key, definition)
+    await refresh()
+  }
+
+  const subscription: Subscription = await stream.subscribe({
+    group,
+    topics: ['flags'],
+    startAt: 'earliest',
+    handle,
+  })
+
+  let refreshing = false
+  const timer = setInterval(async () => {
+    if (refreshing) return
+    refreshing = true
+    try {
+      await refresh()
+    } catch (error) {
+      log.warn({ err: errorMessage(error) }, 'flag definitions not refreshed; keeping the ones applied')
+    } finally {
+      refreshing = false
+    }
+  }, refreshIntervalMs)
+  timer.unref()
+
+  const flags: FlagReader = {
+    boolean: (key, fallback, context) => client.getBooleanValue(key, fallback, context),
+    number: (key, fallback, context) => client.getNumberValue(key, fallback, context),
+    string: (key, fallback, context) => client.getStringValue(key, fallback, context),
+  }
+
+  return {
+    flags,
+    ready: () => cache.ping(),
+    stop: async () => {
+      clearInterval(timer)
+      await subscription.stop()
+      // Unbind this domain's provider; the domain name is unique, so nothing else used it.
+      await OpenFeature.setProviderAndWait(domain, { ...noopProvider })
+    },
+  }
+}
+
+const noopProvider: Provider = {
+  metadata: { name: 'mercato-flags-stopped' },
+  resolveBooleanEvaluation: async (_key, value) => ({ value, reason: 'DISABLED' }),
+  resolveStringEvaluation: async (_key, value) => ({ value, reason: 'DISABLED' }),
+  resolveNumberEvaluation: async (_key, value) => ({ value, reason: 'DISABLED' }),
+  resolveObjectEvaluation: async (_key, value) => ({ value, reason: 'DISABLED' }),
+}
