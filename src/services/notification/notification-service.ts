@@ -1,0 +1,663 @@
+// The notification service: tells the customer about every step (e-mail over real SMTP)
+// and calls the shop's webhooks. Handling an event only records what is to be sent, in
+// the event's inbox transaction; background delivery loops do the network I/O outside
+// any transaction, with retries and backoff, and record the outcome:
+//   pending → sending (claimed, attempts + 1) → sent | pending (retry later) | dead
+// A notification's id is derived from the event id, the channel and the template (or the
+// endpoint), so a redelivered event records nothing new; what is marked sent is never sent
+// again. A crash between sending and marking sends once more (at least once).
+import { createHash } from 'node:crypto'
+import nodemailer, { type Transporter } from 'nodemailer'
+import type { CloudEvent } from '../../contracts/envelope.ts'
+import { eventSchemas } from '../../contracts/events.ts'
+import { eventRegistry } from '../../contracts/registry.ts'
+import type { Migration, Tx } from '../../engines/store/port.ts'
+import { errorMessage, redactUrl } from '../../platform/errors.ts'
+import { backoffMs, withTimeout } from '../../platform/limits.ts'
+import type { Handler, HandlerTools, Service } from '../../platform/service.ts'
+import { type MailSink, startMailSink } from './mail-sink.ts'
+import { renderEmail, templateOf } from './templates.ts'
+import {
+  postWebhook,
+  RefusedUrlError,
+  resolveWebhookTarget,
+  signatureHeader,
+  signWebhook,
+} from './webhooks.ts'
+
+export type { MailSink, SinkMessage } from './mail-sink.ts'
+export { signWebhook, verifyWebhookSignature } from './webhooks.ts'
+
+export interface NotificationOptions {
+  /** smtp:// or smtps:// URL of the mail server; without it, an in-process sink on 127.0.0.1 receives the mail. */
+  smtpUrl?: string
+  from: string
+  webhookTimeoutMs: number
+  webhookAttemptsMax: number
+  allowPrivateWebhookHosts: boolean
+  emailAttemptsMax?: number
+  /** First retry waits about this long, then twice as long each time (with jitter), up to `backoffMaxMs`. */
+  backoffBaseMs?: number
+  backoffMaxMs?: number
+  /** How often the delivery loops look for due work. */
+  pollIntervalMs?: number
+  /** Deliveries handled at once by each loop. */
+  concurrencyMax?: number
+  /** Messages the local sink keeps. */
+  sinkMessagesMax?: number
+}
+
+export interface RunningNotification {
+  stop(): Promise<void>
+  ready(): Promise<void>
+  /** The local mail sink, when no SMTP URL was given. */
+  sink?: MailSink
+}
+
+export const notificationTopics = ['orders', 'payments', 'shipments', 'customers', 'webhooks']
+
+export const notificationMigrations: Migration[] = [
+  {
+    id: 'notification-0001-tables',
+    sql: `CREATE TABLE IF NOT EXISTS notification_customers (
+        customer_id TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        given_name TEXT NOT NULL,
+        family_name TEXT NOT NULL,
+        updated_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS notification_orders (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL,
+        placed_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS notification_emails (
+        id TEXT PRIMARY KEY,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        template TEXT NOT NULL,
+        customer_id TEXT,
+        order_id TEXT,
+        recipient TEXT,
+        vars TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        sent_at TEXT);
+      CREATE INDEX IF NOT EXISTS notification_emails_due ON notification_emails (status, next_attempt_at);
+      CREATE INDEX IF NOT EXISTS notification_emails_customer ON notification_emails (customer_id, status);
+      CREATE INDEX IF NOT EXISTS notification_emails_order ON notification_emails (order_id);
+      CREATE TABLE IF NOT EXISTS notification_webhook_endpoints (
+        endpoint_id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        secret TEXT NOT NULL,
+        events TEXT NOT NULL,
+        enabled INTEGER NOT NULL,
+        updated_at TEXT NOT NULL);
+      CREATE TABLE IF NOT EXISTS notification_webhook_deliveries (
+        id TEXT PRIMARY KEY,
+        endpoint_id TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        customer_id TEXT,
+        order_id TEXT,
+        payload TEXT NOT NULL,
+        cause TEXT NOT NULL,
+        status TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        next_attempt_at TEXT NOT NULL,
+        last_error TEXT,
+        last_status_code INTEGER,
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        delivered_at TEXT);
+      CREATE INDEX IF NOT EXISTS notification_webhook_deliveries_due
+        ON notification_webhook_deliveries (status, next_attempt_at);
+      CREATE INDEX IF NOT EXISTS notification_webhook_deliveries_endpoint
+        ON notification_webhook_deliveries (endpoint_id, status)`,
+  },
+]
+
+/** Event types never sent to a webhook: they carry secrets or credentials. */
+const undeliverable = new Set(['customer.registration-requested', 'webhook.endpoint-set'])
+/** Data fields removed from every webhook payload. */
+const redactedFields = new Set(['passwordHash', 'secret', 'paymentMethodToken'])
+/** How long a customer's undeliverable e-mails wait for their address to become known. */
+const noRecipientRetentionMs = 7 * 24 * 3_600_000
+
+export function notificationId(eventId: string, channel: 'email' | 'webhook', name: string): string {
+  const digest = createHash('sha256').update(`${eventId}\u0000${channel}\u0000${name}`).digest('base64url')
+  return `ntf_${digest.slice(0, 26)}`
+}
+
+/** Whether an endpoint subscribed to `events` receives an event of `type`: exact type, `prefix.*` or `*`. */
+export function endpointWants(events: string[], type: string): boolean {
+  return events.some(
+    (pattern) =>
+      pattern === '*' ||
+      pattern === type ||
+      (pattern.endsWith('.*') && type.startsWith(pattern.slice(0, -1))),
+  )
+}
+
+interface Cause {
+  id: string
+  correlationid: string
+  traceparent?: string
+}
+
+interface DueRow {
+  id: string
+  status: string
+  attempts: number
+}
+
+const nowIso = () => new Date().toISOString()
+const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString()
+const text = (value: unknown) => (typeof value === 'string' && value.length > 0 ? value : undefined)
+
+export async function startNotificationService(
+  service: Service,
+  options: NotificationOptions,
+): Promise<RunningNotification> {
+  const { store, log, metrics } = service
+  const emailAttemptsMax = options.emailAttemptsMax ?? 8
+  const backoffBaseMs = options.backoffBaseMs ?? 2_000
+  const backoffMaxMs = options.backoffMaxMs ?? 3_600_000
+  const pollIntervalMs = options.pollIntervalMs ?? 250
+  const concurrencyMax = options.concurrencyMax ?? 16
+  const smtpTimeoutMs = 30_000
+  const notifications = metrics.counter(
+    'mercato_notifications_total',
+    'Notifications, by channel and outcome.',
+    ['channel', 'outcome'],
+  )
+  const count = (channel: 'email' | 'webhook', outcome: string) => notifications.inc({ channel, outcome })
+
+  const sink = options.smtpUrl ? undefined : await startMailSink({ messagesMax: options.sinkMessagesMax })
+  const transport: Transporter = options.smtpUrl
+    ? nodemailer.createTransport({
+        url: options.smtpUrl,
+        pool: true,
+        maxConnections: 5,
+        connectionTimeout: 10_000,
+        greetingTimeout: 10_000,
+        socketTimeout: smtpTimeoutMs,
+      } as Parameters<typeof nodemailer.createTransport>[0])
+    : nodemailer.createTransport({
+        host: sink!.host,
+        port: sink!.port,
+        secure: false,
+        ignoreTLS: true,
+        pool: true,
+        maxConnections: 5,
+        connectionTimeout: 10_000,
+        greetingTimeout: 10_000,
+        socketTimeout: smtpTimeoutMs,
+      })
+
+  try {
+    await service.start(notificationMigrations)
+  } catch (error) {
+    transport.close()
+    await sink?.close()
+    throw error
+  }
+
+  // ---- handling events: record what is to be sent, in the event's inbox transaction ----
+
+  async function customerOfOrder(tx: Tx, orderId: string | undefined): Promise<string | undefined> {
+    if (!orderId) return undefined
+    const rows = await tx.query<{ customer_id: string }>(
+      'SELECT customer_id FROM notification_orders WHERE order_id = $1',
+      [orderId],
+    )
+    return rows[0]?.customer_id
+  }
+
+  async function emailOf(tx: Tx, customerId: string | undefined): Promise<string | undefined> {
+    if (!customerId) return undefined
+    const rows = await tx.query<{ email: string }>(
+      'SELECT email FROM notification_customers WHERE customer_id = $1',
+      [customerId],
+    )
+    return rows[0]?.email
+  }
+
+  /** E-mails that waited for the customer's address: due now that it is known. */
+  async function releaseWaiting(tx: Tx, customerId: string): Promise<void> {
+    const email = await emailOf(tx, customerId)
+    if (!email) return
+    await tx.execute(
+      `UPDATE notification_emails SET status = 'pending', recipient = $1, next_attempt_at = $2, updated_at = $2
+        WHERE customer_id = $3 AND status = 'no-recipient' AND created_at >= $4`,
+      [email, nowIso(), customerId, new Date(Date.now() - noRecipientRetentionMs).toISOString()],
+    )
+  }
+
+  async function applyState(tx: Tx, event: CloudEvent): Promise<void> {
+    const data = event.data
+    const now = nowIso()
+    switch (event.type) {
+      case 'customer.registered':
+        await tx.execute(
+          `INSERT INTO notification_customers (customer_id, email, given_name, family_name, updated_at)
+           VALUES ($1, $2, $3, $4, $5)
+           ON CONFLICT (customer_id) DO UPDATE SET email = excluded.email, given_name = excluded.given_name,
+             family_name = excluded.family_name, updated_at = excluded.updated_at`,
+          [
+            String(data.customerId),
+            String(data.email),
+            String(data.givenName),
+            String(data.familyName ?? ''),
+            now,
+          ],
+        )
+        await releaseWaiting(tx, String(data.customerId))
+        return
+      case 'order.placed': {
+        const orderId = String(data.orderId)
+        const customerId = String(data.customerId)
+        await tx.execute(
+          `INSERT INTO notification_orders (order_id, customer_id, placed_at) VALUES ($1, $2, $3)
+           ON CONFLICT (order_id) DO NOTHING`,
+          [orderId, customerId, now],
+        )
+        // Events of this order recorded before its customer was known.
+        await tx.execute(
+          'UPDATE notification_emails SET customer_id = $1 WHERE order_id = $2 AND customer_id IS NULL',
+          [customerId, orderId],
+        )
+        await releaseWaiting(tx, customerId)
+        return
+      }
+      case 'webhook.endpoint-set':
+        await tx.execute(
+          `INSERT INTO notification_webhook_endpoints (endpoint_id, url, secret, events, enabled, updated_at)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (endpoint_id) DO UPDATE SET url = excluded.url, secret = excluded.secret,
+             events = excluded.events, enabled = excluded.enabled, updated_at = excluded.updated_at`,
+          [
+            String(data.endpointId),
+            String(data.url),
+            String(data.secret),
+            JSON.stringify(data.events ?? []),
+            data.enabled ? 1 : 0,
+            now,
+          ],
+        )
+        return
+    }
+  }
+
+  function causeOf(event: CloudEvent): string {
+    const cause: Cause = { id: event.id, correlationid: event.correlationid }
+    if (event.traceparent) cause.traceparent = event.traceparent
+    return JSON.stringify(cause)
+  }
+
+  async function recordEmail(tx: Tx, event: CloudEvent, template: string): Promise<void> {
+    const orderId = text(event.data.orderId)
+    const customerId = text(event.data.customerId) ?? (await customerOfOrder(tx, orderId))
+    const recipient = await emailOf(tx, customerId)
+    const now = nowIso()
+    const status = recipient ? 'pending' : 'no-recipient'
+    const inserted = await tx.execute(
+      `INSERT INTO notification_emails (id, event_id, event_type, template, customer_id, order_id, recipient,
+         vars, cause, status, attempts, next_attempt_at, created_at, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $11)
+       ON CONFLICT (id) DO NOTHING`,
+      [
+        notificationId(event.id, 'email', template),
+        event.id,
+        event.type,
+        template,
+        customerId ?? null,
+        orderId ?? null,
+        recipient ?? null,
+        JSON.stringify(event.data),
+        causeOf(event),
+        status,
+        now,
+      ],
+    )
+    if (inserted > 0 && !recipient) {
+      tx.afterCommit(() => count('email', 'no-recipient'))
+      log.info(
+        { eventId: event.id, type: event.type, customerId, orderId },
+        'no e-mail address known yet for this notification; recorded as no-recipient',
+      )
+    }
+  }
+
+  function webhookPayload(event: CloudEvent): string {
+    const data = Object.fromEntries(Object.entries(event.data).filter(([key]) => !redactedFields.has(key)))
+    return JSON.stringify({ ...event, data })
+  }
+
+  async function recordWebhooks(tx: Tx, event: CloudEvent): Promise<void> {
+    if (undeliverable.has(event.type) || event.type.startsWith('webhook.')) return
+    const endpoints = await tx.query<{ endpoint_id: string; events: string }>(
+      'SELECT endpoint_id, events FROM notification_webhook_endpoints WHERE enabled = 1',
+    )
+    const wanting = endpoints.filter((endpoint) => endpointWants(JSON.parse(endpoint.events), event.type))
+    if (wanting.length === 0) return
+    const orderId = text(event.data.orderId)
+    const customerId = text(event.data.customerId) ?? (await customerOfOrder(tx, orderId))
+    const payload = webhookPayload(event)
+    const now = nowIso()
+    for (const endpoint of wanting) {
+      await tx.execute(
+        `INSERT INTO notification_webhook_deliveries (id, endpoint_id, event_id, event_type, customer_id, order_id,
+           payload, cause, status, attempts, next_attempt_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', 0, $9, $9, $9)
+         ON CONFLICT (id) DO NOTHING`,
+        [
+          notificationId(event.id, 'webhook', endpoint.endpoint_id),
+          endpoint.endpoint_id,
+          event.id,
+          event.type,
+          customerId ?? null,
+          orderId ?? null,
+          payload,
+          causeOf(event),
+          now,
+        ],
+      )
+    }
+  }
+
+  const handle: Handler = async (event: CloudEvent, tools: HandlerTools) => {
+    await tools.transact(async (tx) => {
+      await applyState(tx, event)
+      const template = templateOf[event.type]
+      if (template) await recordEmail(tx, event, template)
+      await recordWebhooks(tx, event)
+    })
+  }
+  const handlers: Record<string, Handler> = {}
+  for (const type of Object.keys(eventSchemas)) {
+    if (notificationTopics.includes(eventRegistry.topicOf(type))) handlers[type] = handle
+  }
+
+  // ---- delivery loops: network I/O outside any transaction ----
+
+  /** Due rows of `table`: pending, or claimed by a sender whose lease ran out (it crashed). */
+  async function due(table: string): Promise<DueRow[]> {
+    const rows = await store.query<DueRow>(
+      `SELECT id, status, attempts FROM ${table}
+        WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1
+        ORDER BY next_attempt_at LIMIT $2`,
+      [nowIso(), concurrencyMax],
+    )
+    return rows.map((row) => ({ id: row.id, status: row.status, attempts: Number(row.attempts) }))
+  }
+
+  /** Claims a row for one attempt (many senders, one winner); the lease covers the attempt. */
+  async function claim(table: string, row: DueRow, leaseMs: number): Promise<boolean> {
+    const now = nowIso()
+    const changed = await store.transaction((tx) =>
+      tx.execute(
+        `UPDATE ${table} SET status = 'sending', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2
+          WHERE id = $3 AND status = $4 AND attempts = $5 AND next_attempt_at <= $2`,
+        [isoIn(leaseMs), now, row.id, row.status, row.attempts],
+      ),
+    )
+    return changed === 1
+  }
+
+  /** After a failed attempt: try again later, or give up (dead) once the attempts are spent. */
+  async function failed(
+    table: string,
+    channel: 'email' | 'webhook',
+    id: string,
+    attempt: number,
+    attemptsMax: number,
+    error: string,
+    statusCode: number | null = null,
+  ): Promise<void> {
+    const dead = attempt >= attemptsMax
+    const statusColumn = table === 'notification_webhook_deliveries' ? ', last_status_code = $6' : ''
+    await store.transaction((tx) =>
+      tx.execute(
+        `UPDATE ${table} SET status = $1, next_attempt_at = $2, last_error = $3, updated_at = $4${statusColumn}
+          WHERE id = $5 AND status = 'sending'`,
+        [
+          dead ? 'dead' : 'pending',
+          dead ? nowIso() : isoIn(backoffMs(attempt, backoffBaseMs, backoffMaxMs)),
+          error.slice(0, 2_000),
+          nowIso(),
+          id,
+          ...(statusColumn ? [statusCode] : []),
+        ],
+      ),
+    )
+    count(channel, dead ? 'dead' : 'retry')
+    if (dead)
+      log.warn({ channel, notificationId: id, attempt, err: error }, 'notification is dead: attempts spent')
+    else
+      log.debug(
+        { channel, notificationId: id, attempt, err: error },
+        'notification attempt failed; will retry',
+      )
+  }
+
+  async function sendEmail(row: DueRow): Promise<void> {
+    if (!(await claim('notification_emails', row, smtpTimeoutMs * 3))) return
+    const attempt = row.attempts + 1
+    const [email] = await store.query<{
+      template: string
+      customer_id: string | null
+      order_id: string | null
+      recipient: string | null
+      vars: string
+      cause: string
+    }>(
+      'SELECT template, customer_id, order_id, recipient, vars, cause FROM notification_emails WHERE id = $1',
+      [row.id],
+    )
+    if (!email) return
+    if (!email.recipient) {
+      await failed('notification_emails', 'email', row.id, emailAttemptsMax, emailAttemptsMax, 'no recipient')
+      return
+    }
+    const [customer] = email.customer_id
+      ? await store.query<{ given_name: string; family_name: string }>(
+          'SELECT given_name, family_name FROM notification_customers WHERE customer_id = $1',
+          [email.customer_id],
+        )
+      : []
+    try {
+      const rendered = renderEmail(email.template, JSON.parse(email.vars), {
+        givenName: customer?.given_name,
+        familyName: customer?.family_name,
+      })
+      await withTimeout(
+        'sending an e-mail',
+        smtpTimeoutMs * 2,
+        transport.sendMail({
+          from: options.from,
+          to: email.recipient,
+          subject: rendered.subject,
+          text: rendered.text,
+          // The same id on a resend lets mail systems recognise the duplicate.
+          messageId: `<${row.id}@mercato.notification>`,
+          headers: { 'X-Mercato-Template': email.template },
+        }),
+      )
+    } catch (error) {
+      await failed('notification_emails', 'email', row.id, attempt, emailAttemptsMax, errorMessage(error))
+      return
+    }
+    const cause = JSON.parse(email.cause) as Cause
+    await service.transact(async (tx, emit) => {
+      const marked = await tx.execute(
+        `UPDATE notification_emails SET status = 'sent', sent_at = $1, updated_at = $1, last_error = NULL
+          WHERE id = $2 AND status = 'sending'`,
+        [nowIso(), row.id],
+      )
+      if (marked === 0 || !email.customer_id) return
+      emit({
+        type: 'notification.sent',
+        subject: email.customer_id,
+        data: {
+          notificationId: row.id,
+          customerId: email.customer_id,
+          channel: 'email',
+          template: email.template,
+          ...(email.order_id ? { orderId: email.order_id } : {}),
+        },
+      })
+    }, cause)
+    count('email', 'sent')
+  }
+
+  async function callWebhook(row: DueRow): Promise<void> {
+    const lookupTimeoutMs = Math.max(1_000, options.webhookTimeoutMs)
+    if (
+      !(await claim(
+        'notification_webhook_deliveries',
+        row,
+        lookupTimeoutMs + options.webhookTimeoutMs + 30_000,
+      ))
+    )
+      return
+    const attempt = row.attempts + 1
+    const table = 'notification_webhook_deliveries'
+    const [delivery] = await store.query<{
+      endpoint_id: string
+      event_id: string
+      event_type: string
+      customer_id: string | null
+      order_id: string | null
+      payload: string
+      cause: string
+    }>(
+      `SELECT endpoint_id, event_id, event_type, customer_id, order_id, payload, cause
+         FROM ${table} WHERE id = $1`,
+      [row.id],
+    )
+    if (!delivery) return
+    const [endpoint] = await store.query<{ url: string; secret: string; enabled: number }>(
+      'SELECT url, secret, enabled FROM notification_webhook_endpoints WHERE endpoint_id = $1',
+      [delivery.endpoint_id],
+    )
+    const finish = async (status: string, error: string | null, statusCode: number | null) => {
+      await store.transaction((tx) =>
+        tx.execute(
+          `UPDATE ${table} SET status = $1, last_error = $2, last_status_code = $3, updated_at = $4
+            WHERE id = $5 AND status = 'sending'`,
+          [status, error, statusCode, nowIso(), row.id],
+        ),
+      )
+    }
+    if (!endpoint || Number(endpoint.enabled) !== 1) {
+      await finish('cancelled', 'the endpoint was disabled or removed before delivery', null)
+      count('webhook', 'cancelled')
+      return
+    }
+    let response: Awaited<ReturnType<typeof postWebhook>>
+    try {
+      const target = await withTimeout(
+        'resolving the webhook host',
+        lookupTimeoutMs,
+        resolveWebhookTarget(endpoint.url, options.allowPrivateWebhookHosts),
+      )
+      const timestamp = Math.floor(Date.now() / 1000)
+      response = await postWebhook(
+        target,
+        delivery.payload,
+        {
+          'Content-Type': 'application/json',
+          'User-Agent': 'Mercato-Webhooks/1',
+          [signatureHeader]: signWebhook(endpoint.secret, delivery.payload, timestamp),
+          'Mercato-Event-Id': delivery.event_id,
+          'Mercato-Event-Type': delivery.event_type,
+          'Mercato-Delivery-Id': row.id,
+        },
+        options.webhookTimeoutMs,
+      )
+    } catch (error) {
+      if (error instanceof RefusedUrlError) {
+        await finish('failed', error.message, null)
+        count('webhook', 'refused')
+        log.warn(
+          { endpointId: delivery.endpoint_id, url: redactUrl(endpoint.url), reason: error.message },
+          'webhook URL refused; not called',
+        )
+        return
+      }
+      await failed(table, 'webhook', row.id, attempt, options.webhookAttemptsMax, errorMessage(error))
+      return
+    }
+    if (response.status < 200 || response.status >= 300) {
+      const reason =
+        response.status >= 300 && response.status < 400
+          ? `answered ${response.status} (redirects are not followed)`
+          : `answered ${response.status}${response.bodyStart ? `: ${response.bodyStart.slice(0, 200)}` : ''}`
+      await failed(table, 'webhook', row.id, attempt, options.webhookAttemptsMax, reason, response.status)
+      return
+    }
+    const cause = JSON.parse(delivery.cause) as Cause
+    await service.transact(async (tx, emit) => {
+      const now = nowIso()
+      const marked = await tx.execute(
+        `UPDATE ${table} SET status = 'sent', delivered_at = $1, updated_at = $1, last_status_code = $2,
+           last_error = NULL WHERE id = $3 AND status = 'sending'`,
+        [now, response.status, row.id],
+      )
+      if (marked === 0 || !delivery.customer_id) return
+      emit({
+        type: 'notification.sent',
+        subject: delivery.customer_id,
+        data: {
+          notificationId: row.id,
+          customerId: delivery.customer_id,
+          channel: 'webhook',
+          template: delivery.event_type,
+          ...(delivery.order_id ? { orderId: delivery.order_id } : {}),
+        },
+      })
+    }, cause)
+    count('webhook', 'sent')
+  }
+
+  /** One run of a loop: batches of due rows until none is left (bounded, so stop is prompt). */
+  const drain = (table: string, deliver: (row: DueRow) => Promise<void>) => async () => {
+    for (let batch = 0; batch < 20; batch++) {
+      const rows = await due(table)
+      if (rows.length === 0) return
+      const results = await Promise.allSettled(rows.map(deliver))
+      for (const result of results) {
+        if (result.status === 'rejected')
+          log.warn(
+            { table, err: errorMessage(result.reason) },
+            'delivery attempt failed to record; will retry',
+          )
+      }
+      if (rows.length < concurrencyMax) return
+    }
+  }
+
+  await service.consume(notificationTopics, handlers)
+  service.every('notification-emails', pollIntervalMs, drain('notification_emails', sendEmail))
+  service.every(
+    'notification-webhooks',
+    pollIntervalMs,
+    drain('notification_webhook_deliveries', callWebhook),
+  )
+
+  return {
+    sink,
+    ready: async () => {
+      await store.ping()
+    },
+    stop: async () => {
+      await service.stop()
+      transport.close()
+      await sink?.close()
+    },
+  }
+}

@@ -1,0 +1,112 @@
+// What the customer is told at each step, as plain-text e-mail. Templates are rendered
+// when the message is sent, from the event's data and the customer's name as then known.
+
+/** The template of each customer-facing event type. */
+export const templateOf: Record<string, string> = {
+  'customer.registered': 'welcome',
+  'order.placed': 'order-received',
+  'order.confirmed': 'order-confirmed',
+  'order.cancelled': 'order-cancelled',
+  'order.shipped': 'order-shipped',
+  'order.delivered': 'order-delivered',
+  'payment.refunded': 'payment-refunded',
+}
+
+export interface Recipient {
+  givenName?: string
+  familyName?: string
+}
+
+export interface RenderedEmail {
+  subject: string
+  text: string
+}
+
+const cancelReasons: Record<string, string> = {
+  'out-of-stock': 'some of the items are no longer in stock',
+  'payment-declined': 'the payment was declined',
+  'payment-failed': 'the payment could not be processed',
+  'deadline-passed': 'it could not be completed in time',
+  'customer-cancelled': 'you asked us to cancel it',
+  'invalid-order': 'it could not be accepted',
+}
+
+/** An amount in minor units, in its currency's own notation (EUR 1234 → €12.34). */
+export function formatMoney(amountMinor: number, currency: string): string {
+  try {
+    const format = new Intl.NumberFormat('en', { style: 'currency', currency })
+    const digits = format.resolvedOptions().maximumFractionDigits ?? 2
+    return format.format(amountMinor / 10 ** digits)
+  } catch {
+    return `${(amountMinor / 100).toFixed(2)} ${currency}`
+  }
+}
+
+const str = (value: unknown) => (typeof value === 'string' ? value : String(value ?? ''))
+const num = (value: unknown) => (typeof value === 'number' && Number.isFinite(value) ? value : 0)
+
+export function renderEmail(template: string, data: Record<string, unknown>, to: Recipient): RenderedEmail {
+  const greeting = to.givenName ? `Hello ${to.givenName},` : 'Hello,'
+  const signature = '\n\nThank you for shopping with Mercato.\n'
+  const orderId = str(data.orderId)
+  switch (template) {
+    case 'welcome':
+      return {
+        subject: `Welcome to Mercato${to.givenName ? `, ${to.givenName}` : ''}`,
+        text: `${greeting}\n\nyour Mercato account is ready. You can sign in with ${str(data.email)}.${signature}`,
+      }
+    case 'order-received': {
+      const currency = str(data.currency)
+      const lines = Array.isArray(data.lines) ? (data.lines as Record<string, unknown>[]) : []
+      const items = lines
+        .map(
+          (line) =>
+            `  ${num(line.quantity)} × ${str(line.sku)} at ${formatMoney(num(line.unitPriceMinor), currency)}`,
+        )
+        .join('\n')
+      return {
+        subject: `We have received your order ${orderId}`,
+        text:
+          `${greeting}\n\nwe have received your order ${orderId}:\n\n${items}\n\n` +
+          `Total: ${formatMoney(num(data.totalMinor), currency)}\n\n` +
+          `We will write again once it is confirmed.${signature}`,
+      }
+    }
+    case 'order-confirmed':
+      return {
+        subject: `Your order ${orderId} is confirmed`,
+        text: `${greeting}\n\nyour order ${orderId} is confirmed; we are preparing it for shipment.${signature}`,
+      }
+    case 'order-cancelled': {
+      const reason = cancelReasons[str(data.reason)] ?? 'it could not be completed'
+      const detail = data.detail ? `\n\n${str(data.detail)}` : ''
+      return {
+        subject: `Your order ${orderId} has been cancelled`,
+        text:
+          `${greeting}\n\nwe are sorry: your order ${orderId} has been cancelled because ${reason}.${detail}\n\n` +
+          `Any amount charged for it will be refunded.${signature}`,
+      }
+    }
+    case 'order-shipped':
+      return {
+        subject: `Your order ${orderId} is on its way`,
+        text: `${greeting}\n\nyour order ${orderId} has been shipped (shipment ${str(data.shipmentId)}).${signature}`,
+      }
+    case 'order-delivered':
+      return {
+        subject: `Your order ${orderId} has been delivered`,
+        text: `${greeting}\n\nyour order ${orderId} has been delivered. We hope you enjoy it.${signature}`,
+      }
+    case 'payment-refunded': {
+      const amount = formatMoney(num(data.amountMinor), str(data.currency))
+      return {
+        subject: `We have refunded ${amount} for order ${orderId}`,
+        text:
+          `${greeting}\n\nwe have refunded ${amount} for your order ${orderId}. ` +
+          `Depending on your bank, it may take a few days to appear.${signature}`,
+      }
+    }
+    default:
+      throw new Error(`unknown e-mail template ${template}`)
+  }
+}

@@ -1,0 +1,360 @@
+import assert from 'node:assert/strict'
+import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
+import type { AddressInfo } from 'node:net'
+import { afterEach, describe, it } from 'node:test'
+import type { Store } from '../../../src/engines/store/port.ts'
+import { parseMessage } from '../../../src/services/notification/mail-sink.ts'
+import {
+  type NotificationOptions,
+  notificationId,
+  startNotificationService,
+  verifyWebhookSignature,
+} from '../../../src/services/notification/notification-service.ts'
+import { renderEmail } from '../../../src/services/notification/templates.ts'
+import { privateAddressReason, signWebhook } from '../../../src/services/notification/webhooks.ts'
+import { waitFor } from '../../support/wait.ts'
+import { type Harness, openHarness, storeKinds } from './harness.ts'
+
+const secret = 'whsec_0123456789abcdef'
+
+const baseOptions: NotificationOptions = {
+  from: 'Mercato <shop@mercato.test>',
+  webhookTimeoutMs: 2_000,
+  webhookAttemptsMax: 3,
+  allowPrivateWebhookHosts: true,
+  pollIntervalMs: 20,
+  backoffBaseMs: 5,
+  backoffMaxMs: 20,
+}
+
+interface Received {
+  headers: IncomingHttpHeaders
+  body: string
+}
+
+/** A local HTTP server that records every request and answers `status`. */
+async function webhookReceiver(
+  status: number,
+): Promise<{ url: string; received: Received[]; close(): Promise<void> }> {
+  const received: Received[] = []
+  const server: Server = createServer((request, response) => {
+    const chunks: Buffer[] = []
+    request.on('data', (chunk: Buffer) => chunks.push(chunk))
+    request.on('end', () => {
+      received.push({ headers: request.headers, body: Buffer.concat(chunks).toString('utf8') })
+      response.writeHead(status, { 'content-type': 'text/plain' }).end(status < 300 ? 'ok' : 'broken')
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve))
+  const { port } = server.address() as AddressInfo
+  return {
+    url: `http://127.0.0.1:${port}/hooks/mercato`,
+    received,
+    close: () => new Promise((resolve) => server.close(() => resolve())),
+  }
+}
+
+for (const { kind, skip } of await storeKinds('notification service')) {
+  describe(`notification service (${kind} store)`, { concurrency: false, skip }, () => {
+    const cleanups: (() => Promise<void>)[] = []
+    afterEach(async () => {
+      while (cleanups.length > 0) await cleanups.pop()!()
+    })
+
+    async function start(options: Partial<NotificationOptions> = {}) {
+      const harness: Harness = await openHarness(kind)
+      const service = harness.service('notification')
+      const running = await startNotificationService(service, { ...baseOptions, ...options })
+      cleanups.push(async () => {
+        await running.stop()
+        await harness.close()
+      })
+      await running.ready()
+      return { harness, store: service.store, running }
+    }
+
+    const deliveries = (store: Store) =>
+      store.query<{
+        status: string
+        attempts: number
+        last_error: string | null
+        last_status_code: number | null
+      }>('SELECT status, attempts, last_error, last_status_code FROM notification_webhook_deliveries')
+
+    async function setEndpoint(harness: Harness, store: Store, url: string, events: string[]) {
+      await harness.publish('webhook.endpoint-set', 'ep-1', {
+        endpointId: 'ep-1',
+        url,
+        secret,
+        events,
+        enabled: true,
+      })
+      await waitFor('endpoint registered', async () => {
+        const rows = await store.query(
+          'SELECT 1 FROM notification_webhook_endpoints WHERE endpoint_id = $1',
+          ['ep-1'],
+        )
+        return rows.length === 1
+      })
+    }
+
+    it('e-mails a known customer over real SMTP when an order is placed, once', async () => {
+      const { harness, store, running } = await start()
+      assert.ok(running.sink, 'a local sink without an SMTP URL')
+      await harness.publish('customer.registered', 'c-1', {
+        customerId: 'c-1',
+        email: 'ada@example.com',
+        givenName: 'Ada',
+        familyName: 'Lovelace',
+      })
+      await waitFor('welcome mail', () => running.sink!.messages().some((m) => /Welcome/.test(m.subject)))
+      const placed = await harness.publish('order.placed', 'o-1', {
+        orderId: 'o-1',
+        customerId: 'c-1',
+        lines: [{ sku: 'TEA-1', quantity: 2, unitPriceMinor: 1250 }],
+        totalMinor: 2500,
+        currency: 'EUR',
+      })
+      await waitFor('order mail', () => running.sink!.messages().some((m) => m.subject.includes('o-1')))
+      const received = running.sink!.messages().find((m) => m.subject.includes('o-1'))!
+      assert.equal(received.to, 'ada@example.com')
+      assert.equal(received.subject, 'We have received your order o-1')
+      assert.match(received.text, /Hello Ada,/)
+      assert.match(received.text, /2 × TEA-1 at €12\.50/)
+      assert.match(received.text, /Total: €25\.00/)
+      assert.ok(received.receivedAt)
+
+      // The same event again, then a later step of the same order (same partition) as a sentinel.
+      await harness.stream.publish([placed])
+      await harness.publish('order.cancelled', 'o-1', { orderId: 'o-1', reason: 'payment-declined' })
+      await waitFor('cancellation mail', () =>
+        running.sink!.messages().some((m) => /cancelled/.test(m.subject)),
+      )
+      const forOrder = running.sink!.messages().filter((m) => m.subject.includes('o-1'))
+      assert.deepEqual(
+        forOrder.map((m) => m.subject),
+        ['We have received your order o-1', 'Your order o-1 has been cancelled'],
+      )
+      assert.match(forOrder[1].text, /because the payment was declined/)
+
+      const emails = () =>
+        store.query<{ id: string; status: string }>(
+          "SELECT id, status FROM notification_emails WHERE order_id = 'o-1' ORDER BY created_at",
+        )
+      // The sink has the message a moment before the sender marks it sent.
+      await waitFor('both marked sent', async () => (await emails()).every((row) => row.status === 'sent'))
+      const sent = await emails()
+      assert.equal(sent.length, 2)
+      assert.equal(sent[0].id, notificationId(placed.id, 'email', 'order-received'))
+      await waitFor('notification.sent in the outbox', async () => {
+        const rows = await store.query<{ event: string }>('SELECT event FROM mercato_outbox')
+        const events = rows.map((row) => JSON.parse(row.event))
+        return events.filter((e) => e.type === 'notification.sent' && e.data.orderId === 'o-1').length === 2
+      })
+      await waitFor('three e-mails counted', async () =>
+        /mercato_notifications_total\{channel="email",outcome="sent"\} 3\n/.test(
+          await harness.metrics.text(),
+        ),
+      )
+    })
+
+    it('records no-recipient for an order whose customer is not known, and sends once the customer is', async () => {
+      const { harness, store, running } = await start()
+      await harness.publish('order.placed', 'o-2', {
+        orderId: 'o-2',
+        customerId: 'c-late',
+        lines: [{ sku: 'TEA-1', quantity: 1, unitPriceMinor: 100 }],
+        totalMinor: 100,
+        currency: 'USD',
+      })
+      await harness.publish('order.confirmed', 'o-2', { orderId: 'o-2' })
+      await harness.publish('order.shipped', 'o-unknown', { orderId: 'o-unknown', shipmentId: 's-1' })
+      await waitFor('three no-recipient records', async () => {
+        const rows = await store.query("SELECT 1 FROM notification_emails WHERE status = 'no-recipient'")
+        return rows.length === 3
+      })
+      await harness.publish('customer.registered', 'c-late', {
+        customerId: 'c-late',
+        email: 'late@example.com',
+        givenName: 'Late',
+        familyName: '',
+      })
+      await waitFor('the waiting mails', () => running.sink!.messages().length === 3)
+      assert.deepEqual(
+        running.sink!.messages().map((m) => m.to),
+        ['late@example.com', 'late@example.com', 'late@example.com'],
+      )
+      const left = await store.query<{ order_id: string }>(
+        "SELECT order_id FROM notification_emails WHERE status = 'no-recipient'",
+      )
+      assert.deepEqual(
+        left.map((row) => row.order_id),
+        ['o-unknown'],
+      )
+    })
+
+    it('POSTs a signed CloudEvent to a matching webhook endpoint', async () => {
+      const receiver = await webhookReceiver(204)
+      cleanups.push(receiver.close)
+      const { harness, store } = await start()
+      await setEndpoint(harness, store, receiver.url, ['order.confirmed'])
+      await harness.publish('order.placed', 'o-3', {
+        orderId: 'o-3',
+        customerId: 'c-3',
+        lines: [{ sku: 'TEA-1', quantity: 1, unitPriceMinor: 100 }],
+        totalMinor: 100,
+        currency: 'USD',
+      })
+      const confirmed = await harness.publish('order.confirmed', 'o-3', { orderId: 'o-3' })
+      await waitFor('webhook delivered', async () => (await deliveries(store))[0]?.status === 'sent')
+      assert.equal(receiver.received.length, 1, 'only the subscribed type')
+      const [request] = receiver.received
+      assert.equal(request.headers['content-type'], 'application/json')
+      const signature = String(request.headers['mercato-signature'])
+      assert.match(signature, /^t=\d+,v1=[0-9a-f]{64}$/)
+      assert.equal(verifyWebhookSignature(secret, signature, request.body, 300), true)
+      assert.equal(verifyWebhookSignature('another-secret-xxxxx', signature, request.body, 300), false)
+      assert.equal(verifyWebhookSignature(secret, signature, `${request.body} `, 300), false)
+      const body = JSON.parse(request.body)
+      assert.equal(body.specversion, '1.0')
+      assert.equal(body.id, confirmed.id)
+      assert.equal(body.type, 'order.confirmed')
+      assert.deepEqual(body.data, { orderId: 'o-3' })
+      assert.equal((await deliveries(store))[0].last_status_code, 204)
+    })
+
+    it('retries a failing endpoint with backoff, then marks the delivery dead with the last error', async () => {
+      const receiver = await webhookReceiver(500)
+      cleanups.push(receiver.close)
+      const { harness, store } = await start({ webhookAttemptsMax: 3 })
+      await setEndpoint(harness, store, receiver.url, ['*'])
+      await harness.publish('order.confirmed', 'o-4', { orderId: 'o-4' })
+      await waitFor('delivery dead', async () => (await deliveries(store))[0]?.status === 'dead')
+      const [delivery] = await deliveries(store)
+      assert.equal(Number(delivery.attempts), 3)
+      assert.equal(Number(delivery.last_status_code), 500)
+      assert.match(String(delivery.last_error), /answered 500/)
+      assert.equal(receiver.received.length, 3)
+      await waitFor('the dead delivery counted', async () =>
+        /mercato_notifications_total\{channel="webhook",outcome="dead"\} 1\n/.test(
+          await harness.metrics.text(),
+        ),
+      )
+      assert.match(
+        await harness.metrics.text(),
+        /mercato_notifications_total\{channel="webhook",outcome="retry"\} 2\n/,
+      )
+    })
+
+    it('refuses a loopback URL when private hosts are not allowed, without calling it', async () => {
+      const receiver = await webhookReceiver(204)
+      cleanups.push(receiver.close)
+      const { harness, store } = await start({ allowPrivateWebhookHosts: false })
+      await setEndpoint(harness, store, receiver.url, ['order.confirmed'])
+      await harness.publish('order.confirmed', 'o-5', { orderId: 'o-5' })
+      await waitFor('delivery refused', async () => (await deliveries(store))[0]?.status === 'failed')
+      const [delivery] = await deliveries(store)
+      assert.match(String(delivery.last_error), /refused: 127\.0\.0\.1 is a loopback/)
+      assert.equal(receiver.received.length, 0)
+
+      const localhost = receiver.url.replace('127.0.0.1', 'localhost')
+      await harness.publish('webhook.endpoint-set', 'ep-1', {
+        endpointId: 'ep-1',
+        url: localhost,
+        secret,
+        events: ['order.confirmed'],
+        enabled: true,
+      })
+      await waitFor('endpoint updated', async () => {
+        const rows = await store.query<{ url: string }>('SELECT url FROM notification_webhook_endpoints')
+        return rows[0]?.url === localhost
+      })
+      await harness.publish('order.confirmed', 'o-6', { orderId: 'o-6' })
+      await waitFor(
+        'second refusal',
+        async () => (await deliveries(store)).filter((d) => d.status === 'failed').length === 2,
+      )
+      const refused = (await deliveries(store)).map((d) => String(d.last_error))
+      assert.ok(
+        refused.some((reason) => /localhost resolves to/.test(reason)),
+        refused.join('; '),
+      )
+      assert.equal(receiver.received.length, 0)
+    })
+  })
+}
+
+describe('webhook guard and signature', () => {
+  it('tells private, loopback and link-local addresses from public ones', () => {
+    for (const address of [
+      '127.0.0.1',
+      '10.1.2.3',
+      '172.16.0.1',
+      '192.168.1.1',
+      '169.254.169.254',
+      '100.64.0.1',
+      '0.0.0.0',
+      '::1',
+      '::',
+      'fe80::1',
+      'fd12:3456::1',
+      '::ffff:127.0.0.1',
+      '::ffff:7f00:1',
+    ])
+      assert.equal(typeof privateAddressReason(address), 'string', address)
+    for (const address of ['8.8.8.8', '1.1.1.1', '2606:4700:4700::1111', '::ffff:8.8.8.8'])
+      assert.equal(privateAddressReason(address), undefined, address)
+  })
+
+  it('verifies a signature within the tolerance only', () => {
+    const body = '{"hello":"world"}'
+    const now = 1_800_000_000
+    const header = signWebhook(secret, body, now)
+    assert.equal(verifyWebhookSignature(secret, header, body, 300, now + 299), true)
+    assert.equal(verifyWebhookSignature(secret, header, body, 300, now + 301), false)
+    assert.equal(verifyWebhookSignature(secret, header, Buffer.from(body), 300, now), true)
+    assert.equal(verifyWebhookSignature(secret, `${header},v1=${'0'.repeat(64)}`, body, 300, now), true)
+    assert.equal(verifyWebhookSignature(secret, 't=abc,v1=zz', body, 300, now), false)
+    assert.equal(verifyWebhookSignature(secret, undefined, body, 300, now), false)
+  })
+})
+
+describe('e-mail rendering and the sink parser', () => {
+  it('renders every template', () => {
+    const data = {
+      orderId: 'o-9',
+      customerId: 'c',
+      email: 'a@b.co',
+      reason: 'out-of-stock',
+      shipmentId: 's',
+      amountMinor: 1999,
+      currency: 'JPY',
+      lines: [],
+      totalMinor: 0,
+    }
+    for (const template of [
+      'welcome',
+      'order-received',
+      'order-confirmed',
+      'order-cancelled',
+      'order-shipped',
+      'order-delivered',
+      'payment-refunded',
+    ]) {
+      const { subject, text } = renderEmail(template, data, { givenName: 'Ada' })
+      assert.ok(subject.length > 0 && text.startsWith('Hello Ada,'), template)
+    }
+    assert.match(renderEmail('payment-refunded', data, {}).subject, /¥1,999/)
+  })
+
+  it('decodes encoded headers and quoted-printable bodies', () => {
+    const raw = Buffer.from(
+      'Subject: =?UTF-8?Q?Ihre_Bestellung_=E2=80=94_f=C3=BCnf_?=\r\n =?UTF-8?Q?=E2=82=AC_ok?=\r\n' +
+        'Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n' +
+        'Gr=C3=BC=C3=9Fe, soft=\r\nbreak\r\n',
+    )
+    const parsed = parseMessage(raw)
+    assert.equal(parsed.headers.get('subject'), 'Ihre Bestellung — fünf € ok')
+    assert.equal(parsed.text, 'Grüße, softbreak')
+  })
+})
