@@ -1,0 +1,262 @@
+import assert from 'node:assert/strict'
+import { join } from 'node:path'
+import { after, before, describe, it } from 'node:test'
+import type { CloudEvent } from '../../../src/contracts/envelope.ts'
+import { storeLimitDefaults } from '../../../src/engines/store/port.ts'
+import { SqliteStore } from '../../../src/engines/store/sqlite/sqlite-store.ts'
+import type { FlagReader } from '../../../src/platform/flags.ts'
+import { silentLogger } from '../../../src/platform/logger.ts'
+import { Metrics } from '../../../src/platform/metrics.ts'
+import type { Service } from '../../../src/platform/service.ts'
+import type { ChargeView } from '../../../src/provider/charges.ts'
+import { startPaymentProvider } from '../../../src/provider/payment-provider.ts'
+import { loadConfig } from '../../../src/runtime/config.ts'
+import { createHttpServer } from '../../../src/runtime/http.ts'
+import { trialBalance, unbalancedEntries } from '../../../src/services/payment/ledger.ts'
+import { reconcile, startPaymentService } from '../../../src/services/payment/payment-service.ts'
+import { tempDir, uniqueName, waitFor } from '../../support/wait.ts'
+import { type Harness, openHarness } from '../notification/harness.ts'
+
+describe('the payment service', () => {
+  const dir = tempDir()
+  const providerStore = new SqliteStore(join(dir.path, 'provider'), 'provider', storeLimitDefaults)
+  const http = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+  let providerUrl = ''
+  let provider: Awaited<ReturnType<typeof startPaymentProvider>>
+  let harness: Harness
+  let service: Service
+  let payments: Awaited<ReturnType<typeof startPaymentService>>
+  let collected: Awaited<ReturnType<Harness['collect']>>
+  let captureOn = 'confirmation'
+  const flags: FlagReader = {
+    boolean: async (_key, fallback) => fallback,
+    number: async (_key, fallback) => fallback,
+    string: async (key, fallback) => (key === 'capture-on' ? captureOn : fallback),
+  }
+
+  before(async () => {
+    provider = await startPaymentProvider({
+      http,
+      store: providerStore,
+      log: silentLogger(),
+      metrics: new Metrics(),
+    })
+    providerUrl = await http.listen({ port: 0, host: '127.0.0.1' })
+    harness = await openHarness()
+    service = harness.service('payment')
+    payments = await startPaymentService(
+      service,
+      {
+        providerUrl: () => providerUrl,
+        timeoutMs: 250,
+        attemptsMax: 3,
+        concurrencyMax: 8,
+        backoffBaseMs: 10,
+      },
+      flags,
+    )
+    collected = await harness.collect(['payments'])
+  })
+
+  after(async () => {
+    await payments.stop()
+    await collected.stop()
+    await harness.close()
+    await provider.stop()
+    await http.close()
+    await providerStore.close()
+    dir.remove()
+  })
+
+  const newOrder = () => uniqueName('order')
+
+  async function dials(change: Record<string, unknown>) {
+    const response = await fetch(`${providerUrl}/provider/v1/dials`, {
+      method: 'PUT',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify(change),
+    })
+    assert.equal(response.status, 200)
+  }
+
+  async function chargesOf(orderId: string): Promise<ChargeView[]> {
+    const response = await fetch(`${providerUrl}/provider/v1/charges?reference=${orderId}`)
+    return ((await response.json()) as { charges: ChargeView[] }).charges
+  }
+
+  function requestPayment(orderId: string, token = 'tok_visa', amountMinor = 4_200) {
+    return harness.publish('order.payment-requested', orderId, {
+      orderId,
+      customerId: 'cust-1',
+      paymentMethodToken: token,
+      amountMinor,
+      currency: 'EUR',
+    })
+  }
+
+  const eventsOf = (orderId: string) => collected.events.filter((e) => e.subject === orderId)
+
+  async function answer(orderId: string, type: string): Promise<CloudEvent> {
+    await waitFor(`${type} for ${orderId}`, () => eventsOf(orderId).some((e) => e.type === type))
+    return eventsOf(orderId).find((e) => e.type === type)!
+  }
+
+  async function paymentStatus(orderId: string): Promise<string | undefined> {
+    const [row] = await service.store.query<{ status: string }>(
+      'SELECT status FROM payments WHERE order_id = $1',
+      [orderId],
+    )
+    return row?.status
+  }
+
+  it('authorizes, then captures exactly once on confirmation, however often it is told', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId)
+    const authorized = await answer(orderId, 'payment.authorized')
+    assert.equal(authorized.data.amountMinor, 4_200)
+    assert.equal(authorized.partitionkey, orderId)
+    const confirmed = await harness.publish('order.confirmed', orderId, { orderId })
+    await harness.stream.publish([confirmed]) // the same event, delivered twice
+    await harness.publish('order.confirmed', orderId, { orderId }) // and asked once more
+    const captured = await answer(orderId, 'payment.captured')
+    assert.equal(captured.data.paymentId, authorized.data.paymentId)
+    await harness.publish('order.shipped', orderId, { orderId, shipmentId: 'ship-1' })
+    await waitFor('every event handled', async () =>
+      (await harness.stream.engine.lag(service.name, [harness.stream.topic('orders')])).every(
+        (l) => l.lag === 0,
+      ),
+    )
+    const [charge] = await chargesOf(orderId)
+    assert.equal(charge.status, 'captured')
+    assert.equal(charge.operations.filter((op) => op.kind === 'capture').length, 1)
+    assert.equal(eventsOf(orderId).filter((e) => e.type === 'payment.captured').length, 1)
+  })
+
+  it('answers a decline with payment.declined, and books nothing', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId, 'tok_decline')
+    const declined = await answer(orderId, 'payment.declined')
+    assert.equal(declined.data.reason, 'card_declined')
+    assert.equal(await paymentStatus(orderId), 'declined')
+  })
+
+  it('gets the stored answer after a lost one, and authorizes once', async () => {
+    await dials({ timeoutRate: 1 })
+    const orderId = newOrder()
+    try {
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.authorized')
+    } finally {
+      await dials({ timeoutRate: 0 })
+    }
+    assert.equal((await chargesOf(orderId)).length, 1)
+  })
+
+  it('answers payment.failed when the provider keeps failing', async () => {
+    await dials({ errorRate: 1 })
+    const orderId = newOrder()
+    try {
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.failed')
+    } finally {
+      await dials({ errorRate: 0 })
+    }
+    assert.deepEqual(await chargesOf(orderId), [])
+  })
+
+  it('captures on shipment when the flag says so', async () => {
+    captureOn = 'shipment'
+    const orderId = newOrder()
+    try {
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.authorized')
+      await harness.publish('order.confirmed', orderId, { orderId })
+      await harness.publish('order.shipped', orderId, { orderId, shipmentId: 'ship-2' })
+      await answer(orderId, 'payment.captured')
+    } finally {
+      captureOn = 'confirmation'
+    }
+    const [charge] = await chargesOf(orderId)
+    assert.equal(charge.operations.filter((op) => op.kind === 'capture').length, 1)
+  })
+
+  it('voids an authorized payment and refunds a captured one when the order is cancelled', async () => {
+    const authorizedOnly = newOrder()
+    await requestPayment(authorizedOnly)
+    await answer(authorizedOnly, 'payment.authorized')
+    await harness.publish('order.cancelled', authorizedOnly, {
+      orderId: authorizedOnly,
+      reason: 'deadline-passed',
+    })
+    const voided = await answer(authorizedOnly, 'payment.voided')
+    assert.equal(voided.data.amountMinor, 4_200)
+    assert.equal((await chargesOf(authorizedOnly))[0].status, 'voided')
+
+    const captured = newOrder()
+    await requestPayment(captured, 'tok_visa', 1_999)
+    await answer(captured, 'payment.authorized')
+    await harness.publish('order.confirmed', captured, { orderId: captured })
+    await answer(captured, 'payment.captured')
+    await harness.publish('order.cancelled', captured, { orderId: captured, reason: 'customer-cancelled' })
+    const refunded = await answer(captured, 'payment.refunded')
+    assert.equal(refunded.data.amountMinor, 1_999)
+    const [charge] = await chargesOf(captured)
+    assert.deepEqual([charge.status, charge.refundedMinor], ['refunded', 1_999])
+  })
+
+  it('voids an authorization left behind by answers that never came, once the order is cancelled', async () => {
+    // Slower than every attempt together: each retry finds the first request in flight.
+    await dials({ latencyMs: 3_000 })
+    const orderId = newOrder()
+    try {
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.failed')
+    } finally {
+      await dials({ latencyMs: 0 })
+    }
+    await waitFor(
+      'the provider to finish the authorization',
+      async () => (await chargesOf(orderId)).length === 1,
+    )
+    const before = await reconcile(service, providerUrl)
+    assert.deepEqual(
+      before.filter((m) => m.orderId === orderId).map((m) => m.kind),
+      ['untracked-charge'],
+    )
+    await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
+    await waitFor(
+      'the stray authorization to be voided',
+      async () => (await chargesOf(orderId))[0].status === 'voided',
+    )
+  })
+
+  it('leaves a balanced ledger that reconciles with the provider', async () => {
+    await waitFor('every event handled', async () =>
+      (await harness.stream.engine.lag(service.name, [harness.stream.topic('orders')])).every(
+        (l) => l.lag === 0,
+      ),
+    )
+    assert.deepEqual(await unbalancedEntries(service.store), [])
+    const total = (await trialBalance(service.store)).reduce((sum, a) => sum + a.balanceMinor, 0)
+    assert.equal(total, 0)
+    assert.deepEqual(await reconcile(service, providerUrl), [])
+  })
+
+  it('dead-letters a capture the provider keeps refusing, without a captured event', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId)
+    await answer(orderId, 'payment.authorized')
+    await dials({ errorRate: 1 })
+    try {
+      await harness.publish('order.confirmed', orderId, { orderId })
+      await waitFor('the confirmation to be dead-lettered', async () =>
+        (await harness.stream.deadLetters('orders')).some((letter) => letter.record.key === orderId),
+      )
+    } finally {
+      await dials({ errorRate: 0 })
+    }
+    assert.equal(await paymentStatus(orderId), 'authorized')
+    assert.equal(eventsOf(orderId).filter((e) => e.type === 'payment.captured').length, 0)
+    assert.equal((await chargesOf(orderId))[0].status, 'authorized')
+  })
+})
