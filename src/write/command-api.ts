@@ -25,6 +25,7 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { currentTraceparent } from '../platform/tracing.ts'
+import { validateFlagDefinition } from '../services/flags/flags.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
 
 export interface CommandApiOptions {
