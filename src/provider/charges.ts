@@ -61,9 +61,9 @@ export const chargeMigrations: Migration[] = [
         decline_reason TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
       CREATE INDEX IF NOT EXISTS provider_charges_reference ON provider_charges (reference);
       CREATE TABLE IF NOT EXISTS provider_operations (
-        id TEXT PRIMARY KEY, charge_id TEXT NOT NULL REFERENCES provider_charges (id), kind TEXT NOT NULL,
-        amount_minor BIGINT NOT NULL, idempotency_key TEXT NOT NULL, created_at TEXT NOT NULL);
-      CREATE INDEX IF NOT EXISTS provider_operations_charge ON provider_operations (charge_id)`,
+        id TEXT PRIMARY KEY, charge_id TEXT NOT NULL REFERENCES provider_charges (id), seq INTEGER NOT NULL,
+        kind TEXT NOT NULL, amount_minor BIGINT NOT NULL, idempotency_key TEXT NOT NULL, created_at TEXT NOT NULL,
+        UNIQUE (charge_id, seq))`,
   },
 ]
 
@@ -181,7 +181,7 @@ async function views(store: Store, rows: ChargeRow[]): Promise<ChargeView[]> {
       idempotency_key: string
       created_at: string
     }>(
-      'SELECT id, kind, amount_minor, idempotency_key, created_at FROM provider_operations WHERE charge_id = $1 ORDER BY created_at, id',
+      'SELECT id, kind, amount_minor, idempotency_key, created_at FROM provider_operations WHERE charge_id = $1 ORDER BY seq',
       [row.id],
     )
     result.push({
@@ -216,8 +216,8 @@ async function recordOperation(
   at: string,
 ): Promise<void> {
   await tx.execute(
-    `INSERT INTO provider_operations (id, charge_id, kind, amount_minor, idempotency_key, created_at)
-     VALUES ($1, $2, $3, $4, $5, $6)`,
+    `INSERT INTO provider_operations (id, charge_id, seq, kind, amount_minor, idempotency_key, created_at)
+     VALUES ($1, $2, (SELECT COUNT(*) + 1 FROM provider_operations WHERE charge_id = $2), $3, $4, $5, $6)`,
     [`op_${randomUUID()}`, chargeId, kind, amountMinor, key, at],
   )
 }

@@ -118,7 +118,7 @@ export async function startPaymentProvider(
         return reply
       }
     } else {
-      requests.inc({ operation, outcome: answer.status < 300 ? 'ok' : String(answer.status) })
+      requests.inc({ operation, outcome: outcomeOf(answer.status) })
     }
     return send(reply, answer)
   }
@@ -201,6 +201,10 @@ export async function startPaymentProvider(
       closing.abort()
     },
   }
+}
+
+function outcomeOf(status: number): string {
+  return status < 300 ? 'ok' : status === 402 ? 'declined' : String(status)
 }
 
 function send(reply: FastifyReply, answer: Answer): FastifyReply {
