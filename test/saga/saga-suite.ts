@@ -12,7 +12,7 @@ export interface Charge {
   amountMinor: number
   capturedMinor: number
   refundedMinor: number
-  operations: { operation: string }[]
+  operations: { kind: string }[]
 }
 
 export async function chargesOf(shop: Shop, orderId: string): Promise<Charge[]> {
@@ -80,7 +80,7 @@ export async function assertInvariants(shop: Shop, orderIds: string[], skus: str
     )
     const charges = await chargesOf(shop, orderId)
     assert.ok(charges.length <= 1, `${orderId} was authorized at most once`)
-    const captures = charges.flatMap((c) => c.operations.filter((o) => o.operation === 'capture'))
+    const captures = charges.flatMap((c) => c.operations.filter((o) => o.kind === 'capture'))
     const [reservation] = await inventory.query<{ status: string }>(
       'SELECT status FROM reservations WHERE order_id = $1',
       [orderId],
@@ -252,12 +252,14 @@ export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 3
           'SELECT status FROM payments WHERE order_id = $1',
           [orderId],
         )
+        const charges = await chargesOf(shop, orderId)
         if (state === 'CANCELLED') {
           if (reservation && reservation.status !== 'released') return false
           if (pay && !['voided', 'refunded', 'declined', 'failed'].includes(pay.status)) return false
+          if (charges.some((c) => !['voided', 'refunded', 'declined'].includes(c.status))) return false
         } else {
           if (reservation?.status !== 'committed') return false
-          if (pay?.status !== 'captured') return false
+          if (pay?.status !== 'captured' || charges[0]?.capturedMinor === 0) return false
         }
       }
       const outbox = await payment.query('SELECT 1 FROM mercato_outbox WHERE sent_at IS NULL LIMIT 1')
