@@ -31,6 +31,8 @@ export interface PaymentServiceOptions {
   attemptsMax: number
   concurrencyMax: number
   backoffBaseMs: number
+  /** How long the circuit to the provider stays open before a call may try again (default 5 s). */
+  circuitHalfOpenAfterMs?: number
 }
 
 interface PaymentRequested {
@@ -192,7 +194,7 @@ export async function startPaymentService(
    */
   async function releaseStrayAuthorization(payment: PaymentRow, tools: HandlerTools): Promise<void> {
     const orderId = payment.order_id
-    const charges = await withProvider('void', orderId, () => client.chargesFor(orderId))
+    const charges = await withProvider('void', orderId, () => client.chargesFor(orderId, true))
     const stray = charges.find((charge) => charge.status === 'authorized')
     if (!stray) return
     await withProvider('void', orderId, () => client.void(stray.chargeId, `${orderId}:void`))

@@ -3,6 +3,11 @@
 // Every write carries its idempotency key, so a retry after a lost answer is answered
 // from the provider's record and never charges twice. A decline (402) is an answer, not
 // a failure: it is neither retried nor counted by the breaker.
+//
+// An open circuit fails an authorization at once (the saga gets its answer: failed). A
+// capture, void or refund instead waits for the circuit to half-open and tries again
+// within its attempts: failing those fast would only spend the stream's retries and
+// dead-letter money movements while the provider recovers.
 import {
   BrokenCircuitError,
   BulkheadRejectedError,
@@ -10,8 +15,9 @@ import {
   CircuitState,
   ConsecutiveBreaker,
   circuitBreaker,
-  ExponentialBackoff,
+  DelegateBackoff,
   handleWhen,
+  type IRetryBackoffContext,
   retry,
   TaskCancelledError,
   TimeoutStrategy,
@@ -19,6 +25,7 @@ import {
   wrap,
 } from 'cockatiel'
 import { errorMessage } from '../../platform/errors.ts'
+import { backoffMs } from '../../platform/limits.ts'
 import type { Logger } from '../../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../../platform/metrics.ts'
 
@@ -30,6 +37,8 @@ export interface ProviderClientOptions {
   attemptsMax: number
   concurrencyMax: number
   backoffBaseMs: number
+  /** How long the circuit stays open before one call may try again (default 5 s). */
+  circuitHalfOpenAfterMs?: number
   log: Logger
   metrics: Metrics
 }
@@ -64,8 +73,23 @@ export class ProviderError extends Error {
   }
 }
 
-const circuitHalfOpenAfterMs = 5_000
-const circuitFailuresMax = 5
+/** Consecutive failed attempts that open the circuit: many, so a flaky provider is retried, a down one is not. */
+const circuitFailuresMax = 10
+
+interface ProviderRequest {
+  method: 'GET' | 'POST'
+  path: string
+  key?: string
+  body?: unknown
+  /** Statuses that are answers; any other is an error. */
+  expected: number[]
+  patient?: boolean
+}
+
+interface Answer {
+  status: number
+  body: Record<string, unknown>
+}
 
 function transient(error: unknown): boolean {
   if (error instanceof ProviderError) return error.retryable
@@ -81,28 +105,40 @@ function transient(error: unknown): boolean {
 export class ProviderClient {
   readonly #options: ProviderClientOptions
   readonly #breaker
+  /** Fails fast on an open circuit. */
   readonly #policy
+  /** Waits out an open circuit. */
+  readonly #patientPolicy
   readonly #attempts
   readonly #calls
 
   constructor(options: ProviderClientOptions) {
     this.#options = options
+    const halfOpenAfter = options.circuitHalfOpenAfterMs ?? 5_000
     const base = options.backoffBaseMs
+    const backoffMaxMs = base * 2 ** Math.max(0, options.attemptsMax - 1)
+    const backoff = new DelegateBackoff((context: IRetryBackoffContext<unknown>) =>
+      'error' in context.result && context.result.error instanceof BrokenCircuitError
+        ? halfOpenAfter
+        : backoffMs(context.attempt, base, backoffMaxMs),
+    )
     this.#breaker = circuitBreaker(
       handleWhen((error) => transient(error) && !(error instanceof BulkheadRejectedError)),
-      { halfOpenAfter: circuitHalfOpenAfterMs, breaker: new ConsecutiveBreaker(circuitFailuresMax) },
+      { halfOpenAfter, breaker: new ConsecutiveBreaker(circuitFailuresMax) },
     )
-    this.#policy = wrap(
-      retry(handleWhen(transient), {
-        maxAttempts: options.attemptsMax - 1,
-        backoff: new ExponentialBackoff({
-          initialDelay: base,
-          maxDelay: base * 2 ** Math.max(0, options.attemptsMax - 1),
-        }),
-      }),
+    const perAttempt = [
       this.#breaker,
       timeout(options.timeoutMs, TimeoutStrategy.Aggressive),
       bulkhead(options.concurrencyMax, options.concurrencyMax),
+    ] as const
+    const maxAttempts = options.attemptsMax - 1
+    this.#policy = wrap(retry(handleWhen(transient), { maxAttempts, backoff }), ...perAttempt)
+    this.#patientPolicy = wrap(
+      retry(
+        handleWhen((error) => transient(error) || error instanceof BrokenCircuitError),
+        { maxAttempts, backoff },
+      ),
+      ...perAttempt,
     )
     this.#attempts = options.metrics.histogram(
       'mercato_payment_provider_call_seconds',
@@ -134,7 +170,13 @@ export class ProviderClient {
     request: { amountMinor: number; currency: string; paymentMethodToken: string; reference: string },
     key: string,
   ): Promise<Authorization> {
-    const answer = await this.#call('authorize', 'POST', '/authorizations', key, request, [201, 402])
+    const answer = await this.#call('authorize', {
+      method: 'POST',
+      path: '/authorizations',
+      key,
+      body: request,
+      expected: [201, 402],
+    })
     if (answer.status === 402) {
       const reason = typeof answer.body.reason === 'string' ? answer.body.reason : 'declined'
       const chargeId = typeof answer.body.chargeId === 'string' ? answer.body.chargeId : undefined
@@ -143,62 +185,65 @@ export class ProviderClient {
     return { outcome: 'authorized', chargeId: String(answer.body.chargeId) }
   }
 
-  async capture(chargeId: string, key: string): Promise<ChargeSummary> {
-    return (await this.#call('capture', 'POST', `/charges/${enc(chargeId)}/capture`, key, {}, [200]))
-      .body as unknown as ChargeSummary
+  capture(chargeId: string, key: string): Promise<ChargeSummary> {
+    return this.#chargeOperation('capture', chargeId, key)
   }
 
-  async void(chargeId: string, key: string): Promise<ChargeSummary> {
-    return (await this.#call('void', 'POST', `/charges/${enc(chargeId)}/void`, key, {}, [200]))
-      .body as unknown as ChargeSummary
+  void(chargeId: string, key: string): Promise<ChargeSummary> {
+    return this.#chargeOperation('void', chargeId, key)
   }
 
   /** Refunds all that is left of a captured charge. */
-  async refund(chargeId: string, key: string): Promise<ChargeSummary> {
-    return (await this.#call('refund', 'POST', `/charges/${enc(chargeId)}/refund`, key, {}, [200]))
-      .body as unknown as ChargeSummary
+  refund(chargeId: string, key: string): Promise<ChargeSummary> {
+    return this.#chargeOperation('refund', chargeId, key)
   }
 
   async charge(chargeId: string): Promise<ProviderCharge | undefined> {
-    const answer = await this.#call(
-      'get',
-      'GET',
-      `/charges/${enc(chargeId)}`,
-      undefined,
-      undefined,
-      [200, 404],
-    )
+    const path = `/charges/${enc(chargeId)}`
+    const answer = await this.#call('get', { method: 'GET', path, expected: [200, 404] })
     return answer.status === 404 ? undefined : (answer.body as unknown as ProviderCharge)
   }
 
-  async chargesFor(reference: string): Promise<ProviderCharge[]> {
+  /** The charges made for `reference`; `patient` waits out an open circuit (for compensations). */
+  async chargesFor(reference: string, patient = false): Promise<ProviderCharge[]> {
     const path = `/charges?reference=${enc(reference)}`
-    const answer = await this.#call('list', 'GET', path, undefined, undefined, [200])
+    const answer = await this.#call('list', { method: 'GET', path, expected: [200], patient })
     return (answer.body as { charges: ProviderCharge[] }).charges
   }
 
-  async #call(
-    operation: string,
-    method: 'GET' | 'POST',
-    path: string,
-    key: string | undefined,
-    body: unknown,
-    expected: number[],
-  ): Promise<{ status: number; body: Record<string, unknown> }> {
-    const url = `${apiBase(this.#options.providerUrl())}${path}`
+  async #chargeOperation(
+    operation: 'capture' | 'void' | 'refund',
+    chargeId: string,
+    key: string,
+  ): Promise<ChargeSummary> {
+    const path = `/charges/${enc(chargeId)}/${operation}`
+    const answer = await this.#call(operation, {
+      method: 'POST',
+      path,
+      key,
+      body: {},
+      expected: [200],
+      patient: true,
+    })
+    return answer.body as unknown as ChargeSummary
+  }
+
+  async #call(operation: string, request: ProviderRequest): Promise<Answer> {
+    const url = `${apiBase(this.#options.providerUrl())}${request.path}`
+    const policy = request.patient ? this.#patientPolicy : this.#policy
     try {
-      const answer = await this.#policy.execute(({ signal }) =>
-        this.#attempt(operation, url, method, key, body, expected, signal),
-      )
+      const answer = await policy.execute(({ signal }) => this.#attempt(operation, url, request, signal))
       this.#calls.inc({ operation, outcome: String(answer.status) })
       return answer
     } catch (error) {
       const outcome =
         error instanceof BrokenCircuitError
           ? 'circuit-open'
-          : error instanceof ProviderError
-            ? String(error.status ?? 'unreachable')
-            : 'unreachable'
+          : error instanceof TaskCancelledError
+            ? 'timeout'
+            : error instanceof ProviderError
+              ? String(error.status ?? 'unreachable')
+              : 'unreachable'
       this.#calls.inc({ operation, outcome })
       throw error instanceof ProviderError
         ? error
@@ -213,12 +258,10 @@ export class ProviderClient {
   async #attempt(
     operation: string,
     url: string,
-    method: 'GET' | 'POST',
-    key: string | undefined,
-    body: unknown,
-    expected: number[],
+    request: ProviderRequest,
     signal: AbortSignal,
-  ): Promise<{ status: number; body: Record<string, unknown> }> {
+  ): Promise<Answer> {
+    const { method, key, body, expected } = request
     const started = performance.now()
     let outcome = 'unreachable'
     try {

@@ -52,6 +52,7 @@ describe('the payment service', () => {
         attemptsMax: 3,
         concurrencyMax: 8,
         backoffBaseMs: 10,
+        circuitHalfOpenAfterMs: 1_500,
       },
       flags,
     )
@@ -228,6 +229,31 @@ describe('the payment service', () => {
       'the stray authorization to be voided',
       async () => (await chargesOf(orderId))[0].status === 'voided',
     )
+  })
+
+  it('fails authorizations fast while the circuit is open, and waits it out for a capture', async () => {
+    const authorized = newOrder()
+    await requestPayment(authorized)
+    await answer(authorized, 'payment.authorized')
+    await dials({ errorRate: 1 })
+    try {
+      // Three attempts each: four failed authorizations open the circuit (ten failures in a row).
+      for (let i = 0; i < 4; i++) {
+        const orderId = newOrder()
+        await requestPayment(orderId)
+        await answer(orderId, 'payment.failed')
+      }
+      const fast = newOrder()
+      await requestPayment(fast)
+      const failed = await answer(fast, 'payment.failed')
+      assert.match(String(failed.data.reason), /circuit is open/)
+    } finally {
+      await dials({ errorRate: 0 })
+    }
+    await harness.publish('order.confirmed', authorized, { orderId: authorized })
+    await answer(authorized, 'payment.captured')
+    const dead = await harness.stream.deadLetters('orders')
+    assert.equal(dead.filter((letter) => letter.record.key === authorized).length, 0)
   })
 
   it('leaves a balanced ledger that reconciles with the provider', async () => {
