@@ -61,6 +61,8 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
   const watcher = new OrderWatcher()
   await watcher.start(app.context.stream!)
 
+  const stores = new Map<string, Promise<Store>>()
+
   async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
     const response = await fetch(`${url}${path}`, {
       method,
@@ -79,9 +81,14 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     url,
     app,
     watcher,
-    async store(service) {
-      // The stores component closes what it opened when the app stops.
-      return app.context.openStore!(service)
+    store(service) {
+      // One store per service for the whole test; the stores component closes it when the app stops.
+      let store = stores.get(service)
+      if (!store) {
+        store = app.context.openStore!(service)
+        stores.set(service, store)
+      }
+      return store
     },
     post: (path, body, headers) => request('POST', path, body, headers),
     put: (path, body) => request('PUT', path, body),
