@@ -227,6 +227,88 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
         { numRuns: 4 },
       )
     })
+
+    it('every event delivered twice changes nothing', async () => {
+      const orders = await shop.store('order')
+      const ids = (await orders.query<{ order_id: string }>('SELECT order_id FROM orders')).map(
+        (r) => r.order_id,
+      )
+      const snapshot = async () => ({
+        // The carrier clock may still move a confirmed order on meanwhile: that is not an effect of redelivery.
+        orders: (
+          await orders.query<{ order_id: string; state: string; reason: string | null }>(
+            'SELECT order_id, state, reason FROM orders ORDER BY order_id',
+          )
+        ).map((o) => ({
+          ...o,
+          state: ['CONFIRMED', 'SHIPPED', 'DELIVERED'].includes(o.state) ? 'CONFIRMED or later' : o.state,
+        })),
+        stock: await (await shop.store('inventory')).query('SELECT * FROM stock ORDER BY sku'),
+        ledger: await (await shop.store('payment')).query(
+          'SELECT COUNT(*) AS n, SUM(amount_minor) AS total FROM ledger_lines',
+        ),
+        charges: await Promise.all(ids.map((id) => chargesOf(shop, id))),
+      })
+      await waitForQuiet(shop, ids)
+      const before = await snapshot()
+      // Append every record of every topic again, ids and all: each consumer sees each event twice.
+      const stream = shop.app.context.stream!
+      let copies = 0
+      for (const name of ['orders', 'inventory', 'payments', 'shipments', 'products', 'customers']) {
+        const topic = stream.topic(name)
+        for (let p = 0; p < (await stream.engine.partitionsOf(topic)); p++) {
+          const records = await stream.engine.read(topic, p, 0, 100_000)
+          await stream.engine.publish(
+            records.map(({ topic, key, value, headers }) => ({ topic, key, value, headers })),
+          )
+          copies += records.length
+        }
+      }
+      assert.ok(copies > 50)
+      const marker = await shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])
+      assert.ok(await shop.watcher.waitFor(marker, 30_000))
+      await waitForQuiet(shop, [...ids, marker])
+      const afterwards = await snapshot()
+      afterwards.orders = afterwards.orders.filter((o) => o.order_id !== marker)
+      assert.deepEqual(afterwards.orders, before.orders)
+      const expectedStock = (before.stock as { sku: string; on_hand: number; available: number }[]).map(
+        (row) =>
+          row.sku === 'SAGA-A'
+            ? { ...row, on_hand: Number(row.on_hand) - 1, available: Number(row.available) - 1 }
+            : row,
+      )
+      assert.deepEqual(
+        JSON.parse(JSON.stringify(afterwards.stock, (_k, v) => (typeof v === 'bigint' ? Number(v) : v))),
+        JSON.parse(JSON.stringify(expectedStock)),
+        'stock moved only by the one new order',
+      )
+      await assertInvariants(shop, [...ids, marker], skus)
+      assert.deepEqual(afterwards.charges, before.charges, 'the provider saw no second operation')
+    })
+  })
+
+  describe(`saga deadlines on ${engines} engines`, { skip }, () => {
+    let shop: Shop
+    before(async () => {
+      shop = await startShop(engines, {
+        MERCATO_SAGA_STEP_TIMEOUT_MS: '400',
+        MERCATO_PAYMENT_PROVIDER_TIMEOUT_MS: '5000',
+      })
+      await shop.stockUp(['LATE-A'], 100)
+    })
+    after(() => shop?.stop())
+
+    it('cancels an order whose step passes its deadline, and compensates the late answer', async () => {
+      await dials(shop, { latencyMs: 1_500 })
+      const before = await stockOf(shop, 'LATE-A')
+      const orderId = await shop.placeOrder([{ sku: 'LATE-A', quantity: 2 }])
+      const outcome = await shop.watcher.waitFor(orderId, 20_000)
+      assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'deadline-passed'])
+      await waitForQuiet(shop, [orderId])
+      await dials(shop, { latencyMs: 0 })
+      assert.deepEqual(await stockOf(shop, 'LATE-A'), before)
+      await assertInvariants(shop, [orderId], ['LATE-A'])
+    })
   })
 }
 
