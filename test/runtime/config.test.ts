@@ -57,11 +57,16 @@ describe('configuration', () => {
   }
 
   it('resolves targets with their dependencies, and names the known ones for an unknown target', () => {
-    assert.deepEqual(resolveTargets(['all']), ['stream', 'cache', 'stores'])
+    const all = resolveTargets(['all'])
+    for (const name of ['stream', 'cache', 'stores', 'flags', 'command-api', 'order', 'payment-provider']) {
+      assert.ok(all.includes(name), name)
+    }
+    assert.ok(all.indexOf('stream') < all.indexOf('order'), 'dependencies first')
     assert.deepEqual(resolveTargets(['cache']), ['cache'])
+    assert.deepEqual(resolveTargets(['order']), ['stream', 'stores', 'cache', 'flags', 'order'])
     assert.throws(
       () => resolveTargets(['warp-drive']),
-      /unknown target warp-drive; known: all, stream, cache, stores/,
+      /unknown target warp-drive; known: all, stream, cache, stores, flags/,
     )
   })
 
