@@ -33,6 +33,10 @@ describe('the mercato program', () => {
       { MERCATO_PORT: '0', MERCATO_DATA_DIR: `${dir.path}/all`, MERCATO_LOG_LEVEL: 'info' },
       /mercato is up/,
     )
+    // A failed assertion must not leave the process running (and the test file waiting on it).
+    after(() => {
+      if (child.exitCode === null) child.kill('SIGKILL')
+    })
     const address = JSON.parse(line).address
     const started: string[] = JSON.parse(line).components
     for (const name of [
