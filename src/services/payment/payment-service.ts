@@ -120,6 +120,7 @@ export async function startPaymentService(
         captured_minor: 0,
         refunded_minor: 0,
         reason: result.outcome === 'authorized' ? null : result.reason.slice(0, reasonLengthMax),
+        payment_method_token: request.paymentMethodToken,
         created_at: '',
         updated_at: '',
       }
@@ -194,6 +195,22 @@ export async function startPaymentService(
    */
   async function releaseStrayAuthorization(payment: PaymentRow, tools: HandlerTools): Promise<void> {
     const orderId = payment.order_id
+    if (payment.payment_method_token) {
+      // Ask again with the same key and body: the provider answers with what really happened
+      // (or 409 while the first attempt is still in flight there, which is retried), so an
+      // authorization that lands after we gave up is found too.
+      await withProvider('void', orderId, () =>
+        client.authorize(
+          {
+            amountMinor: payment.amount_minor,
+            currency: payment.currency,
+            paymentMethodToken: payment.payment_method_token as string,
+            reference: orderId,
+          },
+          `${orderId}:authorize`,
+        ),
+      )
+    }
     const charges = await withProvider('void', orderId, () => client.chargesFor(orderId, true))
     const stray = charges.find((charge) => charge.status === 'authorized')
     if (!stray) return

@@ -15,6 +15,8 @@ export interface PaymentRow {
   captured_minor: number
   refunded_minor: number
   reason: string | null
+  /** Kept so a failed authorization can be asked again, with the same key and body, for its real outcome. */
+  payment_method_token?: string | null
   created_at: string
   updated_at: string
 }
@@ -29,6 +31,10 @@ export const paymentMigrations: Migration[] = [
         reason TEXT, created_at TEXT NOT NULL, updated_at TEXT NOT NULL)`,
   },
   ...ledgerMigrations,
+  {
+    id: 'payment-0003-payment-method-token',
+    sql: 'ALTER TABLE payments ADD COLUMN payment_method_token TEXT',
+  },
 ]
 
 export async function loadPayment(reader: Reader, orderId: string): Promise<PaymentRow | undefined> {
@@ -70,12 +76,14 @@ export async function insertPayment(
     | 'amount_minor'
     | 'currency'
     | 'reason'
+    | 'payment_method_token'
   >,
 ): Promise<boolean> {
   const now = new Date().toISOString()
   const inserted = await tx.execute(
     `INSERT INTO payments (order_id, payment_id, customer_id, charge_id, status, amount_minor, currency, reason,
-       created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9) ON CONFLICT DO NOTHING`,
+       created_at, updated_at, payment_method_token) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9, $10)
+     ON CONFLICT DO NOTHING`,
     [
       payment.order_id,
       payment.payment_id,
@@ -86,6 +94,7 @@ export async function insertPayment(
       payment.currency,
       payment.reason,
       now,
+      payment.payment_method_token ?? null,
     ],
   )
   return inserted === 1
