@@ -67,7 +67,9 @@ export class App {
 
   async #stop(): Promise<void> {
     const { log, http } = this.context
-    await http.close()
+    // Components stop first, in reverse order, while the HTTP server still answers: an
+    // in-flight handler may need a route of this process (the payment provider stand-in
+    // in the all-in-one mode) to finish. The server closes last.
     for (const { name, running } of [...this.#running].reverse()) {
       try {
         await running.stop?.()
@@ -76,6 +78,7 @@ export class App {
         log.error({ component: name, err: errorMessage(error) }, 'component did not stop cleanly')
       }
     }
+    await http.close()
     this.#running.length = 0
   }
 }

@@ -1,0 +1,130 @@
+// A crash mid-saga: the services run in a process of their own, which is killed with
+// SIGKILL while orders are in flight and started again. Every order still ends, and
+// nothing happens twice: the provider's own record shows one capture per confirmed order.
+import assert from 'node:assert/strict'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { once } from 'node:events'
+import { createInterface } from 'node:readline'
+import { after, describe, it } from 'node:test'
+import { storeLimitDefaults } from '../../src/engines/store/port.ts'
+import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
+import { silentLogger } from '../../src/platform/logger.ts'
+import { Metrics } from '../../src/platform/metrics.ts'
+import { loadConfig } from '../../src/runtime/config.ts'
+import { openEventStream } from '../../src/runtime/engines.ts'
+import { OrderWatcher } from '../../src/runtime/load.ts'
+import { tempDir, waitFor } from '../support/wait.ts'
+
+const dir = tempDir()
+const children = new Set<ChildProcess>()
+after(() => {
+  for (const child of children) if (child.exitCode === null) child.kill('SIGKILL')
+  dir.remove()
+})
+
+function start(targets: string, env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, ['src/main.ts', 'start', '--target', targets], {
+    env: {
+      ...process.env,
+      MERCATO_PORT: '0',
+      MERCATO_DATA_DIR: dir.path,
+      MERCATO_SEED: 'false',
+      MERCATO_LOG_LEVEL: 'info',
+      MERCATO_CARRIER_STEP_MS: '60000',
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  children.add(child)
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (/mercato is up/.test(line)) resolve({ child, url: JSON.parse(line).address })
+    })
+    child.once('exit', (code) => reject(new Error(`${targets} exited with ${code}`)))
+  })
+}
+
+async function call(url: string, method: string, path: string, body: unknown, key = randomUUID()) {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: { 'content-type': 'application/json', 'idempotency-key': key },
+    body: JSON.stringify(body),
+  })
+  const text = await response.text()
+  assert.equal(response.status, 202, text)
+  return JSON.parse(text) as { id: string }
+}
+
+describe('a services process killed with SIGKILL mid-saga', () => {
+  it('finishes every order after it starts again, with no duplicate effect', async () => {
+    const front = await start('command-api,payment-provider', {})
+    const servicesEnv = { MERCATO_PAYMENT_PROVIDER_URL: front.url }
+    let services = await start('order,inventory,payment,shipping', servicesEnv)
+    const stream = await openEventStream(
+      loadConfig({ MERCATO_DATA_DIR: dir.path, MERCATO_LOG_LEVEL: 'silent' }),
+      silentLogger(),
+      new Metrics(),
+    )
+    const watcher = new OrderWatcher()
+    await watcher.start(stream)
+    try {
+      const product = { name: 'Crash', description: '', category: 'test', priceMinor: 700, currency: 'USD' }
+      await call(front.url, 'PUT', '/v1/products/CRASH-1', product)
+      await call(front.url, 'POST', '/v1/inventory/CRASH-1/adjustments', { delta: 1_000, reason: 'restock' })
+      const order = {
+        customerId: 'cus_crash',
+        lines: [{ sku: 'CRASH-1', quantity: 1 }],
+        shippingAddress: { name: 'C', line1: '1 Crash Rd', city: 'X', postalCode: '1', country: 'US' },
+        paymentMethodToken: 'tok_visa',
+      }
+      // The first order proves prices and stock have arrived.
+      const first = await call(front.url, 'POST', '/v1/orders', order)
+      assert.equal((await watcher.waitFor(first.id, 30_000))?.state, 'CONFIRMED')
+
+      const ids: string[] = []
+      for (let i = 0; i < 60; i++) {
+        ids.push((await call(front.url, 'POST', '/v1/orders', order)).id)
+        if (i === 20) {
+          services.child.kill('SIGKILL')
+          await once(services.child, 'exit')
+        }
+      }
+      services = await start('order,inventory,payment,shipping', servicesEnv)
+      for (const id of ids) {
+        assert.equal((await watcher.waitFor(id, 60_000))?.state, 'CONFIRMED', `${id} confirmed`)
+      }
+      for (const id of [first.id, ...ids]) {
+        await waitFor(`${id} captured once`, async () => {
+          const answer = await fetch(`${front.url}/provider/v1/charges?reference=${id}`)
+          const { charges } = (await answer.json()) as {
+            charges: { operations: { kind: string }[]; capturedMinor: number }[]
+          }
+          assert.equal(charges.length, 1, `${id}: one authorization`)
+          const captures = charges[0].operations.filter((o) => o.kind === 'capture').length
+          assert.ok(captures <= 1, `${id}: never captured twice`)
+          return captures === 1
+        })
+      }
+      const inventory = new SqliteStore(`${dir.path}/stores`, 'inventory', storeLimitDefaults)
+      try {
+        const [stock] = await inventory.query<{ on_hand: number; available: number; reserved: number }>(
+          "SELECT on_hand, available, reserved FROM stock WHERE sku = 'CRASH-1'",
+        )
+        assert.deepEqual(
+          {
+            onHand: Number(stock.on_hand),
+            available: Number(stock.available),
+            reserved: Number(stock.reserved),
+          },
+          { onHand: 1_000 - 61, available: 1_000 - 61, reserved: 0 },
+        )
+      } finally {
+        await inventory.close()
+      }
+    } finally {
+      await watcher.stop()
+      await stream.close()
+    }
+  })
+})
