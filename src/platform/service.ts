@@ -85,12 +85,7 @@ export class Service {
 
   /** Runs `work` in a transaction of the store; emitted events go to the outbox in it. */
   transact<T>(work: (tx: Tx, emit: Emit) => Promise<T>, cause?: NewEvent['cause']): Promise<T> {
-    return this.store.transaction(async (tx) => {
-      const events: CloudEvent[] = []
-      const result = await work(tx, this.#emitter(events, cause))
-      if (events.length > 0) await addToOutbox(this.store, tx, events)
-      return result
-    })
+    return this.store.transaction((tx) => this.#withOutbox(tx, cause, work))
   }
 
   async #transactOnce<T>(
@@ -100,10 +95,20 @@ export class Service {
   ): Promise<T | undefined> {
     let result: T | undefined
     await handleOnce(this.store, group, event.id, async (tx) => {
-      const events: CloudEvent[] = []
-      result = await work(tx, this.#emitter(events, event))
-      if (events.length > 0) await addToOutbox(this.store, tx, events)
+      result = await this.#withOutbox(tx, event, work)
     })
+    return result
+  }
+
+  /** Runs `work` in `tx`; the events it emits go to the outbox in the same transaction. */
+  async #withOutbox<T>(
+    tx: Tx,
+    cause: NewEvent['cause'] | undefined,
+    work: (tx: Tx, emit: Emit) => Promise<T>,
+  ): Promise<T> {
+    const events: CloudEvent[] = []
+    const result = await work(tx, this.#emitter(events, cause))
+    if (events.length > 0) await addToOutbox(this.store, tx, events)
     return result
   }
 
@@ -148,4 +153,9 @@ export class Service {
     await Promise.all(this.#jobs)
     await this.#relay.stop()
   }
+}
+
+/** How often to look for rows due within `periodMs`: a few times per period, at least once a second. */
+export function sweepIntervalFor(periodMs: number): number {
+  return Math.max(10, Math.min(1_000, Math.floor(periodMs / 4)))
 }

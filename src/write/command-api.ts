@@ -43,12 +43,6 @@ export interface CommandApiOptions {
 const source = 'mercato/command-api'
 const keyPattern = /^[\x21-\x7e]{1,255}$/
 
-class RequestProblem extends MercatoError {
-  constructor(status: number, code: string, message: string, extensions: Record<string, unknown> = {}) {
-    super(code, status, message, extensions)
-  }
-}
-
 interface CommandSpec {
   /** Creating commands require an Idempotency-Key; others honour one when it is sent. */
   keyRequired: boolean
@@ -73,12 +67,11 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   async function handle(name: string, spec: CommandSpec, request: FastifyRequest, reply: FastifyReply) {
     const scope = principalOf(request)
     const key = request.headers['idempotency-key']
-    if (Array.isArray(key))
-      throw new RequestProblem(400, 'invalid-idempotency-key', 'send one Idempotency-Key')
+    if (Array.isArray(key)) throw new MercatoError('invalid-idempotency-key', 400, 'send one Idempotency-Key')
     if (key === undefined && spec.keyRequired) {
-      throw new RequestProblem(
-        400,
+      throw new MercatoError(
         'idempotency-key-required',
+        400,
         'this request needs an Idempotency-Key header',
         {
           errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is required' }],
@@ -86,9 +79,9 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       )
     }
     if (key !== undefined && !keyPattern.test(key)) {
-      throw new RequestProblem(
-        400,
+      throw new MercatoError(
         'invalid-idempotency-key',
+        400,
         'Idempotency-Key must be 1 to 255 visible ASCII characters',
         { errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is invalid' }] },
       )
@@ -103,18 +96,18 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       )
       if (claim.kind === 'other-request') {
         accepted.inc({ command: name, outcome: 'key-reused' })
-        throw new RequestProblem(
-          422,
+        throw new MercatoError(
           'idempotency-key-reused',
+          422,
           'this Idempotency-Key was used for another request; use a new key for a new request',
         )
       }
       if (claim.kind === 'in-flight') {
         accepted.inc({ command: name, outcome: 'key-in-flight' })
         reply.header('retry-after', '1')
-        throw new RequestProblem(
-          409,
+        throw new MercatoError(
           'idempotency-key-in-flight',
+          409,
           'a request with this Idempotency-Key is in progress',
         )
       }
@@ -354,9 +347,9 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
             const { sku } = request.params as { sku: string }
             const body = request.body as { delta: number; reason: string }
             if ((body.reason === 'restock') !== body.delta > 0) {
-              throw new RequestProblem(
-                400,
+              throw new MercatoError(
                 'invalid-request',
+                400,
                 'a restock adds stock (delta > 0); a write-off removes it',
                 {
                   errors: [{ in: 'body', field: '/delta', message: `has the wrong sign for ${body.reason}` }],
@@ -393,14 +386,9 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
             const { key } = request.params as { key: string }
             const definition = request.body as { variants: Record<string, unknown>; defaultVariant: string }
             if (!(definition.defaultVariant in definition.variants)) {
-              throw new RequestProblem(
-                400,
-                'invalid-request',
-                'defaultVariant must name one of the variants',
-                {
-                  errors: [{ in: 'body', field: '/defaultVariant', message: 'is not one of the variants' }],
-                },
-              )
+              throw new MercatoError('invalid-request', 400, 'defaultVariant must name one of the variants', {
+                errors: [{ in: 'body', field: '/defaultVariant', message: 'is not one of the variants' }],
+              })
             }
             return [{ type: 'flag.changed', subject: key, data: { key, definition } }]
           },
@@ -431,7 +419,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
             const body = request.body as { url: string; events: string[]; enabled?: boolean }
             const url = new URL(body.url)
             if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-              throw new RequestProblem(400, 'invalid-request', 'a webhook URL must be http or https', {
+              throw new MercatoError('invalid-request', 400, 'a webhook URL must be http or https', {
                 errors: [{ in: 'body', field: '/url', message: 'must be http or https' }],
               })
             }
@@ -482,13 +470,8 @@ async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number)
     seen.add(line.sku)
   })
   if (errors.length > 0) {
-    throw new RequestProblem(
-      400,
-      'invalid-request',
-      errors.map((e) => `${e.field}: ${e.message}`).join('; '),
-      {
-        errors,
-      },
-    )
+    throw new MercatoError('invalid-request', 400, errors.map((e) => `${e.field}: ${e.message}`).join('; '), {
+      errors,
+    })
   }
 }

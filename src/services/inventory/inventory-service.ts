@@ -3,7 +3,7 @@
 // back to stock when the order is cancelled or when it expires unconfirmed. The store
 // itself refuses negative stock and any row where on-hand is not available + reserved.
 import type { Tx } from '../../engines/store/port.ts'
-import type { Emit, Handler, Service } from '../../platform/service.ts'
+import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
 
 export const inventoryMigrations = [
   {
@@ -226,22 +226,18 @@ export async function startInventoryService(service: Service, options: { reserva
 
   await service.consume(['orders', 'inventory'], handlers)
 
-  service.every(
-    'reservation expiry',
-    Math.max(10, Math.min(1_000, Math.floor(options.reservationTtlMs / 4))),
-    async () => {
-      const expired = await service.store.query<{ order_id: string }>(
-        "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at < $1 LIMIT 200",
-        [Date.now()],
-      )
-      for (const { order_id } of expired) {
-        await service.transact(async (tx, emit) => {
-          const row = await reservation(tx, order_id)
-          if (row?.status === 'held') await release(tx, emit, row, 'expired')
-        })
-      }
-    },
-  )
+  service.every('reservation expiry', sweepIntervalFor(options.reservationTtlMs), async () => {
+    const expired = await service.store.query<{ order_id: string }>(
+      "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at < $1 LIMIT 200",
+      [Date.now()],
+    )
+    for (const { order_id } of expired) {
+      await service.transact(async (tx, emit) => {
+        const row = await reservation(tx, order_id)
+        if (row?.status === 'held') await release(tx, emit, row, 'expired')
+      })
+    }
+  })
 
   return { ready: () => service.store.ping(), stop: () => service.stop() }
 }

@@ -6,7 +6,7 @@
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import type { FlagReader } from '../../platform/flags.ts'
-import type { Emit, Handler, Service } from '../../platform/service.ts'
+import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
 
 export type OrderState =
   | 'PENDING'
@@ -300,35 +300,31 @@ export async function startOrderService(service: Service, options: OrderServiceO
   await service.consume(['orders', 'inventory', 'payments', 'shipments', 'products'], handlers)
 
   // Deadlines: an order that waits too long on a step is cancelled, which compensates.
-  service.every(
-    'order deadlines',
-    Math.max(10, Math.min(1_000, Math.floor(options.stepTimeoutMs / 4))),
-    async () => {
-      const overdue = await service.store.query<{ order_id: string }>(
-        'SELECT order_id FROM orders WHERE deadline_at IS NOT NULL AND deadline_at < $1 ORDER BY deadline_at LIMIT 200',
-        [Date.now()],
-      )
-      for (const { order_id } of overdue) {
-        await service.transact(async (tx, emit) => {
-          const order = await load(tx, order_id)
-          if (
-            order &&
-            waiting.includes(order.state) &&
-            order.deadline_at !== null &&
-            Number(order.deadline_at) < Date.now()
-          ) {
-            await cancel(
-              tx,
-              emit,
-              order,
-              'deadline-passed',
-              `no answer while ${order.state} within ${options.stepTimeoutMs} ms`,
-            )
-          }
-        })
-      }
-    },
-  )
+  service.every('order deadlines', sweepIntervalFor(options.stepTimeoutMs), async () => {
+    const overdue = await service.store.query<{ order_id: string }>(
+      'SELECT order_id FROM orders WHERE deadline_at IS NOT NULL AND deadline_at < $1 ORDER BY deadline_at LIMIT 200',
+      [Date.now()],
+    )
+    for (const { order_id } of overdue) {
+      await service.transact(async (tx, emit) => {
+        const order = await load(tx, order_id)
+        if (
+          order &&
+          waiting.includes(order.state) &&
+          order.deadline_at !== null &&
+          Number(order.deadline_at) < Date.now()
+        ) {
+          await cancel(
+            tx,
+            emit,
+            order,
+            'deadline-passed',
+            `no answer while ${order.state} within ${options.stepTimeoutMs} ms`,
+          )
+        }
+      })
+    }
+  })
 
   return {
     ready: () => service.store.ping(),

@@ -3,7 +3,7 @@
 // confirmed. A cancelled order's shipment is cancelled if it has not left yet.
 import { createHash } from 'node:crypto'
 import type { Tx } from '../../engines/store/port.ts'
-import type { Handler, Service } from '../../platform/service.ts'
+import { type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
 
 export const shippingMigrations = [
   {
@@ -102,30 +102,26 @@ export async function startShippingService(service: Service, options: { carrierS
   await service.consume(['orders'], handlers)
 
   // The carrier clock: ready → shipped → delivered, one step every carrierStepMs.
-  service.every(
-    'carrier clock',
-    Math.max(10, Math.min(1_000, Math.floor(options.carrierStepMs / 4))),
-    async () => {
-      const due = await service.store.query<{ order_id: string }>(
-        'SELECT order_id FROM shipments WHERE next_step_at IS NOT NULL AND next_step_at <= $1 ORDER BY next_step_at LIMIT 500',
-        [Date.now()],
-      )
-      for (const { order_id } of due) {
-        await service.transact(async (tx, emit) => {
-          const row = await shipment(tx, order_id)
-          if (!row || row.next_step_at === null || Number(row.next_step_at) > Date.now()) return
-          const data = { orderId: order_id, shipmentId: row.shipment_id }
-          if (row.status === 'ready') {
-            await setStatus(tx, order_id, 'shipped', Date.now() + options.carrierStepMs)
-            emit({ type: 'shipment.shipped', subject: order_id, data })
-          } else if (row.status === 'shipped') {
-            await setStatus(tx, order_id, 'delivered', null)
-            emit({ type: 'shipment.delivered', subject: order_id, data })
-          }
-        })
-      }
-    },
-  )
+  service.every('carrier clock', sweepIntervalFor(options.carrierStepMs), async () => {
+    const due = await service.store.query<{ order_id: string }>(
+      'SELECT order_id FROM shipments WHERE next_step_at IS NOT NULL AND next_step_at <= $1 ORDER BY next_step_at LIMIT 500',
+      [Date.now()],
+    )
+    for (const { order_id } of due) {
+      await service.transact(async (tx, emit) => {
+        const row = await shipment(tx, order_id)
+        if (!row || row.next_step_at === null || Number(row.next_step_at) > Date.now()) return
+        const data = { orderId: order_id, shipmentId: row.shipment_id }
+        if (row.status === 'ready') {
+          await setStatus(tx, order_id, 'shipped', Date.now() + options.carrierStepMs)
+          emit({ type: 'shipment.shipped', subject: order_id, data })
+        } else if (row.status === 'shipped') {
+          await setStatus(tx, order_id, 'delivered', null)
+          emit({ type: 'shipment.delivered', subject: order_id, data })
+        }
+      })
+    }
+  })
 
   return { ready: () => service.store.ping(), stop: () => service.stop() }
 }
