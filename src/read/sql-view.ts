@@ -1,0 +1,117 @@
+// Views kept in the `views` store (a SQLite file, or a PostgreSQL schema): each generation
+// has its own tables, and the positions live in one table written in the same transaction
+// as the documents.
+import type { Migration, Store, Tx } from '../engines/store/port.ts'
+import {
+  type PartitionPosition,
+  partitionKey,
+  positionsAfter,
+  unapplied,
+  type ViewEvent,
+  type ViewName,
+  type ViewStorage,
+} from './view.ts'
+
+export const viewStoreMigrations: Migration[] = [
+  {
+    id: 'views-0001-registry',
+    sql: `CREATE TABLE IF NOT EXISTS view_generations (
+      view TEXT NOT NULL, generation INTEGER NOT NULL, schema_version INTEGER NOT NULL,
+      state TEXT NOT NULL CHECK (state IN ('building', 'live', 'retired')),
+      created_at TEXT NOT NULL, switched_at TEXT,
+      PRIMARY KEY (view, generation));
+    CREATE TABLE IF NOT EXISTS view_positions (
+      view TEXT NOT NULL, generation INTEGER NOT NULL, topic TEXT NOT NULL, part INTEGER NOT NULL,
+      next_offset BIGINT NOT NULL, last_event_ms BIGINT NOT NULL,
+      PRIMARY KEY (view, generation, topic, part))`,
+  },
+]
+
+/** How one view folds events into SQL tables of a generation. */
+export interface SqlFold {
+  /** DDL creating the generation's tables; statements separated by ";" on their own. */
+  createSql(kind: Store['kind'], generation: number): string[]
+  /** The generation's tables, dropped with it. */
+  tables(generation: number): string[]
+  /** Applies one event; adds to `changed` the cache keys whose documents it changed. */
+  apply(tx: Tx, kind: Store['kind'], generation: number, event: ViewEvent, changed: Set<string>): Promise<void>
+  /** Every document, canonical order. */
+  dump(store: Store, generation: number): Promise<unknown[]>
+}
+
+export class SqlViewStorage implements ViewStorage {
+  readonly view: ViewName
+  readonly store: Store
+  readonly fold: SqlFold
+
+  constructor(view: ViewName, store: Store, fold: SqlFold) {
+    this.view = view
+    this.store = store
+    this.fold = fold
+  }
+
+  async create(generation: number): Promise<void> {
+    await this.store.transaction(async (tx) => {
+      for (const statement of this.fold.createSql(this.store.kind, generation)) await tx.execute(statement)
+    })
+  }
+
+  async apply(generation: number, events: ViewEvent[]): Promise<string[]> {
+    const changed = new Set<string>()
+    await this.store.transaction(async (tx) => {
+      const fresh = unapplied(events, await positionMap(tx, this.view, generation))
+      if (fresh.length === 0) return
+      for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
+      for (const p of positionsAfter(fresh)) {
+        await tx.execute(
+          `INSERT INTO view_positions (view, generation, topic, part, next_offset, last_event_ms)
+           VALUES ($1, $2, $3, $4, $5, $6)
+           ON CONFLICT (view, generation, topic, part)
+           DO UPDATE SET next_offset = excluded.next_offset, last_event_ms = excluded.last_event_ms`,
+          [this.view, generation, p.topic, p.partition, p.nextOffset, p.lastEventMs],
+        )
+      }
+    })
+    return [...changed]
+  }
+
+  async positions(generation: number): Promise<PartitionPosition[]> {
+    const rows = await this.store.query<{
+      topic: string
+      part: number
+      next_offset: number
+      last_event_ms: number
+    }>(
+      'SELECT topic, part, next_offset, last_event_ms FROM view_positions WHERE view = $1 AND generation = $2',
+      [this.view, generation],
+    )
+    return rows.map((r) => ({
+      topic: r.topic,
+      partition: Number(r.part),
+      nextOffset: Number(r.next_offset),
+      lastEventMs: Number(r.last_event_ms),
+    }))
+  }
+
+  async dump(generation: number): Promise<string> {
+    return JSON.stringify(await this.fold.dump(this.store, generation), null, 1)
+  }
+
+  async drop(generation: number): Promise<void> {
+    await this.store.transaction(async (tx) => {
+      for (const table of this.fold.tables(generation)) await tx.execute(`DROP TABLE IF EXISTS ${table}`)
+      await tx.execute('DELETE FROM view_positions WHERE view = $1 AND generation = $2', [
+        this.view,
+        generation,
+      ])
+    })
+  }
+}
+
+async function positionMap(tx: Tx, view: string, generation: number): Promise<Map<string, number>> {
+  const rows = await tx.query<{ topic: string; part: number; next_offset: number }>(
+    'SELECT topic, part, next_offset FROM view_positions WHERE view = $1 AND generation = $2',
+    [view, generation],
+  )
+  return new Map(rows.map((r) => [partitionKey(r.topic, Number(r.part)), Number(r.next_offset)]))
+}
