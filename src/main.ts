@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // mercato: one program, many roles.
 //   mercato start [--target a,b]      run components (default: all) on one port
+//   mercato replay --view V           rebuild a view beside the live one, then switch to it
 //   mercato replay --group G --topic T (--offset N | --time ISO | --earliest | --latest)
 //   mercato dlq list --topic T        what a topic's dead-letter topic holds
 //   mercato dlq replay --topic T      put dead letters back on their topic
@@ -12,7 +13,10 @@ import { Metrics } from './platform/metrics.ts'
 import { App } from './runtime/app.ts'
 import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
 import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
-import { openEventStream } from './runtime/engines.ts'
+import { rebuildView } from './read/projector.ts'
+import { type ViewName, viewNames } from './read/view.ts'
+import { openViews } from './read/views.ts'
+import { openEventStream, redisKeyPrefix, storeOpener } from './runtime/engines.ts'
 import { OrderWatcher, runLoad } from './runtime/load.ts'
 
 const program = new Command('mercato').description('An event-driven commerce backend.').showHelpAfterError()
@@ -67,15 +71,18 @@ withEngineFlags(program.command('start'))
 
 withEngineFlags(program.command('replay'))
   .description(
-    "move a consumer group's position on a topic, so it handles events again (stop the group first)",
+    "rebuild a view from the start of the stream (--view), or move a consumer group's position on a topic so it handles events again (--group, --topic; stop the group first)",
   )
-  .requiredOption('--group <group>', 'consumer group')
-  .requiredOption('--topic <topic>', 'topic')
+  .option('--view <name>', `rebuild a view beside the live one, then switch to it: ${viewNames.join(', ')}`)
+  .option('--group <group>', 'consumer group')
+  .option('--topic <topic>', 'topic')
   .option('--offset <offset>', 'from this offset on every partition')
   .option('--time <iso>', 'from the first event at or after this time')
   .option('--earliest', 'from the start of the topic')
   .option('--latest', 'skip to the end of the topic')
   .action(async (options) => {
+    if (options.view !== undefined) return replayView(options)
+    if (!options.group || !options.topic) throw new ConfigError('replay', 'give --view, or --group and --topic')
     const targets = [
       options.offset !== undefined,
       options.time !== undefined,
@@ -107,6 +114,43 @@ withEngineFlags(program.command('replay'))
       await stream.close()
     }
   })
+
+/** Rebuilds a view into a new generation with progress on stderr; the live one answers until the switch. */
+async function replayView(options: Record<string, string | undefined>): Promise<void> {
+  const view = options.view as ViewName
+  if (!viewNames.includes(view))
+    throw new ConfigError('--view', `must be one of ${viewNames.join(', ')}, got "${options.view}"`)
+  const config = configFrom(options)
+  const log = createLogger({ level: 'warn' })
+  const metrics = new Metrics()
+  const stream = await openEventStream(config, log, metrics)
+  const store = await storeOpener(config)('views')
+  const views = await openViews({
+    store,
+    redis:
+      config.cache.kind === 'redis'
+        ? { url: config.cache.url, keyPrefix: redisKeyPrefix(config), commandTimeoutMs: config.cacheCommandTimeoutMs }
+        : undefined,
+  })
+  const started = Date.now()
+  try {
+    const generation = await rebuildView({ views, stream, metrics }, view, {
+      onProgress: ({ generation, applied, total }) => {
+        const seconds = (Date.now() - started) / 1000
+        process.stderr.write(
+          `  ${view} generation ${generation}: ${applied} of ${total} events (${total === 0 ? 100 : Math.floor((applied * 100) / total)}%), ${Math.round(applied / Math.max(seconds, 0.001))} events/s\n`,
+        )
+      },
+    })
+    console.log(
+      `${view}: generation ${generation} rebuilt in ${((Date.now() - started) / 1000).toFixed(1)} s and now live; the previous generation is dropped after a minute`,
+    )
+  } finally {
+    await views.close()
+    await store.close()
+    await stream.close()
+  }
+}
 
 const dlq = program.command('dlq').description('inspect and replay dead-letter topics')
 

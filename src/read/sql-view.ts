@@ -3,6 +3,7 @@
 // as the documents.
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import {
+  dumpText,
   type PartitionPosition,
   partitionKey,
   positionsAfter,
@@ -94,7 +95,7 @@ export class SqlViewStorage implements ViewStorage {
   }
 
   async dump(generation: number): Promise<string> {
-    return JSON.stringify(await this.fold.dump(this.store, generation), null, 1)
+    return dumpText(await this.fold.dump(this.store, generation))
   }
 
   async drop(generation: number): Promise<void> {

@@ -79,3 +79,8 @@ export function canonicalJson(value: unknown): string {
       : v,
   )
 }
+
+/** One canonical JSON document per line. */
+export function dumpText(documents: unknown[]): string {
+  return documents.map(canonicalJson).join('\n')
+}

@@ -19,10 +19,15 @@ import { startOrderService } from '../services/order/order-service.ts'
 import { startPaymentService } from '../services/payment/payment-service.ts'
 import { startShippingService } from '../services/shipping/shipping-service.ts'
 import { startUserService } from '../services/user/user-service.ts'
+import { Freshness } from '../read/freshness.ts'
+import { Projector } from '../read/projector.ts'
+import { startQueryApi } from '../read/query-api.ts'
+import { QueryCache } from '../read/query-cache.ts'
+import { openViews, type Views } from '../read/views.ts'
 import { startCommandApi } from '../write/command-api.ts'
 import type { Config } from './config.ts'
 import { seedDemoData } from './demo-data.ts'
-import { type OpenStore, openCache, openEventStream, storeOpener } from './engines.ts'
+import { type OpenStore, openCache, openEventStream, redisKeyPrefix, storeOpener } from './engines.ts'
 
 export interface Context {
   config: Config
@@ -37,6 +42,10 @@ export interface Context {
   openStore?: OpenStore
   /** Set by the `flags` component. */
   flags?: FlagReader
+  /** Set by the `views` component. */
+  views?: Views
+  /** Set by the `projector` component. */
+  projector?: Projector
   /** This process's own base URL, known once it listens (for in-process defaults such as the provider URL). */
   selfUrl: () => string
   /** The components this process runs. */
@@ -244,6 +253,78 @@ Object.assign(components, {
     dependsOn: ['stream', 'stores'],
     async start(context) {
       return startUserService(await serviceFor(context, 'user'))
+    },
+  },
+  views: {
+    description: 'the read models: catalog, order status and customer 360, in the views store (and Redis)',
+    dependsOn: ['stores'],
+    async start(context) {
+      const { config } = context
+      const store = await need(context.openStore, 'stores')('views')
+      const views = await openViews({
+        store,
+        redis:
+          config.cache.kind === 'redis'
+            ? {
+                url: config.cache.url,
+                keyPrefix: redisKeyPrefix(config),
+                commandTimeoutMs: config.cacheCommandTimeoutMs,
+              }
+            : undefined,
+      })
+      context.views = views
+      return { ready: () => store.ping(), stop: () => views.close() }
+    },
+  },
+  projector: {
+    description: 'folds the stream into the views; follows rebuilds',
+    dependsOn: ['stream', 'cache', 'views'],
+    async start(context) {
+      const projector = new Projector(
+        {
+          views: need(context.views, 'views'),
+          stream: need(context.stream, 'stream'),
+          cache: need(context.cache, 'cache'),
+          log: context.log.child({ component: 'projector' }),
+          metrics: context.metrics,
+        },
+        { pollIntervalMs: 1_000, retiredKeepMs: 60_000, invalidationTtlMs: 30_000 },
+      )
+      await projector.start()
+      context.projector = projector
+      return { stop: () => projector.stop() }
+    },
+  },
+  'query-api': {
+    description: 'the read path: views through a cache, with freshness and read-your-writes',
+    dependsOn: ['stream', 'cache', 'views'],
+    async start(context) {
+      const views = need(context.views, 'views')
+      const freshness = new Freshness(
+        {
+          views,
+          stream: need(context.stream, 'stream'),
+          log: context.log.child({ component: 'query-api' }),
+          metrics: context.metrics,
+        },
+        context.config.viewSampleMs,
+      )
+      await freshness.start()
+      const unhook = context.projector?.onApplied((view) => freshness.applied(view))
+      await startQueryApi({
+        http: context.http,
+        views,
+        freshness,
+        queryCache: new QueryCache(need(context.cache, 'cache'), context.config.queryCacheTtlMs),
+        metrics: context.metrics,
+        readWaitMs: context.config.readWaitMs,
+      })
+      return {
+        stop: async () => {
+          unhook?.()
+          await freshness.stop()
+        },
+      }
     },
   },
   'demo-data': {

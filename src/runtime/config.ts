@@ -48,6 +48,9 @@ export interface Config {
   paymentProviderAttemptsMax: number
   paymentProviderConcurrencyMax: number
   carrierStepMs: number
+  readWaitMs: number
+  queryCacheTtlMs: number
+  viewSampleMs: number
   smtpUrl: string | undefined
   seedDemoData: boolean
   storeSchemaPrefix: string
@@ -254,6 +257,27 @@ export const intSettings = {
     default: 5_000,
     min: 10,
     max: 86_400_000,
+  },
+  readWaitMs: {
+    env: 'MERCATO_READ_WAIT_MS',
+    help: 'how long a query with a consistency token waits for its view to reach it, before answering stale',
+    default: 2_000,
+    min: 0,
+    max: 30_000,
+  },
+  queryCacheTtlMs: {
+    env: 'MERCATO_QUERY_CACHE_TTL_MS',
+    help: 'lifetime of a cached query answer (events invalidate it sooner)',
+    default: 60_000,
+    min: 1,
+    max: 86_400_000,
+  },
+  viewSampleMs: {
+    env: 'MERCATO_VIEW_SAMPLE_MS',
+    help: 'how often the query API measures how far each view is behind the stream',
+    default: 100,
+    min: 10,
+    max: 60_000,
   },
 } satisfies Record<string, IntSetting>
 

@@ -101,7 +101,12 @@ export async function openCache(config: Config): Promise<Cache> {
     commandTimeoutMs: config.cacheCommandTimeoutMs,
   }
   if (config.cache.kind === 'memory') return new LruCache(limits)
-  const cache = new RedisCache(config.cache.url, limits)
+  const cache = new RedisCache(config.cache.url, limits, redisKeyPrefix(config))
   await cache.connect()
   return cache
+}
+
+/** Redis keys of one deployment (or test run): the stream's topic prefix keeps them apart. */
+export function redisKeyPrefix(config: Config): string {
+  return `mercato:${config.streamTopicPrefix}`
 }

@@ -35,11 +35,25 @@ export interface EventStreamOptions {
   lagIntervalMs: number
 }
 
+/** An event with where it sits in the stream and when it was appended. */
+export interface PositionedEvent {
+  event: CloudEvent
+  position: RecordPosition
+  timestampMs: number
+}
+
 export interface SubscribeOptions {
   group: string
   topics: string[]
   startAt?: 'earliest' | 'latest'
-  handle: (event: CloudEvent, position: RecordPosition) => Promise<void>
+  /** Handles one event; retried, then dead-lettered, on its own. */
+  handle?: (event: CloudEvent, position: RecordPosition) => Promise<void>
+  /**
+   * Instead of `handle`: handles a partition's events together (one transaction for many).
+   * When a batch keeps failing, its events are handed over one at a time, so only the bad
+   * one is dead-lettered.
+   */
+  handleBatch?: (events: PositionedEvent[]) => Promise<void>
   retry?: Partial<RetryPolicy>
 }
 
@@ -125,7 +139,25 @@ export class EventStream {
       startAt: options.startAt ?? 'earliest',
       batchSizeMax: this.options.batchSizeMax,
       onBatch: async (batch) => {
+        let skip: Set<number> | undefined
+        if (options.handleBatch && batch.records.length > 1) {
+          const started = performance.now()
+          const outcome = await this.#handleWhole(options, retry, batch.records, stopped.signal)
+          if (!('skip' in outcome)) {
+            const seconds = (performance.now() - started) / 1000 / batch.records.length
+            for (const record of batch.records) {
+              delivered.observe({ group: options.group }, Math.max(0, Date.now() - record.timestampMs) / 1000)
+              duration.observe({ group: options.group }, seconds)
+            }
+            handled.inc({ group: options.group, outcome: 'ok' }, outcome.handled)
+            if (outcome.invalid > 0)
+              handled.inc({ group: options.group, outcome: 'invalid' }, outcome.invalid)
+            return
+          }
+          skip = outcome.skip
+        }
         for (const record of batch.records) {
+          if (skip?.has(record.offset)) continue
           if (stopped.signal.aborted) throw new Error('subscription stopped')
           delivered.observe({ group: options.group }, Math.max(0, Date.now() - record.timestampMs) / 1000)
           const started = performance.now()
@@ -156,6 +188,55 @@ export class EventStream {
     return subscription
   }
 
+  /**
+   * Decodes every record (dead-lettering those that cannot be), then hands the rest to
+   * `handleBatch` with retries. When the batch kept failing, resolves with the offsets
+   * already dead-lettered, for the caller to go through the rest event by event.
+   */
+  async #handleWhole(
+    options: SubscribeOptions,
+    retry: RetryPolicy,
+    records: StreamRecord[],
+    stopped: AbortSignal,
+  ): Promise<{ handled: number; invalid: number } | { skip: Set<number> }> {
+    const events: PositionedEvent[] = []
+    const skip = new Set<number>()
+    for (const record of records) {
+      try {
+        events.push({
+          event: decodeEvent(record.headers, record.value),
+          position: { topic: record.topic, partition: record.partition, offset: record.offset },
+          timestampMs: record.timestampMs,
+        })
+      } catch (error) {
+        await this.#deadLetter(options.group, record, error, 0)
+        skip.add(record.offset)
+      }
+    }
+    const invalid = skip.size
+    if (events.length === 0) return { handled: 0, invalid }
+    for (let attempt = 1; attempt <= retry.attemptsMax; attempt++) {
+      try {
+        await inSpan(
+          `${options.group} handle ${events.length} events`,
+          { kind: SpanKind.CONSUMER, attributes: { 'messaging.consumer.group.name': options.group } },
+          () => options.handleBatch!(events),
+        )
+        return { handled: events.length, invalid }
+      } catch (error) {
+        if (stopped.aborted) throw error
+        this.#log.debug({ group: options.group, attempt, err: errorMessage(error) }, 'retrying a batch')
+        if (attempt < retry.attemptsMax)
+          await sleep(backoffMs(attempt, retry.backoffBaseMs, retry.backoffMaxMs), stopped)
+      }
+    }
+    this.#log.warn(
+      { group: options.group, events: events.length },
+      'a batch kept failing: handling it event by event',
+    )
+    return { skip }
+  }
+
   /** Decodes, then handles with retries; returns the outcome. Throws only to leave the batch uncommitted. */
   async #handleRecord(
     options: SubscribeOptions,
@@ -180,7 +261,10 @@ export class EventStream {
             kind: SpanKind.CONSUMER,
             attributes: { 'messaging.consumer.group.name': options.group, 'cloudevents.event_id': event.id },
           },
-          () => options.handle(event, position),
+          () =>
+            options.handleBatch
+              ? options.handleBatch([{ event, position, timestampMs: record.timestampMs }])
+              : options.handle!(event, position),
         )
         return 'ok'
       } catch (error) {

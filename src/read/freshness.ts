@@ -1,0 +1,179 @@
+// How fresh each view is, for answers and for metrics. Every `sampleMs` it reads the live
+// generation, the view's positions and the stream's end on every partition. A partition
+// the view has caught up with is fresh; one behind is stale by the age of the oldest event
+// the view may be missing, bounded by the last time it was caught up and by the append
+// time of the last event it applied. Readers holding a consistency token wait here.
+import type { EventStream } from '../engines/stream/event-stream.ts'
+import type { RecordPosition } from '../engines/stream/port.ts'
+import { errorMessage, MercatoError } from '../platform/errors.ts'
+import { sleep } from '../platform/limits.ts'
+import type { Logger } from '../platform/logger.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import { type PartitionPosition, partitionKey, type ViewName, viewNames } from './view.ts'
+import { groupOf, type Views } from './views.ts'
+
+interface PartitionState {
+  nextOffset: number
+  end: number
+  lastEventMs: number
+  /** The last sample at which the view had applied everything on this partition. */
+  caughtUpAt: number
+}
+
+interface ViewSample {
+  generation: number
+  sampledAt: number
+  partitions: Map<string, PartitionState>
+}
+
+export class Freshness {
+  readonly #views: Views
+  readonly #stream: EventStream
+  readonly #log: Logger
+  readonly #sampleMs: number
+  readonly #samples = new Map<ViewName, ViewSample>()
+  readonly #waiters = new Map<ViewName, Set<() => void>>()
+  readonly #stopping = new AbortController()
+  readonly #startedAt = Date.now()
+  #loop: Promise<void> | undefined
+  readonly #lagGauge
+  readonly #stalenessGauge
+
+  constructor(deps: { views: Views; stream: EventStream; log: Logger; metrics: Metrics }, sampleMs: number) {
+    this.#views = deps.views
+    this.#stream = deps.stream
+    this.#log = deps.log
+    this.#sampleMs = sampleMs
+    this.#lagGauge = deps.metrics.gauge('mercato_view_lag_events', 'Events a view has not applied yet.', ['view'])
+    this.#stalenessGauge = deps.metrics.gauge(
+      'mercato_view_staleness_seconds',
+      'Age of the oldest event a view may be missing (0: caught up).',
+      ['view'],
+    )
+  }
+
+  async start(): Promise<void> {
+    await this.#sampleAll()
+    this.#loop = (async () => {
+      const signal = this.#stopping.signal
+      while (!signal.aborted) {
+        await sleep(this.#sampleMs, signal)
+        if (!signal.aborted) await this.#sampleAll()
+      }
+    })()
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping.abort()
+    await this.#loop
+    for (const waiters of this.#waiters.values()) for (const wake of waiters) wake()
+  }
+
+  /** Wakes readers waiting on `view` (the projector calls this after each batch in the same process). */
+  applied(view: ViewName): void {
+    for (const wake of this.#waiters.get(view) ?? []) wake()
+  }
+
+  generation(view: ViewName): number {
+    const sample = this.#samples.get(view)
+    if (!sample) throw new MercatoError('view-unavailable', 503, `the ${view} view has not been built yet`)
+    return sample.generation
+  }
+
+  /** How stale `view` is now, in milliseconds (0: it had applied everything at the last sample). */
+  stalenessMs(view: ViewName, now = Date.now()): number {
+    const sample = this.#samples.get(view)
+    if (!sample) return now - this.#startedAt
+    let worst = 0
+    for (const p of sample.partitions.values()) {
+      if (p.nextOffset >= p.end) continue
+      const freshAsOf = Math.max(p.caughtUpAt, p.lastEventMs)
+      worst = Math.max(worst, now - (freshAsOf || this.#startedAt))
+    }
+    return worst
+  }
+
+  /** Whether `positions` (the view's, when an answer was read) include the event at `token`. */
+  static reaches(positions: Record<string, number>, token: RecordPosition): boolean {
+    return (positions[partitionKey(token.topic, token.partition)] ?? 0) > token.offset
+  }
+
+  /** Whether `view` folds the topic `token` names at all (otherwise there is nothing to wait for). */
+  follows(view: ViewName, token: RecordPosition): boolean {
+    return this.#views.definitions[view].topics.some((topic) => this.#stream.topic(topic) === token.topic)
+  }
+
+  /** The view's current positions, read from its storage. */
+  async positions(view: ViewName, generation = this.generation(view)): Promise<Record<string, number>> {
+    const positions: PartitionPosition[] = await this.#views.definitions[view].storage.positions(generation)
+    return Object.fromEntries(positions.map((p) => [partitionKey(p.topic, p.partition), p.nextOffset]))
+  }
+
+  /** Waits until `view` has applied the event at `token`, at most `timeoutMs`; resolves whether it had. */
+  async waitFor(view: ViewName, token: RecordPosition, timeoutMs: number): Promise<boolean> {
+    if (!this.follows(view, token)) return true
+    const deadline = Date.now() + timeoutMs
+    for (;;) {
+      if (Freshness.reaches(await this.positions(view), token)) return true
+      const left = deadline - Date.now()
+      if (left <= 0 || this.#stopping.signal.aborted) return false
+      await this.#nextApplied(view, Math.min(left, 20))
+    }
+  }
+
+  /** Resolves after the next batch applied in this process, or after `ms` (another process may apply). */
+  #nextApplied(view: ViewName, ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const waiters = this.#waiters.get(view) ?? new Set()
+      this.#waiters.set(view, waiters)
+      const wake = () => {
+        clearTimeout(timer)
+        waiters.delete(wake)
+        resolve()
+      }
+      const timer = setTimeout(wake, ms)
+      waiters.add(wake)
+    })
+  }
+
+  async #sampleAll(): Promise<void> {
+    for (const view of viewNames) {
+      try {
+        await this.#sample(view)
+      } catch (error) {
+        this.#log.debug({ view, err: errorMessage(error) }, 'freshness not sampled')
+      }
+    }
+  }
+
+  async #sample(view: ViewName): Promise<void> {
+    const definition = this.#views.definitions[view]
+    const live = await this.#views.registry.live(view)
+    if (!live) return
+    const sampledAt = Date.now()
+    const topics = definition.topics.map((topic) => this.#stream.topic(topic))
+    const ends = await this.#stream.engine.lag(groupOf(view, live.generation), topics)
+    const applied = new Map(
+      (await definition.storage.positions(live.generation)).map((p) => [partitionKey(p.topic, p.partition), p]),
+    )
+    const previous = this.#samples.get(view)
+    const partitions = new Map<string, PartitionState>()
+    let lag = 0
+    for (const { topic, partition, end } of ends) {
+      const key = partitionKey(topic, partition)
+      const position = applied.get(key)
+      const nextOffset = position?.nextOffset ?? 0
+      const before = previous?.generation === live.generation ? previous.partitions.get(key) : undefined
+      partitions.set(key, {
+        nextOffset,
+        end,
+        lastEventMs: position?.lastEventMs ?? 0,
+        caughtUpAt: nextOffset >= end ? sampledAt : (before?.caughtUpAt ?? 0),
+      })
+      lag += Math.max(0, end - nextOffset)
+    }
+    this.#samples.set(view, { generation: live.generation, sampledAt, partitions })
+    this.#lagGauge.set({ view }, lag)
+    this.#stalenessGauge.set({ view }, this.stalenessMs(view, sampledAt) / 1000)
+  }
+}

@@ -1,0 +1,297 @@
+// The order-status view: per order its steps (folded into the document when read), per
+// customer their orders, newest first. Embedded it lives in the views store; in a
+// distributed deployment in Redis, where positions are written in the same MULTI as the steps.
+import { Redis } from 'ioredis'
+import type { Store } from '../../engines/store/port.ts'
+import type { SqlFold } from '../sql-view.ts'
+import {
+  dumpText,
+  type PartitionPosition,
+  partitionKey,
+  positionsAfter,
+  unapplied,
+  type ViewEvent,
+  type ViewStorage,
+} from '../view.ts'
+import {
+  customerOf,
+  customerOrdersCacheKey,
+  foldOrder,
+  type OrderDocument,
+  type OrderStep,
+  type OrderSummary,
+  orderCacheKey,
+  orderStepOf,
+  summaryOf,
+} from './order-document.ts'
+
+/** A customer's orders, newest first; `after` is the last item of the previous page. */
+export interface OrderPage {
+  items: OrderSummary[]
+  next: { placedAt: string; orderId: string } | null
+}
+
+export interface OrderStatusReader {
+  order(generation: number, orderId: string): Promise<OrderDocument | undefined>
+  customerOrders(
+    generation: number,
+    customerId: string,
+    limit: number,
+    after?: { placedAt: string; orderId: string },
+  ): Promise<OrderPage>
+}
+
+const steps = (g: number) => `orderstatus_g${g}_steps`
+const customers = (g: number) => `orderstatus_g${g}_customers`
+
+export const orderStatusSqlFold: SqlFold = {
+  createSql: (_kind, g) => [
+    `CREATE TABLE IF NOT EXISTS ${steps(g)} (order_id TEXT NOT NULL, step_id TEXT NOT NULL, step TEXT NOT NULL,
+      PRIMARY KEY (order_id, step_id))`,
+    `CREATE TABLE IF NOT EXISTS ${customers(g)} (customer_id TEXT NOT NULL, order_id TEXT NOT NULL,
+      placed_at TEXT NOT NULL, PRIMARY KEY (customer_id, order_id))`,
+    `CREATE INDEX IF NOT EXISTS ${customers(g)}_newest ON ${customers(g)} (customer_id, placed_at, order_id)`,
+    `CREATE INDEX IF NOT EXISTS ${customers(g)}_order ON ${customers(g)} (order_id)`,
+  ],
+  tables: (g) => [steps(g), customers(g)],
+  async apply(tx, _kind, g, { event }, changed) {
+    const found = orderStepOf(event)
+    if (!found) return
+    const { orderId, step } = found
+    await tx.execute(
+      `INSERT INTO ${steps(g)} (order_id, step_id, step) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+      [orderId, step.id, JSON.stringify(step)],
+    )
+    changed.add(orderCacheKey(orderId))
+    const customerId = customerOf(step)
+    if (customerId) {
+      await tx.execute(
+        `INSERT INTO ${customers(g)} (customer_id, order_id, placed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+        [customerId, orderId, step.time],
+      )
+    }
+    for (const row of await tx.query<{ customer_id: string }>(
+      `SELECT customer_id FROM ${customers(g)} WHERE order_id = $1`,
+      [orderId],
+    )) {
+      changed.add(customerOrdersCacheKey(row.customer_id))
+    }
+  },
+  async dump(store, g) {
+    const rows = await store.query<{ order_id: string; step: string }>(
+      `SELECT order_id, step FROM ${steps(g)} ORDER BY order_id, step_id`,
+    )
+    return documentsOf(rows.map((r) => [r.order_id, JSON.parse(r.step) as OrderStep]))
+  },
+}
+
+/** Reads the SQL order-status view. */
+export class SqlOrderStatusReader implements OrderStatusReader {
+  readonly #store: Store
+
+  constructor(store: Store) {
+    this.#store = store
+  }
+
+  async order(g: number, orderId: string): Promise<OrderDocument | undefined> {
+    const rows = await this.#store.query<{ step: string }>(`SELECT step FROM ${steps(g)} WHERE order_id = $1`, [
+      orderId,
+    ])
+    if (rows.length === 0) return undefined
+    return foldOrder(
+      orderId,
+      rows.map((r) => JSON.parse(r.step)),
+    )
+  }
+
+  async customerOrders(
+    g: number,
+    customerId: string,
+    limit: number,
+    after?: { placedAt: string; orderId: string },
+  ): Promise<OrderPage> {
+    const rows = await this.#store.query<{ order_id: string; placed_at: string }>(
+      after
+        ? `SELECT order_id, placed_at FROM ${customers(g)} WHERE customer_id = $1
+             AND (placed_at < $2 OR (placed_at = $2 AND order_id < $3))
+           ORDER BY placed_at DESC, order_id DESC LIMIT $4`
+        : `SELECT order_id, placed_at FROM ${customers(g)} WHERE customer_id = $1
+           ORDER BY placed_at DESC, order_id DESC LIMIT $2`,
+      after ? [customerId, after.placedAt, after.orderId, limit + 1] : [customerId, limit + 1],
+    )
+    const page = rows.slice(0, limit)
+    const items: OrderSummary[] = []
+    for (const row of page) {
+      const doc = await this.order(g, row.order_id)
+      if (doc) items.push(summaryOf(doc))
+    }
+    const last = page.at(-1)
+    return {
+      items,
+      next: rows.length > limit && last ? { placedAt: last.placed_at, orderId: last.order_id } : null,
+    }
+  }
+}
+
+/**
+ * The view in Redis. Keys, under `<prefix>view:order-status:g<N>:`: `order:<id>` a hash of
+ * step id → step, `customer:<id>` a sorted set of "<placedAt>|<orderId>" (read newest first),
+ * `order-customer:<id>` the order's customer, `positions` a hash of partition → "next|lastEventMs".
+ */
+export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
+  readonly #redis: Redis
+  readonly #prefix: string
+
+  constructor(url: string, prefix: string, commandTimeoutMs: number) {
+    this.#prefix = `${prefix}view:order-status:`
+    this.#redis = new Redis(url, {
+      lazyConnect: true,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 1,
+      connectTimeout: commandTimeoutMs * 5,
+      commandTimeout: commandTimeoutMs * 5,
+    })
+    this.#redis.on('error', () => {})
+  }
+
+  async connect(): Promise<void> {
+    await this.#redis.connect()
+  }
+
+  #key(g: number, rest: string): string {
+    return `${this.#prefix}g${g}:${rest}`
+  }
+
+  async create(): Promise<void> {}
+
+  async apply(g: number, events: ViewEvent[]): Promise<string[]> {
+    const stored = await this.#positionMap(g)
+    const fresh = unapplied(events, stored)
+    if (fresh.length === 0) return []
+    const found = fresh.flatMap(({ event }) => orderStepOf(event) ?? [])
+    const orderIds = [...new Set(found.map((f) => f.orderId))]
+    const knownCustomers =
+      orderIds.length === 0 ? [] : await this.#redis.mget(orderIds.map((id) => this.#key(g, `order-customer:${id}`)))
+    const customerOfOrder = new Map<string, string>()
+    orderIds.forEach((id, i) => {
+      if (knownCustomers[i]) customerOfOrder.set(id, knownCustomers[i] as string)
+    })
+    const multi = this.#redis.multi()
+    for (const { orderId, step } of found) {
+      multi.hsetnx(this.#key(g, `order:${orderId}`), step.id, JSON.stringify(step))
+      const customerId = customerOf(step)
+      if (customerId && !customerOfOrder.has(orderId)) {
+        customerOfOrder.set(orderId, customerId)
+        multi.set(this.#key(g, `order-customer:${orderId}`), customerId)
+        multi.zadd(this.#key(g, `customer:${customerId}`), 0, `${step.time}|${orderId}`)
+      }
+    }
+    for (const p of positionsAfter(fresh)) {
+      multi.hset(this.#key(g, 'positions'), partitionKey(p.topic, p.partition), `${p.nextOffset}|${p.lastEventMs}`)
+    }
+    const results = await multi.exec()
+    const failed = results?.find(([error]) => error)
+    if (!results || failed) throw new Error(`order-status view write failed: ${failed?.[0]?.message ?? 'aborted'}`)
+    const changed = new Set<string>()
+    for (const id of orderIds) {
+      changed.add(orderCacheKey(id))
+      const customerId = customerOfOrder.get(id)
+      if (customerId) changed.add(customerOrdersCacheKey(customerId))
+    }
+    return [...changed]
+  }
+
+  async #positionMap(g: number): Promise<Map<string, number>> {
+    const all = await this.#redis.hgetall(this.#key(g, 'positions'))
+    return new Map(Object.entries(all).map(([key, value]) => [key, Number(value.split('|')[0])]))
+  }
+
+  async positions(g: number): Promise<PartitionPosition[]> {
+    const all = await this.#redis.hgetall(this.#key(g, 'positions'))
+    return Object.entries(all).map(([key, value]) => {
+      const slash = key.lastIndexOf('/')
+      const [next, last] = value.split('|')
+      return {
+        topic: key.slice(0, slash),
+        partition: Number(key.slice(slash + 1)),
+        nextOffset: Number(next),
+        lastEventMs: Number(last),
+      }
+    })
+  }
+
+  async order(g: number, orderId: string): Promise<OrderDocument | undefined> {
+    const all = await this.#redis.hgetall(this.#key(g, `order:${orderId}`))
+    const found = Object.values(all)
+    if (found.length === 0) return undefined
+    return foldOrder(
+      orderId,
+      found.map((s) => JSON.parse(s)),
+    )
+  }
+
+  async customerOrders(
+    g: number,
+    customerId: string,
+    limit: number,
+    after?: { placedAt: string; orderId: string },
+  ): Promise<OrderPage> {
+    const members = await this.#redis.zrevrangebylex(
+      this.#key(g, `customer:${customerId}`),
+      after ? `(${after.placedAt}|${after.orderId}` : '+',
+      '-',
+      'LIMIT',
+      0,
+      limit + 1,
+    )
+    const page = members.slice(0, limit).map((member) => {
+      const bar = member.lastIndexOf('|')
+      return { placedAt: member.slice(0, bar), orderId: member.slice(bar + 1) }
+    })
+    const items: OrderSummary[] = []
+    for (const { orderId } of page) {
+      const doc = await this.order(g, orderId)
+      if (doc) items.push(summaryOf(doc))
+    }
+    return { items, next: members.length > limit ? (page.at(-1) ?? null) : null }
+  }
+
+  async dump(g: number): Promise<string> {
+    const rows: [string, OrderStep][] = []
+    for (const key of await this.#keys(this.#key(g, 'order:*'))) {
+      const orderId = key.slice(this.#key(g, 'order:').length)
+      for (const step of Object.values(await this.#redis.hgetall(key))) rows.push([orderId, JSON.parse(step)])
+    }
+    return dumpText(documentsOf(rows))
+  }
+
+  async drop(g: number): Promise<void> {
+    const keys = await this.#keys(this.#key(g, '*'))
+    for (let i = 0; i < keys.length; i += 500) await this.#redis.unlink(...keys.slice(i, i + 500))
+  }
+
+  async #keys(pattern: string): Promise<string[]> {
+    const keys: string[] = []
+    let cursor = '0'
+    do {
+      const [next, found] = await this.#redis.scan(cursor, 'MATCH', pattern, 'COUNT', 1000)
+      cursor = next
+      keys.push(...found)
+    } while (cursor !== '0')
+    return keys
+  }
+
+  async ping(): Promise<void> {
+    await this.#redis.ping()
+  }
+
+  async close(): Promise<void> {
+    this.#redis.disconnect()
+  }
+}
+
+function documentsOf(rows: [string, OrderStep][]): OrderDocument[] {
+  const byOrder = new Map<string, OrderStep[]>()
+  for (const [orderId, step] of rows) byOrder.set(orderId, [...(byOrder.get(orderId) ?? []), step])
+  return [...byOrder.keys()].sort().map((orderId) => foldOrder(orderId, byOrder.get(orderId) ?? []))
+}

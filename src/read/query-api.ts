@@ -1,0 +1,289 @@
+// The read path: answers come from the views (never a service's store), through a cache,
+// each saying what stream position it reflects and how stale its view is. A request that
+// carries a write's consistency token waits (bounded) until the view has reached it.
+import { Type as T } from '@sinclair/typebox'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { IdParam, SkuParam } from '../contracts/commands.ts'
+import { decodeConsistencyToken } from '../contracts/consistency.ts'
+import type { RecordPosition } from '../engines/stream/port.ts'
+import { MercatoError } from '../platform/errors.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
+import { customer360CacheKey, readCustomer360 } from './customer-360/customer-360-view.ts'
+import { Freshness } from './freshness.ts'
+import { customerOrdersCacheKey, orderCacheKey } from './order-status/order-document.ts'
+import { type CachedAnswer, etagOf, QueryCache, queryCacheKey } from './query-cache.ts'
+import type { ViewName } from './view.ts'
+import type { Views } from './views.ts'
+
+export interface QueryApiOptions {
+  http: FastifyInstance
+  views: Views
+  freshness: Freshness
+  queryCache: QueryCache
+  metrics: Metrics
+  /** Longest wait for a consistency token. */
+  readWaitMs: number
+}
+
+const strict = { additionalProperties: false }
+const whole = (max: number) => T.String({ pattern: `^\\d{1,${max}}$` })
+const SearchQuery = T.Object(
+  {
+    q: T.Optional(T.String({ maxLength: 200 })),
+    category: T.Optional(T.String({ minLength: 1, maxLength: 100 })),
+    minPrice: T.Optional(whole(13)),
+    maxPrice: T.Optional(whole(13)),
+    inStock: T.Optional(T.Union([T.Literal('true'), T.Literal('false')])),
+    sort: T.Optional(
+      T.Union(['relevance', 'price-asc', 'price-desc', 'name', 'newest'].map((s) => T.Literal(s))),
+    ),
+    cursor: T.Optional(T.String({ minLength: 1, maxLength: 1000 })),
+    limit: T.Optional(T.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100, default 20' })),
+  },
+  strict,
+)
+const PageQuery = T.Object(
+  {
+    cursor: T.Optional(T.String({ minLength: 1, maxLength: 500 })),
+    limit: T.Optional(T.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100, default 20' })),
+  },
+  strict,
+)
+const NoQuery = T.Object({}, strict)
+const tokenHeader = T.Object({
+  'mercato-consistency-token': T.Optional(
+    T.String({
+      maxLength: 200,
+      description: 'A write answer’s consistency token: wait until the view reflects that write',
+    }),
+  ),
+  'if-none-match': T.Optional(T.String({ maxLength: 200 })),
+})
+
+const freshnessHeaders = {
+  'Mercato-Position': 'the view position the answer reflects: topic/partition=next offset, comma-separated',
+  'Mercato-Staleness-Ms': 'how far the view is behind the stream, in milliseconds (0: caught up)',
+  'Mercato-Stale': 'true when a consistency token was sent and the view had not reached it within the wait',
+}
+
+export async function startQueryApi(options: QueryApiOptions): Promise<void> {
+  const { http, views, freshness, queryCache } = options
+  const served = options.metrics.counter('mercato_query_answers_total', 'Query answers, by view and cache result.', [
+    'view',
+    'cache',
+  ])
+
+  interface Answer {
+    view: ViewName
+    /** Cached under this key (of the view's generation); uncached when undefined. */
+    key?: string
+    read: (generation: number) => Promise<unknown | undefined>
+    notFound: string
+  }
+
+  async function answer(request: FastifyRequest, reply: FastifyReply, spec: Answer) {
+    const token = tokenOf(request)
+    const reached = token ? await freshness.waitFor(spec.view, token, options.readWaitMs) : undefined
+    const generation = freshness.generation(spec.view)
+    const cacheKey = spec.key === undefined ? undefined : queryCacheKey(spec.view, generation, spec.key)
+    let cached: CachedAnswer | undefined
+    let previous: string | undefined
+    if (cacheKey) {
+      const found = await queryCache.lookup(cacheKey)
+      previous = found.raw
+      // An entry read before the token's write is not good enough for this reader.
+      if (found.answer && (!token || !reached || Freshness.reaches(found.answer.positions, token)))
+        cached = found.answer
+    }
+    if (!cached) {
+      const positions = await freshness.positions(spec.view, generation)
+      const document = await spec.read(generation)
+      if (document === undefined) {
+        setFreshness(reply, spec.view, positions, reached)
+        throw new MercatoError('not-found', 404, spec.notFound)
+      }
+      const body = JSON.stringify(document)
+      cached = { positions, etag: etagOf(body), body }
+      if (cacheKey) await queryCache.fill(cacheKey, previous, cached)
+      reply.header('mercato-cache', cacheKey ? 'miss' : 'none')
+    } else reply.header('mercato-cache', 'hit')
+    served.inc({ view: spec.view, cache: cacheKey ? (reply.getHeader('mercato-cache') as string) : 'none' })
+    setFreshness(reply, spec.view, cached.positions, reached)
+    reply.header('etag', cached.etag).header('cache-control', 'private, no-cache')
+    if (request.headers['if-none-match'] === cached.etag) return reply.code(304).send()
+    return reply.type('application/json; charset=utf-8').send(cached.body)
+  }
+
+  function setFreshness(reply: FastifyReply, view: ViewName, positions: Record<string, number>, reached?: boolean) {
+    reply
+      .header(
+        'mercato-position',
+        Object.entries(positions)
+          .sort(([a], [b]) => (a < b ? -1 : 1))
+          .map(([key, next]) => `${key}=${next}`)
+          .join(','),
+      )
+      .header('mercato-staleness-ms', String(Math.round(freshness.stalenessMs(view))))
+      .header('mercato-stale', String(reached === false))
+  }
+
+  const docs = (summary: string, tag: string) => ({
+    summary,
+    tags: [tag],
+    headers: tokenHeader,
+    description: `Answer headers: ${Object.entries(freshnessHeaders)
+      .map(([name, meaning]) => `${name} (${meaning})`)
+      .join('; ')}; ETag (send If-None-Match for a 304).`,
+  })
+
+  http.get(
+    '/v1/products',
+    { schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery } },
+    (request, reply) => {
+      const query = searchQueryOf(request.query as SearchQueryString)
+      return answer(request, reply, {
+        view: 'catalog',
+        read: (g) => searchCatalog(views.store, g, query),
+        notFound: 'no catalog',
+      })
+    },
+  )
+
+  http.get(
+    '/v1/products/:sku',
+    { schema: { ...docs('One product, with its availability', 'catalog'), params: SkuParam, querystring: NoQuery } },
+    (request, reply) => {
+      const { sku } = request.params as { sku: string }
+      return answer(request, reply, {
+        view: 'catalog',
+        key: productCacheKey(sku),
+        read: (g) => getProduct(views.store, g, sku),
+        notFound: `no product ${sku} in the catalog`,
+      })
+    },
+  )
+
+  http.get(
+    '/v1/orders/:id',
+    {
+      schema: {
+        ...docs('An order: status, timeline, lines and totals, payment and shipment', 'orders'),
+        params: IdParam,
+        querystring: NoQuery,
+      },
+    },
+    (request, reply) => {
+      const { id } = request.params as { id: string }
+      return answer(request, reply, {
+        view: 'order-status',
+        key: orderCacheKey(id),
+        read: (g) => views.orderStatus.order(g, id),
+        notFound: `no order ${id}`,
+      })
+    },
+  )
+
+  http.get(
+    '/v1/customers/:id/orders',
+    {
+      schema: {
+        ...docs("A customer's orders, newest first", 'orders'),
+        params: IdParam,
+        querystring: PageQuery,
+      },
+    },
+    (request, reply) => {
+      const { id } = request.params as { id: string }
+      const { cursor, limit } = request.query as { cursor?: string; limit?: string }
+      const after = cursor === undefined ? undefined : orderCursorOf(cursor)
+      const size = limit === undefined ? 20 : Number(limit)
+      return answer(request, reply, {
+        view: 'order-status',
+        // Only the first page of the default size is cached; it is the one shoppers load.
+        key: after === undefined && size === 20 ? customerOrdersCacheKey(id) : undefined,
+        read: async (g) => {
+          const page = await views.orderStatus.customerOrders(g, id, size, after)
+          return {
+            customerId: id,
+            items: page.items,
+            nextCursor: page.next ? Buffer.from(JSON.stringify(page.next)).toString('base64url') : null,
+          }
+        },
+        notFound: `no customer ${id}`,
+      })
+    },
+  )
+
+  http.get(
+    '/v1/customers/:id/360',
+    {
+      schema: {
+        ...docs('Everything about one customer, denormalized', 'customers'),
+        params: IdParam,
+        querystring: NoQuery,
+      },
+    },
+    (request, reply) => {
+      const { id } = request.params as { id: string }
+      return answer(request, reply, {
+        view: 'customer-360',
+        key: customer360CacheKey(id),
+        read: (g) => readCustomer360(views.store, g, id),
+        notFound: `no customer ${id}`,
+      })
+    },
+  )
+}
+
+function tokenOf(request: FastifyRequest): RecordPosition | undefined {
+  const raw = request.headers['mercato-consistency-token']
+  if (raw === undefined) return undefined
+  const token = typeof raw === 'string' ? decodeConsistencyToken(raw) : undefined
+  if (!token) {
+    throw new MercatoError('invalid-consistency-token', 400, 'Mercato-Consistency-Token is not a token Mercato wrote', {
+      errors: [{ in: 'header', field: 'mercato-consistency-token', message: 'is not a consistency token' }],
+    })
+  }
+  return token
+}
+
+type SearchQueryString = {
+  q?: string
+  category?: string
+  minPrice?: string
+  maxPrice?: string
+  inStock?: 'true' | 'false'
+  sort?: CatalogQuery['sort']
+  cursor?: string
+  limit?: string
+}
+
+function searchQueryOf(raw: SearchQueryString): CatalogQuery {
+  const query: CatalogQuery = {
+    q: raw.q,
+    category: raw.category,
+    minPrice: raw.minPrice === undefined ? undefined : Number(raw.minPrice),
+    maxPrice: raw.maxPrice === undefined ? undefined : Number(raw.maxPrice),
+    inStock: raw.inStock === undefined ? undefined : raw.inStock === 'true',
+    sort: raw.sort,
+    cursor: raw.cursor,
+    limit: raw.limit === undefined ? 20 : Number(raw.limit),
+  }
+  if (query.minPrice !== undefined && query.maxPrice !== undefined && query.minPrice > query.maxPrice) {
+    throw new MercatoError('invalid-query', 400, 'minPrice is above maxPrice', {
+      errors: [{ in: 'querystring', field: '/minPrice', message: 'must not be above maxPrice' }],
+    })
+  }
+  return query
+}
+
+function orderCursorOf(cursor: string): { placedAt: string; orderId: string } {
+  try {
+    const parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString())
+    if (typeof parsed.placedAt === 'string' && typeof parsed.orderId === 'string') return parsed
+  } catch {}
+  throw new MercatoError('invalid-cursor', 400, 'cursor is not one this API gave', {
+    errors: [{ in: 'querystring', field: '/cursor', message: 'is not a cursor this API gave' }],
+  })
+}

@@ -1,0 +1,3 @@
+import { defineReadSuite } from './read-suite.ts'
+
+defineReadSuite('embedded', undefined)

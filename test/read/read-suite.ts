@@ -1,0 +1,229 @@
+// The read path end to end over HTTP, on one engine set: read-your-writes with the
+// consistency token, freshness headers, cache hits, invalidation and ETags, bad
+// parameters, and a rebuild that equals the live view while queries keep being answered.
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import { rebuildView } from '../../src/read/projector.ts'
+import { viewNames } from '../../src/read/view.ts'
+import { type EngineSet, type Shop, startShop } from '../support/shop.ts'
+import { waitFor } from '../support/wait.ts'
+
+const address = { name: 'R', line1: '1 Read St', city: 'Readville', postalCode: '1', country: 'US' }
+
+interface Answer {
+  status: number
+  body: any
+  headers: Headers
+}
+
+async function get(shop: Shop, path: string, headers: Record<string, string> = {}): Promise<Answer> {
+  const response = await fetch(`${shop.url}${path}`, { headers })
+  const text = await response.text()
+  return { status: response.status, body: text ? JSON.parse(text) : undefined, headers: response.headers }
+}
+
+async function order(shop: Shop, customerId: string, sku: string): Promise<{ id: string; token: string }> {
+  const answer = await shop.post(
+    '/v1/orders',
+    { customerId, lines: [{ sku, quantity: 1 }], shippingAddress: address, paymentMethodToken: 'tok_visa' },
+    { 'idempotency-key': randomUUID() },
+  )
+  assert.equal(answer.status, 202, JSON.stringify(answer.body))
+  assert.equal(answer.headers.get('mercato-consistency-token'), answer.body.consistencyToken)
+  return { id: answer.body.id, token: answer.body.consistencyToken }
+}
+
+export function defineReadSuite(engines: EngineSet, skip: string | undefined, env: Record<string, string> = {}) {
+  describe(`read path: ${engines}`, { skip }, () => {
+    let shop: Shop
+    const sku = `READ-${randomUUID().slice(0, 8)}`
+    const customerId = `cus_read_${randomUUID().slice(0, 8)}`
+
+    before(async () => {
+      shop = await startShop(engines, { MERCATO_READ_WAIT_MS: '500', ...env })
+      await shop.stockUp([sku], 1_000)
+    })
+    after(async () => shop?.stop())
+
+    it('a write followed at once by a read with its token sees the write, every time', async () => {
+      const placed = await Promise.all(Array.from({ length: 20 }, () => order(shop, customerId, sku)))
+      for (const { id, token } of placed) {
+        const answer = await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })
+        assert.equal(answer.status, 200, JSON.stringify(answer.body))
+        assert.equal(answer.body.orderId, id)
+        assert.equal(answer.headers.get('mercato-stale'), 'false')
+      }
+    })
+
+    it('every answer says what position it reflects and how stale it is', async () => {
+      const { id } = await order(shop, customerId, sku)
+      const answer = await get(shop, `/v1/orders/${id}`)
+      assert.ok([200, 404].includes(answer.status))
+      assert.match(answer.headers.get('mercato-staleness-ms') ?? '', /^\d+$/)
+      assert.match(answer.headers.get('mercato-position') ?? '', /^[^=,]+\/\d+=\d+(,[^=,]+\/\d+=\d+)*$/)
+    })
+
+    it('an order is followed to delivery: status, timeline, payment, shipment, lists and 360', async () => {
+      const { id, token } = await order(shop, customerId, sku)
+      await waitFor(
+        `order ${id} delivered in the view`,
+        async () => (await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })).body?.status === 'DELIVERED',
+        30_000,
+      )
+      const { body } = await get(shop, `/v1/orders/${id}`)
+      assert.equal(body.customerId, customerId)
+      assert.equal(body.totalMinor, 1000)
+      assert.equal(body.payment.state, 'captured')
+      assert.equal(body.shipment.state, 'delivered')
+      assert.ok(body.shipment.trackingNumber)
+      const events = body.timeline.map((step: { event: string }) => step.event)
+      for (const step of ['order.requested', 'inventory.reserved', 'payment.authorized', 'shipment.scheduled', 'order.confirmed', 'order.shipped', 'order.delivered'])
+        assert.ok(events.includes(step), `timeline has ${step}`)
+      for (const step of body.timeline) assert.ok(!Number.isNaN(Date.parse(step.at)))
+
+      const list = await get(shop, `/v1/customers/${customerId}/orders?limit=5`)
+      assert.equal(list.status, 200)
+      assert.equal(list.body.items.length, 5)
+      assert.ok(list.body.nextCursor)
+      const seen = new Set<string>()
+      let cursor: string | null = null
+      do {
+        const page: Answer = await get(
+          shop,
+          `/v1/customers/${customerId}/orders?limit=7${cursor ? `&cursor=${cursor}` : ''}`,
+        )
+        for (const item of page.body.items) {
+          assert.ok(!seen.has(item.orderId), 'no order twice')
+          seen.add(item.orderId)
+        }
+        cursor = page.body.nextCursor
+      } while (cursor)
+      assert.equal(seen.size, 22)
+
+      await waitFor('the 360 to count the delivered order', async () => {
+        const c360 = await get(shop, `/v1/customers/${customerId}/360`)
+        return c360.status === 200 && c360.body.orders.delivered >= 1
+      }, 20_000)
+      const c360 = await get(shop, `/v1/customers/${customerId}/360`)
+      assert.equal(c360.body.orders.count, 22)
+      assert.ok(c360.body.lifetimeSpend[0].amountMinor >= 1000)
+      assert.equal(c360.body.lifetimeSpend[0].currency, 'USD')
+      assert.deepEqual(c360.body.averageBasket, [{ currency: 'USD', amountMinor: 1000 }])
+    })
+
+    it('answers are cached, revalidated by ETag, and invalidated by the events that change them', async () => {
+      const first = await get(shop, `/v1/products/${sku}`)
+      assert.equal(first.status, 200)
+      const second = await get(shop, `/v1/products/${sku}`)
+      assert.equal(second.headers.get('mercato-cache'), 'hit')
+      assert.deepEqual(second.body, first.body)
+      const etag = second.headers.get('etag') ?? ''
+      const revalidated = await fetch(`${shop.url}/v1/products/${sku}`, { headers: { 'if-none-match': etag } })
+      assert.equal(revalidated.status, 304)
+
+      for (const priceMinor of [1500, 1700, 1900]) {
+        const put = await shop.put(`/v1/products/${sku}`, {
+          name: `Product ${sku}`,
+          description: 'repriced',
+          category: 'test',
+          priceMinor,
+          currency: 'USD',
+        })
+        assert.equal(put.status, 202)
+        const after = await get(shop, `/v1/products/${sku}`, {
+          'mercato-consistency-token': put.body.consistencyToken,
+          'if-none-match': etag,
+        })
+        assert.equal(after.status, 200, 'the old ETag no longer matches')
+        assert.equal(after.body.priceMinor, priceMinor, 'no stale answer once the token was waited for')
+      }
+    })
+
+    it('a token the view cannot reach in time gives the current answer marked stale, not an error', async () => {
+      const { id } = await order(shop, customerId, sku)
+      const far = Buffer.from(`v1:${shop.app.context.stream!.topic('orders')}:0:999999999`).toString('base64url')
+      const answer = await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': far })
+      assert.ok([200, 404].includes(answer.status))
+      assert.equal(answer.headers.get('mercato-stale'), 'true')
+    })
+
+    it('bad query parameters are 400 problem details naming the parameter', async () => {
+      for (const path of [
+        '/v1/products?foo=1',
+        '/v1/products?limit=0',
+        '/v1/products?limit=101',
+        '/v1/products?minPrice=abc',
+        '/v1/products?minPrice=10&maxPrice=5',
+        '/v1/products?inStock=maybe',
+        '/v1/products?sort=cheapest',
+        '/v1/products?cursor=not-a-cursor',
+        `/v1/customers/${customerId}/orders?cursor=nope`,
+        `/v1/customers/${customerId}/orders?limit=-1`,
+        '/v1/orders/ord_x?expand=all',
+      ]) {
+        const answer = await get(shop, path)
+        assert.equal(answer.status, 400, path)
+        assert.match(answer.headers.get('content-type') ?? '', /application\/problem\+json/)
+        assert.equal(answer.body.status, 400)
+      }
+      const badToken = await get(shop, `/v1/products/${sku}`, { 'mercato-consistency-token': 'garbage' })
+      assert.equal(badToken.status, 400)
+      assert.equal((await get(shop, '/v1/orders/ord_does_not_exist')).status, 404)
+    })
+
+    it('a rebuilt view equals the live one, byte for byte, and queries are answered throughout', async () => {
+      const { views, stream } = shop.app.context
+      assert.ok(views && stream)
+      const quiet = async () => {
+        const lags = await Promise.all(
+          viewNames.map(async (view) => {
+            const live = await views.registry.live(view)
+            const positions = await views.definitions[view].storage.positions(live!.generation)
+            const ends = await stream.engine.lag('nobody', views.definitions[view].topics.map((t) => stream.topic(t)))
+            return ends.every((e) => (positions.find((p) => p.topic === e.topic && p.partition === e.partition)?.nextOffset ?? 0) >= e.end)
+          }),
+        )
+        return lags.every(Boolean)
+      }
+      await waitFor('every order to finish and the views to catch up', async () => {
+        const list = await get(shop, `/v1/customers/${customerId}/orders?limit=100`)
+        const open = list.body.items.some((o: { status: string }) => !['DELIVERED', 'CANCELLED'].includes(o.status))
+        return !open && (await quiet())
+      }, 60_000)
+      // Nothing moves now (the notification service may still be sending): wait for a quiet second.
+      let settled = 0
+      await waitFor('a quiet stream', async () => {
+        settled = (await quiet()) ? settled + 1 : 0
+        return settled >= 10
+      }, 30_000)
+
+      for (const view of viewNames) {
+        const live = (await views.registry.live(view))!.generation
+        let answered = 0
+        const querying = (async () => {
+          for (let i = 0; i < 20; i++) {
+            const answer = await get(shop, `/v1/customers/${customerId}/360`)
+            assert.equal(answer.status, 200)
+            answered++
+          }
+        })()
+        const rebuilt = await rebuildView({ views, stream, metrics: shop.app.context.metrics }, view)
+        await querying
+        assert.equal(answered, 20)
+        assert.equal(rebuilt, live + 1)
+        assert.equal((await views.registry.live(view))?.generation, rebuilt)
+        const [old, fresh] = [await views.definitions[view].storage.dump(live), await views.definitions[view].storage.dump(rebuilt)]
+        assert.ok(old.length > 0)
+        assert.equal(fresh, old, `${view}: the rebuilt generation equals the live one`)
+      }
+
+      // The projector follows the new generations: a new write is seen with its token.
+      const { id, token } = await order(shop, customerId, sku)
+      await waitFor('the projector to follow the new generation', async () => {
+        const answer = await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })
+        return answer.status === 200 && answer.headers.get('mercato-stale') === 'false'
+      }, 10_000)
+    })
+  })
+}

@@ -1,0 +1,245 @@
+// Each view built from a scripted event history equals the expected document; a redelivered
+// batch changes nothing; the same history split and interleaved differently (each
+// partition's order kept) gives a byte-for-byte equal view. On SQLite, and on PostgreSQL
+// with the order-status view in Redis.
+import assert from 'node:assert/strict'
+import { after, before, describe, test } from 'node:test'
+import { Redis } from 'ioredis'
+import pg from 'pg'
+import { type CloudEvent, createEvent } from '../../src/contracts/envelope.ts'
+import { storeLimitDefaults, type Store } from '../../src/engines/store/port.ts'
+import { PostgresStore } from '../../src/engines/store/postgres/postgres-store.ts'
+import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
+import { partitionForKey } from '../../src/engines/stream/port.ts'
+import { getProduct } from '../../src/read/catalog/catalog-view.ts'
+import { readCustomer360 } from '../../src/read/customer-360/customer-360-view.ts'
+import type { ViewEvent } from '../../src/read/view.ts'
+import { openViews, type Views } from '../../src/read/views.ts'
+import { serverUrls, skipUnlessReachable } from '../support/servers.ts'
+import { tempDir, uniqueName } from '../support/wait.ts'
+
+const partitions = 4
+const t0 = Date.parse('2026-11-01T10:00:00.000Z')
+
+/** A history as the stream would hold it: each event on its topic and key's partition, offsets in order. */
+function history(): ViewEvent[] {
+  const offsets = new Map<string, number>()
+  let clock = 0
+  const at = (type: string, subject: string, data: Record<string, unknown>): ViewEvent => {
+    const topic = { order: 'orders', inventory: 'inventory', payment: 'payments', shipment: 'shipments', notification: 'notifications', customer: 'customers', product: 'products' }[type.split('.')[0]] as string
+    const partition = partitionForKey(subject, partitions)
+    const key = `${topic}/${partition}`
+    const offset = offsets.get(key) ?? 0
+    offsets.set(key, offset + 1)
+    clock += 1000
+    const event: CloudEvent = createEvent({
+      id: `evt_${String(clock).padStart(6, '0')}`,
+      type,
+      subject,
+      source: 'mercato/test',
+      data,
+      time: new Date(t0 + clock),
+    })
+    return { event, position: { topic, partition, offset }, timestampMs: t0 + clock }
+  }
+  const address = { name: 'Ada Lovelace', line1: '1 Analytical St', city: 'London', postalCode: 'N1', country: 'GB' }
+  const lines = [{ sku: 'LAMP-1', quantity: 2 }]
+  return [
+    at('customer.registered', 'cus_1', { customerId: 'cus_1', email: 'ada@example.com', givenName: 'Ada', familyName: 'Lovelace' }),
+    at('customer.address-added', 'cus_1', { customerId: 'cus_1', addressId: 'adr_1', address }),
+    at('product.upserted', 'LAMP-1', { sku: 'LAMP-1', name: 'Desk lamp', description: 'A warm desk lamp', category: 'home', priceMinor: 2500, currency: 'EUR' }),
+    at('inventory.adjusted', 'LAMP-1', { sku: 'LAMP-1', delta: 10, reason: 'restock', onHand: 10, available: 10 }),
+    // Order 1: delivered.
+    at('order.requested', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', lines, shippingAddress: address, paymentMethodToken: 'tok_visa' }),
+    at('order.placed', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', lines: [{ sku: 'LAMP-1', quantity: 2, unitPriceMinor: 2500 }], totalMinor: 5000, currency: 'EUR' }),
+    at('inventory.reserved', 'ord_1', { orderId: 'ord_1', reservationId: 'res_ord_1', lines, expiresAt: '2026-11-01T11:00:00.000Z' }),
+    at('order.payment-requested', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', paymentMethodToken: 'tok_visa', amountMinor: 5000, currency: 'EUR' }),
+    at('payment.authorized', 'ord_1', { orderId: 'ord_1', paymentId: 'pay_1', amountMinor: 5000, currency: 'EUR' }),
+    at('order.shipment-requested', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', shippingAddress: address, lines, express: false }),
+    at('shipment.scheduled', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1', carrier: 'DHL', trackingNumber: 'TRK1' }),
+    at('order.confirmed', 'ord_1', { orderId: 'ord_1' }),
+    at('payment.captured', 'ord_1', { orderId: 'ord_1', paymentId: 'pay_1', amountMinor: 5000, currency: 'EUR' }),
+    at('inventory.committed', 'ord_1', { orderId: 'ord_1', reservationId: 'res_ord_1' }),
+    at('shipment.shipped', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
+    at('order.shipped', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
+    at('notification.sent', 'cus_1', { notificationId: 'ntf_1', customerId: 'cus_1', channel: 'email', template: 'order-shipped', orderId: 'ord_1' }),
+    at('shipment.delivered', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
+    at('order.delivered', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
+    // Order 2: reserved, then declined and released.
+    at('order.requested', 'ord_2', { orderId: 'ord_2', customerId: 'cus_1', lines: [{ sku: 'LAMP-1', quantity: 3 }], shippingAddress: address, paymentMethodToken: 'tok_declined' }),
+    at('order.placed', 'ord_2', { orderId: 'ord_2', customerId: 'cus_1', lines: [{ sku: 'LAMP-1', quantity: 3, unitPriceMinor: 2500 }], totalMinor: 7500, currency: 'EUR' }),
+    at('inventory.reserved', 'ord_2', { orderId: 'ord_2', reservationId: 'res_ord_2', lines: [{ sku: 'LAMP-1', quantity: 3 }], expiresAt: '2026-11-01T11:00:00.000Z' }),
+    at('payment.declined', 'ord_2', { orderId: 'ord_2', reason: 'card declined' }),
+    at('order.cancelled', 'ord_2', { orderId: 'ord_2', reason: 'payment-declined', detail: 'card declined' }),
+    at('inventory.released', 'ord_2', { orderId: 'ord_2', reservationId: 'res_ord_2', reason: 'compensation' }),
+    at('notification.sent', 'cus_1', { notificationId: 'ntf_2', customerId: 'cus_1', channel: 'email', template: 'order-cancelled', orderId: 'ord_2' }),
+  ]
+}
+
+/** The same history, interleaved another way: each partition's own order kept. */
+function interleavedOtherwise(events: ViewEvent[]): ViewEvent[][] {
+  const byPartition = new Map<string, ViewEvent[]>()
+  for (const e of events) {
+    const key = `${e.position.topic}/${e.position.partition}`
+    byPartition.set(key, [...(byPartition.get(key) ?? []), e])
+  }
+  // One batch per partition, partitions in reverse order of first appearance.
+  return [...byPartition.values()].reverse()
+}
+
+async function applyAll(views: Views, generation: number, batches: ViewEvent[][]) {
+  for (const batch of batches) {
+    for (const definition of Object.values(views.definitions)) {
+      const topics = new Set(definition.topics)
+      const mine = batch.filter((e) => topics.has(e.position.topic))
+      if (mine.length > 0) await definition.storage.apply(generation, mine)
+    }
+  }
+}
+
+async function dumps(views: Views, generation: number): Promise<string[]> {
+  return Promise.all(Object.values(views.definitions).map((d) => d.storage.dump(generation)))
+}
+
+function defineViewTests(name: string, skip: string | undefined, open: () => Promise<{ views: Views; store: Store; cleanup: () => Promise<void> }>) {
+  describe(`views from a scripted history: ${name}`, { skip }, () => {
+    let views: Views
+    let store: Store
+    let cleanup: () => Promise<void>
+    const events = history()
+
+    before(async () => {
+      ;({ views, store, cleanup } = await open())
+      for (const g of [1, 2]) for (const d of Object.values(views.definitions)) await d.storage.create(g)
+      await applyAll(views, 1, [events.slice(0, 9), events.slice(9)])
+    })
+    after(async () => cleanup?.())
+
+    test('order status: the delivered order, with its timeline, payment and shipment', async () => {
+      const order = await views.orderStatus.order(1, 'ord_1')
+      assert.ok(order)
+      assert.equal(order.status, 'DELIVERED')
+      assert.equal(order.customerId, 'cus_1')
+      assert.deepEqual(order.lines, [{ sku: 'LAMP-1', quantity: 2, unitPriceMinor: 2500 }])
+      assert.equal(order.totalMinor, 5000)
+      assert.equal(order.currency, 'EUR')
+      assert.deepEqual(order.payment, { state: 'captured', paymentId: 'pay_1', amountMinor: 5000, currency: 'EUR', reason: null })
+      assert.deepEqual(order.shipment, { state: 'delivered', shipmentId: 'shp_1', carrier: 'DHL', trackingNumber: 'TRK1' })
+      assert.equal(order.placedAt, '2026-11-01T10:00:05.000Z')
+      assert.deepEqual(
+        order.timeline.map((step) => [step.event, step.status]),
+        [
+          ['order.requested', 'PENDING'],
+          ['order.placed', 'PENDING'],
+          ['inventory.reserved', 'STOCK_RESERVED'],
+          ['order.payment-requested', null],
+          ['payment.authorized', 'PAYMENT_AUTHORIZED'],
+          ['order.shipment-requested', null],
+          ['shipment.scheduled', 'SHIPMENT_SCHEDULED'],
+          ['order.confirmed', 'CONFIRMED'],
+          ['payment.captured', null],
+          ['inventory.committed', null],
+          ['shipment.shipped', null],
+          ['order.shipped', 'SHIPPED'],
+          ['shipment.delivered', null],
+          ['order.delivered', 'DELIVERED'],
+        ],
+      )
+      assert.equal(JSON.stringify(order).includes('tok_visa'), false, 'the payment token is not shown')
+    })
+
+    test('order status: the declined order, cancelled with its reason', async () => {
+      const order = await views.orderStatus.order(1, 'ord_2')
+      assert.equal(order?.status, 'CANCELLED')
+      assert.deepEqual(order?.cancellation, { reason: 'payment-declined', detail: 'card declined' })
+      assert.equal(order?.payment?.state, 'declined')
+      assert.equal(order?.shipment, null)
+    })
+
+    test("the customer's orders, newest first, paged", async () => {
+      const first = await views.orderStatus.customerOrders(1, 'cus_1', 1)
+      assert.deepEqual(first.items.map((o) => [o.orderId, o.status]), [['ord_2', 'CANCELLED']])
+      assert.ok(first.next)
+      const second = await views.orderStatus.customerOrders(1, 'cus_1', 1, first.next)
+      assert.deepEqual(second.items.map((o) => [o.orderId, o.status]), [['ord_1', 'DELIVERED']])
+      assert.equal(second.next, null)
+      assert.deepEqual((await views.orderStatus.customerOrders(1, 'cus_nobody', 20)).items, [])
+    })
+
+    test('customer 360: profile, addresses, orders, spend, basket, notifications', async () => {
+      assert.deepEqual(await readCustomer360(store, 1, 'cus_1'), {
+        customerId: 'cus_1',
+        profile: { email: 'ada@example.com', givenName: 'Ada', familyName: 'Lovelace', registeredAt: '2026-11-01T10:00:01.000Z' },
+        addresses: [{ addressId: 'adr_1', address: { name: 'Ada Lovelace', line1: '1 Analytical St', city: 'London', postalCode: 'N1', country: 'GB' } }],
+        orders: { count: 2, open: 0, cancelled: 1, delivered: 1, last: { orderId: 'ord_2', placedAt: '2026-11-01T10:00:20.000Z' } },
+        lifetimeSpend: [{ currency: 'EUR', amountMinor: 5000 }],
+        averageBasket: [{ currency: 'EUR', amountMinor: 5000 }],
+        notifications: { sent: 2, lastSentAt: '2026-11-01T10:00:26.000Z' },
+        features: null,
+      })
+      assert.equal(await readCustomer360(store, 1, 'cus_nobody'), undefined)
+    })
+
+    test('catalog: the product with its stock (10 restocked, 2 shipped, 3 reserved and released)', async () => {
+      const product = await getProduct(store, 1, 'LAMP-1')
+      assert.equal(product?.name, 'Desk lamp')
+      assert.equal(product?.onHand, 8)
+      assert.equal(product?.available, 8)
+      assert.equal(product?.inStock, true)
+    })
+
+    test('a redelivered history changes nothing', async () => {
+      const before = await dumps(views, 1)
+      await applyAll(views, 1, [events])
+      await applyAll(views, 1, interleavedOtherwise(events))
+      assert.deepEqual(await dumps(views, 1), before)
+    })
+
+    test('the same history interleaved otherwise builds a byte-for-byte equal view', async () => {
+      await applyAll(views, 2, interleavedOtherwise(events))
+      const [one, two] = [await dumps(views, 1), await dumps(views, 2)]
+      for (let i = 0; i < one.length; i++) assert.equal(two[i], one[i])
+      assert.ok(one.every((text) => text.length > 0))
+    })
+  })
+}
+
+defineViewTests('SQLite', undefined, async () => {
+  const dir = tempDir()
+  const store = new SqliteStore(dir.path, 'views', storeLimitDefaults)
+  const views = await openViews({ store })
+  return {
+    views,
+    store,
+    cleanup: async () => {
+      await views.close()
+      await store.close()
+      dir.remove()
+    },
+  }
+})
+
+const skipPostgres = await skipUnlessReachable('views on PostgreSQL', 'postgres')
+const skipRedis = skipPostgres ?? (await skipUnlessReachable('order-status view on Redis', 'redis'))
+defineViewTests('PostgreSQL, order status in Redis', skipRedis, async () => {
+  const schema = uniqueName('views').toLowerCase()
+  const prefix = `mercato-test:${schema}:`
+  const store = new PostgresStore(serverUrls.postgres, 'views', storeLimitDefaults, schema)
+  const views = await openViews({ store, redis: { url: serverUrls.redis, keyPrefix: prefix, commandTimeoutMs: 1_000 } })
+  return {
+    views,
+    store,
+    cleanup: async () => {
+      for (const g of [1, 2]) await views.definitions['order-status'].storage.drop(g)
+      await views.close()
+      await store.close()
+      const client = new pg.Client(serverUrls.postgres)
+      await client.connect()
+      await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
+      await client.end()
+      const redis = new Redis(serverUrls.redis)
+      assert.deepEqual(await redis.keys(`${prefix}*`), [], 'dropping a generation removes its keys')
+      redis.disconnect()
+    },
+  }
+})
