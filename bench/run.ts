@@ -2,6 +2,7 @@
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
 import type { Row } from './rows.ts'
+import { benchQuery } from './query.ts'
 import { benchSaga } from './saga.ts'
 import { benchStream } from './stream.ts'
 import { benchWrite } from './write.ts'
@@ -16,6 +17,7 @@ const { positionals, values } = parseArgs({
       type: 'string',
       default: process.env.MERCATO_TEST_POSTGRES ?? 'postgres://postgres@127.0.0.1:5432/postgres',
     },
+    redis: { type: 'string', default: process.env.MERCATO_TEST_REDIS ?? 'redis://127.0.0.1:6379' },
     seconds: { type: 'string', default: '10' },
     connections: { type: 'string', default: '64' },
   },
@@ -31,6 +33,15 @@ const benchmarks: Record<string, () => Promise<Row[]>> = {
       seconds: Number(values.seconds),
       kafka: values.kafka,
       postgres: values.postgres,
+    }),
+  query: () =>
+    benchQuery({
+      engines: values.engines.split(','),
+      seconds: Number(values.seconds),
+      connections: Number(values.connections),
+      kafka: values.kafka,
+      postgres: values.postgres,
+      redis: values.redis,
     }),
 }
 

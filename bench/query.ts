@@ -1,0 +1,227 @@
+// `npm run bench -- query`:
+//  1. cached GET /v1/orders/{id} on a whole `mercato start` process, beside a bare fastify
+//     server answering the same documents from memory, same autocannon settings;
+//  2. catalog search over 100,000 products (bench/search.ts);
+//  3. projection lag at 1,000 events/s: from append to the change visible in the
+//     order-status view, beside a bare consumer's append-to-handler time on the same stream,
+//     on the embedded engines and on Kafka + PostgreSQL + Redis.
+import { randomUUID } from 'node:crypto'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
+import autocannon from 'autocannon'
+import { createEvent } from '../src/contracts/envelope.ts'
+import type { PositionedEvent } from '../src/engines/stream/event-stream.ts'
+import { silentLogger } from '../src/platform/logger.ts'
+import { Metrics } from '../src/platform/metrics.ts'
+import { Projector } from '../src/read/projector.ts'
+import { openViews } from '../src/read/views.ts'
+import { loadConfig } from '../src/runtime/config.ts'
+import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
+import { tempDir } from '../test/support/wait.ts'
+import { startProcess } from './mercato-process.ts'
+import { percentile, type Row, row } from './rows.ts'
+import { benchSearch } from './search.ts'
+
+export interface QueryBenchOptions {
+  engines: string[]
+  seconds: number
+  connections: number
+  kafka: string
+  postgres: string
+  redis: string
+}
+
+export async function benchQuery(options: QueryBenchOptions): Promise<Row[]> {
+  const rows: Row[] = []
+  rows.push(...(await benchCachedOrder(options)))
+  rows.push(...(await benchSearch({ products: 100_000 })))
+  for (const engine of options.engines) rows.push(...(await benchProjectionLag(engine, options)))
+  return rows
+}
+
+async function drive(url: string, ids: string[], seconds: number, connections: number) {
+  let next = 0
+  const result = await autocannon({
+    url,
+    connections,
+    duration: seconds,
+    requests: [
+      {
+        method: 'GET',
+        setupRequest: (request) => ({ ...request, path: `/v1/orders/${ids[next++ % ids.length]}` }),
+      },
+    ],
+  })
+  return {
+    perSecond: result['2xx'] / seconds,
+    p50: result.latency.p50,
+    p99: result.latency.p99,
+    non2xx: result.non2xx,
+  }
+}
+
+async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
+  const dir = tempDir('mercato-bench-query-')
+  const mercato = await startProcess(
+    ['src/main.ts', 'start'],
+    { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_CARRIER_STEP_MS: '100', MERCATO_LOG_LEVEL: 'warn' },
+    /mercato is up/,
+  )
+  let bare: Awaited<ReturnType<typeof startProcess>> | undefined
+  try {
+    const ids: string[] = []
+    const address = { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' }
+    for (let i = 0; i < 100; i++) {
+      const response = await fetch(`${mercato.url}/v1/orders`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', 'idempotency-key': randomUUID() },
+        body: JSON.stringify({
+          customerId: 'cus_demo_1',
+          lines: [{ sku: `DEMO-${(i % 25) + 1}`, quantity: 1 }],
+          shippingAddress: address,
+          paymentMethodToken: 'tok_visa',
+        }),
+      })
+      if (response.status !== 202) throw new Error(`order refused: ${response.status} ${await response.text()}`)
+      ids.push(((await response.json()) as { id: string }).id)
+    }
+    // Let every saga end, so the view no longer changes and every GET is a cache hit.
+    const documents: Record<string, unknown> = {}
+    for (const id of ids) {
+      for (;;) {
+        const doc = (await (await fetch(`${mercato.url}/v1/orders/${id}`)).json()) as { status?: string }
+        if (doc.status === 'DELIVERED' || doc.status === 'CANCELLED') {
+          documents[id] = doc
+          break
+        }
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+    }
+    const file = join(dir.path, 'documents.json')
+    writeFileSync(file, JSON.stringify(documents))
+    bare = await startProcess(['bench/bare-read-server.ts'], { MERCATO_BENCH_DOCUMENTS: file }, /bare server is up/)
+    await drive(bare.url, ids, 2, options.connections)
+    await drive(mercato.url, ids, 2, options.connections)
+    const baseline = await drive(bare.url, ids, options.seconds, options.connections)
+    const subject = await drive(mercato.url, ids, options.seconds, options.connections)
+    console.error({ baseline, subject })
+    const scenario = `cached GET /v1/orders/{id}, ${options.connections} connections`
+    return [
+      row(scenario, 'embedded', 'throughput', subject.perSecond, 'answers/s', baseline.perSecond),
+      row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
+      row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
+    ]
+  } finally {
+    await bare?.stop()
+    await mercato.stop()
+    dir.remove()
+  }
+}
+
+/** Publishes order.requested at 1,000 events/s and measures append → visible in the view, and append → bare handler. */
+async function benchProjectionLag(engine: string, options: QueryBenchOptions): Promise<Row[]> {
+  const dir = tempDir('mercato-bench-lag-')
+  const prefix = `bench-lag-${Date.now().toString(36)}`
+  const config = loadConfig({
+    MERCATO_DATA_DIR: dir.path,
+    MERCATO_LOG_LEVEL: 'silent',
+    ...(engine === 'kafka'
+      ? {
+          MERCATO_STREAM: `kafka://${options.kafka}`,
+          MERCATO_STREAM_TOPIC_PREFIX: `${prefix}.`,
+          MERCATO_STREAM_PARTITIONS: '8',
+          MERCATO_STORE: options.postgres,
+          MERCATO_STORE_SCHEMA_PREFIX: `${prefix.replaceAll('-', '_')}_`,
+          MERCATO_CACHE: options.redis,
+        }
+      : {}),
+  })
+  const log = silentLogger()
+  const metrics = new Metrics()
+  const stream = await openEventStream(config, log, metrics)
+  const cache = await openCache(config)
+  const store = await storeOpener(config)('views')
+  const views = await openViews({
+    store,
+    redis:
+      config.cache.kind === 'redis'
+        ? { url: config.cache.url, keyPrefix: redisKeyPrefix(config), commandTimeoutMs: 1_000 }
+        : undefined,
+  })
+  const viewLags: number[] = []
+  const bareLags: number[] = []
+  const storage = views.definitions['order-status'].storage
+  const apply = storage.apply.bind(storage)
+  storage.apply = async (generation, events) => {
+    const changed = await apply(generation, events)
+    const now = Date.now()
+    for (const e of events) if (e.event.source === 'bench') viewLags.push(now - e.timestampMs)
+    return changed
+  }
+  const projector = new Projector(
+    { views, stream, cache, log, metrics },
+    { pollIntervalMs: 1_000, retiredKeepMs: 60_000, invalidationTtlMs: 30_000 },
+  )
+  await projector.start()
+  const bare = await stream.subscribe({
+    group: `bench-bare-${randomUUID()}`,
+    topics: ['orders'],
+    startAt: 'latest',
+    handleBatch: async (events: PositionedEvent[]) => {
+      const now = Date.now()
+      for (const e of events) bareLags.push(now - e.timestampMs)
+    },
+  })
+  const rate = 1_000
+  const seconds = Math.max(5, options.seconds)
+  const address = { name: 'L', line1: '1 Lag St', city: 'Lagville', postalCode: '1', country: 'US' }
+  try {
+    await new Promise((resolve) => setTimeout(resolve, 2_000)) // consumers join
+    const started = Date.now()
+    let sent = 0
+    const inFlight: Promise<unknown>[] = []
+    while (Date.now() - started < seconds * 1000) {
+      const due = Math.floor(((Date.now() - started) / 1000) * rate)
+      const events = []
+      for (; sent < due; sent++) {
+        const orderId = `ord_lag_${sent}`
+        events.push(
+          createEvent({
+            type: 'order.requested',
+            subject: orderId,
+            source: 'bench',
+            data: {
+              orderId,
+              customerId: `cus_${sent % 100}`,
+              lines: [{ sku: 'LAG-1', quantity: 1 }],
+              shippingAddress: address,
+              paymentMethodToken: 'tok_visa',
+            },
+          }),
+        )
+      }
+      if (events.length > 0) inFlight.push(stream.publish(events))
+      await new Promise((resolve) => setTimeout(resolve, 5))
+    }
+    await Promise.all(inFlight)
+    const deadline = Date.now() + 30_000
+    while ((viewLags.length < sent || bareLags.length < sent) && Date.now() < deadline)
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    console.error({ engine, sent, applied: viewLags.length, bare: bareLags.length })
+    const scenario = `projection lag, order-status view, ${rate} events/s`
+    const name = engine === 'kafka' ? 'kafka+postgres+redis' : 'embedded'
+    return [
+      row(scenario, name, 'p50', percentile(viewLags, 0.5), 'ms', percentile(bareLags, 0.5)),
+      row(scenario, name, 'p99', percentile(viewLags, 0.99), 'ms', percentile(bareLags, 0.99)),
+    ]
+  } finally {
+    await bare.stop()
+    await projector.stop()
+    await views.definitions['order-status'].storage.drop(1).catch(() => {})
+    await views.close()
+    await store.close()
+    await cache.close()
+    await stream.close()
+    dir.remove()
+  }
+}
