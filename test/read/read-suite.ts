@@ -199,7 +199,7 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
       }, 30_000)
 
       for (const view of viewNames) {
-        const live = (await views.registry.live(view))!.generation
+        const live: number = (await views.registry.live(view))!.generation
         let answered = 0
         const querying = (async () => {
           for (let i = 0; i < 20; i++) {
@@ -213,7 +213,8 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
         assert.equal(answered, 20)
         assert.equal(rebuilt, live + 1)
         assert.equal((await views.registry.live(view))?.generation, rebuilt)
-        const [old, fresh] = [await views.definitions[view].storage.dump(live), await views.definitions[view].storage.dump(rebuilt)]
+        const old: string = await views.definitions[view].storage.dump(live)
+        const fresh: string = await views.definitions[view].storage.dump(rebuilt)
         assert.ok(old.length > 0)
         assert.equal(fresh, old, `${view}: the rebuilt generation equals the live one`)
       }
