@@ -135,8 +135,13 @@ async function subscribeView(
     ['view'],
     latencyBucketsSeconds,
   )
+  // One batch at a time per view: partitions of different topics touch the same rows (an
+  // order's payment and its order events), and concurrent transactions would deadlock.
+  let turn: Promise<unknown> = Promise.resolve()
   const apply = async (events: PositionedEvent[]) => {
-    const changed = await definition.storage.apply(generation, events)
+    const mine = turn.then(() => definition.storage.apply(generation, events))
+    turn = mine.catch(() => {})
+    const changed = await mine
     const now = Date.now()
     for (const { timestampMs } of events) lag.observe({ view: definition.name }, Math.max(0, now - timestampMs) / 1000)
     await afterApply(changed)
