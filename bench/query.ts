@@ -16,6 +16,7 @@ import { Metrics } from '../src/platform/metrics.ts'
 import { Projector } from '../src/read/projector.ts'
 import { openViews } from '../src/read/views.ts'
 import { loadConfig } from '../src/runtime/config.ts'
+import { demoProducts } from '../src/runtime/demo-data.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
 import { tempDir } from '../test/support/wait.ts'
 import { startProcess } from './mercato-process.ts'
@@ -64,12 +65,13 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
   const dir = tempDir('mercato-bench-query-')
   const mercato = await startProcess(
     ['src/main.ts', 'start'],
-    { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_CARRIER_STEP_MS: '100', MERCATO_LOG_LEVEL: 'warn' },
+    { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_CARRIER_STEP_MS: '100' },
     /mercato is up/,
   )
   let bare: Awaited<ReturnType<typeof startProcess>> | undefined
   try {
     const ids: string[] = []
+    const skus = demoProducts().map((p) => p.sku)
     const address = { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' }
     for (let i = 0; i < 100; i++) {
       const response = await fetch(`${mercato.url}/v1/orders`, {
@@ -77,12 +79,13 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
         headers: { 'content-type': 'application/json', 'idempotency-key': randomUUID() },
         body: JSON.stringify({
           customerId: 'cus_demo_1',
-          lines: [{ sku: `DEMO-${(i % 25) + 1}`, quantity: 1 }],
+          lines: [{ sku: skus[i % skus.length], quantity: 1 }],
           shippingAddress: address,
           paymentMethodToken: 'tok_visa',
         }),
       })
-      if (response.status !== 202) throw new Error(`order refused: ${response.status} ${await response.text()}`)
+      if (response.status !== 202)
+        throw new Error(`order refused: ${response.status} ${await response.text()}`)
       ids.push(((await response.json()) as { id: string }).id)
     }
     // Let every saga end, so the view no longer changes and every GET is a cache hit.
@@ -99,7 +102,11 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
     }
     const file = join(dir.path, 'documents.json')
     writeFileSync(file, JSON.stringify(documents))
-    bare = await startProcess(['bench/bare-read-server.ts'], { MERCATO_BENCH_DOCUMENTS: file }, /bare server is up/)
+    bare = await startProcess(
+      ['bench/bare-read-server.ts'],
+      { MERCATO_BENCH_DOCUMENTS: file },
+      /bare server is up/,
+    )
     await drive(bare.url, ids, 2, options.connections)
     await drive(mercato.url, ids, 2, options.connections)
     const baseline = await drive(bare.url, ids, options.seconds, options.connections)

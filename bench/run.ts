@@ -1,8 +1,8 @@
 // npm run bench -- <name> [options]: runs one benchmark, prints a table, writes bench/results/<name>.json.
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
-import type { Row } from './rows.ts'
 import { benchQuery } from './query.ts'
+import type { Row } from './rows.ts'
 import { benchSaga } from './saga.ts'
 import { benchStream } from './stream.ts'
 import { benchWrite } from './write.ts'

@@ -10,12 +10,12 @@ import { Command, Option } from 'commander'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { createLogger } from './platform/logger.ts'
 import { Metrics } from './platform/metrics.ts'
-import { App } from './runtime/app.ts'
-import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
-import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
 import { rebuildView } from './read/projector.ts'
 import { type ViewName, viewNames } from './read/view.ts'
 import { openViews } from './read/views.ts'
+import { App } from './runtime/app.ts'
+import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
+import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
 import { openEventStream, redisKeyPrefix, storeOpener } from './runtime/engines.ts'
 import { OrderWatcher, runLoad } from './runtime/load.ts'
 
@@ -82,7 +82,8 @@ withEngineFlags(program.command('replay'))
   .option('--latest', 'skip to the end of the topic')
   .action(async (options) => {
     if (options.view !== undefined) return replayView(options)
-    if (!options.group || !options.topic) throw new ConfigError('replay', 'give --view, or --group and --topic')
+    if (!options.group || !options.topic)
+      throw new ConfigError('replay', 'give --view, or --group and --topic')
     const targets = [
       options.offset !== undefined,
       options.time !== undefined,
@@ -129,7 +130,11 @@ async function replayView(options: Record<string, string | undefined>): Promise<
     store,
     redis:
       config.cache.kind === 'redis'
-        ? { url: config.cache.url, keyPrefix: redisKeyPrefix(config), commandTimeoutMs: config.cacheCommandTimeoutMs }
+        ? {
+            url: config.cache.url,
+            keyPrefix: redisKeyPrefix(config),
+            commandTimeoutMs: config.cacheCommandTimeoutMs,
+          }
         : undefined,
   })
   const started = Date.now()

@@ -44,7 +44,9 @@ export class Freshness {
     this.#stream = deps.stream
     this.#log = deps.log
     this.#sampleMs = sampleMs
-    this.#lagGauge = deps.metrics.gauge('mercato_view_lag_events', 'Events a view has not applied yet.', ['view'])
+    this.#lagGauge = deps.metrics.gauge('mercato_view_lag_events', 'Events a view has not applied yet.', [
+      'view',
+    ])
     this.#stalenessGauge = deps.metrics.gauge(
       'mercato_view_staleness_seconds',
       'Age of the oldest event a view may be missing (0: caught up).',
@@ -154,7 +156,10 @@ export class Freshness {
     const topics = definition.topics.map((topic) => this.#stream.topic(topic))
     const ends = await this.#stream.engine.lag(groupOf(view, live.generation), topics)
     const applied = new Map(
-      (await definition.storage.positions(live.generation)).map((p) => [partitionKey(p.topic, p.partition), p]),
+      (await definition.storage.positions(live.generation)).map((p) => [
+        partitionKey(p.topic, p.partition),
+        p,
+      ]),
     )
     const previous = this.#samples.get(view)
     const partitions = new Map<string, PartitionState>()

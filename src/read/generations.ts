@@ -83,10 +83,10 @@ export class GenerationRegistry {
   /** Forgets a generation (its storage dropped by the caller). */
   async forget(view: ViewName, generation: number): Promise<void> {
     await this.#store.transaction(async (tx) => {
-      await tx.execute(`DELETE FROM view_generations WHERE view = $1 AND generation = $2 AND state <> 'live'`, [
-        view,
-        generation,
-      ])
+      await tx.execute(
+        `DELETE FROM view_generations WHERE view = $1 AND generation = $2 AND state <> 'live'`,
+        [view, generation],
+      )
     })
   }
 

@@ -9,8 +9,8 @@ import { sleep } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../platform/metrics.ts'
 import { queryCacheKey, tombstone } from './query-cache.ts'
-import { type ViewDefinition, type Views, groupOf } from './views.ts'
 import type { ViewName } from './view.ts'
+import { groupOf, type ViewDefinition, type Views } from './views.ts'
 
 export interface ProjectorOptions {
   /** How often to look for a generation switched by another process. */
@@ -73,7 +73,13 @@ export class Projector {
 
   async #follow(definition: ViewDefinition, generation: number): Promise<void> {
     const subscription = await subscribeView(this.#deps, definition, generation, async (changed) => {
-      await invalidate(this.#deps.cache, definition.name, generation, changed, this.#options.invalidationTtlMs)
+      await invalidate(
+        this.#deps.cache,
+        definition.name,
+        generation,
+        changed,
+        this.#options.invalidationTtlMs,
+      )
       for (const listener of this.#listeners) listener(definition.name)
     })
     this.#running.set(definition.name, { generation, subscription })
@@ -90,7 +96,10 @@ export class Projector {
           const live = await views.registry.live(definition.name)
           const running = this.#running.get(definition.name)
           if (live && running && live.generation !== running.generation) {
-            log.info({ view: definition.name, generation: live.generation }, 'following the new live generation')
+            log.info(
+              { view: definition.name, generation: live.generation },
+              'following the new live generation',
+            )
             await running.subscription.stop()
             await this.#follow(definition, live.generation)
           }
@@ -143,7 +152,8 @@ async function subscribeView(
     turn = mine.catch(() => {})
     const changed = await mine
     const now = Date.now()
-    for (const { timestampMs } of events) lag.observe({ view: definition.name }, Math.max(0, now - timestampMs) / 1000)
+    for (const { timestampMs } of events)
+      lag.observe({ view: definition.name }, Math.max(0, now - timestampMs) / 1000)
     await afterApply(changed)
   }
   return deps.stream.subscribe({
@@ -161,7 +171,9 @@ async function invalidate(
   keys: string[],
   ttlMs: number,
 ): Promise<void> {
-  await Promise.all(keys.map((key) => cache.set(queryCacheKey(view, generation, key), tombstone(), { ttlMs })))
+  await Promise.all(
+    keys.map((key) => cache.set(queryCacheKey(view, generation, key), tombstone(), { ttlMs })),
+  )
 }
 
 export interface RebuildProgress {

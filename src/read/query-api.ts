@@ -12,7 +12,7 @@ import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from '.
 import { customer360CacheKey, readCustomer360 } from './customer-360/customer-360-view.ts'
 import { Freshness } from './freshness.ts'
 import { customerOrdersCacheKey, orderCacheKey } from './order-status/order-document.ts'
-import { type CachedAnswer, etagOf, QueryCache, queryCacheKey } from './query-cache.ts'
+import { type CachedAnswer, etagOf, type QueryCache, queryCacheKey } from './query-cache.ts'
 import type { ViewName } from './view.ts'
 import type { Views } from './views.ts'
 
@@ -69,10 +69,11 @@ const freshnessHeaders = {
 
 export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   const { http, views, freshness, queryCache } = options
-  const served = options.metrics.counter('mercato_query_answers_total', 'Query answers, by view and cache result.', [
-    'view',
-    'cache',
-  ])
+  const served = options.metrics.counter(
+    'mercato_query_answers_total',
+    'Query answers, by view and cache result.',
+    ['view', 'cache'],
+  )
 
   interface Answer {
     view: ViewName
@@ -115,7 +116,12 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     return reply.type('application/json; charset=utf-8').send(cached.body)
   }
 
-  function setFreshness(reply: FastifyReply, view: ViewName, positions: Record<string, number>, reached?: boolean) {
+  function setFreshness(
+    reply: FastifyReply,
+    view: ViewName,
+    positions: Record<string, number>,
+    reached?: boolean,
+  ) {
     reply
       .header(
         'mercato-position',
@@ -152,7 +158,13 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
 
   http.get(
     '/v1/products/:sku',
-    { schema: { ...docs('One product, with its availability', 'catalog'), params: SkuParam, querystring: NoQuery } },
+    {
+      schema: {
+        ...docs('One product, with its availability', 'catalog'),
+        params: SkuParam,
+        querystring: NoQuery,
+      },
+    },
     (request, reply) => {
       const { sku } = request.params as { sku: string }
       return answer(request, reply, {
@@ -241,9 +253,14 @@ function tokenOf(request: FastifyRequest): RecordPosition | undefined {
   if (raw === undefined) return undefined
   const token = typeof raw === 'string' ? decodeConsistencyToken(raw) : undefined
   if (!token) {
-    throw new MercatoError('invalid-consistency-token', 400, 'Mercato-Consistency-Token is not a token Mercato wrote', {
-      errors: [{ in: 'header', field: 'mercato-consistency-token', message: 'is not a consistency token' }],
-    })
+    throw new MercatoError(
+      'invalid-consistency-token',
+      400,
+      'Mercato-Consistency-Token is not a token Mercato wrote',
+      {
+        errors: [{ in: 'header', field: 'mercato-consistency-token', message: 'is not a consistency token' }],
+      },
+    )
   }
   return token
 }

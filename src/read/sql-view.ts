@@ -35,7 +35,13 @@ export interface SqlFold {
   /** The generation's tables, dropped with it. */
   tables(generation: number): string[]
   /** Applies one event; adds to `changed` the cache keys whose documents it changed. */
-  apply(tx: Tx, kind: Store['kind'], generation: number, event: ViewEvent, changed: Set<string>): Promise<void>
+  apply(
+    tx: Tx,
+    kind: Store['kind'],
+    generation: number,
+    event: ViewEvent,
+    changed: Set<string>,
+  ): Promise<void>
   /** Every document, canonical order. */
   dump(store: Store, generation: number): Promise<unknown[]>
 }

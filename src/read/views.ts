@@ -53,7 +53,11 @@ export async function openViews(options: ViewsOptions): Promise<Views> {
   let orderStatus: OrderStatusReader
   let redis: RedisOrderStatusView | undefined
   if (options.redis) {
-    redis = new RedisOrderStatusView(options.redis.url, options.redis.keyPrefix, options.redis.commandTimeoutMs)
+    redis = new RedisOrderStatusView(
+      options.redis.url,
+      options.redis.keyPrefix,
+      options.redis.commandTimeoutMs,
+    )
     await redis.connect()
     orderStatusStorage = redis
     orderStatus = redis

@@ -6,11 +6,11 @@ import { after, before, describe, test } from 'node:test'
 import fc from 'fast-check'
 import pg from 'pg'
 import { createEvent } from '../../src/contracts/envelope.ts'
-import { storeLimitDefaults, type Store } from '../../src/engines/store/port.ts'
+import { type Store, storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { PostgresStore } from '../../src/engines/store/postgres/postgres-store.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
-import { MercatoError } from '../../src/platform/errors.ts'
-import { catalogFold, type CatalogQuery, searchCatalog } from '../../src/read/catalog/catalog-view.ts'
+import type { MercatoError } from '../../src/platform/errors.ts'
+import { type CatalogQuery, catalogFold, searchCatalog } from '../../src/read/catalog/catalog-view.ts'
 import { SqlViewStorage, viewStoreMigrations } from '../../src/read/sql-view.ts'
 import type { ViewEvent } from '../../src/read/view.ts'
 import { serverUrls, skipUnlessReachable } from '../support/servers.ts'
@@ -18,7 +18,18 @@ import { tempDir, uniqueName } from '../support/wait.ts'
 
 const categories = ['audio', 'coffee', 'garden', 'kitchen', 'books', 'toys', 'apparel']
 const adjectives = ['wireless', 'compact', 'classic', 'deluxe', 'rugged', 'silent', 'organic', 'smart']
-const nouns = ['headphones', 'speaker', 'grinder', 'kettle', 'shovel', 'novel', 'puzzle', 'jacket', 'lamp', 'mug']
+const nouns = [
+  'headphones',
+  'speaker',
+  'grinder',
+  'kettle',
+  'shovel',
+  'novel',
+  'puzzle',
+  'jacket',
+  'lamp',
+  'mug',
+]
 
 interface Generated {
   sku: string
@@ -52,8 +63,22 @@ function generate(count: number): Generated[] {
 
 const catalog = [
   ...generate(10_000),
-  { sku: 'RANK-NAME', name: 'Zephyrine lamp', description: 'a lamp', category: 'kitchen', priceMinor: 500, stock: 3 },
-  { sku: 'RANK-DESC', name: 'Plain lamp', description: 'in the zephyrine style', category: 'kitchen', priceMinor: 400, stock: 3 },
+  {
+    sku: 'RANK-NAME',
+    name: 'Zephyrine lamp',
+    description: 'a lamp',
+    category: 'kitchen',
+    priceMinor: 500,
+    stock: 3,
+  },
+  {
+    sku: 'RANK-DESC',
+    name: 'Plain lamp',
+    description: 'in the zephyrine style',
+    category: 'kitchen',
+    priceMinor: 400,
+    stock: 3,
+  },
 ]
 
 function events(): ViewEvent[] {
@@ -67,7 +92,14 @@ function events(): ViewEvent[] {
         subject: p.sku,
         source: 'mercato/test',
         time,
-        data: { sku: p.sku, name: p.name, description: p.description, category: p.category, priceMinor: p.priceMinor, currency: 'USD' },
+        data: {
+          sku: p.sku,
+          name: p.name,
+          description: p.description,
+          category: p.category,
+          priceMinor: p.priceMinor,
+          currency: 'USD',
+        },
       }),
       position: { topic: 'products', partition: 0, offset: offset++ },
       timestampMs: time.getTime(),
@@ -115,7 +147,11 @@ async function allPages(store: Store, query: Omit<CatalogQuery, 'cursor'>) {
   throw new Error('pagination did not end')
 }
 
-function defineSearchTests(name: string, skip: string | undefined, open: () => Promise<{ store: Store; cleanup: () => Promise<void> }>) {
+function defineSearchTests(
+  name: string,
+  skip: string | undefined,
+  open: () => Promise<{ store: Store; cleanup: () => Promise<void> }>,
+) {
   describe(`catalog search on 10,000 products: ${name}`, { skip }, () => {
     let store: Store
     let cleanup: () => Promise<void>
@@ -132,7 +168,10 @@ function defineSearchTests(name: string, skip: string | undefined, open: () => P
 
     test('a word in the name ranks above the same word in the description', async () => {
       const page = await searchCatalog(store, 1, { q: 'zephyrine', limit: 10 })
-      assert.deepEqual(page.items.map((p) => p.sku), ['RANK-NAME', 'RANK-DESC'])
+      assert.deepEqual(
+        page.items.map((p) => p.sku),
+        ['RANK-NAME', 'RANK-DESC'],
+      )
     })
 
     test('every word is matched as a prefix', async () => {
@@ -179,21 +218,41 @@ function defineSearchTests(name: string, skip: string | undefined, open: () => P
         .map((p) => ({ ...p, key: p.name.toLowerCase() }))
         .sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : a.sku < b.sku ? -1 : 1))
         .map((p) => p.sku)
-      assert.deepEqual(await allPages(store, { inStock: true, maxPrice: 5_000, sort: 'name', limit: 37 }), byName)
+      assert.deepEqual(
+        await allPages(store, { inStock: true, maxPrice: 5_000, sort: 'name', limit: 37 }),
+        byName,
+      )
 
       const relevant = await allPages(store, { q: 'lamp', limit: 50 })
       assert.equal(new Set(relevant).size, relevant.length, 'no product twice')
-      assert.deepEqual([...relevant].sort(), expected({ q: 'lamp' }).map((p) => p.sku).sort())
+      assert.deepEqual(
+        [...relevant].sort(),
+        expected({ q: 'lamp' })
+          .map((p) => p.sku)
+          .sort(),
+      )
 
       const newest = await allPages(store, { category: 'books', sort: 'newest', limit: 100 })
-      assert.deepEqual(newest, expected({ category: 'books' }).map((p) => p.sku).reverse())
+      assert.deepEqual(
+        newest,
+        expected({ category: 'books' })
+          .map((p) => p.sku)
+          .reverse(),
+      )
     })
 
     test("a malformed cursor, or another query's, is a 400", async () => {
       const page = await searchCatalog(store, 1, { q: 'lamp', limit: 5 })
       assert.ok(page.nextCursor)
-      for (const cursor of ['garbage', page.nextCursor.slice(1), Buffer.from('{"k":1}').toString('base64url')]) {
-        await assert.rejects(searchCatalog(store, 1, { q: 'lamp', limit: 5, cursor }), (e: MercatoError) => e.status === 400)
+      for (const cursor of [
+        'garbage',
+        page.nextCursor.slice(1),
+        Buffer.from('{"k":1}').toString('base64url'),
+      ]) {
+        await assert.rejects(
+          searchCatalog(store, 1, { q: 'lamp', limit: 5, cursor }),
+          (e: MercatoError) => e.status === 400,
+        )
       }
       await assert.rejects(
         searchCatalog(store, 1, { q: 'mug', limit: 5, cursor: page.nextCursor }),
@@ -202,7 +261,18 @@ function defineSearchTests(name: string, skip: string | undefined, open: () => P
     })
 
     test('hostile queries never throw', async () => {
-      for (const q of ['"', '*', 'NEAR(a b)', 'a OR b', '-lamp', 'name:lamp', "'; DROP TABLE x; --", '😀', 'ä ö ü', '   ']) {
+      for (const q of [
+        '"',
+        '*',
+        'NEAR(a b)',
+        'a OR b',
+        '-lamp',
+        'name:lamp',
+        "'; DROP TABLE x; --",
+        '😀',
+        'ä ö ü',
+        '   ',
+      ]) {
         await searchCatalog(store, 1, { q, limit: 3 })
       }
       await fc.assert(
@@ -216,6 +286,9 @@ function defineSearchTests(name: string, skip: string | undefined, open: () => P
   })
 }
 
+// Asked before any suite runs: a suite's synchronous SQLite work would starve the check.
+const skip = await skipUnlessReachable('catalog search on PostgreSQL', 'postgres')
+
 defineSearchTests('SQLite FTS5', undefined, async () => {
   const dir = tempDir()
   const store = new SqliteStore(dir.path, 'views', storeLimitDefaults)
@@ -228,7 +301,6 @@ defineSearchTests('SQLite FTS5', undefined, async () => {
   }
 })
 
-const skip = await skipUnlessReachable('catalog search on PostgreSQL', 'postgres')
 defineSearchTests('PostgreSQL full-text search', skip, async () => {
   const schema = uniqueName('catalog').toLowerCase()
   const store = new PostgresStore(serverUrls.postgres, 'views', storeLimitDefaults, schema)

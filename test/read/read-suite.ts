@@ -34,7 +34,11 @@ async function order(shop: Shop, customerId: string, sku: string): Promise<{ id:
   return { id: answer.body.id, token: answer.body.consistencyToken }
 }
 
-export function defineReadSuite(engines: EngineSet, skip: string | undefined, env: Record<string, string> = {}) {
+export function defineReadSuite(
+  engines: EngineSet,
+  skip: string | undefined,
+  env: Record<string, string> = {},
+) {
   describe(`read path: ${engines}`, { skip }, () => {
     let shop: Shop
     const sku = `READ-${randomUUID().slice(0, 8)}`
@@ -68,7 +72,9 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
       const { id, token } = await order(shop, customerId, sku)
       await waitFor(
         `order ${id} delivered in the view`,
-        async () => (await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })).body?.status === 'DELIVERED',
+        async () =>
+          (await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })).body?.status ===
+          'DELIVERED',
         30_000,
       )
       const { body } = await get(shop, `/v1/orders/${id}`)
@@ -78,7 +84,15 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
       assert.equal(body.shipment.state, 'delivered')
       assert.ok(body.shipment.trackingNumber)
       const events = body.timeline.map((step: { event: string }) => step.event)
-      for (const step of ['order.requested', 'inventory.reserved', 'payment.authorized', 'shipment.scheduled', 'order.confirmed', 'order.shipped', 'order.delivered'])
+      for (const step of [
+        'order.requested',
+        'inventory.reserved',
+        'payment.authorized',
+        'shipment.scheduled',
+        'order.confirmed',
+        'order.shipped',
+        'order.delivered',
+      ])
         assert.ok(events.includes(step), `timeline has ${step}`)
       for (const step of body.timeline) assert.ok(!Number.isNaN(Date.parse(step.at)))
 
@@ -101,10 +115,14 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
       } while (cursor)
       assert.equal(seen.size, 22)
 
-      await waitFor('the 360 to count the delivered order', async () => {
-        const c360 = await get(shop, `/v1/customers/${customerId}/360`)
-        return c360.status === 200 && c360.body.orders.delivered >= 1
-      }, 20_000)
+      await waitFor(
+        'the 360 to count the delivered order',
+        async () => {
+          const c360 = await get(shop, `/v1/customers/${customerId}/360`)
+          return c360.status === 200 && c360.body.orders.delivered >= 1
+        },
+        20_000,
+      )
       const c360 = await get(shop, `/v1/customers/${customerId}/360`)
       assert.equal(c360.body.orders.count, 22)
       assert.ok(c360.body.lifetimeSpend[0].amountMinor >= 1000)
@@ -119,7 +137,9 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
       assert.equal(second.headers.get('mercato-cache'), 'hit')
       assert.deepEqual(second.body, first.body)
       const etag = second.headers.get('etag') ?? ''
-      const revalidated = await fetch(`${shop.url}/v1/products/${sku}`, { headers: { 'if-none-match': etag } })
+      const revalidated = await fetch(`${shop.url}/v1/products/${sku}`, {
+        headers: { 'if-none-match': etag },
+      })
       assert.equal(revalidated.status, 304)
 
       for (const priceMinor of [1500, 1700, 1900]) {
@@ -142,7 +162,9 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
 
     it('a token the view cannot reach in time gives the current answer marked stale, not an error', async () => {
       const { id } = await order(shop, customerId, sku)
-      const far = Buffer.from(`v1:${shop.app.context.stream!.topic('orders')}:0:999999999`).toString('base64url')
+      const far = Buffer.from(`v1:${shop.app.context.stream!.topic('orders')}:0:999999999`).toString(
+        'base64url',
+      )
       const answer = await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': far })
       assert.ok([200, 404].includes(answer.status))
       assert.equal(answer.headers.get('mercato-stale'), 'true')
@@ -180,23 +202,40 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
           viewNames.map(async (view) => {
             const live = await views.registry.live(view)
             const positions = await views.definitions[view].storage.positions(live!.generation)
-            const ends = await stream.engine.lag('nobody', views.definitions[view].topics.map((t) => stream.topic(t)))
-            return ends.every((e) => (positions.find((p) => p.topic === e.topic && p.partition === e.partition)?.nextOffset ?? 0) >= e.end)
+            const ends = await stream.engine.lag(
+              'nobody',
+              views.definitions[view].topics.map((t) => stream.topic(t)),
+            )
+            return ends.every(
+              (e) =>
+                (positions.find((p) => p.topic === e.topic && p.partition === e.partition)?.nextOffset ??
+                  0) >= e.end,
+            )
           }),
         )
         return lags.every(Boolean)
       }
-      await waitFor('every order to finish and the views to catch up', async () => {
-        const list = await get(shop, `/v1/customers/${customerId}/orders?limit=100`)
-        const open = list.body.items.some((o: { status: string }) => !['DELIVERED', 'CANCELLED'].includes(o.status))
-        return !open && (await quiet())
-      }, 60_000)
+      await waitFor(
+        'every order to finish and the views to catch up',
+        async () => {
+          const list = await get(shop, `/v1/customers/${customerId}/orders?limit=100`)
+          const open = list.body.items.some(
+            (o: { status: string }) => !['DELIVERED', 'CANCELLED'].includes(o.status),
+          )
+          return !open && (await quiet())
+        },
+        60_000,
+      )
       // Nothing moves now (the notification service may still be sending): wait for a quiet second.
       let settled = 0
-      await waitFor('a quiet stream', async () => {
-        settled = (await quiet()) ? settled + 1 : 0
-        return settled >= 10
-      }, 30_000)
+      await waitFor(
+        'a quiet stream',
+        async () => {
+          settled = (await quiet()) ? settled + 1 : 0
+          return settled >= 10
+        },
+        30_000,
+      )
 
       for (const view of viewNames) {
         const live: number = (await views.registry.live(view))!.generation
@@ -221,10 +260,14 @@ export function defineReadSuite(engines: EngineSet, skip: string | undefined, en
 
       // The projector follows the new generations: a new write is seen with its token.
       const { id, token } = await order(shop, customerId, sku)
-      await waitFor('the projector to follow the new generation', async () => {
-        const answer = await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })
-        return answer.status === 200 && answer.headers.get('mercato-stale') === 'false'
-      }, 10_000)
+      await waitFor(
+        'the projector to follow the new generation',
+        async () => {
+          const answer = await get(shop, `/v1/orders/${id}`, { 'mercato-consistency-token': token })
+          return answer.status === 200 && answer.headers.get('mercato-stale') === 'false'
+        },
+        10_000,
+      )
     })
   })
 }

@@ -7,7 +7,7 @@ import { after, before, describe, test } from 'node:test'
 import { Redis } from 'ioredis'
 import pg from 'pg'
 import { type CloudEvent, createEvent } from '../../src/contracts/envelope.ts'
-import { storeLimitDefaults, type Store } from '../../src/engines/store/port.ts'
+import { type Store, storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { PostgresStore } from '../../src/engines/store/postgres/postgres-store.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { partitionForKey } from '../../src/engines/stream/port.ts'
@@ -26,7 +26,15 @@ function history(): ViewEvent[] {
   const offsets = new Map<string, number>()
   let clock = 0
   const at = (type: string, subject: string, data: Record<string, unknown>): ViewEvent => {
-    const topic = { order: 'orders', inventory: 'inventory', payment: 'payments', shipment: 'shipments', notification: 'notifications', customer: 'customers', product: 'products' }[type.split('.')[0]] as string
+    const topic = {
+      order: 'orders',
+      inventory: 'inventory',
+      payment: 'payments',
+      shipment: 'shipments',
+      notification: 'notifications',
+      customer: 'customers',
+      product: 'products',
+    }[type.split('.')[0]] as string
     const partition = partitionForKey(subject, partitions)
     const key = `${topic}/${partition}`
     const offset = offsets.get(key) ?? 0
@@ -42,37 +50,138 @@ function history(): ViewEvent[] {
     })
     return { event, position: { topic, partition, offset }, timestampMs: t0 + clock }
   }
-  const address = { name: 'Ada Lovelace', line1: '1 Analytical St', city: 'London', postalCode: 'N1', country: 'GB' }
+  const address = {
+    name: 'Ada Lovelace',
+    line1: '1 Analytical St',
+    city: 'London',
+    postalCode: 'N1',
+    country: 'GB',
+  }
   const lines = [{ sku: 'LAMP-1', quantity: 2 }]
   return [
-    at('customer.registered', 'cus_1', { customerId: 'cus_1', email: 'ada@example.com', givenName: 'Ada', familyName: 'Lovelace' }),
+    at('customer.registered', 'cus_1', {
+      customerId: 'cus_1',
+      email: 'ada@example.com',
+      givenName: 'Ada',
+      familyName: 'Lovelace',
+    }),
     at('customer.address-added', 'cus_1', { customerId: 'cus_1', addressId: 'adr_1', address }),
-    at('product.upserted', 'LAMP-1', { sku: 'LAMP-1', name: 'Desk lamp', description: 'A warm desk lamp', category: 'home', priceMinor: 2500, currency: 'EUR' }),
-    at('inventory.adjusted', 'LAMP-1', { sku: 'LAMP-1', delta: 10, reason: 'restock', onHand: 10, available: 10 }),
+    at('product.upserted', 'LAMP-1', {
+      sku: 'LAMP-1',
+      name: 'Desk lamp',
+      description: 'A warm desk lamp',
+      category: 'home',
+      priceMinor: 2500,
+      currency: 'EUR',
+    }),
+    at('inventory.adjusted', 'LAMP-1', {
+      sku: 'LAMP-1',
+      delta: 10,
+      reason: 'restock',
+      onHand: 10,
+      available: 10,
+    }),
     // Order 1: delivered.
-    at('order.requested', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', lines, shippingAddress: address, paymentMethodToken: 'tok_visa' }),
-    at('order.placed', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', lines: [{ sku: 'LAMP-1', quantity: 2, unitPriceMinor: 2500 }], totalMinor: 5000, currency: 'EUR' }),
-    at('inventory.reserved', 'ord_1', { orderId: 'ord_1', reservationId: 'res_ord_1', lines, expiresAt: '2026-11-01T11:00:00.000Z' }),
-    at('order.payment-requested', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', paymentMethodToken: 'tok_visa', amountMinor: 5000, currency: 'EUR' }),
-    at('payment.authorized', 'ord_1', { orderId: 'ord_1', paymentId: 'pay_1', amountMinor: 5000, currency: 'EUR' }),
-    at('order.shipment-requested', 'ord_1', { orderId: 'ord_1', customerId: 'cus_1', shippingAddress: address, lines, express: false }),
-    at('shipment.scheduled', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1', carrier: 'DHL', trackingNumber: 'TRK1' }),
+    at('order.requested', 'ord_1', {
+      orderId: 'ord_1',
+      customerId: 'cus_1',
+      lines,
+      shippingAddress: address,
+      paymentMethodToken: 'tok_visa',
+    }),
+    at('order.placed', 'ord_1', {
+      orderId: 'ord_1',
+      customerId: 'cus_1',
+      lines: [{ sku: 'LAMP-1', quantity: 2, unitPriceMinor: 2500 }],
+      totalMinor: 5000,
+      currency: 'EUR',
+    }),
+    at('inventory.reserved', 'ord_1', {
+      orderId: 'ord_1',
+      reservationId: 'res_ord_1',
+      lines,
+      expiresAt: '2026-11-01T11:00:00.000Z',
+    }),
+    at('order.payment-requested', 'ord_1', {
+      orderId: 'ord_1',
+      customerId: 'cus_1',
+      paymentMethodToken: 'tok_visa',
+      amountMinor: 5000,
+      currency: 'EUR',
+    }),
+    at('payment.authorized', 'ord_1', {
+      orderId: 'ord_1',
+      paymentId: 'pay_1',
+      amountMinor: 5000,
+      currency: 'EUR',
+    }),
+    at('order.shipment-requested', 'ord_1', {
+      orderId: 'ord_1',
+      customerId: 'cus_1',
+      shippingAddress: address,
+      lines,
+      express: false,
+    }),
+    at('shipment.scheduled', 'ord_1', {
+      orderId: 'ord_1',
+      shipmentId: 'shp_1',
+      carrier: 'DHL',
+      trackingNumber: 'TRK1',
+    }),
     at('order.confirmed', 'ord_1', { orderId: 'ord_1' }),
-    at('payment.captured', 'ord_1', { orderId: 'ord_1', paymentId: 'pay_1', amountMinor: 5000, currency: 'EUR' }),
+    at('payment.captured', 'ord_1', {
+      orderId: 'ord_1',
+      paymentId: 'pay_1',
+      amountMinor: 5000,
+      currency: 'EUR',
+    }),
     at('inventory.committed', 'ord_1', { orderId: 'ord_1', reservationId: 'res_ord_1' }),
     at('shipment.shipped', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
     at('order.shipped', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
-    at('notification.sent', 'cus_1', { notificationId: 'ntf_1', customerId: 'cus_1', channel: 'email', template: 'order-shipped', orderId: 'ord_1' }),
+    at('notification.sent', 'cus_1', {
+      notificationId: 'ntf_1',
+      customerId: 'cus_1',
+      channel: 'email',
+      template: 'order-shipped',
+      orderId: 'ord_1',
+    }),
     at('shipment.delivered', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
     at('order.delivered', 'ord_1', { orderId: 'ord_1', shipmentId: 'shp_1' }),
     // Order 2: reserved, then declined and released.
-    at('order.requested', 'ord_2', { orderId: 'ord_2', customerId: 'cus_1', lines: [{ sku: 'LAMP-1', quantity: 3 }], shippingAddress: address, paymentMethodToken: 'tok_declined' }),
-    at('order.placed', 'ord_2', { orderId: 'ord_2', customerId: 'cus_1', lines: [{ sku: 'LAMP-1', quantity: 3, unitPriceMinor: 2500 }], totalMinor: 7500, currency: 'EUR' }),
-    at('inventory.reserved', 'ord_2', { orderId: 'ord_2', reservationId: 'res_ord_2', lines: [{ sku: 'LAMP-1', quantity: 3 }], expiresAt: '2026-11-01T11:00:00.000Z' }),
+    at('order.requested', 'ord_2', {
+      orderId: 'ord_2',
+      customerId: 'cus_1',
+      lines: [{ sku: 'LAMP-1', quantity: 3 }],
+      shippingAddress: address,
+      paymentMethodToken: 'tok_declined',
+    }),
+    at('order.placed', 'ord_2', {
+      orderId: 'ord_2',
+      customerId: 'cus_1',
+      lines: [{ sku: 'LAMP-1', quantity: 3, unitPriceMinor: 2500 }],
+      totalMinor: 7500,
+      currency: 'EUR',
+    }),
+    at('inventory.reserved', 'ord_2', {
+      orderId: 'ord_2',
+      reservationId: 'res_ord_2',
+      lines: [{ sku: 'LAMP-1', quantity: 3 }],
+      expiresAt: '2026-11-01T11:00:00.000Z',
+    }),
     at('payment.declined', 'ord_2', { orderId: 'ord_2', reason: 'card declined' }),
     at('order.cancelled', 'ord_2', { orderId: 'ord_2', reason: 'payment-declined', detail: 'card declined' }),
-    at('inventory.released', 'ord_2', { orderId: 'ord_2', reservationId: 'res_ord_2', reason: 'compensation' }),
-    at('notification.sent', 'cus_1', { notificationId: 'ntf_2', customerId: 'cus_1', channel: 'email', template: 'order-cancelled', orderId: 'ord_2' }),
+    at('inventory.released', 'ord_2', {
+      orderId: 'ord_2',
+      reservationId: 'res_ord_2',
+      reason: 'compensation',
+    }),
+    at('notification.sent', 'cus_1', {
+      notificationId: 'ntf_2',
+      customerId: 'cus_1',
+      channel: 'email',
+      template: 'order-cancelled',
+      orderId: 'ord_2',
+    }),
   ]
 }
 
@@ -101,7 +210,11 @@ async function dumps(views: Views, generation: number): Promise<string[]> {
   return Promise.all(Object.values(views.definitions).map((d) => d.storage.dump(generation)))
 }
 
-function defineViewTests(name: string, skip: string | undefined, open: () => Promise<{ views: Views; store: Store; cleanup: () => Promise<void> }>) {
+function defineViewTests(
+  name: string,
+  skip: string | undefined,
+  open: () => Promise<{ views: Views; store: Store; cleanup: () => Promise<void> }>,
+) {
   describe(`views from a scripted history: ${name}`, { skip }, () => {
     let views: Views
     let store: Store
@@ -123,8 +236,19 @@ function defineViewTests(name: string, skip: string | undefined, open: () => Pro
       assert.deepEqual(order.lines, [{ sku: 'LAMP-1', quantity: 2, unitPriceMinor: 2500 }])
       assert.equal(order.totalMinor, 5000)
       assert.equal(order.currency, 'EUR')
-      assert.deepEqual(order.payment, { state: 'captured', paymentId: 'pay_1', amountMinor: 5000, currency: 'EUR', reason: null })
-      assert.deepEqual(order.shipment, { state: 'delivered', shipmentId: 'shp_1', carrier: 'DHL', trackingNumber: 'TRK1' })
+      assert.deepEqual(order.payment, {
+        state: 'captured',
+        paymentId: 'pay_1',
+        amountMinor: 5000,
+        currency: 'EUR',
+        reason: null,
+      })
+      assert.deepEqual(order.shipment, {
+        state: 'delivered',
+        shipmentId: 'shp_1',
+        carrier: 'DHL',
+        trackingNumber: 'TRK1',
+      })
       assert.equal(order.placedAt, '2026-11-01T10:00:05.000Z')
       assert.deepEqual(
         order.timeline.map((step) => [step.event, step.status]),
@@ -158,10 +282,16 @@ function defineViewTests(name: string, skip: string | undefined, open: () => Pro
 
     test("the customer's orders, newest first, paged", async () => {
       const first = await views.orderStatus.customerOrders(1, 'cus_1', 1)
-      assert.deepEqual(first.items.map((o) => [o.orderId, o.status]), [['ord_2', 'CANCELLED']])
+      assert.deepEqual(
+        first.items.map((o) => [o.orderId, o.status]),
+        [['ord_2', 'CANCELLED']],
+      )
       assert.ok(first.next)
       const second = await views.orderStatus.customerOrders(1, 'cus_1', 1, first.next)
-      assert.deepEqual(second.items.map((o) => [o.orderId, o.status]), [['ord_1', 'DELIVERED']])
+      assert.deepEqual(
+        second.items.map((o) => [o.orderId, o.status]),
+        [['ord_1', 'DELIVERED']],
+      )
       assert.equal(second.next, null)
       assert.deepEqual((await views.orderStatus.customerOrders(1, 'cus_nobody', 20)).items, [])
     })
@@ -169,9 +299,31 @@ function defineViewTests(name: string, skip: string | undefined, open: () => Pro
     test('customer 360: profile, addresses, orders, spend, basket, notifications', async () => {
       assert.deepEqual(await readCustomer360(store, 1, 'cus_1'), {
         customerId: 'cus_1',
-        profile: { email: 'ada@example.com', givenName: 'Ada', familyName: 'Lovelace', registeredAt: '2026-11-01T10:00:01.000Z' },
-        addresses: [{ addressId: 'adr_1', address: { name: 'Ada Lovelace', line1: '1 Analytical St', city: 'London', postalCode: 'N1', country: 'GB' } }],
-        orders: { count: 2, open: 0, cancelled: 1, delivered: 1, last: { orderId: 'ord_2', placedAt: '2026-11-01T10:00:20.000Z' } },
+        profile: {
+          email: 'ada@example.com',
+          givenName: 'Ada',
+          familyName: 'Lovelace',
+          registeredAt: '2026-11-01T10:00:01.000Z',
+        },
+        addresses: [
+          {
+            addressId: 'adr_1',
+            address: {
+              name: 'Ada Lovelace',
+              line1: '1 Analytical St',
+              city: 'London',
+              postalCode: 'N1',
+              country: 'GB',
+            },
+          },
+        ],
+        orders: {
+          count: 2,
+          open: 0,
+          cancelled: 1,
+          delivered: 1,
+          last: { orderId: 'ord_2', placedAt: '2026-11-01T10:00:20.000Z' },
+        },
         lifetimeSpend: [{ currency: 'EUR', amountMinor: 5000 }],
         averageBasket: [{ currency: 'EUR', amountMinor: 5000 }],
         notifications: { sent: 2, lastSentAt: '2026-11-01T10:00:26.000Z' },
@@ -204,6 +356,10 @@ function defineViewTests(name: string, skip: string | undefined, open: () => Pro
   })
 }
 
+// Asked before any suite runs: a suite's synchronous SQLite work would starve the check.
+const skipPostgres = await skipUnlessReachable('views on PostgreSQL', 'postgres')
+const skipRedis = skipPostgres ?? (await skipUnlessReachable('order-status view on Redis', 'redis'))
+
 defineViewTests('SQLite', undefined, async () => {
   const dir = tempDir()
   const store = new SqliteStore(dir.path, 'views', storeLimitDefaults)
@@ -219,13 +375,14 @@ defineViewTests('SQLite', undefined, async () => {
   }
 })
 
-const skipPostgres = await skipUnlessReachable('views on PostgreSQL', 'postgres')
-const skipRedis = skipPostgres ?? (await skipUnlessReachable('order-status view on Redis', 'redis'))
 defineViewTests('PostgreSQL, order status in Redis', skipRedis, async () => {
   const schema = uniqueName('views').toLowerCase()
   const prefix = `mercato-test:${schema}:`
   const store = new PostgresStore(serverUrls.postgres, 'views', storeLimitDefaults, schema)
-  const views = await openViews({ store, redis: { url: serverUrls.redis, keyPrefix: prefix, commandTimeoutMs: 1_000 } })
+  const views = await openViews({
+    store,
+    redis: { url: serverUrls.redis, keyPrefix: prefix, commandTimeoutMs: 1_000 },
+  })
   return {
     views,
     store,

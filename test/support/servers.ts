@@ -19,7 +19,8 @@ function reachable(host: string, port: number, timeoutMs = 1_500): Promise<boole
       socket.destroy()
       resolve(ok)
     }
-    socket.setTimeout(timeoutMs, () => done(false))
+    // A busy event loop may run the timer before the connect callback: ask the socket itself.
+    socket.setTimeout(timeoutMs, () => done(!socket.connecting && !socket.destroyed))
     socket.once('connect', () => done(true))
     socket.once('error', () => done(false))
   })

@@ -1,15 +1,30 @@
-// The product catalog view: products with their availability, and full-text search with
-// relevance ranking, prefix matching, filters, category facets, sorting and keyset
-// pagination. Embedded: SQLite FTS5 (bm25); distributed: PostgreSQL tsvector with a GIN
-// index (ts_rank). Both tokenize without stemming ('unicode61' / 'simple'), so a query
-// finds the same products on either engine.
+// The product catalog: one document per product, its description from the products topic
+// and its stock from the inventory topic, searchable by text with filters, facets and
+// keyset pages (search.ts).
 //
-// Stock arrives as deltas (restocks and write-offs, reservations, releases, commits) that
-// commute, because events of different partitions reach the view in any order.
-import { createHash } from 'node:crypto'
-import type { SqlValue, Store, Tx } from '../../engines/store/port.ts'
-import { MercatoError } from '../../platform/errors.ts'
+// Events of the two topics, and of different partitions of each, interleave in any order,
+// so stock is kept as commutative deltas: an adjustment adds its delta to on hand and
+// available; a reservation takes its lines from available (and remembers them, since its
+// release or commit names only the reservation); a release gives them back; a commit takes
+// them from on hand. A reservation's own events share a key, so they come in order.
+// updatedAt is the latest event time that touched the product, also order-independent.
+import type { Store, Tx } from '../../engines/store/port.ts'
 import type { SqlFold } from '../sql-view.ts'
+import {
+  catalogCreateSql,
+  catalogTables,
+  categoriesTable,
+  descriptionsTable,
+  docColumns,
+  docOf,
+  ftsTable,
+  type ProductRow,
+  productsTable,
+  reservationsTable,
+} from './tables.ts'
+import { indexTextOf, nameKeyOf, tsVectorOf } from './text.ts'
+
+export { searchCatalog } from './search.ts'
 
 export interface ProductDoc {
   sku: string
@@ -21,7 +36,7 @@ export interface ProductDoc {
   onHand: number
   available: number
   inStock: boolean
-  /** The time of the last event that changed the product (never the wall clock). */
+  /** The time of the last event that changed the product (its `time`), never the wall clock. */
   updatedAt: string
 }
 
@@ -49,283 +64,217 @@ export function productCacheKey(sku: string): string {
   return `product:${sku}`
 }
 
-const products = (g: number) => `catalog_g${g}_products`
-const reservations = (g: number) => `catalog_g${g}_reservations`
-const fts = (g: number) => `catalog_g${g}_fts`
+interface ProductData {
+  sku: string
+  name: string
+  description: string
+  category: string
+  priceMinor: number
+  currency: string
+}
+
+interface Line {
+  sku: string
+  quantity: number
+}
 
 export const catalogFold: SqlFold = {
-  createSql(kind, g) {
-    const common = [
-      `CREATE TABLE IF NOT EXISTS ${reservations(g)} (reservation_id TEXT PRIMARY KEY, lines TEXT NOT NULL)`,
-      `CREATE INDEX IF NOT EXISTS ${products(g)}_category ON ${products(g)} (category, price_minor)`,
-      `CREATE INDEX IF NOT EXISTS ${products(g)}_price ON ${products(g)} (price_minor, sku)`,
-      `CREATE INDEX IF NOT EXISTS ${products(g)}_name ON ${products(g)} (name, sku)`,
-      `CREATE INDEX IF NOT EXISTS ${products(g)}_newest ON ${products(g)} (updated_at, sku)`,
-    ]
-    const columns = `sku TEXT NOT NULL UNIQUE, listed INTEGER NOT NULL DEFAULT 0,
-      name TEXT NOT NULL DEFAULT '', description TEXT NOT NULL DEFAULT '', category TEXT NOT NULL DEFAULT '',
-      price_minor BIGINT NOT NULL DEFAULT 0, currency TEXT NOT NULL DEFAULT '',
-      on_hand BIGINT NOT NULL DEFAULT 0, available BIGINT NOT NULL DEFAULT 0, updated_at TEXT NOT NULL DEFAULT ''`
-    if (kind === 'sqlite') {
-      return [
-        `CREATE TABLE IF NOT EXISTS ${products(g)} (id INTEGER PRIMARY KEY, ${columns})`,
-        `CREATE VIRTUAL TABLE IF NOT EXISTS ${fts(g)} USING fts5(name, category, description,
-          tokenize = 'unicode61 remove_diacritics 2', prefix = '2 3')`,
-        ...common,
-      ]
-    }
-    return [
-      `CREATE TABLE IF NOT EXISTS ${products(g)} (${columns}, document tsvector)`,
-      `CREATE INDEX IF NOT EXISTS ${products(g)}_document ON ${products(g)} USING GIN (document)`,
-      ...common,
-    ]
-  },
-  tables: (g) => [fts(g), reservations(g), products(g)],
+  createSql: catalogCreateSql,
+  tables: catalogTables,
   async apply(tx, kind, g, { event }, changed) {
-    const d = event.data as Record<string, any>
+    const data = event.data as Record<string, unknown>
+    const time = isoTime(event.time)
     switch (event.type) {
-      case 'product.upserted':
-        await upsertProduct(tx, kind, g, d, event.time)
-        changed.add(productCacheKey(d.sku))
+      case 'product.upserted': {
+        const product = data as unknown as ProductData
+        await upsertProduct(tx, kind, g, product, time)
+        changed.add(productCacheKey(product.sku))
         return
-      case 'inventory.adjusted':
-        await addStock(tx, kind, g, d.sku, { onHand: d.delta, available: d.delta }, event.time)
-        changed.add(productCacheKey(d.sku))
+      }
+      case 'inventory.adjusted': {
+        const { sku, delta } = data as { sku: string; delta: number }
+        await addStock(tx, g, sku, delta, delta, time)
+        changed.add(productCacheKey(sku))
         return
-      case 'inventory.reserved':
-        await tx.execute(
-          `INSERT INTO ${reservations(g)} (reservation_id, lines) VALUES ($1, $2) ON CONFLICT DO NOTHING`,
-          [d.reservationId, JSON.stringify(d.lines)],
-        )
-        for (const line of d.lines) {
-          await addStock(tx, kind, g, line.sku, { onHand: 0, available: -line.quantity }, event.time)
-          changed.add(productCacheKey(line.sku))
+      }
+      case 'inventory.reserved': {
+        const { reservationId, lines } = data as { reservationId: string; lines: Line[] }
+        const R = reservationsTable(g)
+        const known = await tx.query(`SELECT 1 AS known FROM ${R} WHERE reservation_id = $1 LIMIT 1`, [
+          reservationId,
+        ])
+        if (known.length > 0) return
+        for (const [sku, quantity] of mergedLines(lines)) {
+          await tx.execute(`INSERT INTO ${R} (reservation_id, sku, quantity) VALUES ($1, $2, $3)`, [
+            reservationId,
+            sku,
+            quantity,
+          ])
+          await addStock(tx, g, sku, 0, -quantity, time)
+          changed.add(productCacheKey(sku))
         }
         return
+      }
       case 'inventory.released':
       case 'inventory.committed': {
-        const [row] = await tx.query<{ lines: string }>(
-          `DELETE FROM ${reservations(g)} WHERE reservation_id = $1 RETURNING lines`,
-          [d.reservationId],
+        // The reservation is done: give its lines back to available, or take them from
+        // on hand, and forget it (a second release or commit then finds nothing).
+        const { reservationId } = data as { reservationId: string }
+        const R = reservationsTable(g)
+        const lines = await tx.query<{ sku: string; quantity: number | bigint }>(
+          `SELECT sku, quantity FROM ${R} WHERE reservation_id = $1 ORDER BY sku`,
+          [reservationId],
         )
-        if (!row) return
-        const released = event.type === 'inventory.released'
-        for (const line of JSON.parse(row.lines) as { sku: string; quantity: number }[]) {
-          await addStock(
-            tx,
-            kind,
-            g,
-            line.sku,
-            released ? { onHand: 0, available: line.quantity } : { onHand: -line.quantity, available: 0 },
-            event.time,
-          )
+        for (const line of lines) {
+          const quantity = Number(line.quantity)
+          if (event.type === 'inventory.released') await addStock(tx, g, line.sku, 0, quantity, time)
+          else await addStock(tx, g, line.sku, -quantity, 0, time)
           changed.add(productCacheKey(line.sku))
         }
+        if (lines.length > 0) await tx.execute(`DELETE FROM ${R} WHERE reservation_id = $1`, [reservationId])
         return
       }
     }
   },
   async dump(store, g) {
-    const rows = await store.query<ProductRow>(`SELECT ${productColumns} FROM ${products(g)} WHERE listed = 1 ORDER BY sku`)
-    return rows.map(toDoc)
+    const rows = await store.query<ProductRow>(
+      `SELECT ${docColumns}, d.description FROM ${productsTable(g)} p JOIN ${descriptionsTable(g)} d ON d.sku = p.sku
+       WHERE p.category IS NOT NULL ORDER BY p.sku`,
+    )
+    return rows.map(docOf)
   },
 }
 
-/** The later of the stored and the new update time (events arrive in any order across partitions). */
-const later = (kind: Store['kind'], table: string) =>
-  `${kind === 'sqlite' ? 'MAX' : 'GREATEST'}(${table}.updated_at, excluded.updated_at)`
-
-async function upsertProduct(tx: Tx, kind: Store['kind'], g: number, d: Record<string, any>, time: string) {
-  const t = products(g)
-  const document =
-    "setweight(to_tsvector('simple', $2), 'A') || setweight(to_tsvector('simple', $4), 'B') || setweight(to_tsvector('simple', $3), 'C')"
-  await tx.execute(
-    `INSERT INTO ${t} (sku, listed, name, description, category, price_minor, currency, updated_at${kind === 'postgres' ? ', document' : ''})
-     VALUES ($1, 1, $2, $3, $4, $5, $6, $7${kind === 'postgres' ? `, ${document}` : ''})
-     ON CONFLICT (sku) DO UPDATE SET listed = 1, name = excluded.name, description = excluded.description,
-       category = excluded.category, price_minor = excluded.price_minor, currency = excluded.currency,
-       updated_at = ${later(kind, t)}${kind === 'postgres' ? ', document = excluded.document' : ''}`,
-    [d.sku, d.name, d.description, d.category, d.priceMinor, d.currency, time],
-  )
-  if (kind === 'sqlite') {
-    const [row] = await tx.query<{ id: number }>(`SELECT id FROM ${t} WHERE sku = $1`, [d.sku])
-    await tx.execute(`DELETE FROM ${fts(g)} WHERE rowid = $1`, [row.id])
-    await tx.execute(`INSERT INTO ${fts(g)} (rowid, name, category, description) VALUES ($1, $2, $3, $4)`, [
-      row.id,
-      d.name,
-      d.category,
-      d.description,
-    ])
-  }
-}
-
-async function addStock(
-  tx: Tx,
-  kind: Store['kind'],
-  g: number,
+export async function getProduct(
+  store: Store,
+  generation: number,
   sku: string,
-  delta: { onHand: number; available: number },
-  time: string,
-) {
-  const t = products(g)
-  await tx.execute(
-    `INSERT INTO ${t} (sku, on_hand, available, updated_at) VALUES ($1, $2, $3, $4)
-     ON CONFLICT (sku) DO UPDATE SET on_hand = ${t}.on_hand + excluded.on_hand,
-       available = ${t}.available + excluded.available,
-       updated_at = ${later(kind, t)}`,
-    [sku, delta.onHand, delta.available, time],
-  )
-}
-
-interface ProductRow {
-  sku: string
-  name: string
-  description: string
-  category: string
-  price_minor: number
-  currency: string
-  on_hand: number
-  available: number
-  updated_at: string
-}
-
-const productColumns = 'sku, name, description, category, price_minor, currency, on_hand, available, updated_at'
-
-function toDoc(row: ProductRow): ProductDoc {
-  const available = Math.max(0, Number(row.available))
-  return {
-    sku: row.sku,
-    name: row.name,
-    description: row.description,
-    category: row.category,
-    priceMinor: Number(row.price_minor),
-    currency: row.currency,
-    onHand: Math.max(0, Number(row.on_hand)),
-    available,
-    inStock: available > 0,
-    updatedAt: row.updated_at,
-  }
-}
-
-export async function getProduct(store: Store, g: number, sku: string): Promise<ProductDoc | undefined> {
+): Promise<ProductDoc | undefined> {
   const [row] = await store.query<ProductRow>(
-    `SELECT ${productColumns} FROM ${products(g)} WHERE sku = $1 AND listed = 1`,
+    `SELECT ${docColumns}, d.description FROM ${productsTable(generation)} p
+     JOIN ${descriptionsTable(generation)} d ON d.sku = p.sku WHERE p.sku = $1 AND p.category IS NOT NULL`,
     [sku],
   )
-  return row ? toDoc(row) : undefined
+  return row ? docOf(row) : undefined
 }
 
-/** The words of a query: letters and digits only, so no search syntax ever reaches the engine. */
-function wordsOf(q: string | undefined): string[] {
-  return (q?.toLowerCase().normalize('NFKC').match(/[\p{L}\p{N}]+/gu) ?? []).slice(0, 8).map((w) => w.slice(0, 64))
+/** The event's time in one form (ISO, UTC, milliseconds), so times compare as text. */
+function isoTime(time: string): string {
+  const ms = Date.parse(time)
+  return Number.isNaN(ms) ? time : new Date(ms).toISOString()
 }
 
-interface SortSpec {
-  column: string
-  descending: boolean
+/** A reservation's quantity per SKU (a SKU may be on several lines), by SKU. */
+function mergedLines(lines: Line[]): [string, number][] {
+  const bySku = new Map<string, number>()
+  for (const { sku, quantity } of lines) bySku.set(sku, (bySku.get(sku) ?? 0) + quantity)
+  return [...bySku].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
 }
 
-const sorts: Record<CatalogSort, SortSpec> = {
-  relevance: { column: 'score', descending: true },
-  'price-asc': { column: 'price_minor', descending: false },
-  'price-desc': { column: 'price_minor', descending: true },
-  name: { column: 'name', descending: false },
-  newest: { column: 'updated_at', descending: true },
-}
+/** The later of the stored time and the event's. */
+const laterTime = (P: string) =>
+  `CASE WHEN ${P}.updated_at IS NULL OR excluded.updated_at > ${P}.updated_at THEN excluded.updated_at ELSE ${P}.updated_at END`
 
-export async function searchCatalog(store: Store, g: number, query: CatalogQuery): Promise<CatalogPage> {
-  const words = wordsOf(query.q)
-  const sortName: CatalogSort = query.sort ?? (words.length > 0 ? 'relevance' : 'name')
-  const sort = sorts[sortName]
-  const fingerprint = createHash('sha1')
-    .update(JSON.stringify([words, query.category, query.minPrice, query.maxPrice, query.inStock, sortName]))
-    .digest('base64url')
-    .slice(0, 12)
-  const after = query.cursor === undefined ? undefined : cursorOf(query.cursor, fingerprint)
-
-  const params: SqlValue[] = []
-  const param = (value: SqlValue) => {
-    params.push(value)
-    return `$${params.length}`
+async function addStock(tx: Tx, g: number, sku: string, onHand: number, available: number, time: string) {
+  const P = productsTable(g)
+  const [row] = await tx.query<{ category: string | null; available: number | bigint }>(
+    `INSERT INTO ${P} (sku, on_hand, available, updated_at) VALUES ($1, $2, $3, $4)
+     ON CONFLICT (sku) DO UPDATE SET on_hand = ${P}.on_hand + excluded.on_hand,
+       available = ${P}.available + excluded.available, updated_at = ${laterTime(P)}
+     RETURNING category, available`,
+    [sku, onHand, available, time],
+  )
+  const after = Number(row.available)
+  const before = after - available
+  if (row.category !== null && before > 0 !== after > 0) {
+    await countCategory(tx, g, row.category, 0, after > 0 ? 1 : -1)
   }
-  // The matching products with their score, before the filters.
-  let matches: string
-  if (words.length === 0) {
-    matches = `SELECT ${productColumns}, 0 AS score FROM ${products(g)} WHERE listed = 1`
-  } else if (store.kind === 'sqlite') {
-    const match = param(words.map((w) => `"${w}"*`).join(' '))
-    matches = `SELECT p.sku, p.name, p.description, p.category, p.price_minor, p.currency, p.on_hand, p.available,
-        p.updated_at, -bm25(${fts(g)}, 10.0, 3.0, 1.0) AS score
-      FROM ${fts(g)} JOIN ${products(g)} p ON p.id = ${fts(g)}.rowid WHERE ${fts(g)} MATCH ${match} AND p.listed = 1`
+}
+
+/** Adds to a category's count of listed products and of those in stock. */
+async function countCategory(tx: Tx, g: number, category: string, listed: number, inStock: number) {
+  const C = categoriesTable(g)
+  await tx.execute(
+    `INSERT INTO ${C} (category, listed, in_stock) VALUES ($1, $2, $3)
+     ON CONFLICT (category) DO UPDATE SET listed = ${C}.listed + excluded.listed, in_stock = ${C}.in_stock + excluded.in_stock`,
+    [category, listed, inStock],
+  )
+}
+
+async function upsertProduct(tx: Tx, kind: Store['kind'], g: number, product: ProductData, time: string) {
+  const P = productsTable(g)
+  const D = descriptionsTable(g)
+  const [before] = await tx.query<{
+    name: string | null
+    category: string | null
+    available: number | bigint
+    description: string | null
+  }>(
+    `SELECT p.name, p.category, p.available, d.description FROM ${P} p LEFT JOIN ${D} d ON d.sku = p.sku
+     WHERE p.sku = $1`,
+    [product.sku],
+  )
+  const params = [
+    product.sku,
+    product.name,
+    nameKeyOf(product.name),
+    product.category,
+    product.priceMinor,
+    product.currency,
+    time,
+  ]
+  const set = `name = excluded.name, name_key = excluded.name_key, category = excluded.category,
+    price_minor = excluded.price_minor, currency = excluded.currency, updated_at = ${laterTime(P)}`
+  let id: number | undefined
+  if (kind === 'postgres') {
+    const search = tsVectorOf([
+      [product.name, 'A'],
+      [product.category, 'B'],
+      [product.description, 'C'],
+    ])
+    await tx.execute(
+      `INSERT INTO ${P} (sku, name, name_key, category, price_minor, currency, updated_at, search)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::tsvector)
+       ON CONFLICT (sku) DO UPDATE SET ${set}, search = excluded.search`,
+      [...params, search],
+    )
   } else {
-    const tsquery = `to_tsquery('simple', ${param(words.map((w) => `${w}:*`).join(' & '))})`
-    matches = `SELECT ${productColumns}, ts_rank(document, ${tsquery})::float8 AS score
-      FROM ${products(g)} WHERE listed = 1 AND document @@ ${tsquery}`
+    const [row] = await tx.query<{ id: number }>(
+      `INSERT INTO ${P} (sku, name, name_key, category, price_minor, currency, updated_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7)
+       ON CONFLICT (sku) DO UPDATE SET ${set} RETURNING id`,
+      params,
+    )
+    id = Number(row.id)
   }
-  const filters: string[] = []
-  if (query.minPrice !== undefined) filters.push(`price_minor >= ${param(query.minPrice)}`)
-  if (query.maxPrice !== undefined) filters.push(`price_minor <= ${param(query.maxPrice)}`)
-  if (query.inStock !== undefined) filters.push(query.inStock ? 'available > 0' : 'available <= 0')
-  const facetWhere = filters.length > 0 ? `WHERE ${filters.join(' AND ')}` : ''
-  const facetParams = [...params]
-  if (query.category !== undefined) filters.push(`category = ${param(query.category)}`)
-  const where = filters.length > 0 ? `WHERE ${filters.join(' AND ')}` : ''
-  const totalParams = [...params]
-
-  const collate = store.kind === 'postgres' && sort.column === 'name' ? ' COLLATE "C"' : ''
-  const skuCollate = store.kind === 'postgres' ? ' COLLATE "C"' : ''
-  const pageFilters = [...filters]
-  if (after) {
-    const key = param(after.key)
-    const sku = param(after.sku)
-    pageFilters.push(
-      `(${sort.column}${collate} ${sort.descending ? '<' : '>'} ${key}${collate} OR (${sort.column} = ${key} AND sku${skuCollate} > ${sku}${skuCollate}))`,
+  if (before?.description !== product.description) {
+    await tx.execute(
+      `INSERT INTO ${D} (sku, description) VALUES ($1, $2)
+       ON CONFLICT (sku) DO UPDATE SET description = excluded.description`,
+      [product.sku, product.description],
     )
   }
-  const limit = param(query.limit + 1)
-  const pageSql = `SELECT * FROM (${matches}) m ${pageFilters.length > 0 ? `WHERE ${pageFilters.join(' AND ')}` : ''}
-    ORDER BY ${sort.column}${collate} ${sort.descending ? 'DESC' : 'ASC'}, sku${skuCollate} ASC LIMIT ${limit}`
-
-  const [rows, [count], facetRows] = await Promise.all([
-    store.query<ProductRow & { score: number }>(pageSql, params),
-    store.query<{ total: number }>(`SELECT COUNT(*) AS total FROM (${matches}) m ${where}`, totalParams),
-    store.query<{ category: string; count: number }>(
-      `SELECT category, COUNT(*) AS count FROM (${matches}) m ${facetWhere} GROUP BY category`,
-      facetParams,
-    ),
+  const listed = before?.category != null
+  if (before?.category !== product.category) {
+    const inStock = before !== undefined && Number(before.available) > 0 ? 1 : 0
+    if (listed) await countCategory(tx, g, before.category as string, -1, -inStock)
+    await countCategory(tx, g, product.category, 1, inStock)
+  }
+  if (id === undefined) return
+  if (
+    listed &&
+    before.name === product.name &&
+    before.category === product.category &&
+    before.description === product.description
+  ) {
+    return // a new price or currency: the words are as they were
+  }
+  const F = ftsTable(g)
+  if (listed) await tx.execute(`DELETE FROM ${F} WHERE rowid = $1`, [id])
+  await tx.execute(`INSERT INTO ${F} (rowid, name, category, description) VALUES ($1, $2, $3, $4)`, [
+    id,
+    indexTextOf(product.name),
+    indexTextOf(product.category),
+    indexTextOf(product.description),
   ])
-  const page = rows.slice(0, query.limit)
-  const last = page.at(-1)
-  const keyOf = (row: ProductRow & { score: number }) => {
-    const value = row[sort.column as keyof typeof row]
-    return typeof value === 'string' ? value : Number(value)
-  }
-  return {
-    items: page.map(toDoc),
-    total: Number(count?.total ?? 0),
-    facets: {
-      category: facetRows
-        .map((r) => ({ value: r.category, count: Number(r.count) }))
-        .sort((a, b) => b.count - a.count || (a.value < b.value ? -1 : a.value > b.value ? 1 : 0)),
-    },
-    nextCursor:
-      rows.length > query.limit && last
-        ? Buffer.from(JSON.stringify({ k: keyOf(last), s: last.sku, f: fingerprint })).toString('base64url')
-        : null,
-  }
-}
-
-function cursorOf(cursor: string, fingerprint: string): { key: string | number; sku: string } {
-  try {
-    const parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString())
-    if (
-      parsed.f === fingerprint &&
-      typeof parsed.s === 'string' &&
-      (typeof parsed.k === 'string' || typeof parsed.k === 'number')
-    )
-      return { key: parsed.k, sku: parsed.s }
-  } catch {}
-  throw new MercatoError('invalid-cursor', 400, 'cursor is not one this search gave (a cursor belongs to its query)', {
-    errors: [{ in: 'querystring', field: '/cursor', message: 'is not a cursor of this search' }],
-  })
 }

@@ -140,14 +140,21 @@ type OrderColumns = Partial<{
 }>
 
 /** Sets columns of an order's row (a column already set keeps a customer and time first written); resolves with its customer. */
-async function upsertOrder(tx: Tx, g: number, orderId: string, columns: OrderColumns): Promise<string | undefined> {
+async function upsertOrder(
+  tx: Tx,
+  g: number,
+  orderId: string,
+  columns: OrderColumns,
+): Promise<string | undefined> {
   const names = Object.keys(columns)
   const values = Object.values(columns) as (string | number)[]
   const keepFirst = new Set(['customer_id', 'placed_at'])
   await tx.execute(
     `INSERT INTO ${orders(g)} (order_id, ${names.join(', ')}) VALUES ($1, ${names.map((_, i) => `$${i + 2}`).join(', ')})
      ON CONFLICT (order_id) DO UPDATE SET ${names
-       .map((n) => (keepFirst.has(n) ? `${n} = COALESCE(${orders(g)}.${n}, excluded.${n})` : `${n} = excluded.${n}`))
+       .map((n) =>
+         keepFirst.has(n) ? `${n} = COALESCE(${orders(g)}.${n}, excluded.${n})` : `${n} = excluded.${n}`,
+       )
        .join(', ')}`,
     [orderId, ...values],
   )
@@ -205,12 +212,16 @@ export async function readCustomer360(
   let last: Customer360['orders']['last'] = null
   for (const o of orderRows) {
     const net = Number(o.captured_minor) - Number(o.refunded_minor)
-    if (o.payment_currency && net !== 0) spend.set(o.payment_currency, (spend.get(o.payment_currency) ?? 0) + net)
+    if (o.payment_currency && net !== 0)
+      spend.set(o.payment_currency, (spend.get(o.payment_currency) ?? 0) + net)
     if (!o.cancelled && o.currency && o.total_minor !== null) {
       const basket = baskets.get(o.currency) ?? { sum: 0, count: 0 }
       baskets.set(o.currency, { sum: basket.sum + Number(o.total_minor), count: basket.count + 1 })
     }
-    if (o.placed_at && (!last || o.placed_at > last.placedAt || (o.placed_at === last.placedAt && o.order_id > last.orderId)))
+    if (
+      o.placed_at &&
+      (!last || o.placed_at > last.placedAt || (o.placed_at === last.placedAt && o.order_id > last.orderId))
+    )
       last = { orderId: o.order_id, placedAt: o.placed_at }
   }
   const byCurrency = (entries: [string, number][]) =>

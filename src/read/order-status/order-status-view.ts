@@ -94,9 +94,10 @@ export class SqlOrderStatusReader implements OrderStatusReader {
   }
 
   async order(g: number, orderId: string): Promise<OrderDocument | undefined> {
-    const rows = await this.#store.query<{ step: string }>(`SELECT step FROM ${steps(g)} WHERE order_id = $1`, [
-      orderId,
-    ])
+    const rows = await this.#store.query<{ step: string }>(
+      `SELECT step FROM ${steps(g)} WHERE order_id = $1`,
+      [orderId],
+    )
     if (rows.length === 0) return undefined
     return foldOrder(
       orderId,
@@ -171,7 +172,9 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
     const found = fresh.flatMap(({ event }) => orderStepOf(event) ?? [])
     const orderIds = [...new Set(found.map((f) => f.orderId))]
     const knownCustomers =
-      orderIds.length === 0 ? [] : await this.#redis.mget(orderIds.map((id) => this.#key(g, `order-customer:${id}`)))
+      orderIds.length === 0
+        ? []
+        : await this.#redis.mget(orderIds.map((id) => this.#key(g, `order-customer:${id}`)))
     const customerOfOrder = new Map<string, string>()
     orderIds.forEach((id, i) => {
       if (knownCustomers[i]) customerOfOrder.set(id, knownCustomers[i] as string)
@@ -187,11 +190,16 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
       }
     }
     for (const p of positionsAfter(fresh)) {
-      multi.hset(this.#key(g, 'positions'), partitionKey(p.topic, p.partition), `${p.nextOffset}|${p.lastEventMs}`)
+      multi.hset(
+        this.#key(g, 'positions'),
+        partitionKey(p.topic, p.partition),
+        `${p.nextOffset}|${p.lastEventMs}`,
+      )
     }
     const results = await multi.exec()
     const failed = results?.find(([error]) => error)
-    if (!results || failed) throw new Error(`order-status view write failed: ${failed?.[0]?.message ?? 'aborted'}`)
+    if (!results || failed)
+      throw new Error(`order-status view write failed: ${failed?.[0]?.message ?? 'aborted'}`)
     const changed = new Set<string>()
     for (const id of orderIds) {
       changed.add(orderCacheKey(id))

@@ -1,0 +1,261 @@
+// Catalog search: text (every word a prefix, all required), filters, category facets,
+// sorting and keyset pages, in two queries: the page, and the facet counts (from which
+// the total follows, so no third count is run).
+//
+// Text: embedded, an FTS5 index ranked by bm25 with the name weighted 10, the category 4,
+// the description 1; distributed, a tsvector (name A, category B, description C) under a
+// GIN index, ranked by ts_rank. Both index the words of text.ts, so both engines find the
+// same products. A score is rounded to an integer (×1e9) in SQL: a page's last score is
+// carried in the cursor as that integer, and the next page starts strictly after
+// (score, sku), so paging never repeats or skips a product, ties included.
+//
+// Facets count the matches of the text, price and stock filters but not the category
+// filter, so a shopper in one category still sees how many the others hold; the total,
+// which counts all the filters, is then the facet of the chosen category (or their sum).
+import type { SqlValue, Store } from '../../engines/store/port.ts'
+import type { CatalogPage, CatalogQuery, CatalogSort } from './catalog-view.ts'
+import { type After, type CursorKey, decodeCursor, encodeCursor, fingerprintOf } from './cursor.ts'
+import {
+  categoriesTable,
+  descriptionsTable,
+  docColumns,
+  docOf,
+  ftsTable,
+  lookupIndex,
+  type ProductRow,
+  productsTable,
+} from './tables.ts'
+import { compareCodePoints, ftsMatchOf, queryTermsOf, tsQueryOf } from './text.ts'
+
+interface SortSpec {
+  /** The key column of `products` (or the score, computed). */
+  column: 'score' | 'price_minor' | 'name_key' | 'updated_at'
+  descending: boolean
+  keyType: 'number' | 'string'
+}
+
+const sorts: Record<CatalogSort, SortSpec> = {
+  relevance: { column: 'score', descending: true, keyType: 'number' },
+  'price-asc': { column: 'price_minor', descending: false, keyType: 'number' },
+  'price-desc': { column: 'price_minor', descending: true, keyType: 'number' },
+  name: { column: 'name_key', descending: false, keyType: 'string' },
+  newest: { column: 'updated_at', descending: true, keyType: 'string' },
+}
+
+/** bm25's column weights: name, category, description (the FTS5 table's column order). */
+const bm25 = (F: string) => `bm25(${F}, 10.0, 4.0, 1.0)`
+const scoreScale = 1e9
+
+type Row = ProductRow & { name_key: string; score?: number | bigint }
+
+export async function searchCatalog(
+  store: Store,
+  generation: number,
+  query: CatalogQuery,
+): Promise<CatalogPage> {
+  const terms = queryTermsOf(query.q)
+  const sortName: CatalogSort =
+    query.sort === undefined || (query.sort === 'relevance' && terms.length === 0)
+      ? terms.length > 0
+        ? 'relevance'
+        : 'name'
+      : query.sort
+  const sort = sorts[sortName]
+  const fingerprint = fingerprintOf([
+    terms.map(({ word, prefix }) => (prefix ? `${word}*` : word)),
+    query.category ?? null,
+    query.minPrice ?? null,
+    query.maxPrice ?? null,
+    query.inStock ?? null,
+    sortName,
+  ])
+  const after = query.cursor === undefined ? undefined : decodeCursor(query.cursor, fingerprint, sort.keyType)
+  const tables = {
+    P: productsTable(generation),
+    D: descriptionsTable(generation),
+    C: categoriesTable(generation),
+    F: ftsTable(generation),
+    L: lookupIndex(generation),
+  }
+  const text =
+    terms.length === 0 ? undefined : store.kind === 'postgres' ? tsQueryOf(terms) : ftsMatchOf(terms)
+  const page = pageSql(store.kind, tables, query, text, sortName, after)
+  const facets = facetSql(store.kind, tables, query, text)
+
+  const [rows, facetRows] = await Promise.all([
+    store.query<Row>(page.text, page.params),
+    store.query<{ value: string; count: number | bigint }>(facets.text, facets.params),
+  ])
+  const category = facetRows
+    .map((r) => ({ value: r.value, count: Number(r.count) }))
+    .filter((f) => f.count > 0)
+    .sort((a, b) => b.count - a.count || compareCodePoints(a.value, b.value))
+  const total =
+    query.category === undefined
+      ? category.reduce((sum, f) => sum + f.count, 0)
+      : (category.find((f) => f.value === query.category)?.count ?? 0)
+  const items = rows.slice(0, query.limit)
+  const last = items.at(-1)
+  return {
+    items: items.map(docOf),
+    total,
+    facets: { category },
+    nextCursor:
+      rows.length > query.limit && last
+        ? encodeCursor(fingerprint, { key: keyOf(last, sortName), sku: last.sku })
+        : null,
+  }
+}
+
+interface Tables {
+  P: string
+  D: string
+  C: string
+  F: string
+  L: string
+}
+
+/** One page of products (one more than asked, to know whether another follows), in order. */
+function pageSql(
+  kind: Store['kind'],
+  { P, D, F, L }: Tables,
+  query: CatalogQuery,
+  text: string | undefined,
+  sortName: CatalogSort,
+  after: After | undefined,
+): Sql {
+  const sql = newSql()
+  const sort = sorts[sortName]
+  // Without words, a page sorted by name or time is read along that sort's index, the
+  // price range checked on the way; on SQLite (which keeps no statistics here) the unary
+  // plus keeps the planner from taking the price index instead and sorting its whole range.
+  const price =
+    kind === 'sqlite' && text === undefined && sort.column !== 'price_minor' ? '+p.price_minor' : undefined
+  const where = ['p.category IS NOT NULL', ...filters(sql, query, price)]
+  if (query.category !== undefined) {
+    // No category holds a NUL (PostgreSQL text cannot): such a filter matches nothing.
+    where.push(query.category.includes('\0') ? '1 = 0' : `p.category = ${sql.param(query.category)}`)
+  }
+  let from = `${P} p`
+  let key = `p.${sort.column}`
+  if (text !== undefined && kind === 'postgres') {
+    const tsquery = `${sql.param(text)}::tsquery`
+    where.push(`p.search @@ ${tsquery}`)
+    if (sortName === 'relevance') key = `round(ts_rank(p.search, ${tsquery})::float8 * ${scoreScale})::bigint`
+  } else if (text !== undefined) {
+    // The matches drive: each is one look-up of its product by id, in the narrow
+    // covering index unless the sort needs a column only the table holds.
+    const score =
+      sortName === 'relevance' ? `, CAST(round(-${bm25(F)} * ${scoreScale}) AS INTEGER) AS score` : ''
+    const narrow = sort.column === 'score' || sort.column === 'price_minor' ? ` INDEXED BY ${L}` : ''
+    from = `(SELECT rowid AS id${score} FROM ${F} WHERE ${F} MATCH ${sql.param(text)}) m CROSS JOIN ${P} p${narrow}`
+    where.push('p.id = m.id')
+    if (sortName === 'relevance') key = 'm.score'
+  }
+  // Only the sort key and the SKU are carried through the sort; the documents of the
+  // page's rows are read after.
+  const select = `SELECT p.sku AS sku, ${key} AS k FROM ${from} WHERE ${where.join(' AND ')}`
+  const direction = sort.descending ? 'DESC' : 'ASC'
+  let keys: string
+  if (sortName === 'relevance') {
+    // The score is an output column: filter and order on it around the select.
+    const range = after ? `WHERE ${keyset(sql, 'x.k', 'x.sku', true, after)}` : ''
+    keys = `SELECT * FROM (${select}) x ${range} ORDER BY x.k DESC, x.sku ASC`
+  } else {
+    const range = after ? ` AND ${keyset(sql, key, 'p.sku', sort.descending, after)}` : ''
+    keys = `${select}${range} ORDER BY ${key} ${direction}, p.sku ASC`
+  }
+  sql.text = `SELECT ${docColumns}, d.description, p.name_key, y.k AS score
+    FROM (${keys} LIMIT ${sql.param(query.limit + 1)}) y
+    JOIN ${P} p ON p.sku = y.sku JOIN ${D} d ON d.sku = y.sku ORDER BY y.k ${direction}, y.sku ASC`
+  return sql
+}
+
+/**
+ * Products per category, over the matches of the words, price and stock filters (not
+ * the category filter). Without words: from the kept counts, or with a price range, by
+ * counting each category's range of the facet index.
+ */
+function facetSql(
+  kind: Store['kind'],
+  { P, C, F, L }: Tables,
+  query: CatalogQuery,
+  text: string | undefined,
+): Sql {
+  const sql = newSql()
+  if (text === undefined && query.minPrice === undefined && query.maxPrice === undefined) {
+    const count = query.inStock === undefined ? 'listed' : query.inStock ? 'in_stock' : 'listed - in_stock'
+    sql.text = `SELECT category AS value, ${count} AS count FROM ${C} WHERE listed > 0`
+    return sql
+  }
+  const where = filters(sql, query)
+  if (text === undefined) {
+    sql.text = `SELECT c.category AS value, (SELECT COUNT(*) FROM ${P} p
+      WHERE p.category = c.category AND ${where.join(' AND ')}) AS count FROM ${C} c WHERE c.listed > 0`
+    return sql
+  }
+  let from = `${P} p`
+  if (kind === 'postgres') {
+    where.push(`p.search @@ ${sql.param(text)}::tsquery`)
+  } else {
+    from = `(SELECT rowid AS id FROM ${F} WHERE ${F} MATCH ${sql.param(text)}) m CROSS JOIN ${P} p INDEXED BY ${L}`
+    where.push('p.id = m.id')
+  }
+  where.push('p.category IS NOT NULL')
+  sql.text = `SELECT p.category AS value, COUNT(*) AS count FROM ${from} WHERE ${where.join(' AND ')}
+    GROUP BY p.category`
+  return sql
+}
+
+function keyOf(row: Row, sort: CatalogSort): CursorKey {
+  switch (sort) {
+    case 'relevance':
+      return Number(row.score)
+    case 'price-asc':
+    case 'price-desc':
+      return Number(row.price_minor)
+    case 'name':
+      return row.name_key
+    case 'newest':
+      return row.updated_at
+  }
+}
+
+interface Sql {
+  text: string
+  params: SqlValue[]
+  param(value: SqlValue): string
+}
+
+function newSql(): Sql {
+  const params: SqlValue[] = []
+  return {
+    text: '',
+    params,
+    param(value) {
+      params.push(value)
+      return `$${params.length}`
+    },
+  }
+}
+
+/** The price and stock filters (the category filter is the caller's: facets leave it out). */
+function filters(sql: Sql, query: CatalogQuery, price = 'p.price_minor'): string[] {
+  const where: string[] = []
+  if (query.minPrice !== undefined) where.push(`${price} >= ${sql.param(query.minPrice)}`)
+  if (query.maxPrice !== undefined) where.push(`${price} <= ${sql.param(query.maxPrice)}`)
+  if (query.inStock === true) where.push('p.available > 0')
+  if (query.inStock === false) where.push('p.available <= 0')
+  return where
+}
+
+/**
+ * The rows strictly after the cursor's (key, sku) in the sort order. The bound on the key
+ * alone (key >= last, or <= when descending) lets the engine start the index range there.
+ */
+function keyset(sql: Sql, key: string, sku: string, descending: boolean, after: After): string {
+  const k = sql.param(after.key)
+  const s = sql.param(after.sku)
+  const [beyond, from] = descending ? ['<', '<='] : ['>', '>=']
+  return `${key} ${from} ${k} AND (${key} ${beyond} ${k} OR (${key} = ${k} AND ${sku} > ${s}))`
+}
