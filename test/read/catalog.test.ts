@@ -288,7 +288,9 @@ class Reference {
     const terms = queryTermsOf(query.q)
     return this.docs.filter(
       (d) =>
-        terms.every((t) => this.#words.get(d.sku)!.some((x) => (t.prefix ? x.startsWith(t.word) : x === t.word))) &&
+        terms.every((t) =>
+          this.#words.get(d.sku)!.some((x) => (t.prefix ? x.startsWith(t.word) : x === t.word)),
+        ) &&
         (query.minPrice === undefined || d.priceMinor >= query.minPrice) &&
         (query.maxPrice === undefined || d.priceMinor <= query.maxPrice) &&
         (query.inStock === undefined || d.inStock === query.inStock),
