@@ -16,7 +16,7 @@ import { openViews } from './read/views.ts'
 import { App } from './runtime/app.ts'
 import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
 import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
-import { openEventStream, redisKeyPrefix, storeOpener } from './runtime/engines.ts'
+import { openEventStream, storeOpener, viewsRedisOf } from './runtime/engines.ts'
 import { OrderWatcher, runLoad } from './runtime/load.ts'
 
 const program = new Command('mercato').description('An event-driven commerce backend.').showHelpAfterError()
@@ -128,14 +128,7 @@ async function replayView(options: Record<string, string | undefined>): Promise<
   const store = await storeOpener(config)('views')
   const views = await openViews({
     store,
-    redis:
-      config.cache.kind === 'redis'
-        ? {
-            url: config.cache.url,
-            keyPrefix: redisKeyPrefix(config),
-            commandTimeoutMs: config.cacheCommandTimeoutMs,
-          }
-        : undefined,
+    redis: viewsRedisOf(config),
   })
   const started = Date.now()
   try {

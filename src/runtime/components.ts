@@ -27,7 +27,7 @@ import { startUserService } from '../services/user/user-service.ts'
 import { startCommandApi } from '../write/command-api.ts'
 import type { Config } from './config.ts'
 import { seedDemoData } from './demo-data.ts'
-import { type OpenStore, openCache, openEventStream, redisKeyPrefix, storeOpener } from './engines.ts'
+import { type OpenStore, openCache, openEventStream, storeOpener, viewsRedisOf } from './engines.ts'
 
 export interface Context {
   config: Config
@@ -263,14 +263,7 @@ Object.assign(components, {
       const store = await need(context.openStore, 'stores')('views')
       const views = await openViews({
         store,
-        redis:
-          config.cache.kind === 'redis'
-            ? {
-                url: config.cache.url,
-                keyPrefix: redisKeyPrefix(config),
-                commandTimeoutMs: config.cacheCommandTimeoutMs,
-              }
-            : undefined,
+        redis: viewsRedisOf(config),
       })
       context.views = views
       return { ready: () => store.ping(), stop: () => views.close() }

@@ -110,3 +110,14 @@ export async function openCache(config: Config): Promise<Cache> {
 export function redisKeyPrefix(config: Config): string {
   return `mercato:${config.streamTopicPrefix}`
 }
+
+/** Where the order-status view lives when the cache is Redis; undefined keeps it in the views store. */
+export function viewsRedisOf(config: Config) {
+  return config.cache.kind === 'redis'
+    ? {
+        url: config.cache.url,
+        keyPrefix: redisKeyPrefix(config),
+        commandTimeoutMs: config.cacheCommandTimeoutMs,
+      }
+    : undefined
+}
