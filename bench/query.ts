@@ -1,7 +1,7 @@
 // `npm run bench -- query`:
 //  1. cached GET /v1/orders/{id} on a whole `mercato start` process, beside a bare fastify
 //     server answering the same documents from memory, same autocannon settings;
-//  2. catalog search over 100,000 products (bench/search.ts);
+//  2. catalog search over 100,000 products, on SQLite FTS5 and PostgreSQL (bench/search.ts);
 //  3. projection lag at 1,000 events/s: from append to the change visible in the
 //     order-status view, beside a bare consumer's append-to-handler time on the same stream,
 //     on the embedded engines and on Kafka + PostgreSQL + Redis.
@@ -22,6 +22,7 @@ import { tempDir } from '../test/support/wait.ts'
 import { startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchSearch } from './search.ts'
+import { benchLimits, benchTokens } from './tokens.ts'
 
 export interface QueryBenchOptions {
   engines: string[]
@@ -35,12 +36,19 @@ export interface QueryBenchOptions {
 export async function benchQuery(options: QueryBenchOptions): Promise<Row[]> {
   const rows: Row[] = []
   rows.push(...(await benchCachedOrder(options)))
-  rows.push(...(await benchSearch({ products: 100_000 })))
+  // Search on the embedded engine (SQLite FTS5) always; on PostgreSQL when the
+  // distributed engines are asked for.
+  rows.push(
+    ...(await benchSearch({
+      products: 100_000,
+      postgres: options.engines.includes('kafka') ? options.postgres : undefined,
+    })),
+  )
   for (const engine of options.engines) rows.push(...(await benchProjectionLag(engine, options)))
   return rows
 }
 
-async function drive(url: string, ids: string[], seconds: number, connections: number) {
+async function drive(url: string, ids: string[], seconds: number, connections: number, bearer = '') {
   let next = 0
   const result = await autocannon({
     url,
@@ -49,6 +57,7 @@ async function drive(url: string, ids: string[], seconds: number, connections: n
     requests: [
       {
         method: 'GET',
+        headers: bearer ? { authorization: `Bearer ${bearer}` } : {},
         setupRequest: (request) => ({ ...request, path: `/v1/orders/${ids[next++ % ids.length]}` }),
       },
     ],
@@ -63,11 +72,15 @@ async function drive(url: string, ids: string[], seconds: number, connections: n
 
 async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
   const dir = tempDir('mercato-bench-query-')
-  const mercato = await startProcess(
-    ['src/main.ts', 'start'],
-    { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_CARRIER_STEP_MS: '100' },
-    /mercato is up/,
-  )
+  const env = {
+    MERCATO_PORT: '0',
+    MERCATO_DATA_DIR: dir.path,
+    MERCATO_CARRIER_STEP_MS: '100',
+    ...benchLimits,
+  }
+  const mercato = await startProcess(['src/main.ts', 'start'], env, /mercato is up/)
+  const tokens = await benchTokens(env)
+  const bearer = await tokens.customer('cus_demo_1')
   let bare: Awaited<ReturnType<typeof startProcess>> | undefined
   try {
     const ids: string[] = []
@@ -76,9 +89,12 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
     for (let i = 0; i < 100; i++) {
       const response = await fetch(`${mercato.url}/v1/orders`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'idempotency-key': randomUUID() },
+        headers: {
+          'content-type': 'application/json',
+          'idempotency-key': randomUUID(),
+          authorization: `Bearer ${bearer}`,
+        },
         body: JSON.stringify({
-          customerId: 'cus_demo_1',
           lines: [{ sku: skus[i % skus.length], quantity: 1 }],
           shippingAddress: address,
           paymentMethodToken: 'tok_visa',
@@ -92,7 +108,9 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
     const documents: Record<string, unknown> = {}
     for (const id of ids) {
       for (;;) {
-        const doc = (await (await fetch(`${mercato.url}/v1/orders/${id}`)).json()) as { status?: string }
+        const doc = (await (
+          await fetch(`${mercato.url}/v1/orders/${id}`, { headers: { authorization: `Bearer ${bearer}` } })
+        ).json()) as { status?: string }
         if (doc.status === 'DELIVERED' || doc.status === 'CANCELLED') {
           documents[id] = doc
           break
@@ -108,9 +126,9 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
       /bare server is up/,
     )
     await drive(bare.url, ids, 2, options.connections)
-    await drive(mercato.url, ids, 2, options.connections)
+    await drive(mercato.url, ids, 2, options.connections, bearer)
     const baseline = await drive(bare.url, ids, options.seconds, options.connections)
-    const subject = await drive(mercato.url, ids, options.seconds, options.connections)
+    const subject = await drive(mercato.url, ids, options.seconds, options.connections, bearer)
     console.error({ baseline, subject })
     const scenario = `cached GET /v1/orders/{id}, ${options.connections} connections`
     return [
@@ -119,6 +137,7 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
       row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
     ]
   } finally {
+    await tokens.close()
     await bare?.stop()
     await mercato.stop()
     dir.remove()
@@ -196,7 +215,7 @@ async function benchProjectionLag(engine: string, options: QueryBenchOptions): P
           createEvent({
             type: 'order.requested',
             subject: orderId,
-            source: 'bench',
+            source: 'mercato/command-api',
             data: {
               orderId,
               customerId: `cus_${sent % 100}`,

@@ -12,6 +12,7 @@ import { type LoadSummary, OrderWatcher, runLoad } from '../src/runtime/load.ts'
 import { tempDir } from '../test/support/wait.ts'
 import { startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
+import { benchLimits, benchTokens } from './tokens.ts'
 
 const skus = Array.from({ length: 20 }, (_, i) => `BENCH-${i + 1}`)
 
@@ -26,10 +27,14 @@ const targets: Record<string, Targets> = {
   kafka: { rate: 150, p99Ms: 1_000, completedPerSecond: 300 },
 }
 
-async function call(url: string, method: string, path: string, body: unknown, key?: string) {
+async function call(url: string, bearer: string, method: string, path: string, body: unknown, key?: string) {
   const response = await fetch(`${url}${path}`, {
     method,
-    headers: { 'content-type': 'application/json', ...(key ? { 'idempotency-key': key } : {}) },
+    headers: {
+      'content-type': 'application/json',
+      authorization: `Bearer ${bearer}`,
+      ...(key ? { 'idempotency-key': key } : {}),
+    },
     body: JSON.stringify(body),
   })
   if (response.status !== 202)
@@ -51,6 +56,7 @@ export async function benchSaga(options: {
       MERCATO_DATA_DIR: dir.path,
       MERCATO_SEED: 'false',
       MERCATO_HTTP_IN_FLIGHT_MAX: '4096',
+      ...benchLimits,
       ...(engine === 'kafka'
         ? {
             MERCATO_STREAM: `kafka://${options.kafka}`,
@@ -67,6 +73,7 @@ export async function benchSaga(options: {
       new Metrics(),
     )
     const watcher = new OrderWatcher()
+    const tokens = await benchTokens(env)
     try {
       await watcher.start(stream)
       for (const sku of skus) {
@@ -77,9 +84,10 @@ export async function benchSaga(options: {
           priceMinor: 1_000,
           currency: 'USD',
         }
-        await call(mercato.url, 'PUT', `/v1/products/${sku}`, product)
+        await call(mercato.url, tokens.admin, 'PUT', `/v1/products/${sku}`, product)
         await call(
           mercato.url,
+          tokens.admin,
           'POST',
           `/v1/inventory/${sku}/adjustments`,
           { delta: 1_000_000, reason: 'restock' },
@@ -89,7 +97,7 @@ export async function benchSaga(options: {
       const base = {
         url: mercato.url,
         retryShare: 0.02,
-        customers: ['cus_bench_1', 'cus_bench_2', 'cus_bench_3'],
+        bearers: await Promise.all(['cus_bench_1', 'cus_bench_2', 'cus_bench_3'].map(tokens.customer)),
         skus,
         requestTimeoutMs: 10_000,
         settleTimeoutMs: 60_000,
@@ -154,6 +162,7 @@ export async function benchSaga(options: {
         ),
       )
     } finally {
+      await tokens.close()
       await watcher.stop()
       await stream.close()
       await mercato.stop()

@@ -6,9 +6,9 @@ import autocannon from 'autocannon'
 import { tempDir } from '../test/support/wait.ts'
 import { startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
+import { benchLimits, benchTokens } from './tokens.ts'
 
 const body = JSON.stringify({
-  customerId: 'cus_bench',
   lines: [
     { sku: 'BENCH-1', quantity: 1 },
     { sku: 'BENCH-2', quantity: 2 },
@@ -17,7 +17,7 @@ const body = JSON.stringify({
   paymentMethodToken: 'tok_visa',
 })
 
-async function drive(url: string, seconds: number, connections: number) {
+async function drive(url: string, seconds: number, connections: number, bearer = '') {
   const result = await autocannon({
     url: `${url}/v1/orders`,
     connections,
@@ -25,7 +25,10 @@ async function drive(url: string, seconds: number, connections: number) {
     requests: [
       {
         method: 'POST',
-        headers: { 'content-type': 'application/json' },
+        headers: {
+          'content-type': 'application/json',
+          ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+        },
         body,
         setupRequest: (request) => ({
           ...request,
@@ -47,19 +50,23 @@ async function drive(url: string, seconds: number, connections: number) {
 export async function benchWrite(options: { seconds: number; connections: number }): Promise<Row[]> {
   const dir = tempDir('mercato-bench-write-')
   const bare = await startProcess(['bench/bare-order-server.ts'], {}, /bare server is up/)
+  const env = { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_SEED: 'false', ...benchLimits }
+  // The command API behind the in-process gateway, which verifies the customer's token.
   const mercato = await startProcess(
-    ['src/main.ts', 'start', '--target', 'command-api'],
-    { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_SEED: 'false' },
+    ['src/main.ts', 'start', '--target', 'gateway,user,command-api'],
+    env,
     /mercato is up/,
   ).catch(async (error) => {
     await bare.stop()
     throw error
   })
+  const tokens = await benchTokens(env)
+  const bearer = await tokens.customer('cus_bench')
   try {
     await drive(bare.url, 2, options.connections) // warm-up
-    await drive(mercato.url, 2, options.connections)
+    await drive(mercato.url, 2, options.connections, bearer)
     const baseline = await drive(bare.url, options.seconds, options.connections)
-    const subject = await drive(mercato.url, options.seconds, options.connections)
+    const subject = await drive(mercato.url, options.seconds, options.connections, bearer)
     console.error({ baseline, subject })
     const scenario = `POST /v1/orders, ${options.connections} connections`
     return [
@@ -68,6 +75,7 @@ export async function benchWrite(options: { seconds: number; connections: number
       row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
     ]
   } finally {
+    await tokens.close()
     await mercato.stop()
     await bare.stop()
     dir.remove()

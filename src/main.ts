@@ -5,9 +5,11 @@
 //   mercato replay --group G --topic T (--offset N | --time ISO | --earliest | --latest)
 //   mercato dlq list --topic T        what a topic's dead-letter topic holds
 //   mercato dlq replay --topic T      put dead letters back on their topic
+//   mercato keys rotate               add a signing key; the old one verifies until its tokens expire
 //   mercato load --orders N --rate R  place orders as clients would, and summarize
 import { Command, Option } from 'commander'
 import { ConfigError, errorMessage } from './platform/errors.ts'
+import { KeyRing } from './platform/identity/key-ring.ts'
 import { createLogger } from './platform/logger.ts'
 import { Metrics } from './platform/metrics.ts'
 import { rebuildView } from './read/projector.ts'
@@ -18,6 +20,7 @@ import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/co
 import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
 import { openEventStream, storeOpener, viewsRedisOf } from './runtime/engines.ts'
 import { OrderWatcher, runLoad } from './runtime/load.ts'
+import { parseLogins, signIn } from './runtime/sign-in.ts'
 
 const program = new Command('mercato').description('An event-driven commerce backend.').showHelpAfterError()
 
@@ -196,6 +199,30 @@ withEngineFlags(dlq.command('replay'))
     }
   })
 
+withEngineFlags(program.command('keys'))
+  .description('rotate the signing keys of access and service tokens, without downtime')
+  .argument('<action>', 'rotate')
+  .action(async (action: string) => {
+    if (action !== 'rotate') throw new ConfigError('keys', `the only action is rotate, got "${action}"`)
+    const config = configFrom(program.commands.find((c) => c.name() === 'keys')!.opts())
+    const store = await storeOpener(config)('identity')
+    try {
+      const ring = await KeyRing.open(store, {
+        tokenTtlMaxMs: Math.max(config.accessTokenTtlSeconds, config.serviceTokenTtlSeconds) * 1000,
+        activationDelayMs: config.keyActivationDelayMs,
+        refreshEveryMs: 60_000,
+      })
+      const kid = await ring.rotate()
+      ring.close()
+      const signsAt = new Date(Date.now() + config.keyActivationDelayMs).toISOString()
+      console.log(
+        `key ${kid} added: published in /.well-known/jwks.json now, signs from ${signsAt}; the key it replaces verifies until its last token expires`,
+      )
+    } finally {
+      await store.close()
+    }
+  })
+
 withEngineFlags(program.command('load'))
   .description('place orders as real clients would, follow each to its end, and summarize')
   .option('--url <url>', 'where Mercato answers', 'http://127.0.0.1:8080')
@@ -203,7 +230,10 @@ withEngineFlags(program.command('load'))
   .option('--rate <r>', 'orders offered per second (0: as fast as --concurrency allows)', '100')
   .option('--concurrency <n>', 'requests in flight at most', '64')
   .option('--retry-share <fraction>', 'share of orders sent twice with the same key', '0.05')
-  .option('--customers <ids>', 'customer ids, comma-separated (default: the demo customers)')
+  .option(
+    '--logins <pairs>',
+    'customers to sign in as, user:password comma-separated (default: the demo customers)',
+  )
   .option('--skus <skus>', 'SKUs, comma-separated (default: the demo catalog)')
   .option('--json', 'print the summary as JSON')
   .action(async (options) => {
@@ -216,20 +246,22 @@ withEngineFlags(program.command('load'))
     if (!(retryShare >= 0 && retryShare <= 1))
       throw new ConfigError('--retry-share', 'must be between 0 and 1')
     const config = configFrom(options)
+    const url = options.url.replace(/\/+$/, '')
+    const logins = options.logins
+      ? parseLogins(options.logins)
+      : demoCustomers.map((c) => ({ username: c.email, password: c.password }))
     const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
     const watcher = new OrderWatcher()
     try {
       await watcher.start(stream)
       const summary = await runLoad(
         {
-          url: options.url.replace(/\/+$/, ''),
+          url,
           orders: whole('--orders', options.orders, 1),
           rate: whole('--rate', options.rate, 0),
           concurrency: whole('--concurrency', options.concurrency, 1),
           retryShare,
-          customers: options.customers
-            ? options.customers.split(',')
-            : demoCustomers.map((_, i) => `cus_demo_${i + 1}`),
+          bearers: await Promise.all(logins.map((login) => signIn(url, login))),
           skus: options.skus ? options.skus.split(',') : demoProducts().map((p) => p.sku),
           requestTimeoutMs: 10_000,
           settleTimeoutMs: 60_000,
@@ -240,6 +272,10 @@ withEngineFlags(program.command('load'))
         },
         watcher,
       )
+      if (summary.byStatus['429'])
+        console.error(
+          'some orders were refused 429: the gateway limits each customer (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE); raise it on the server for a load test',
+        )
       if (options.json) console.log(JSON.stringify(summary))
       else {
         console.log(

@@ -11,7 +11,10 @@ const strict = { additionalProperties: false } as const
 
 export const PlaceOrder = T.Object(
   {
-    customerId: Id,
+    customerId: T.Optional({
+      ...Id,
+      description: 'the customer is the one signed in; when sent, it must be that customer',
+    }),
     lines: T.Array(T.Object({ sku: Sku, quantity: Quantity }, strict), { minItems: 1, maxItems: 100 }),
     shippingAddress: Address,
     paymentMethodToken: Id,

@@ -7,6 +7,7 @@ import { IdParam, SkuParam } from '../contracts/commands.ts'
 import { decodeConsistencyToken } from '../contracts/consistency.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
 import { MercatoError } from '../platform/errors.ts'
+import { authorize, type Identity, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
 import { customer360CacheKey, readCustomer360 } from './customer-360/customer-360-view.ts'
@@ -17,6 +18,7 @@ import type { ViewName } from './view.ts'
 import type { Views } from './views.ts'
 
 export interface QueryApiOptions {
+  identity: Identity
   http: FastifyInstance
   views: Views
   freshness: Freshness
@@ -68,7 +70,13 @@ const freshnessHeaders = {
 }
 
 export async function startQueryApi(options: QueryApiOptions): Promise<void> {
-  const { http, views, freshness, queryCache } = options
+  const { http, views, freshness, queryCache, identity } = options
+  // Every route of this component verifies its caller; each handler asks the data policy.
+  const onRequest = requireVerifiedCaller(identity, 'query-api')
+  const readCatalog = (request: FastifyRequest) =>
+    authorize(identity, request, 'catalog.read', { type: 'Catalog', id: 'catalog' })
+  const readCustomer = (request: FastifyRequest, customerId: string) =>
+    authorize(identity, request, 'customer.read', { type: 'Customer', id: customerId, attrs: { customerId } })
   const served = options.metrics.counter(
     'mercato_query_answers_total',
     'Query answers, by view and cache result.',
@@ -81,6 +89,8 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     key?: string
     read: (generation: number) => Promise<unknown | undefined>
     notFound: string
+    /** For a document that belongs to a customer: who, and the check that the caller may see it. */
+    owned?: { ownerOf: (document: unknown) => string; check: (owner: string) => void }
   }
 
   async function answer(request: FastifyRequest, reply: FastifyReply, spec: Answer) {
@@ -105,10 +115,13 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         throw new MercatoError('not-found', 404, spec.notFound)
       }
       const body = JSON.stringify(document)
-      cached = { positions, etag: etagOf(body), body }
+      const owner = spec.owned?.ownerOf(document)
+      cached = { positions, etag: etagOf(body), body, ...(owner !== undefined ? { owner } : {}) }
       if (cacheKey) await queryCache.fill(cacheKey, previous, cached)
       reply.header('mercato-cache', cacheKey ? 'miss' : 'none')
     } else reply.header('mercato-cache', 'hit')
+    // Checked on hits and misses alike, before anything of the document leaves.
+    if (spec.owned) spec.owned.check(cached.owner ?? '')
     served.inc({ view: spec.view, cache: cacheKey ? (reply.getHeader('mercato-cache') as string) : 'none' })
     setFreshness(reply, spec.view, cached.positions, reached)
     reply.header('etag', cached.etag).header('cache-control', 'private, no-cache')
@@ -145,8 +158,9 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
 
   http.get(
     '/v1/products',
-    { schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery } },
+    { onRequest, schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery } },
     (request, reply) => {
+      readCatalog(request)
       const query = searchQueryOf(request.query as SearchQueryString)
       return answer(request, reply, {
         view: 'catalog',
@@ -159,6 +173,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   http.get(
     '/v1/products/:sku',
     {
+      onRequest,
       schema: {
         ...docs('One product, with its availability', 'catalog'),
         params: SkuParam,
@@ -166,6 +181,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       },
     },
     (request, reply) => {
+      readCatalog(request)
       const { sku } = request.params as { sku: string }
       return answer(request, reply, {
         view: 'catalog',
@@ -179,6 +195,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   http.get(
     '/v1/orders/:id',
     {
+      onRequest,
       schema: {
         ...docs('An order: status, timeline, lines and totals, payment and shipment', 'orders'),
         params: IdParam,
@@ -192,6 +209,18 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         key: orderCacheKey(id),
         read: (g) => views.orderStatus.order(g, id),
         notFound: `no order ${id}`,
+        // Someone else's order is not found, exactly like an order that does not exist.
+        owned: {
+          ownerOf: (document) => (document as { customerId: string | null }).customerId ?? '',
+          check: (customerId) =>
+            authorize(
+              identity,
+              request,
+              'order.read',
+              { type: 'Order', id, attrs: { customerId } },
+              { hideExistence: true, notFoundDetail: `no order ${id}` },
+            ),
+        },
       })
     },
   )
@@ -199,6 +228,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   http.get(
     '/v1/customers/:id/orders',
     {
+      onRequest,
       schema: {
         ...docs("A customer's orders, newest first", 'orders'),
         params: IdParam,
@@ -207,6 +237,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     },
     (request, reply) => {
       const { id } = request.params as { id: string }
+      readCustomer(request, id)
       const { cursor, limit } = request.query as { cursor?: string; limit?: string }
       const after = cursor === undefined ? undefined : orderCursorOf(cursor)
       const size = limit === undefined ? 20 : Number(limit)
@@ -230,6 +261,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   http.get(
     '/v1/customers/:id/360',
     {
+      onRequest,
       schema: {
         ...docs('Everything about one customer, denormalized', 'customers'),
         params: IdParam,
@@ -238,6 +270,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     },
     (request, reply) => {
       const { id } = request.params as { id: string }
+      readCustomer(request, id)
       return answer(request, reply, {
         view: 'customer-360',
         key: customer360CacheKey(id),

@@ -11,6 +11,8 @@ export interface CachedAnswer {
   positions: Record<string, number>
   etag: string
   body: string
+  /** The customer the answer belongs to, when it belongs to one: authorization needs it on a hit too. */
+  owner?: string
 }
 
 export function queryCacheKey(view: ViewName, generation: number, key: string): string {

@@ -4,12 +4,18 @@
 import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
 import type { FastifyInstance } from 'fastify'
+import { startGateway } from '../edge/gateway.ts'
+import { RateLimiter } from '../edge/rate-limit.ts'
 import type { Cache } from '../engines/cache/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { ConfigError } from '../platform/errors.ts'
 import type { FlagReader } from '../platform/flags.ts'
+import type { Identity } from '../platform/identity/guard.ts'
+import { openIdentity } from '../platform/identity/identity.ts'
+import type { KeyRing } from '../platform/identity/key-ring.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import type { PolicyEngine } from '../platform/policy.ts'
 import { Service } from '../platform/service.ts'
 import { startPaymentProvider } from '../provider/payment-provider.ts'
 import { Freshness } from '../read/freshness.ts'
@@ -27,7 +33,14 @@ import { startUserService } from '../services/user/user-service.ts'
 import { startCommandApi } from '../write/command-api.ts'
 import type { Config } from './config.ts'
 import { seedDemoData } from './demo-data.ts'
-import { type OpenStore, openCache, openEventStream, storeOpener, viewsRedisOf } from './engines.ts'
+import {
+  loadPolicy,
+  type OpenStore,
+  openCache,
+  openEventStream,
+  storeOpener,
+  viewsRedisOf,
+} from './engines.ts'
 
 export interface Context {
   config: Config
@@ -46,6 +59,10 @@ export interface Context {
   views?: Views
   /** Set by the `projector` component. */
   projector?: Projector
+  /** Set by the `stream` component (or `identity`, without one): the Cedar policies. */
+  policy?: PolicyEngine
+  /** Set by the `identity` component: tokens and the policy. */
+  identity?: Identity & { ring: KeyRing }
   /** This process's own base URL, known once it listens (for in-process defaults such as the provider URL). */
   selfUrl: () => string
   /** The components this process runs. */
@@ -70,10 +87,12 @@ export const components: Record<string, Component> = {
     description: 'the event stream: the embedded log or Kafka, with every topic of the contracts',
     dependsOn: [],
     async start(context) {
+      context.policy = await loadPolicy(context.config)
       const stream = await openEventStream(
         context.config,
         context.log.child({ component: 'stream' }),
         context.metrics,
+        context.policy,
       )
       context.stream = stream
       return { ready: () => stream.engine.ping(), stop: () => stream.close() }
@@ -107,6 +126,20 @@ export const components: Record<string, Component> = {
           await Promise.all(opened.map((store) => store.close()))
         },
       }
+    },
+  },
+  identity: {
+    description: 'signing keys (shared by every process), tokens, and the Cedar policies',
+    dependsOn: ['stores'],
+    async start(context) {
+      const policy = context.policy ?? (await loadPolicy(context.config))
+      const identity = await openIdentity(
+        await need(context.openStore, 'stores')('identity'),
+        context.config,
+        policy,
+      )
+      context.identity = identity
+      return { stop: async () => identity.ring.close() }
     },
   },
 }
@@ -157,9 +190,48 @@ Object.assign(components, {
       return { ready: flags.ready, stop: flags.stop }
     },
   },
+  gateway: {
+    description:
+      'the edge: tokens, sign-in, policy, rate limits; forwards to command-api and query-api elsewhere',
+    dependsOn: ['stores', 'cache', 'identity'],
+    async start(context) {
+      const { config } = context
+      const identity = need(context.identity, 'identity')
+      const userUrl = config.gateway.userUrl
+      if (!userUrl && !context.running.includes('user')) {
+        throw new ConfigError(
+          'MERCATO_USER_URL',
+          'is required when the user component does not run in this process',
+        )
+      }
+      return startGateway({
+        http: context.http,
+        identity,
+        ring: identity.ring,
+        store: await need(context.openStore, 'stores')('gateway'),
+        cache: need(context.cache, 'cache'),
+        limiter: new RateLimiter(need(context.cache, 'cache'), 'gateway:'),
+        log: context.log.child({ component: 'gateway' }),
+        metrics: context.metrics,
+        config: config.gateway,
+        running: context.running,
+        userUrl: () => userUrl ?? context.selfUrl(),
+        limits: {
+          principalPerMinute: config.rateLimitPrincipalPerMinute,
+          addressPerMinute: config.rateLimitAddressPerMinute,
+          loginPerMinute: config.rateLimitLoginPerMinute,
+          refreshTokenTtlSeconds: config.refreshTokenTtlSeconds,
+          upstreamTimeoutMs: config.upstreamTimeoutMs,
+          upstreamConcurrencyMax: config.upstreamConcurrencyMax,
+          breakerFailures: config.breakerFailures,
+          breakerHalfOpenMs: config.breakerHalfOpenMs,
+        },
+      })
+    },
+  },
   'command-api': {
     description: 'the write path: validation, idempotency keys, append to the stream, 202 Accepted',
-    dependsOn: ['stream', 'stores', 'flags'],
+    dependsOn: ['stream', 'stores', 'flags', 'identity'],
     async start(context) {
       const store = await need(context.openStore, 'stores')('commands')
       const api = await startCommandApi({
@@ -172,6 +244,8 @@ Object.assign(components, {
         idempotencyKeyTtlMs: context.config.idempotencyKeyTtlMs,
         idempotencyLockMs: context.config.idempotencyLockMs,
         orderLinesMax: context.config.orderLinesMax,
+        identity: need(context.identity, 'identity'),
+        webhookAllowPrivateHosts: context.config.webhookAllowPrivateHosts,
       })
       return { ready: () => store.ping(), stop: api.stop }
     },
@@ -243,16 +317,21 @@ Object.assign(components, {
         from: 'Mercato <shop@mercato.local>',
         webhookTimeoutMs: 5_000,
         webhookAttemptsMax: 8,
-        allowPrivateWebhookHosts: false,
+        allowPrivateWebhookHosts: context.config.webhookAllowPrivateHosts,
       })
       return { ready: notification.ready, stop: notification.stop }
     },
   },
   user: {
     description: 'customer profiles, address books and credentials',
-    dependsOn: ['stream', 'stores'],
+    dependsOn: ['stream', 'stores', 'identity'],
     async start(context) {
-      return startUserService(await serviceFor(context, 'user'))
+      return startUserService(await serviceFor(context, 'user'), {
+        http: context.http,
+        identity: need(context.identity, 'identity'),
+        log: context.log.child({ component: 'user' }),
+        staff: context.config.auth.staff,
+      })
     },
   },
   views: {
@@ -290,7 +369,7 @@ Object.assign(components, {
   },
   'query-api': {
     description: 'the read path: views through a cache, with freshness and read-your-writes',
-    dependsOn: ['stream', 'cache', 'views'],
+    dependsOn: ['stream', 'cache', 'views', 'identity'],
     async start(context) {
       const views = need(context.views, 'views')
       const freshness = new Freshness(
@@ -305,6 +384,7 @@ Object.assign(components, {
       await freshness.start()
       const unhook = context.projector?.onApplied((view) => freshness.applied(view))
       await startQueryApi({
+        identity: need(context.identity, 'identity'),
         http: context.http,
         views,
         freshness,

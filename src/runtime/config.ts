@@ -54,6 +54,41 @@ export interface Config {
   smtpUrl: string | undefined
   seedDemoData: boolean
   storeSchemaPrefix: string
+  accessTokenTtlSeconds: number
+  refreshTokenTtlSeconds: number
+  serviceTokenTtlSeconds: number
+  keyActivationDelayMs: number
+  rateLimitPrincipalPerMinute: number
+  rateLimitAddressPerMinute: number
+  rateLimitLoginPerMinute: number
+  upstreamTimeoutMs: number
+  upstreamConcurrencyMax: number
+  breakerFailures: number
+  breakerHalfOpenMs: number
+  auth: AuthConfig
+  gateway: GatewayConfig
+  webhookAllowPrivateHosts: boolean
+}
+
+export interface AuthConfig {
+  issuer: string
+  audience: string
+  policyDir: string | undefined
+  external: { issuer: string; jwksUrl: string; audience: string; algorithms: string[] } | undefined
+  staff: {
+    admin: { email: string; password?: string }
+    support: { email: string; password?: string }
+  }
+}
+
+export interface GatewayConfig {
+  /** Instances of the command API and query API, when they do not run in this process. */
+  commandApiUrls: string[]
+  queryApiUrls: string[]
+  /** The user service, when it does not run in this process. */
+  userUrl: string | undefined
+  /** Origins allowed by CORS; empty: none. `*` allows any. */
+  corsOrigins: string[]
 }
 
 type Source = Record<string, string | undefined>
@@ -279,6 +314,83 @@ export const intSettings = {
     min: 10,
     max: 60_000,
   },
+  accessTokenTtlSeconds: {
+    env: 'MERCATO_ACCESS_TOKEN_TTL_SECONDS',
+    help: 'lifetime of an access token',
+    default: 300,
+    min: 10,
+    max: 86_400,
+  },
+  refreshTokenTtlSeconds: {
+    env: 'MERCATO_REFRESH_TOKEN_TTL_SECONDS',
+    help: 'lifetime of a refresh token (each refresh rotates it)',
+    default: 2_592_000,
+    min: 60,
+    max: 31_536_000,
+  },
+  serviceTokenTtlSeconds: {
+    env: 'MERCATO_SERVICE_TOKEN_TTL_SECONDS',
+    help: 'lifetime of a token one component presents to another',
+    default: 60,
+    min: 10,
+    max: 3_600,
+  },
+  keyActivationDelayMs: {
+    env: 'MERCATO_KEY_ACTIVATION_DELAY_MS',
+    help: 'how long a rotated-in signing key is published before it signs',
+    default: 60_000,
+    min: 0,
+    max: 86_400_000,
+  },
+  rateLimitPrincipalPerMinute: {
+    env: 'MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE',
+    help: 'requests a signed-in user may make per minute',
+    default: 600,
+    min: 1,
+    max: 100_000_000,
+  },
+  rateLimitAddressPerMinute: {
+    env: 'MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE',
+    help: 'requests one client address may make per minute',
+    default: 1_200,
+    min: 1,
+    max: 100_000_000,
+  },
+  rateLimitLoginPerMinute: {
+    env: 'MERCATO_RATE_LIMIT_LOGIN_PER_MINUTE',
+    help: 'password and refresh grants one client address may try per minute',
+    default: 20,
+    min: 1,
+    max: 100_000,
+  },
+  upstreamTimeoutMs: {
+    env: 'MERCATO_UPSTREAM_TIMEOUT_MS',
+    help: 'longest wait of the gateway for the command or query API',
+    default: 5_000,
+    min: 10,
+    max: 120_000,
+  },
+  upstreamConcurrencyMax: {
+    env: 'MERCATO_UPSTREAM_CONCURRENCY_MAX',
+    help: 'requests in flight to each upstream (command API, query API) before more are refused',
+    default: 512,
+    min: 1,
+    max: 100_000,
+  },
+  breakerFailures: {
+    env: 'MERCATO_BREAKER_FAILURES',
+    help: 'consecutive failures of an upstream that open its circuit',
+    default: 5,
+    min: 1,
+    max: 1_000,
+  },
+  breakerHalfOpenMs: {
+    env: 'MERCATO_BREAKER_HALF_OPEN_MS',
+    help: 'how long an open circuit refuses before it lets one request try',
+    default: 5_000,
+    min: 10,
+    max: 600_000,
+  },
 } satisfies Record<string, IntSetting>
 
 export const urlSettings = {
@@ -331,6 +443,21 @@ export function loadConfig(env: Source = process.env, flags: Source = {}): Confi
     seedDemoData: parseBoolean('MERCATO_SEED', source.MERCATO_SEED, true),
     storeSchemaPrefix: parseSchemaPrefix(source.MERCATO_STORE_SCHEMA_PREFIX),
     streamTopicPrefix: parseTopicPrefix(source.MERCATO_STREAM_TOPIC_PREFIX),
+    auth: parseAuth(source),
+    gateway: {
+      commandApiUrls: parseUrlList('MERCATO_COMMAND_API_URLS', source.MERCATO_COMMAND_API_URLS),
+      queryApiUrls: parseUrlList('MERCATO_QUERY_API_URLS', source.MERCATO_QUERY_API_URLS),
+      userUrl: parseHttpUrl('MERCATO_USER_URL', source.MERCATO_USER_URL),
+      corsOrigins: (source.MERCATO_CORS_ORIGINS ?? '')
+        .split(',')
+        .map((o) => o.trim())
+        .filter(Boolean),
+    },
+    webhookAllowPrivateHosts: parseBoolean(
+      'MERCATO_WEBHOOK_ALLOW_PRIVATE_HOSTS',
+      source.MERCATO_WEBHOOK_ALLOW_PRIVATE_HOSTS,
+      false,
+    ),
     ...ints,
   }
 }
@@ -498,4 +625,58 @@ export function settingsHelp(): string {
     ]),
   ]
   return rows.map(([name, help]) => `  ${name.padEnd(36)} ${help}`).join('\n')
+}
+
+function parseUrlList(setting: string, raw: string | undefined): string[] {
+  if (!raw) return []
+  return raw
+    .split(',')
+    .map((part) => part.trim())
+    .filter(Boolean)
+    .map((part) => parseHttpUrl(setting, part) as string)
+}
+
+function parseAuth(source: Source): AuthConfig {
+  const oidcIssuer = source.MERCATO_OIDC_ISSUER || undefined
+  const oidcJwks = parseHttpUrl('MERCATO_OIDC_JWKS_URL', source.MERCATO_OIDC_JWKS_URL)
+  if ((oidcIssuer === undefined) !== (oidcJwks === undefined)) {
+    throw new ConfigError(
+      oidcIssuer ? 'MERCATO_OIDC_JWKS_URL' : 'MERCATO_OIDC_ISSUER',
+      'is required with the other: an external issuer needs both its name and its JWKS URL',
+    )
+  }
+  const algorithms = (source.MERCATO_OIDC_ALGORITHMS || 'RS256,ES256,EdDSA').split(',').map((a) => a.trim())
+  const known = ['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', 'ES384', 'ES512', 'EdDSA']
+  const unknown = algorithms.filter((a) => !known.includes(a))
+  if (unknown.length > 0) {
+    throw new ConfigError(
+      'MERCATO_OIDC_ALGORITHMS',
+      `names algorithms not accepted: ${unknown.join(', ')} (known: ${known.join(', ')})`,
+    )
+  }
+  const account = (role: 'ADMIN' | 'SUPPORT', email: string) => {
+    const password = source[`MERCATO_${role}_PASSWORD`] || undefined
+    if (password !== undefined && password.length < 12) {
+      throw new ConfigError(`MERCATO_${role}_PASSWORD`, 'must be at least 12 characters')
+    }
+    return { email: source[`MERCATO_${role}_EMAIL`] || email, ...(password ? { password } : {}) }
+  }
+  return {
+    issuer: source.MERCATO_TOKEN_ISSUER || 'mercato',
+    audience: source.MERCATO_TOKEN_AUDIENCE || 'mercato-api',
+    policyDir: source.MERCATO_POLICY_DIR ? resolve(source.MERCATO_POLICY_DIR) : undefined,
+    external:
+      oidcIssuer && oidcJwks
+        ? {
+            issuer: oidcIssuer,
+            jwksUrl: oidcJwks,
+            audience: source.MERCATO_OIDC_AUDIENCE || source.MERCATO_TOKEN_AUDIENCE || 'mercato-api',
+            algorithms,
+          }
+        : undefined,
+    staff: {
+      admin: account('ADMIN', 'admin@mercato.local'),
+      support: account('SUPPORT', 'support@mercato.local'),
+    },
+  }
 }

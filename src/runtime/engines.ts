@@ -15,6 +15,7 @@ import { UnreachableError } from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import { PolicyEngine, producerRefusal } from '../platform/policy.ts'
 import type { Config } from './config.ts'
 
 export function createStreamEngine(config: Config): StreamEngine {
@@ -36,7 +37,14 @@ export function createStreamEngine(config: Config): StreamEngine {
   })
 }
 
-export async function openEventStream(config: Config, log: Logger, metrics: Metrics): Promise<EventStream> {
+/** The event stream; its consumers refuse events whose producer the policy does not allow. */
+export async function openEventStream(
+  config: Config,
+  log: Logger,
+  metrics: Metrics,
+  policy?: PolicyEngine,
+): Promise<EventStream> {
+  policy ??= await loadPolicy(config)
   const engine = createStreamEngine(config)
   try {
     await withTimeout('event stream', config.connectTimeoutMs, engine.ping())
@@ -59,12 +67,18 @@ export async function openEventStream(config: Config, log: Logger, metrics: Metr
         backoffMaxMs: config.handlerBackoffMaxMs,
       },
       lagIntervalMs: 5_000,
+      refuseProducer: producerRefusal(policy),
     },
     log,
     metrics,
   )
   await stream.ensureTopics()
   return stream
+}
+
+/** The Cedar policies of MERCATO_POLICY_DIR, or the project's own. */
+export function loadPolicy(config: Config): Promise<PolicyEngine> {
+  return PolicyEngine.load(config.auth.policyDir ?? PolicyEngine.defaultDir())
 }
 
 export type OpenStore = (service: string) => Promise<Store>

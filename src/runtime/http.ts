@@ -1,7 +1,12 @@
 // The HTTP base every process serves: /healthz, /readyz, /metrics, RFC 9457 errors, a body
 // limit, and load shedding: past `httpInFlightMax` requests in flight, a request is answered
 // 503 with Retry-After at once. Health and metrics are never shed and never wait on a pool.
-import Fastify, { type FastifyBaseLogger, type FastifyInstance, LogController } from 'fastify'
+import Fastify, {
+  type FastifyBaseLogger,
+  type FastifyInstance,
+  type FastifyReply,
+  LogController,
+} from 'fastify'
 import { MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
@@ -31,6 +36,22 @@ export function createHttpServer(
     // Validation refuses what it does not know rather than quietly dropping or coercing it,
     // and reports every bad field at once.
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    // The router's own refusals (a path parameter too long, a malformed URL, bad
+    // content type) are problem details too, without echoing the request.
+    frameworkErrors: (error, request, reply) => {
+      const status = (error as { statusCode?: number }).statusCode ?? 400
+      const problem = {
+        type: 'about:blank',
+        title: titleFor(status),
+        status,
+        instance: request.url.slice(0, 200),
+      }
+      ;(reply as FastifyReply)
+        .code(status)
+        .header('x-content-type-options', 'nosniff')
+        .type('application/problem+json')
+        .send(problem)
+    },
   })
   let inFlight = 0
   const shed = metrics.counter(

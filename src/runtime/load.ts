@@ -68,7 +68,8 @@ export interface LoadOptions {
   concurrency: number
   /** Share of orders sent a second time with the same key. */
   retryShare: number
-  customers: string[]
+  /** Access tokens of the customers the orders are placed for, taken in turn. */
+  bearers: string[]
   skus: string[]
   requestTimeoutMs: number
   /** How long to wait for the last orders to end. */
@@ -113,12 +114,20 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     byStatus[status] = (byStatus[status] ?? 0) + 1
   }
 
-  async function post(body: unknown, key: string): Promise<{ status: number; id?: string; replay: boolean }> {
+  async function post(
+    body: unknown,
+    key: string,
+    bearer: string,
+  ): Promise<{ status: number; id?: string; replay: boolean }> {
     const t0 = performance.now()
     try {
       const response = await fetch(`${options.url}/v1/orders`, {
         method: 'POST',
-        headers: { 'content-type': 'application/json', 'idempotency-key': key },
+        headers: {
+          'content-type': 'application/json',
+          'idempotency-key': key,
+          authorization: `Bearer ${bearer}`,
+        },
         body: JSON.stringify(body),
         signal: AbortSignal.timeout(options.requestTimeoutMs),
       })
@@ -141,8 +150,8 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     while (skus.size < Math.min(lineCount, options.skus.length)) {
       skus.add(options.skus[Math.floor(Math.random() * options.skus.length)])
     }
+    const bearer = options.bearers[i % options.bearers.length]
     const body = {
-      customerId: options.customers[i % options.customers.length],
       lines: [...skus].map((sku) => ({ sku, quantity: 1 + Math.floor(Math.random() * 2) })),
       shippingAddress: {
         name: 'Load Test',
@@ -155,13 +164,13 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     }
     const key = randomUUID()
     sent++
-    const first = await post(body, key)
+    const first = await post(body, key, bearer)
     answered++
     lastAnswerMs = Date.now()
     count(first.status === -1 ? 'timeout' : first.status === 0 ? 'network-error' : String(first.status))
     if (first.status === 202 && first.id) acceptedAt.set(first.id, Date.now())
     if (Math.random() < options.retryShare) {
-      const again = await post(body, key)
+      const again = await post(body, key, bearer)
       if (again.replay) replayed++
       else count(`retry-${again.status}`)
     }

@@ -17,8 +17,29 @@ export async function registerOpenApi(http: FastifyInstance): Promise<void> {
       },
       components: {
         schemas: {},
+        securitySchemes: {
+          bearerAuth: {
+            type: 'http',
+            scheme: 'bearer',
+            bearerFormat: 'JWT',
+            description:
+              'An access token from POST /v1/auth/token; the policy decides what each role may call',
+          },
+          serviceToken: {
+            type: 'apiKey',
+            in: 'header',
+            name: 'mercato-service-token',
+            description: 'A short-lived token one Mercato component presents to another (internal routes)',
+          },
+        },
       },
+      // A bearer token where one is sent; public routes answer without one.
+      security: [{ bearerAuth: [] }, {}],
     },
   })
-  http.get('/v1/openapi.json', { schema: { hide: true } }, async () => http.swagger())
+  http.get(
+    '/v1/openapi.json',
+    { schema: { summary: 'This document: every route of the API', tags: ['meta'] } },
+    async () => http.swagger(),
+  )
 }

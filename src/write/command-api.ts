@@ -21,8 +21,10 @@ import type { Store } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
 import type { FlagReader } from '../platform/flags.ts'
+import { authorize, type Identity, principalOf, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { currentTraceparent } from '../platform/tracing.ts'
 import { validateFlagDefinition } from '../services/flags/flags.ts'
@@ -38,12 +40,27 @@ export interface CommandApiOptions {
   idempotencyKeyTtlMs: number
   idempotencyLockMs: number
   orderLinesMax: number
+  identity: Identity
+  /** Webhook URLs may name loopback, link-local or private hosts (a test or a closed network). */
+  webhookAllowPrivateHosts: boolean
 }
 
 const source = 'mercato/command-api'
 const keyPattern = /^[\x21-\x7e]{1,255}$/
 
+/** Which customer each order accepted here belongs to: cancellation is authorized against it. */
+const orderOwnerMigrations = [
+  {
+    id: 'command-api-0001-order-owners',
+    sql: `CREATE TABLE IF NOT EXISTS command_order_owners (
+        order_id TEXT PRIMARY KEY,
+        customer_id TEXT NOT NULL)`,
+  },
+]
+
 interface CommandSpec {
+  /** Throws unless the caller may send this command (the data policy, asked here again). */
+  authorize: (request: FastifyRequest) => Promise<void> | void
   /** Creating commands require an Idempotency-Key; others honour one when it is sent. */
   keyRequired: boolean
   newId: () => string
@@ -53,8 +70,11 @@ interface CommandSpec {
 }
 
 export async function startCommandApi(options: CommandApiOptions): Promise<{ stop(): Promise<void> }> {
-  const { http, stream, store, flags, log, metrics } = options
-  await store.migrate(idempotencyMigrations)
+  const { http, stream, store, flags, log, metrics, identity } = options
+  await store.migrate([...idempotencyMigrations, ...orderOwnerMigrations])
+  const onRequest = requireVerifiedCaller(identity, 'command-api')
+  const may = (action: string, type: string, id: string) => (request: FastifyRequest) =>
+    authorize(identity, request, action, { type, id })
   const keys = new IdempotencyKeys(store, {
     ttlMs: options.idempotencyKeyTtlMs,
     lockMs: options.idempotencyLockMs,
@@ -65,7 +85,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   ])
 
   async function handle(name: string, spec: CommandSpec, request: FastifyRequest, reply: FastifyReply) {
-    const scope = principalOf(request)
+    await spec.authorize(request)
+    const scope = scopeOf(request)
     const key = request.headers['idempotency-key']
     if (Array.isArray(key)) throw new MercatoError('invalid-idempotency-key', 400, 'send one Idempotency-Key')
     if (key === undefined && spec.keyRequired) {
@@ -169,6 +190,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.post(
     '/v1/orders',
     {
+      onRequest,
       schema: {
         summary: 'Place an order',
         tags: ['orders'],
@@ -181,19 +203,39 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'place-order',
         {
+          authorize: (request) => {
+            const customerId = customerIdOf(request)
+            authorize(identity, request, 'order.place', {
+              type: 'Customer',
+              id: customerId,
+              attrs: { customerId },
+            })
+            const claimed = (request.body as PlaceOrder).customerId
+            if (claimed !== undefined && claimed !== customerId) {
+              // Who the order is for comes from the token, never from the body.
+              throw new MercatoError('forbidden-field', 403, 'customerId must be your own customer id', {
+                errors: [{ in: 'body', field: '/customerId', message: 'is not the signed-in customer' }],
+              })
+            }
+          },
           keyRequired: true,
           newId: () => `ord_${randomUUID()}`,
           location: (id) => `/v1/orders/${id}`,
           events: async (orderId, request) => {
             const body = request.body as PlaceOrder
+            const customerId = customerIdOf(request)
             await checkLines(body, flags, options.orderLinesMax)
+            await store.execute(
+              'INSERT INTO command_order_owners (order_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
+              [orderId, customerId],
+            )
             return [
               {
                 type: 'order.requested',
                 subject: orderId,
                 data: {
                   orderId,
-                  customerId: body.customerId,
+                  customerId,
                   lines: body.lines,
                   shippingAddress: body.shippingAddress,
                   paymentMethodToken: body.paymentMethodToken,
@@ -211,6 +253,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.post(
     '/v1/orders/:id/cancel',
     {
+      onRequest,
       schema: {
         summary: 'Ask to cancel an order (granted until it ships)',
         tags: ['orders'],
@@ -224,6 +267,19 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'cancel-order',
         {
+          authorize: async (request) => {
+            const orderId = (request.params as { id: string }).id
+            const [owner] = await store.query<{ customer_id: string }>(
+              'SELECT customer_id FROM command_order_owners WHERE order_id = $1',
+              [orderId],
+            )
+            const notFound = { hideExistence: true, notFoundDetail: `no order ${orderId}` }
+            if (!owner) throw new MercatoError('not-found', 404, notFound.notFoundDetail)
+            const order = { type: 'Order', id: orderId, attrs: { customerId: owner.customer_id } }
+            // Who may not see the order learns nothing of it; who may see it but not cancel it is told so.
+            authorize(identity, request, 'order.read', order, notFound)
+            authorize(identity, request, 'order.cancel', order)
+          },
           keyRequired: false,
           newId: () => `cxl_${randomUUID()}`,
           location: () => `/v1/orders/${(request.params as { id: string }).id}`,
@@ -233,7 +289,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
               {
                 type: 'order.cancel-requested',
                 subject: orderId,
-                data: { orderId, requestedBy: principalOf(request) },
+                data: { orderId, requestedBy: scopeOf(request) },
               },
             ]
           },
@@ -246,6 +302,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.post(
     '/v1/customers',
     {
+      onRequest,
       schema: {
         summary: 'Register a customer',
         tags: ['customers'],
@@ -258,6 +315,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'register-customer',
         {
+          authorize: may('customer.register', 'Customer', 'new'),
           keyRequired: true,
           newId: () => `cus_${randomUUID()}`,
           location: (id) => `/v1/customers/${id}`,
@@ -293,6 +351,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.put(
     '/v1/products/:sku',
     {
+      onRequest,
       schema: {
         summary: 'Create or replace a catalog product',
         tags: ['catalog'],
@@ -306,6 +365,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'upsert-product',
         {
+          authorize: may('catalog.write', 'Catalog', 'catalog'),
           keyRequired: false,
           newId: () => `prd_${randomUUID()}`,
           location: () => `/v1/products/${(request.params as { sku: string }).sku}`,
@@ -328,6 +388,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.post(
     '/v1/inventory/:sku/adjustments',
     {
+      onRequest,
       schema: {
         summary: 'Restock or write off stock of a product',
         tags: ['inventory'],
@@ -341,6 +402,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'adjust-inventory',
         {
+          authorize: may('stock.adjust', 'Catalog', 'catalog'),
           keyRequired: true,
           newId: () => `adj_${randomUUID()}`,
           events: async (_id, request) => {
@@ -367,6 +429,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.put(
     '/v1/flags/:key',
     {
+      onRequest,
       schema: {
         summary: 'Set a feature flag (flagd flag definition)',
         tags: ['flags'],
@@ -380,6 +443,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'set-flag',
         {
+          authorize: may('flag.write', 'Flags', 'flags'),
           keyRequired: false,
           newId: () => `flg_${randomUUID()}`,
           events: async (_id, request) => {
@@ -401,6 +465,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   http.post(
     '/v1/webhooks',
     {
+      onRequest,
       schema: {
         summary: 'Register a webhook endpoint; the answer carries its signing secret, shown once',
         tags: ['webhooks'],
@@ -413,16 +478,12 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       handle(
         'register-webhook',
         {
+          authorize: may('webhook.register', 'Webhooks', 'webhooks'),
           keyRequired: true,
           newId: () => `whe_${randomUUID()}`,
           events: async (endpointId, request) => {
             const body = request.body as { url: string; events: string[]; enabled?: boolean }
-            const url = new URL(body.url)
-            if (url.protocol !== 'https:' && url.protocol !== 'http:') {
-              throw new MercatoError('invalid-request', 400, 'a webhook URL must be http or https', {
-                errors: [{ in: 'body', field: '/url', message: 'must be http or https' }],
-              })
-            }
+            checkWebhookUrl(body.url, options.webhookAllowPrivateHosts)
             const secret = `whsec_${randomBytes(24).toString('base64url')}`
             return [
               {
@@ -452,9 +513,36 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   return { stop: async () => clearInterval(pruning) }
 }
 
-/** Who is calling: the scope of idempotency keys. The gateway sets the principal once it authenticates. */
-function principalOf(request: FastifyRequest): string {
-  return (request as FastifyRequest & { principal?: { id: string } }).principal?.id ?? 'anonymous'
+/** Who is calling: the scope of idempotency keys. */
+function scopeOf(request: FastifyRequest): string {
+  const principal = principalOf(request)
+  return principal.kind === 'user' ? principal.subject : 'anonymous'
+}
+
+/** The signed-in customer; the policy has already refused anyone else an order. */
+function customerIdOf(request: FastifyRequest): string {
+  const principal = principalOf(request)
+  return principal.kind === 'user' ? (principal.customerId ?? '') : ''
+}
+
+/**
+ * Refuses a webhook URL Mercato must not call: not http(s), or naming a loopback,
+ * link-local or private host. Delivery checks again every address the name resolves to.
+ */
+function checkWebhookUrl(raw: string, allowPrivate: boolean): void {
+  const refuse = (message: string): never => {
+    throw new MercatoError('invalid-request', 400, `the webhook URL ${message}`, {
+      errors: [{ in: 'body', field: '/url', message }],
+    })
+  }
+  const url = URL.parse(raw) ?? refuse('is not a URL')
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') refuse('must be http or https')
+  if (url.username || url.password) refuse('must not carry credentials')
+  if (allowPrivate) return
+  const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  if (host === 'localhost' || host.endsWith('.localhost')) refuse('must not name this machine')
+  const reason = privateAddressReason(host)
+  if (reason && !reason.endsWith('is not an IP address')) refuse(`must not name ${reason}`)
 }
 
 async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number): Promise<void> {

@@ -18,7 +18,9 @@ interface Answer {
 }
 
 async function get(shop: Shop, path: string, headers: Record<string, string> = {}): Promise<Answer> {
-  const response = await fetch(`${shop.url}${path}`, { headers })
+  const response = await fetch(`${shop.url}${path}`, {
+    headers: { authorization: await shop.bearer('admin'), ...headers },
+  })
   const text = await response.text()
   return { status: response.status, body: text ? JSON.parse(text) : undefined, headers: response.headers }
 }
@@ -27,7 +29,7 @@ async function order(shop: Shop, customerId: string, sku: string): Promise<{ id:
   const answer = await shop.post(
     '/v1/orders',
     { customerId, lines: [{ sku, quantity: 1 }], shippingAddress: address, paymentMethodToken: 'tok_visa' },
-    { 'idempotency-key': randomUUID() },
+    { 'idempotency-key': randomUUID(), authorization: await shop.bearer('customer', customerId) },
   )
   assert.equal(answer.status, 202, JSON.stringify(answer.body))
   assert.equal(answer.headers.get('mercato-consistency-token'), answer.body.consistencyToken)

@@ -66,7 +66,7 @@ describe('configuration', () => {
     assert.deepEqual(resolveTargets(['order']), ['stream', 'stores', 'cache', 'flags', 'order'])
     assert.throws(
       () => resolveTargets(['warp-drive']),
-      /unknown target warp-drive; known: all, stream, cache, stores, flags/,
+      /unknown target warp-drive; known: all, stream, cache, stores, identity, flags, gateway/,
     )
   })
 

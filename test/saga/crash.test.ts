@@ -14,6 +14,7 @@ import { Metrics } from '../../src/platform/metrics.ts'
 import { loadConfig } from '../../src/runtime/config.ts'
 import { openEventStream } from '../../src/runtime/engines.ts'
 import { OrderWatcher } from '../../src/runtime/load.ts'
+import { testIdentity } from '../support/identity.ts'
 import { tempDir, waitFor } from '../support/wait.ts'
 
 const dir = tempDir()
@@ -45,10 +46,21 @@ function start(targets: string, env: Record<string, string>): Promise<{ child: C
   })
 }
 
-async function call(url: string, method: string, path: string, body: unknown, key = randomUUID()) {
+async function call(
+  url: string,
+  method: string,
+  path: string,
+  body: unknown,
+  bearer: string,
+  key = randomUUID(),
+) {
   const response = await fetch(`${url}${path}`, {
     method,
-    headers: { 'content-type': 'application/json', 'idempotency-key': key },
+    headers: {
+      'content-type': 'application/json',
+      'idempotency-key': key,
+      authorization: `Bearer ${bearer}`,
+    },
     body: JSON.stringify(body),
   })
   const text = await response.text()
@@ -58,7 +70,7 @@ async function call(url: string, method: string, path: string, body: unknown, ke
 
 describe('a services process killed with SIGKILL mid-saga', () => {
   it('finishes every order after it starts again, with no duplicate effect', async () => {
-    const front = await start('command-api,payment-provider', {})
+    const front = await start('gateway,user,command-api,payment-provider', {})
     const servicesEnv = { MERCATO_PAYMENT_PROVIDER_URL: front.url }
     let services = await start('order,inventory,payment,shipping', servicesEnv)
     const stream = await openEventStream(
@@ -68,10 +80,28 @@ describe('a services process killed with SIGKILL mid-saga', () => {
     )
     const watcher = new OrderWatcher()
     await watcher.start(stream)
+    // Tokens signed by the deployment's own key ring, which lives in the shared data directory.
+    const identityStore = new SqliteStore(`${dir.path}/stores`, 'identity', storeLimitDefaults)
+    const { tokens, ring } = await testIdentity(identityStore)
+    const admin = (await tokens.issueAccess({ kind: 'user', subject: 'stf_admin', role: 'admin' })).token
+    const customer = (
+      await tokens.issueAccess({
+        kind: 'user',
+        subject: 'cus_crash',
+        role: 'customer',
+        customerId: 'cus_crash',
+      })
+    ).token
     try {
       const product = { name: 'Crash', description: '', category: 'test', priceMinor: 700, currency: 'USD' }
-      await call(front.url, 'PUT', '/v1/products/CRASH-1', product)
-      await call(front.url, 'POST', '/v1/inventory/CRASH-1/adjustments', { delta: 1_000, reason: 'restock' })
+      await call(front.url, 'PUT', '/v1/products/CRASH-1', product, admin)
+      await call(
+        front.url,
+        'POST',
+        '/v1/inventory/CRASH-1/adjustments',
+        { delta: 1_000, reason: 'restock' },
+        admin,
+      )
       const order = {
         customerId: 'cus_crash',
         lines: [{ sku: 'CRASH-1', quantity: 1 }],
@@ -79,12 +109,12 @@ describe('a services process killed with SIGKILL mid-saga', () => {
         paymentMethodToken: 'tok_visa',
       }
       // The first order proves prices and stock have arrived.
-      const first = await call(front.url, 'POST', '/v1/orders', order)
+      const first = await call(front.url, 'POST', '/v1/orders', order, customer)
       assert.equal((await watcher.waitFor(first.id, 30_000))?.state, 'CONFIRMED')
 
       const ids: string[] = []
       for (let i = 0; i < 60; i++) {
-        ids.push((await call(front.url, 'POST', '/v1/orders', order)).id)
+        ids.push((await call(front.url, 'POST', '/v1/orders', order, customer)).id)
         if (i === 20) {
           services.child.kill('SIGKILL')
           await once(services.child, 'exit')
@@ -123,6 +153,8 @@ describe('a services process killed with SIGKILL mid-saga', () => {
         await inventory.close()
       }
     } finally {
+      ring.close()
+      await identityStore.close()
       await watcher.stop()
       await stream.close()
     }

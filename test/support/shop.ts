@@ -9,10 +9,20 @@ import { OrderWatcher } from '../../src/runtime/load.ts'
 import { serverUrls } from './servers.ts'
 import { tempDir, uniqueName } from './wait.ts'
 
+/** The customer the shop's orders are placed for. */
+export const testCustomerId = 'cus_test'
+
 export type EngineSet = 'embedded' | 'distributed'
+
+export interface ShopRoute {
+  method: string
+  url: string
+}
 
 export interface Shop {
   url: string
+  /** Every route the shop's HTTP server serves. */
+  routes: ShopRoute[]
   app: App
   watcher: OrderWatcher
   store(service: string): Promise<Store>
@@ -26,6 +36,8 @@ export interface Shop {
   /** Creates products (price 1000 minor USD) with `stock` units each, and waits until orders can use them. */
   stockUp(skus: string[], stock: number): Promise<void>
   placeOrder(lines: { sku: string; quantity: number }[], token?: string): Promise<string>
+  /** A bearer access token for a role, minted by the shop's own key ring. */
+  bearer(role: 'admin' | 'support' | 'customer', customerId?: string): Promise<string>
   stop(): Promise<void>
 }
 
@@ -53,17 +65,37 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     MERCATO_HANDLER_BACKOFF_BASE_MS: '20',
     MERCATO_HANDLER_BACKOFF_MAX_MS: '200',
     MERCATO_PAYMENT_PROVIDER_TIMEOUT_MS: '500',
+    MERCATO_ACCESS_TOKEN_TTL_SECONDS: '3600',
+    MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE: '1000000',
+    MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE: '1000000',
     ...engineEnv(engines, name),
     ...env,
   })
   const app = new App(config, silentLogger())
+  const routes: ShopRoute[] = []
+  app.context.http.addHook('onRoute', (route) => {
+    for (const method of [route.method].flat()) routes.push({ method, url: route.url })
+  })
   const url = await app.start()
   const watcher = new OrderWatcher()
   await watcher.start(app.context.stream!)
 
   const stores = new Map<string, Promise<Store>>()
+  const tokens = app.context.identity!.tokens
+  async function bearer(role: 'admin' | 'support' | 'customer', customerId = testCustomerId) {
+    const principal =
+      role === 'customer'
+        ? { kind: 'user' as const, subject: customerId, role, customerId }
+        : { kind: 'user' as const, subject: `stf_${role}`, role }
+    return `Bearer ${(await tokens.issueAccess(principal)).token}`
+  }
+  const adminBearer = await bearer('admin')
+  const customerBearer = await bearer('customer')
 
+  // Orders are placed and cancelled by the test customer; everything else is the admin's.
   async function request(method: string, path: string, body?: unknown, headers: Record<string, string> = {}) {
+    const authorization = method === 'POST' && path.startsWith('/v1/orders') ? customerBearer : adminBearer
+    headers = { authorization, ...headers }
     const response = await fetch(`${url}${path}`, {
       method,
       headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
@@ -79,6 +111,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
 
   const shop: Shop = {
     url,
+    routes,
     app,
     watcher,
     store(service) {
@@ -90,6 +123,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
       }
       return store
     },
+    bearer,
     post: (path, body, headers) => request('POST', path, body, headers),
     put: (path, body) => request('PUT', path, body),
     get: (path) => request('GET', path),
@@ -126,7 +160,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
       const answer = await shop.post(
         '/v1/orders',
         {
-          customerId: 'cus_test',
+          customerId: testCustomerId,
           lines,
           shippingAddress: {
             name: 'T',

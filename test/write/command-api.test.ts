@@ -6,12 +6,11 @@ import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
-import { type Shop, startShop } from '../support/shop.ts'
+import { type Shop, startShop, testCustomerId } from '../support/shop.ts'
 import { tempDir } from '../support/wait.ts'
 
 const address = { name: 'A', line1: '1 St', city: 'C', postalCode: '1', country: 'US' }
 const order = (lines: unknown = [{ sku: 'CMD-1', quantity: 1 }]) => ({
-  customerId: 'cus_1',
   lines,
   shippingAddress: address,
   paymentMethodToken: 'tok_visa',
@@ -76,7 +75,7 @@ describe('the command API', () => {
         ]),
         ['/lines/1/sku'],
       ],
-      [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/customerId', '/shippingAddress', '/paymentMethodToken']],
+      [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/shippingAddress', '/paymentMethodToken']],
     ]
     const before = await appended(shop)
     for (const [body, fields] of cases) {
@@ -133,7 +132,7 @@ describe('the command API', () => {
     const inFlightKey = randomUUID()
     const keys = new IdempotencyKeys(await shop.store('commands'), { ttlMs: 60_000, lockMs: 60_000 })
     await keys.claim(
-      'anonymous',
+      testCustomerId,
       inFlightKey,
       fingerprintOf('POST', '/v1/orders', order()),
       () => 'ord_elsewhere',
@@ -141,6 +140,14 @@ describe('the command API', () => {
     const busy = await shop.post('/v1/orders', order(), { 'idempotency-key': inFlightKey })
     assert.equal(busy.status, 409)
     assert.equal(await appended(shop), before)
+
+    // Keys are scoped to the caller: another customer's same key is another request.
+    const elsewhere = await shop.post('/v1/orders', order(), {
+      'idempotency-key': key,
+      authorization: await shop.bearer('customer', 'cus_other'),
+    })
+    assert.equal(elsewhere.status, 202)
+    assert.notEqual(elsewhere.body.id, first.body.id)
   })
 
   it('serves an OpenAPI 3.1 document with every command route', async () => {

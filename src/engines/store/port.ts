@@ -24,6 +24,8 @@ export interface Store {
   /** Runs `work` in one transaction on one connection; commits if it resolves, rolls back if it throws. */
   transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T>
   query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]>
+  /** Runs one statement in a transaction of its own; resolves with the number of rows it changed. */
+  execute(sql: string, params?: SqlValue[]): Promise<number>
   ping(): Promise<void>
   close(): Promise<void>
 }

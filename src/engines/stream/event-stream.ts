@@ -33,6 +33,11 @@ export interface EventStreamOptions {
   batchSizeMax: number
   retry: RetryPolicy
   lagIntervalMs: number
+  /**
+   * Says why a consumer must refuse an event from its producer (its `source`), or undefined
+   * when the producer may emit it. A refused event goes to the DLQ, never into a handler.
+   */
+  refuseProducer?: (event: CloudEvent) => string | undefined
 }
 
 /** An event with where it sits in the stream and when it was appended. */
@@ -204,7 +209,7 @@ export class EventStream {
     for (const record of records) {
       try {
         events.push({
-          event: decodeEvent(record.headers, record.value),
+          event: this.#decode(record),
           position: { topic: record.topic, partition: record.partition, offset: record.offset },
           timestampMs: record.timestampMs,
         })
@@ -246,7 +251,7 @@ export class EventStream {
   ): Promise<'ok' | 'invalid' | 'dead-lettered'> {
     let event: CloudEvent
     try {
-      event = decodeEvent(record.headers, record.value)
+      event = this.#decode(record)
     } catch (error) {
       await this.#deadLetter(options.group, record, error, 0)
       return 'invalid'
@@ -284,6 +289,14 @@ export class EventStream {
         await sleep(backoffMs(attempt, retry.backoffBaseMs, retry.backoffMaxMs), stopped)
       }
     }
+  }
+
+  /** Decodes a record into an event its producer may emit; throws InvalidEventError otherwise. */
+  #decode(record: StreamRecord): CloudEvent {
+    const event = decodeEvent(record.headers, record.value)
+    const refused = this.options.refuseProducer?.(event)
+    if (refused !== undefined) throw new InvalidEventError(refused)
+    return event
   }
 
   async #deadLetter(group: string, record: StreamRecord, error: unknown, attempts: number): Promise<void> {

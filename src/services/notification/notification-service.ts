@@ -14,16 +14,11 @@ import { eventRegistry } from '../../contracts/registry.ts'
 import type { Migration, Tx } from '../../engines/store/port.ts'
 import { errorMessage, redactUrl } from '../../platform/errors.ts'
 import { backoffMs, withTimeout } from '../../platform/limits.ts'
+import { RefusedUrlError, resolveWebhookTarget } from '../../platform/outbound-url.ts'
 import type { Handler, HandlerTools, Service } from '../../platform/service.ts'
 import { type MailSink, startMailSink } from './mail-sink.ts'
 import { renderEmail, templateOf } from './templates.ts'
-import {
-  postWebhook,
-  RefusedUrlError,
-  resolveWebhookTarget,
-  signatureHeader,
-  signWebhook,
-} from './webhooks.ts'
+import { postWebhook, signatureHeader, signWebhook } from './webhooks.ts'
 
 export type { MailSink, SinkMessage } from './mail-sink.ts'
 export { signWebhook, verifyWebhookSignature } from './webhooks.ts'

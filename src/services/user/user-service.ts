@@ -4,9 +4,15 @@
 // e-mail address belongs to another customer. E-mail addresses are unique regardless of
 // case, enforced by a unique index, so two requests racing on two partitions (or two
 // processes) cannot both win.
-import { createHash } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
+import type { FastifyInstance } from 'fastify'
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import type { Migration, Store, Tx } from '../../engines/store/port.ts'
+import { MercatoError } from '../../platform/errors.ts'
+import { authorizeService, type Identity, requireVerifiedCaller } from '../../platform/identity/guard.ts'
+import type { Role } from '../../platform/identity/tokens.ts'
+import type { Logger } from '../../platform/logger.ts'
+import { hashPassword, passwordBytesMax, verifyPassword } from '../../platform/passwords.ts'
 import type { Emit, HandlerTools, Service } from '../../platform/service.ts'
 
 export const userMigrations: Migration[] = [
@@ -39,6 +45,17 @@ export const userMigrations: Migration[] = [
         reason TEXT NOT NULL,
         rejected_at TEXT NOT NULL,
         PRIMARY KEY (customer_id, event_id))`,
+  },
+  {
+    id: 'user-0002-staff',
+    sql: `CREATE TABLE IF NOT EXISTS user_staff (
+        account_id TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        email_key TEXT NOT NULL,
+        role TEXT NOT NULL,
+        password_hash TEXT NOT NULL,
+        created_at TEXT NOT NULL);
+      CREATE UNIQUE INDEX IF NOT EXISTS user_staff_email_key ON user_staff (email_key)`,
   },
 ]
 
@@ -186,16 +203,126 @@ async function register(
   }
 }
 
+export interface StaffAccount {
+  email: string
+  /** Unset: a password is generated and logged once. */
+  password?: string
+}
+
+export interface UserServiceOptions {
+  http: FastifyInstance
+  identity: Identity
+  log: Logger
+  /** The first staff accounts, created when the service has none. */
+  staff: { admin: StaffAccount; support: StaffAccount }
+}
+
+export interface LoginSubject {
+  subject: string
+  role: Role
+  customerId?: string
+}
+
+/** Creates the admin and support accounts when there is no staff account yet. */
+export async function createFirstStaff(store: Store, staff: UserServiceOptions['staff'], log: Logger) {
+  const existing = await store.query('SELECT 1 FROM user_staff LIMIT 1')
+  if (existing.length > 0) return
+  for (const role of ['admin', 'support'] as const) {
+    const account = staff[role]
+    const password = account.password ?? randomBytes(18).toString('base64url')
+    await store.execute(
+      `INSERT INTO user_staff (account_id, email, email_key, role, password_hash, created_at)
+       VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+      [
+        `stf_${role}`,
+        account.email,
+        emailKey(account.email),
+        role,
+        await hashPassword(password),
+        new Date().toISOString(),
+      ],
+    )
+    if (account.password === undefined) {
+      // Shown once: only the hash is kept.
+      log.warn(
+        { email: account.email, role, password },
+        `first ${role} account created with a generated password`,
+      )
+    } else {
+      log.info({ email: account.email, role }, `first ${role} account created`)
+    }
+  }
+}
+
+let decoyHash: Promise<string> | undefined
+
+/** Who a username and password belong to (a customer or a staff account); undefined when no one. */
+export async function verifyLogin(
+  store: Store,
+  username: string,
+  password: string,
+): Promise<LoginSubject | undefined> {
+  const customer = await findCredentials(store, username)
+  if (customer) {
+    return (await verifyPassword(password, customer.passwordHash))
+      ? { subject: customer.customerId, role: 'customer', customerId: customer.customerId }
+      : undefined
+  }
+  const [staff] = await store.query<{ account_id: string; role: Role; password_hash: string }>(
+    'SELECT account_id, role, password_hash FROM user_staff WHERE email_key = $1',
+    [emailKey(username)],
+  )
+  if (staff)
+    return (await verifyPassword(password, staff.password_hash))
+      ? { subject: staff.account_id, role: staff.role }
+      : undefined
+  // No such account: spend the same time as a wrong password, so timing does not tell.
+  decoyHash ??= hashPassword(randomBytes(16).toString('hex'))
+  await verifyPassword(password, await decoyHash)
+  return undefined
+}
+
+const LoginBody = {
+  type: 'object',
+  required: ['username', 'password'],
+  additionalProperties: false,
+  properties: {
+    username: { type: 'string', minLength: 1, maxLength: 320 },
+    password: { type: 'string', minLength: 1, maxLength: passwordBytesMax },
+  },
+} as const
+
 export async function startUserService(
   service: Service,
+  options: UserServiceOptions,
 ): Promise<{ stop(): Promise<void>; ready(): Promise<void> }> {
   await service.start(userMigrations)
+  await createFirstStaff(service.store, options.staff, options.log)
   await service.consume(['customers'], {
     'customer.registration-requested': async (event: CloudEvent, tools: HandlerTools) => {
       const request = event.data as unknown as RegistrationRequested
       await tools.transact((tx, emit) => register(tx, emit, event, request))
     },
   })
+  options.http.post(
+    '/internal/v1/credentials/verify',
+    {
+      onRequest: requireVerifiedCaller(options.identity, 'user'),
+      schema: {
+        summary: 'Check a username and password (the gateway, for a password grant)',
+        tags: ['internal'],
+        security: [{ serviceToken: [] }],
+        body: LoginBody,
+      },
+    },
+    async (request) => {
+      authorizeService(options.identity, request, 'credentials.verify', { type: 'Component', id: 'user' })
+      const { username, password } = request.body as { username: string; password: string }
+      const subject = await verifyLogin(service.store, username, password)
+      if (!subject) throw new MercatoError('invalid-credentials', 401, 'the username or password is wrong')
+      return subject
+    },
+  )
   return {
     stop: () => service.stop(),
     ready: () => service.store.ping(),

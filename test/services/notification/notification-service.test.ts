@@ -3,6 +3,7 @@ import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { afterEach, describe, it } from 'node:test'
 import type { Store } from '../../../src/engines/store/port.ts'
+import { privateAddressReason } from '../../../src/platform/outbound-url.ts'
 import { parseMessage } from '../../../src/services/notification/mail-sink.ts'
 import {
   type NotificationOptions,
@@ -11,7 +12,7 @@ import {
   verifyWebhookSignature,
 } from '../../../src/services/notification/notification-service.ts'
 import { renderEmail } from '../../../src/services/notification/templates.ts'
-import { privateAddressReason, signWebhook } from '../../../src/services/notification/webhooks.ts'
+import { signWebhook } from '../../../src/services/notification/webhooks.ts'
 import { waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness, storeKinds } from './harness.ts'
 

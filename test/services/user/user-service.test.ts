@@ -1,9 +1,12 @@
 import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
+import Fastify from 'fastify'
 import type { CloudEvent } from '../../../src/contracts/envelope.ts'
 import type { Store } from '../../../src/engines/store/port.ts'
+import { silentLogger } from '../../../src/platform/logger.ts'
 import { hashPassword, passwordNeedsRehash, verifyPassword } from '../../../src/platform/passwords.ts'
 import { findCredentials, findCustomer, startUserService } from '../../../src/services/user/user-service.ts'
+import { testIdentity } from '../../support/identity.ts'
 import { waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness, storeKinds } from '../notification/harness.ts'
 
@@ -51,7 +54,16 @@ for (const { kind, skip } of await storeKinds('user service')) {
       harness = await openHarness(kind)
       const service = harness.service('user')
       store = service.store
-      const running = await startUserService(service)
+      const identity = await testIdentity(service.store)
+      const running = await startUserService(service, {
+        http: Fastify(),
+        identity,
+        log: silentLogger(),
+        staff: {
+          admin: { email: 'admin@test.local', password: 'admin-password-1' },
+          support: { email: 'support@test.local', password: 'support-password-1' },
+        },
+      })
       stop = running.stop
       await running.ready()
       events = (await harness.collect(['customers'])).events

@@ -101,6 +101,10 @@ export class PostgresStore implements Store {
     })
   }
 
+  execute(sql: string, params?: SqlValue[]): Promise<number> {
+    return this.transaction((tx) => tx.execute(sql, params))
+  }
+
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
     return this.#withClient(async (client) => (await client.query(sql, params?.map(toPg))).rows as Row[])
   }

@@ -83,6 +83,10 @@ export class SqliteStore implements Store {
     })
   }
 
+  execute(sql: string, params?: SqlValue[]): Promise<number> {
+    return this.transaction((tx) => tx.execute(sql, params))
+  }
+
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
     return this.#all(this.#reader, this.#readStatements, sql, params) as Row[]
   }

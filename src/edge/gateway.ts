@@ -1,0 +1,373 @@
+// The edge. Every public request enters here: its client address and its user are rate
+// limited, its bearer token verified, and the route checked against the gateway policy
+// before any component sees it. In the all-in-one mode the components serve the routes in
+// this process and the gateway's hook runs in front of them; otherwise the gateway
+// forwards them over pooled HTTP to the upstream instances, with a service token, a
+// timeout, a circuit breaker and a bulkhead per upstream.
+import cors from '@fastify/cors'
+import helmet from '@fastify/helmet'
+import swaggerUi from '@fastify/swagger-ui'
+import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { Cache } from '../engines/cache/port.ts'
+import type { Store } from '../engines/store/port.ts'
+import { MercatoError, OverloadedError } from '../platform/errors.ts'
+import {
+  authenticateUser,
+  type Identity,
+  principalEntity,
+  serviceTokenHeader,
+  setCaller,
+} from '../platform/identity/guard.ts'
+import type { KeyRing } from '../platform/identity/key-ring.ts'
+import type { Principal } from '../platform/identity/tokens.ts'
+import type { Logger } from '../platform/logger.ts'
+import type { Metrics } from '../platform/metrics.ts'
+import type { GatewayConfig } from '../runtime/config.ts'
+import type { RateLimiter, RateRule } from './rate-limit.ts'
+import { RefreshTokens } from './refresh-tokens.ts'
+import { openApiPath, type UpstreamName, upstreamRoutes } from './routes.ts'
+import { Upstream } from './upstream.ts'
+
+export interface GatewayOptions {
+  http: FastifyInstance
+  identity: Identity
+  ring: KeyRing
+  store: Store
+  cache: Cache
+  limiter: RateLimiter
+  log: Logger
+  metrics: Metrics
+  config: GatewayConfig
+  /** Components that run in this process (their routes are served here, not forwarded). */
+  running: string[]
+  /** Where the user service answers: this process's URL in the all-in-one mode. */
+  userUrl: () => string
+  limits: {
+    principalPerMinute: number
+    addressPerMinute: number
+    loginPerMinute: number
+    refreshTokenTtlSeconds: number
+    upstreamTimeoutMs: number
+    upstreamConcurrencyMax: number
+    breakerFailures: number
+    breakerHalfOpenMs: number
+  }
+}
+
+const minute = 60_000
+
+/** Headers a client may send on to a component; anything else (a service token above all) stays here. */
+const forwardedHeaders = [
+  'authorization',
+  'content-type',
+  'accept',
+  'idempotency-key',
+  'if-none-match',
+  'mercato-consistency-token',
+  'x-request-id',
+  'traceparent',
+]
+
+export async function startGateway(options: GatewayOptions): Promise<{ stop(): Promise<void> }> {
+  const { http, identity, limiter, limits, metrics } = options
+  const refreshTokens = new RefreshTokens(options.store, limits.refreshTokenTtlSeconds * 1000)
+  await refreshTokens.migrate()
+  const refused = metrics.counter(
+    'mercato_gateway_refused_total',
+    'Requests the gateway refused, by reason.',
+    ['reason'],
+  )
+
+  await http.register(helmet, { contentSecurityPolicy: false, global: true })
+  if (options.config.corsOrigins.length > 0) {
+    const origins = options.config.corsOrigins
+    await http.register(cors, {
+      origin: origins.includes('*') ? '*' : origins,
+      methods: ['GET', 'POST', 'PUT', 'OPTIONS'],
+      allowedHeaders: [
+        'authorization',
+        'content-type',
+        'idempotency-key',
+        'if-none-match',
+        'mercato-consistency-token',
+      ],
+      exposedHeaders: [
+        'location',
+        'etag',
+        'retry-after',
+        'mercato-consistency-token',
+        'mercato-position',
+        'mercato-staleness-ms',
+        'mercato-stale',
+        'x-request-id',
+      ],
+      maxAge: 600,
+    })
+  }
+  http.addContentTypeParser(
+    'application/x-www-form-urlencoded',
+    { parseAs: 'string' },
+    (_request, body, done) => {
+      done(null, Object.fromEntries(new URLSearchParams(body as string)))
+    },
+  )
+
+  const rule = (perMinute: number): RateRule => ({ limit: perMinute, windowMs: minute })
+  async function throttle(
+    key: string,
+    perMinute: number,
+    reply: FastifyReply,
+    reason: string,
+  ): Promise<void> {
+    const verdict = await limiter.take(key, rule(perMinute))
+    reply.header('ratelimit-limit', String(verdict.limit))
+    reply.header('ratelimit-remaining', String(verdict.remaining))
+    if (verdict.allowed) return
+    refused.inc({ reason })
+    reply.header('retry-after', String(verdict.retryAfterSeconds))
+    throw new MercatoError(
+      'rate-limited',
+      429,
+      `too many requests: at most ${verdict.limit} a minute ${reason}`,
+      {
+        retryAfterSeconds: verdict.retryAfterSeconds,
+      },
+    )
+  }
+
+  // Queries and commands each get their own share of this process, so a slow query path
+  // cannot take every slot from commands.
+  const inFlight: Record<UpstreamName, number> = { 'command-api': 0, 'query-api': 0 }
+  const groupOf = new Map(upstreamRoutes.map((r) => [`${r.method} ${r.url}`, r.upstream]))
+
+  async function guard(request: FastifyRequest, reply: FastifyReply): Promise<void> {
+    const url = request.routeOptions.url
+    if (url === undefined || !isPublicApi(url)) return
+    await throttle(`address:${request.ip}`, limits.addressPerMinute, reply, 'from one address')
+    const principal = await authenticateUser(identity.tokens, request)
+    if (principal.kind === 'user')
+      await throttle(`user:${principal.subject}`, limits.principalPerMinute, reply, 'for one user')
+    const route = `${request.method} ${openApiPath(url)}`
+    const customerId = customerIdOf(url, request.params as Record<string, string>)
+    const decision = identity.policy.isAllowed({
+      principal: principalEntity(principal),
+      action: 'call',
+      resource: { type: 'Route', id: route, attrs: { route, ...(customerId ? { customerId } : {}) } },
+    })
+    if (!decision.allowed) {
+      refused.inc({ reason: principal.kind === 'anonymous' ? 'unauthenticated' : 'forbidden' })
+      if (principal.kind === 'anonymous')
+        throw new MercatoError('unauthenticated', 401, 'sign in first: this route needs a bearer token')
+      throw new MercatoError('forbidden', 403, 'your role may not call this route')
+    }
+    setCaller(request, { principal })
+    const group = groupOf.get(`${request.method} ${url}`)
+    if (group && options.running.includes(group)) {
+      if (inFlight[group] >= limits.upstreamConcurrencyMax) {
+        refused.inc({ reason: 'bulkhead' })
+        throw new OverloadedError(group, 'too many requests in flight')
+      }
+      inFlight[group]++
+      let done = false
+      const release = () => {
+        if (done) return
+        done = true
+        inFlight[group]--
+      }
+      reply.raw.once('finish', release)
+      reply.raw.once('close', release)
+    }
+  }
+  http.addHook('onRequest', guard)
+
+  // The routes of components that run elsewhere: forwarded to their instances.
+  const upstreams = new Map<UpstreamName, Upstream>()
+  for (const name of ['command-api', 'query-api'] as const) {
+    if (options.running.includes(name)) continue
+    const urls = name === 'command-api' ? options.config.commandApiUrls : options.config.queryApiUrls
+    if (urls.length === 0) continue
+    upstreams.set(
+      name,
+      new Upstream({
+        name,
+        urls,
+        timeoutMs: limits.upstreamTimeoutMs,
+        concurrencyMax: limits.upstreamConcurrencyMax,
+        queueMax: 0,
+        breaker: { consecutiveFailures: limits.breakerFailures, halfOpenAfterMs: limits.breakerHalfOpenMs },
+        metrics,
+      }),
+    )
+  }
+  for (const route of upstreamRoutes) {
+    const upstream = upstreams.get(route.upstream)
+    if (!upstream) continue
+    http.route({
+      method: route.method,
+      url: route.url,
+      schema: { hide: true },
+      handler: async (request, reply) => {
+        const headers: Record<string, string> = {}
+        for (const name of forwardedHeaders) {
+          const value = request.headers[name]
+          if (typeof value === 'string') headers[name] = value
+        }
+        headers['x-request-id'] = request.id
+        headers[serviceTokenHeader] = await identity.tokens.issueService('gateway', route.upstream)
+        const body =
+          request.body === undefined
+            ? undefined
+            : typeof request.body === 'string'
+              ? request.body
+              : JSON.stringify(request.body)
+        if (body !== undefined) headers['content-type'] = 'application/json'
+        const answer = await upstream.forward({ method: request.method, path: request.url, headers, body })
+        for (const [name, value] of Object.entries(answer.headers)) {
+          if (name === 'content-length' || name === 'date' || name.startsWith('x-ratelimit')) continue
+          reply.header(name, value)
+        }
+        return reply.code(answer.status).send(answer.body)
+      },
+    })
+  }
+
+  http.get(
+    '/.well-known/jwks.json',
+    { schema: { summary: 'The public keys that verify access tokens', tags: ['auth'] } },
+    async (_request, reply) => {
+      reply.header('cache-control', 'public, max-age=60')
+      return options.ring.jwks()
+    },
+  )
+
+  const tokenAnswer = async (principal: Principal & { kind: 'user' }, refreshToken: string) => {
+    const access = await identity.tokens.issueAccess(principal)
+    return {
+      access_token: access.token,
+      token_type: 'Bearer',
+      expires_in: access.expiresIn,
+      refresh_token: refreshToken,
+    }
+  }
+
+  http.post(
+    '/v1/auth/token',
+    {
+      schema: {
+        summary: 'Sign in: a password grant answers an access token and a refresh token',
+        tags: ['auth'],
+        consumes: ['application/json', 'application/x-www-form-urlencoded'],
+        body: {
+          type: 'object',
+          required: ['grant_type', 'username', 'password'],
+          additionalProperties: false,
+          properties: {
+            grant_type: { type: 'string', enum: ['password'] },
+            username: { type: 'string', minLength: 1, maxLength: 320 },
+            password: { type: 'string', minLength: 1, maxLength: 1024 },
+            scope: { type: 'string', maxLength: 256 },
+          },
+        },
+      },
+    },
+    async (request, reply) => {
+      await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address')
+      const { username, password } = request.body as { username: string; password: string }
+      const verified = await fetch(`${options.userUrl()}/internal/v1/credentials/verify`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          [serviceTokenHeader]: await identity.tokens.issueService('gateway', 'user'),
+          'x-request-id': request.id,
+        },
+        body: JSON.stringify({ username, password }),
+        signal: AbortSignal.timeout(limits.upstreamTimeoutMs),
+      }).catch(() => {
+        throw new OverloadedError('user', 'the user service did not answer')
+      })
+      if (verified.status === 401 || verified.status === 400) {
+        await verified.body?.cancel()
+        throw invalidGrant('the username or password is wrong')
+      }
+      if (verified.status !== 200) {
+        await verified.body?.cancel()
+        options.log.warn({ status: verified.status }, 'credential check failed')
+        throw new OverloadedError('user', 'the user service could not check the credentials')
+      }
+      const subject = (await verified.json()) as {
+        subject: string
+        role: 'customer' | 'admin' | 'support'
+        customerId?: string
+      }
+      const principal = { kind: 'user' as const, ...subject }
+      reply.header('cache-control', 'no-store')
+      return tokenAnswer(principal, await refreshTokens.issue(principal))
+    },
+  )
+
+  http.post(
+    '/v1/auth/refresh',
+    {
+      schema: {
+        summary: 'Trade a refresh token for a new access token and the next refresh token',
+        description: 'Each refresh token works once; using one twice revokes every token of its sign-in.',
+        tags: ['auth'],
+        consumes: ['application/json', 'application/x-www-form-urlencoded'],
+        body: {
+          type: 'object',
+          required: ['refresh_token'],
+          additionalProperties: false,
+          properties: {
+            grant_type: { type: 'string', enum: ['refresh_token'] },
+            refresh_token: { type: 'string', minLength: 1, maxLength: 256 },
+          },
+        },
+      },
+    },
+    async (request, reply) => {
+      await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address')
+      const { refresh_token: token } = request.body as { refresh_token: string }
+      const outcome = await refreshTokens.rotate(token)
+      if (!outcome.ok) {
+        const reasons = {
+          unknown: 'the refresh token is not known',
+          expired: 'the refresh token has expired',
+          revoked: 'the refresh token was revoked',
+          reused: 'the refresh token was already used: every token of this sign-in is revoked',
+        }
+        throw invalidGrant(reasons[outcome.reason])
+      }
+      reply.header('cache-control', 'no-store')
+      return tokenAnswer(outcome.principal, outcome.token)
+    },
+  )
+
+  await http.register(swaggerUi, {
+    routePrefix: '/docs',
+    staticCSP: true,
+    uiConfig: { url: '/v1/openapi.json' },
+  })
+
+  const pruning = setInterval(() => refreshTokens.prune().catch(() => {}), 3_600_000)
+  pruning.unref()
+  return {
+    stop: async () => {
+      clearInterval(pruning)
+      await Promise.all([...upstreams.values()].map((u) => u.close()))
+    },
+  }
+}
+
+function invalidGrant(detail: string): MercatoError {
+  return new MercatoError('invalid-grant', 401, detail, { error: 'invalid_grant' })
+}
+
+/** Routes the gateway guards: the API; not health, metrics, the docs page or internal calls. */
+function isPublicApi(url: string): boolean {
+  return url.startsWith('/v1/') || url.startsWith('/.well-known/')
+}
+
+/** The customer a route's path names, for the policy to compare with the caller. */
+function customerIdOf(url: string, params: Record<string, string>): string | undefined {
+  return url.startsWith('/v1/customers/:id') ? params.id : undefined
+}

@@ -1,0 +1,551 @@
+// The gateway's security suite, after the OWASP API Security Top 10 (2023): every case is a
+// real HTTP request to a whole Mercato (all components in one process, embedded engines),
+// signed in the way a client signs in, or with a token forged the way an attacker would.
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import { SignJWT } from 'jose'
+import { createEvent, encodeEvent } from '../../src/contracts/envelope.ts'
+import { type Shop, startShop } from '../support/shop.ts'
+import { waitFor } from '../support/wait.ts'
+
+const adminEmail = 'admin@security.test'
+const adminPassword = 'admin-password-for-tests'
+const supportEmail = 'support@security.test'
+const supportPassword = 'support-password-for-tests'
+const principalPerMinute = 40
+const loginPerMinute = 15
+
+const address = { name: 'S', line1: '1 Safe St', city: 'Secureville', postalCode: '1', country: 'US' }
+const orderBody = (sku: string) => ({
+  lines: [{ sku, quantity: 1 }],
+  shippingAddress: address,
+  paymentMethodToken: 'tok_visa',
+})
+
+interface Answer {
+  status: number
+  body: any
+  headers: Headers
+  text: string
+}
+
+describe('security at the gateway (OWASP API Top 10)', () => {
+  let shop: Shop
+  const sku = `SEC-${randomUUID().slice(0, 8)}`
+  const alice = `cus_alice_${randomUUID().slice(0, 6)}`
+  const bob = `cus_bob_${randomUUID().slice(0, 6)}`
+  let logins = 0
+
+  async function call(
+    method: string,
+    path: string,
+    options: { bearer?: string; body?: unknown; headers?: Record<string, string> } = {},
+  ): Promise<Answer> {
+    const headers: Record<string, string> = { ...options.headers }
+    if (options.bearer) headers.authorization = `Bearer ${options.bearer}`
+    if (options.body !== undefined) headers['content-type'] ??= 'application/json'
+    const response = await fetch(`${shop.url}${path}`, {
+      method,
+      headers,
+      body:
+        options.body === undefined
+          ? undefined
+          : typeof options.body === 'string'
+            ? options.body
+            : JSON.stringify(options.body),
+    })
+    const text = await response.text()
+    let body: unknown
+    try {
+      body = JSON.parse(text)
+    } catch {}
+    return { status: response.status, body, headers: response.headers, text }
+  }
+
+  const tokenOf = async (role: 'admin' | 'support' | 'customer', customerId?: string) =>
+    (await shop.bearer(role, customerId)).slice('Bearer '.length)
+
+  async function signIn(username: string, password: string): Promise<Answer> {
+    logins++
+    return call('POST', '/v1/auth/token', { body: { grant_type: 'password', username, password } })
+  }
+
+  /** A token signed with the deployment's own current key, with claims of the test's choosing. */
+  async function forged(claims: { iss?: string; aud?: string; exp?: number; nbf?: number; sub?: string }) {
+    const { kid, privateKey } = shop.app.context.identity!.ring.signing()
+    const now = Math.floor(Date.now() / 1000)
+    return new SignJWT({ role: 'customer', customer_id: alice })
+      .setProtectedHeader({ alg: 'EdDSA', kid, typ: 'at+jwt' })
+      .setIssuer(claims.iss ?? 'mercato')
+      .setAudience(claims.aud ?? 'mercato-api')
+      .setSubject(claims.sub ?? alice)
+      .setIssuedAt(now - 10)
+      .setNotBefore(claims.nbf ?? now - 10)
+      .setExpirationTime(claims.exp ?? now + 300)
+      .sign(privateKey)
+  }
+
+  async function placeOrder(customerId: string): Promise<string> {
+    const answer = await call('POST', '/v1/orders', {
+      bearer: await tokenOf('customer', customerId),
+      body: orderBody(sku),
+      headers: { 'idempotency-key': randomUUID() },
+    })
+    assert.equal(answer.status, 202, answer.text)
+    const token = answer.body.consistencyToken as string
+    const admin = await tokenOf('admin')
+    await waitFor(`order ${answer.body.id} visible`, async () => {
+      const seen = await call('GET', `/v1/orders/${answer.body.id}`, {
+        bearer: admin,
+        headers: { 'mercato-consistency-token': token },
+      })
+      return seen.status === 200
+    })
+    return answer.body.id
+  }
+
+  before(async () => {
+    shop = await startShop('embedded', {
+      MERCATO_ADMIN_EMAIL: adminEmail,
+      MERCATO_ADMIN_PASSWORD: adminPassword,
+      MERCATO_SUPPORT_EMAIL: supportEmail,
+      MERCATO_SUPPORT_PASSWORD: supportPassword,
+      MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE: String(principalPerMinute),
+      MERCATO_RATE_LIMIT_LOGIN_PER_MINUTE: String(loginPerMinute),
+      MERCATO_HTTP_BODY_BYTES_MAX: '65536',
+    })
+    await shop.stockUp([sku], 1_000)
+  })
+  after(async () => shop?.stop())
+
+  describe('API1 broken object level authorization', () => {
+    let bobsOrder: string
+    before(async () => {
+      bobsOrder = await placeOrder(bob)
+    })
+
+    it("a customer cannot read another customer's order: 404, as if it did not exist", async () => {
+      const answer = await call('GET', `/v1/orders/${bobsOrder}`, {
+        bearer: await tokenOf('customer', alice),
+      })
+      assert.equal(answer.status, 404)
+      const missing = await call('GET', `/v1/orders/ord_${randomUUID()}`, {
+        bearer: await tokenOf('customer', alice),
+      })
+      assert.equal(missing.status, 404)
+      assert.equal(answer.body.detail.replace(bobsOrder, 'X'), missing.body.detail.replace(/ord_\S+/, 'X'))
+      const own = await call('GET', `/v1/orders/${bobsOrder}`, { bearer: await tokenOf('customer', bob) })
+      assert.equal(own.status, 200)
+      assert.equal(own.body.customerId, bob)
+    })
+
+    it("a customer cannot cancel another customer's order, and it stays as it was", async () => {
+      const answer = await call('POST', `/v1/orders/${bobsOrder}/cancel`, {
+        bearer: await tokenOf('customer', alice),
+        body: {},
+      })
+      assert.equal(answer.status, 404)
+      const order = await call('GET', `/v1/orders/${bobsOrder}`, { bearer: await tokenOf('customer', bob) })
+      assert.notEqual(order.body.status, 'CANCELLED')
+      assert.ok(!order.body.timeline.some((step: { type: string }) => step.type === 'order.cancel-requested'))
+    })
+
+    it("a customer cannot list another customer's orders or read their 360 view", async () => {
+      const aliceToken = await tokenOf('customer', alice)
+      for (const path of [`/v1/customers/${bob}/orders`, `/v1/customers/${bob}/360`]) {
+        const answer = await call('GET', path, { bearer: aliceToken })
+        assert.equal(answer.status, 403, path)
+        assert.ok(!answer.text.includes(bobsOrder))
+      }
+      assert.equal((await call('GET', `/v1/customers/${alice}/orders`, { bearer: aliceToken })).status, 200)
+    })
+
+    it('support reads any order and customer, but cancels nothing', async () => {
+      const support = await tokenOf('support')
+      assert.equal((await call('GET', `/v1/orders/${bobsOrder}`, { bearer: support })).status, 200)
+      assert.equal((await call('GET', `/v1/customers/${bob}/orders`, { bearer: support })).status, 200)
+      const cancel = await call('POST', `/v1/orders/${bobsOrder}/cancel`, { bearer: support, body: {} })
+      assert.equal(cancel.status, 403)
+    })
+  })
+
+  describe('API2 broken authentication', () => {
+    it('signs in with a password and answers an EdDSA access token the JWKS verifies', async () => {
+      const answer = await signIn(adminEmail, adminPassword)
+      assert.equal(answer.status, 200, answer.text)
+      assert.equal(answer.body.token_type, 'Bearer')
+      assert.equal(answer.headers.get('cache-control'), 'no-store')
+      const [header] = answer.body.access_token.split('.')
+      const { alg, kid, typ } = JSON.parse(Buffer.from(header, 'base64url').toString())
+      assert.equal(alg, 'EdDSA')
+      assert.equal(typ, 'at+jwt')
+      const jwks = await call('GET', '/.well-known/jwks.json')
+      assert.ok(jwks.body.keys.some((key: { kid: string }) => key.kid === kid))
+      assert.ok(
+        jwks.body.keys.every((key: { d?: string }) => key.d === undefined),
+        'no private part published',
+      )
+      const flag = await call('PUT', `/v1/flags/sec-${randomUUID().slice(0, 6)}`, {
+        bearer: answer.body.access_token,
+        body: { state: 'ENABLED', variants: { on: true, off: false }, defaultVariant: 'on' },
+      })
+      assert.equal(flag.status, 202, flag.text)
+    })
+
+    it('refuses a wrong password and an unknown user alike', async () => {
+      const wrong = await signIn(adminEmail, 'not-the-password')
+      const unknown = await signIn('nobody@security.test', 'not-the-password')
+      assert.equal(wrong.status, 401)
+      assert.equal(unknown.status, 401)
+      assert.equal(wrong.body.detail, unknown.body.detail)
+      assert.equal(wrong.body.error, 'invalid_grant')
+    })
+
+    it('refuses expired, not yet valid, wrong issuer and wrong audience tokens', async () => {
+      const now = Math.floor(Date.now() / 1000)
+      const cases = {
+        expired: await forged({ exp: now - 60 }),
+        'not yet valid': await forged({ nbf: now + 3600 }),
+        'wrong issuer': await forged({ iss: 'https://evil.example' }),
+        'wrong audience': await forged({ aud: 'another-api' }),
+      }
+      const path = `/v1/customers/${alice}/orders`
+      assert.equal((await call('GET', path, { bearer: await forged({}) })).status, 200, 'the control passes')
+      for (const [name, token] of Object.entries(cases)) {
+        const answer = await call('GET', path, { bearer: token })
+        assert.equal(answer.status, 401, name)
+        assert.equal(answer.headers.get('content-type'), 'application/problem+json; charset=utf-8')
+      }
+    })
+
+    it('refuses alg none, HS256 signed with the public key, and a tampered payload', async () => {
+      const good = await forged({})
+      const [header, payload, signature] = good.split('.')
+      const encode = (value: unknown) => Buffer.from(JSON.stringify(value)).toString('base64url')
+      const claims = JSON.parse(Buffer.from(payload, 'base64url').toString())
+      const none = `${encode({ alg: 'none', typ: 'at+jwt' })}.${payload}.`
+      const jwks = await call('GET', '/.well-known/jwks.json')
+      const publicKey = jwks.body.keys[0]
+      const hs256 = await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'HS256', kid: publicKey.kid, typ: 'at+jwt' })
+        .sign(new TextEncoder().encode(JSON.stringify(publicKey)))
+      const hs256Raw = await new SignJWT(claims)
+        .setProtectedHeader({ alg: 'HS256', kid: publicKey.kid, typ: 'at+jwt' })
+        .sign(Buffer.from(publicKey.x, 'base64url'))
+      const tampered = `${header}.${encode({ ...claims, role: 'admin' })}.${signature}`
+      const otherCustomer = `${header}.${encode({ ...claims, customer_id: bob, sub: bob })}.${signature}`
+      for (const [name, token] of Object.entries({ none, hs256, hs256Raw, tampered, otherCustomer })) {
+        const answer = await call('GET', `/v1/customers/${bob}/orders`, { bearer: token })
+        assert.equal(answer.status, 401, name)
+      }
+      const garbage = await call('GET', `/v1/customers/${alice}/orders`, {
+        headers: { authorization: 'Basic YTpi' },
+      })
+      assert.equal(garbage.status, 401)
+    })
+
+    it('rotates refresh tokens, and a reused one revokes its whole family', async () => {
+      const signedIn = await signIn(supportEmail, supportPassword)
+      assert.equal(signedIn.status, 200, signedIn.text)
+      const first = signedIn.body.refresh_token
+      logins++
+      const second = await call('POST', '/v1/auth/refresh', {
+        body: { grant_type: 'refresh_token', refresh_token: first },
+      })
+      assert.equal(second.status, 200, second.text)
+      assert.notEqual(second.body.refresh_token, first)
+      assert.equal(
+        (await call('GET', `/v1/customers/${alice}/360`, { bearer: second.body.access_token })).status !==
+          401,
+        true,
+      )
+      logins++
+      const reused = await call('POST', '/v1/auth/refresh', { body: { refresh_token: first } })
+      assert.equal(reused.status, 401)
+      assert.equal(reused.body.error, 'invalid_grant')
+      logins++
+      const revoked = await call('POST', '/v1/auth/refresh', {
+        body: { refresh_token: second.body.refresh_token },
+      })
+      assert.equal(revoked.status, 401, 'the newest token of the family is revoked too')
+      logins++
+      const unknown = await call('POST', '/v1/auth/refresh', { body: { refresh_token: 'rt_forged' } })
+      assert.equal(unknown.status, 401)
+    })
+
+    it('keeps verifying tokens of a rotated-out key while it may still have live tokens', async () => {
+      const before = await tokenOf('customer', alice)
+      const ring = shop.app.context.identity!.ring
+      const kid = await ring.rotate()
+      const jwks = await call('GET', '/.well-known/jwks.json')
+      assert.ok(
+        jwks.body.keys.some((key: { kid: string }) => key.kid === kid),
+        'the new key is published first',
+      )
+      assert.equal((await call('GET', `/v1/customers/${alice}/orders`, { bearer: before })).status, 200)
+    })
+  })
+
+  describe('API3 broken object property level authorization', () => {
+    it('refuses a client-set price, status or total: 400, nothing accepted', async () => {
+      const token = await tokenOf('customer', alice)
+      for (const extra of [
+        { status: 'CONFIRMED' },
+        { totalMinor: 1 },
+        { lines: [{ sku, quantity: 1, priceMinor: 1 }] },
+      ]) {
+        const answer = await call('POST', '/v1/orders', {
+          bearer: token,
+          body: { ...orderBody(sku), ...extra },
+          headers: { 'idempotency-key': randomUUID() },
+        })
+        assert.equal(answer.status, 400, JSON.stringify(extra))
+        assert.ok(Array.isArray(answer.body.errors))
+      }
+    })
+
+    it("refuses an order for another customer's id, never placing it for them", async () => {
+      const answer = await call('POST', '/v1/orders', {
+        bearer: await tokenOf('customer', alice),
+        body: { ...orderBody(sku), customerId: bob },
+        headers: { 'idempotency-key': randomUUID() },
+      })
+      assert.equal(answer.status, 403)
+      assert.equal(answer.body.errors[0].field, '/customerId')
+      const placed = await call('POST', '/v1/orders', {
+        bearer: await tokenOf('customer', alice),
+        body: { ...orderBody(sku), customerId: alice },
+        headers: { 'idempotency-key': randomUUID() },
+      })
+      assert.equal(placed.status, 202, 'naming oneself is allowed')
+    })
+  })
+
+  describe('API4 unrestricted resource consumption', () => {
+    it('limits one user: 429 with Retry-After past the limit', async () => {
+      const customer = `cus_busy_${randomUUID().slice(0, 6)}`
+      const token = await tokenOf('customer', customer)
+      let refused: Answer | undefined
+      for (let i = 0; i < principalPerMinute + 5 && !refused; i++) {
+        const answer = await call('GET', `/v1/customers/${customer}/orders`, { bearer: token })
+        if (answer.status === 429) refused = answer
+        else assert.equal(answer.status, 200)
+      }
+      assert.ok(refused, 'refused past the limit')
+      assert.ok(Number(refused.headers.get('retry-after')) >= 1)
+      assert.equal(refused.body.status, 429)
+      const other = await call('GET', `/v1/customers/${alice}/orders`, {
+        bearer: await tokenOf('customer', alice),
+      })
+      assert.equal(other.status, 200, 'another user is not limited by it')
+    })
+
+    it('refuses a body over the limit with 413', async () => {
+      const answer = await call('POST', '/v1/orders', {
+        bearer: await tokenOf('customer', alice),
+        body: { ...orderBody(sku), padding: 'x'.repeat(100_000) },
+        headers: { 'idempotency-key': randomUUID() },
+      })
+      assert.equal(answer.status, 413)
+    })
+
+    it('caps page sizes', async () => {
+      for (const path of ['/v1/products?limit=101', `/v1/customers/${alice}/orders?limit=1000`]) {
+        const answer = await call('GET', path, { bearer: await tokenOf('customer', alice) })
+        assert.equal(answer.status, 400, path)
+      }
+    })
+  })
+
+  describe('API5 broken function level authorization', () => {
+    it('refuses the back office to customers and support, and every non-public route to anonymous callers', async () => {
+      const product = { name: 'X', description: '', category: 'test', priceMinor: 1, currency: 'USD' }
+      const backOffice: [string, string, unknown][] = [
+        ['PUT', `/v1/products/${sku}`, product],
+        ['POST', `/v1/inventory/${sku}/adjustments`, { delta: 5, reason: 'restock' }],
+        ['PUT', '/v1/flags/sec-flag', { state: 'ENABLED', variants: { on: true }, defaultVariant: 'on' }],
+        ['POST', '/v1/webhooks', { url: 'https://example.com/hook', events: ['order.confirmed'] }],
+      ]
+      for (const role of ['customer', 'support'] as const) {
+        const bearer = await tokenOf(role, alice)
+        for (const [method, path, body] of backOffice) {
+          const answer = await call(method, path, {
+            bearer,
+            body,
+            headers: { 'idempotency-key': randomUUID() },
+          })
+          assert.equal(answer.status, 403, `${role} ${method} ${path}`)
+        }
+      }
+      for (const [method, path, body] of [
+        ...backOffice,
+        ['POST', '/v1/orders', orderBody(sku)] as [string, string, unknown],
+        ['GET', `/v1/customers/${alice}/orders`, undefined] as [string, string, unknown],
+      ]) {
+        const answer = await call(method, path, { body, headers: { 'idempotency-key': randomUUID() } })
+        assert.equal(answer.status, 401, `anonymous ${method} ${path}`)
+      }
+      const [stock] = await (await shop.store('inventory')).query<{ on_hand: number }>(
+        'SELECT on_hand FROM stock WHERE sku = $1',
+        [sku],
+      )
+      assert.equal(Number(stock.on_hand) <= 1_000, true, 'no refused restock was applied')
+    })
+
+    it('refuses internal routes without a service token, or with a wrong one', async () => {
+      const path = '/internal/v1/credentials/verify'
+      const body = { username: adminEmail, password: adminPassword }
+      const tokens = shop.app.context.identity!.tokens
+      const cases: Record<string, Record<string, string>> = {
+        'no token': {},
+        'a user token': { 'mercato-service-token': await tokenOf('admin') },
+        'another audience': { 'mercato-service-token': await tokens.issueService('gateway', 'query-api') },
+        'a caller the policy does not allow': {
+          'mercato-service-token': await tokens.issueService('order', 'user'),
+        },
+        garbage: { 'mercato-service-token': 'x.y.z' },
+      }
+      for (const [name, headers] of Object.entries(cases)) {
+        const answer = await call('POST', path, { body, headers })
+        assert.ok([401, 403].includes(answer.status), `${name}: ${answer.status}`)
+        assert.ok(!answer.text.includes('stf_admin'), name)
+      }
+      const allowed = await call('POST', path, {
+        body,
+        headers: { 'mercato-service-token': await tokens.issueService('gateway', 'user') },
+      })
+      assert.equal(allowed.status, 200, 'the control: the gateway may ask')
+    })
+  })
+
+  describe('API7 server-side request forgery', () => {
+    it('refuses webhook endpoints on other schemes, loopback, link-local and private hosts', async () => {
+      const admin = await tokenOf('admin')
+      for (const url of [
+        'file:///etc/passwd',
+        'gopher://example.com/',
+        'http://127.0.0.1:8080/hook',
+        'http://localhost/hook',
+        'http://169.254.169.254/latest/meta-data/',
+        'http://10.0.0.1/hook',
+        'http://[::1]/hook',
+        'http://[::ffff:127.0.0.1]/hook',
+        'https://user:pass@example.com/hook',
+      ]) {
+        const answer = await call('POST', '/v1/webhooks', {
+          bearer: admin,
+          body: { url, events: ['order.confirmed'] },
+          headers: { 'idempotency-key': randomUUID() },
+        })
+        assert.equal(answer.status, 400, url)
+      }
+      const allowed = await call('POST', '/v1/webhooks', {
+        bearer: admin,
+        body: { url: 'https://example.com/hook', events: ['order.confirmed'] },
+        headers: { 'idempotency-key': randomUUID() },
+      })
+      assert.equal(allowed.status, 202, allowed.text)
+    })
+  })
+
+  describe('API8 security misconfiguration', () => {
+    it('answers errors as problem details without stack traces or internal names, with security headers', async () => {
+      const bearer = await tokenOf('customer', alice)
+      const answers = [
+        await call('POST', '/v1/orders', {
+          bearer,
+          body: '{"lines": [',
+          headers: { 'idempotency-key': randomUUID() },
+        }),
+        await call('GET', '/v1/nothing-here'),
+        await call('GET', `/v1/orders/${'x'.repeat(5000)}`, { bearer }),
+        await call('POST', '/v1/auth/token', { body: { grant_type: 'client_credentials' } }),
+      ]
+      for (const answer of answers) {
+        assert.ok(answer.status >= 400 && answer.status < 500, `${answer.status} ${answer.text}`)
+        assert.match(answer.headers.get('content-type') ?? '', /^application\/problem\+json/, answer.text)
+        for (const leak of [
+          'stack',
+          'node_modules',
+          '/src/',
+          '.ts:',
+          'SqliteError',
+          'postgres',
+          'at async',
+        ]) {
+          assert.ok(!answer.text.includes(leak), `${leak} in ${answer.text}`)
+        }
+        assert.equal(answer.headers.get('x-powered-by'), null)
+        assert.equal(answer.headers.get('x-content-type-options'), 'nosniff')
+      }
+    })
+  })
+
+  describe('API9 improper inventory management', () => {
+    it('documents every route of the API in the OpenAPI document, and nothing that is not served', async () => {
+      const doc = await call('GET', '/v1/openapi.json')
+      assert.equal(doc.status, 200)
+      const documented = new Set<string>()
+      for (const [path, operations] of Object.entries(doc.body.paths as Record<string, object>))
+        for (const method of Object.keys(operations)) documented.add(`${method.toUpperCase()} ${path}`)
+      const served = new Set(
+        shop.routes
+          .filter(
+            (r) =>
+              /^\/(v1|internal|\.well-known)\//.test(r.url) && r.method !== 'HEAD' && r.method !== 'OPTIONS',
+          )
+          .map((r) => `${r.method} ${r.url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')}`),
+      )
+      assert.deepEqual(
+        [...served].filter((r) => !documented.has(r)),
+        [],
+        'served but not documented',
+      )
+      assert.deepEqual(
+        [...documented].filter((r) => !served.has(r)),
+        [],
+        'documented but not served',
+      )
+      assert.ok(doc.body.components.securitySchemes.bearerAuth)
+      const docs = await fetch(`${shop.url}/docs`, { redirect: 'follow' })
+      assert.equal(docs.status, 200)
+    })
+  })
+
+  describe('zero trust on the stream', () => {
+    it('dead-letters an event whose producer may not emit its type, and no service acts on it', async () => {
+      const stream = shop.app.context.stream!
+      const orderId = `ord_${randomUUID()}`
+      const forgedEvent = createEvent({
+        type: 'payment.captured',
+        source: 'mercato/order',
+        subject: orderId,
+        data: { orderId, paymentId: `pay_${randomUUID()}`, amountMinor: 100, currency: 'USD' },
+      })
+      const record = encodeEvent(forgedEvent, { eventBytesMax: 65_536 })
+      await stream.engine.publish([{ ...record, topic: stream.topic(record.topic) }])
+      await waitFor('the forged event in the dead-letter topic', async () => {
+        const letters = await stream.deadLetters(record.topic, 1_000)
+        return letters.some(
+          (letter) =>
+            letter.record.headers.ce_id === forgedEvent.id &&
+            /order may not emit payment.captured/.test(letter.error),
+        )
+      })
+    })
+  })
+
+  describe('API4 sign-in attempts', () => {
+    it('limits password grants from one address: 429 with Retry-After', async () => {
+      let refused: Answer | undefined
+      for (let i = logins; i < loginPerMinute + 3 && !refused; i++) {
+        const answer = await signIn('nobody@security.test', 'wrong-password')
+        if (answer.status === 429) refused = answer
+        else assert.equal(answer.status, 401)
+      }
+      assert.ok(refused, 'refused past the limit')
+      assert.ok(Number(refused.headers.get('retry-after')) >= 1)
+    })
+  })
+})
