@@ -23,6 +23,7 @@ import type { Principal } from '../platform/identity/tokens.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
+import { addOpenApiSource } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
 import { openApiPath, type UpstreamName, upstreamRoutes } from './routes.ts'
@@ -198,6 +199,16 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         metrics,
       }),
     )
+  }
+  for (const upstream of upstreams.values()) {
+    let cached: { document: unknown; until: number } | undefined
+    addOpenApiSource(options.http, async () => {
+      if (cached && cached.until > Date.now()) return cached.document as object
+      const answer = await upstream.forward({ method: 'GET', path: '/v1/openapi.json', headers: {} })
+      if (answer.status !== 200) return undefined
+      cached = { document: JSON.parse(answer.body.toString('utf8')), until: Date.now() + 60_000 }
+      return cached.document as object
+    })
   }
   for (const route of upstreamRoutes) {
     const upstream = upstreams.get(route.upstream)

@@ -40,6 +40,46 @@ export async function registerOpenApi(http: FastifyInstance): Promise<void> {
   http.get(
     '/v1/openapi.json',
     { schema: { summary: 'This document: every route of the API', tags: ['meta'] } },
-    async () => http.swagger(),
+    async () => {
+      const document = structuredClone(http.swagger()) as OpenApiDocument
+      for (const source of sourcesOf(http)) {
+        const part = await source().catch(() => undefined)
+        if (part) merge(document, part)
+      }
+      return document
+    },
   )
+}
+
+interface OpenApiDocument {
+  paths?: Record<string, Record<string, unknown>>
+  components?: { schemas?: Record<string, unknown> }
+}
+
+const sources = new WeakMap<FastifyInstance, (() => Promise<OpenApiDocument | undefined>)[]>()
+
+function sourcesOf(http: FastifyInstance) {
+  let list = sources.get(http)
+  if (!list) sources.set(http, (list = []))
+  return list
+}
+
+/**
+ * Adds the document of routes served elsewhere (the gateway's upstreams in a distributed
+ * deployment) to this process's /v1/openapi.json, so clients see one API.
+ */
+export function addOpenApiSource(
+  http: FastifyInstance,
+  source: () => Promise<OpenApiDocument | undefined>,
+): void {
+  sourcesOf(http).push(source)
+}
+
+function merge(into: OpenApiDocument, part: OpenApiDocument): void {
+  into.paths ??= {}
+  for (const [path, operations] of Object.entries(part.paths ?? {})) {
+    into.paths[path] = { ...operations, ...into.paths[path] }
+  }
+  into.components ??= {}
+  into.components.schemas = { ...part.components?.schemas, ...into.components.schemas }
 }

@@ -1,0 +1,197 @@
+// The gateway in a process of its own, in front of the command and query APIs in another,
+// as a distributed deployment runs them: requests are forwarded over pooled HTTP with a
+// service token, the API document is merged, the components refuse anyone who skips the
+// gateway, and the circuit opens when the upstream dies and closes once it is back.
+import assert from 'node:assert/strict'
+import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import { once } from 'node:events'
+import { createServer } from 'node:net'
+import { createInterface } from 'node:readline'
+import { after, before, describe, it } from 'node:test'
+import { storeLimitDefaults } from '../../src/engines/store/port.ts'
+import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
+import { testIdentity } from '../support/identity.ts'
+import { tempDir, waitFor } from '../support/wait.ts'
+
+const dir = tempDir()
+const children = new Set<ChildProcess>()
+const adminEmail = 'admin@distributed.test'
+const adminPassword = 'admin-password-distributed'
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = createServer().listen(0, '127.0.0.1', () => {
+      const address = server.address()
+      server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject()))
+    })
+  })
+}
+
+function start(targets: string, env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
+  const child = spawn(process.execPath, ['src/main.ts', 'start', '--target', targets], {
+    env: {
+      ...process.env,
+      MERCATO_PORT: '0',
+      MERCATO_DATA_DIR: dir.path,
+      MERCATO_SEED: 'false',
+      MERCATO_LOG_LEVEL: 'info',
+      MERCATO_ADMIN_EMAIL: adminEmail,
+      MERCATO_ADMIN_PASSWORD: adminPassword,
+      ...env,
+    },
+    stdio: ['ignore', 'pipe', 'inherit'],
+  })
+  children.add(child)
+  return new Promise((resolve, reject) => {
+    createInterface({ input: child.stdout! }).on('line', (line) => {
+      if (/mercato is up/.test(line)) resolve({ child, url: JSON.parse(line).address })
+    })
+    child.once('exit', (code) => reject(new Error(`${targets} exited with ${code}`)))
+  })
+}
+
+async function call(
+  url: string,
+  method: string,
+  path: string,
+  headers: Record<string, string> = {},
+  body?: unknown,
+) {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: body === undefined ? headers : { 'content-type': 'application/json', ...headers },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  })
+  const text = await response.text()
+  let parsed: any
+  try {
+    parsed = JSON.parse(text)
+  } catch {}
+  return { status: response.status, body: parsed, headers: response.headers, text }
+}
+
+describe('the gateway in its own process, in front of the APIs in another', () => {
+  const upstreamTargets = 'command-api,query-api,user,projector'
+  let upstreamPort: number
+  let upstream: { child: ChildProcess; url: string }
+  let gateway: { child: ChildProcess; url: string }
+  let admin: string
+
+  before(async () => {
+    upstreamPort = await freePort()
+    upstream = await start(upstreamTargets, { MERCATO_PORT: String(upstreamPort) })
+    gateway = await start('gateway', {
+      MERCATO_COMMAND_API_URLS: upstream.url,
+      MERCATO_QUERY_API_URLS: upstream.url,
+      MERCATO_USER_URL: upstream.url,
+      MERCATO_BREAKER_FAILURES: '2',
+      MERCATO_BREAKER_HALF_OPEN_MS: '1000',
+    })
+  })
+  after(() => {
+    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL')
+    dir.remove()
+  })
+
+  it('signs in through the gateway, which asks the user service over HTTP with its service token', async () => {
+    const answer = await call(
+      gateway.url,
+      'POST',
+      '/v1/auth/token',
+      {},
+      {
+        grant_type: 'password',
+        username: adminEmail,
+        password: adminPassword,
+      },
+    )
+    assert.equal(answer.status, 200, answer.text)
+    admin = answer.body.access_token
+  })
+
+  it('forwards commands and queries, with the policy checked at the edge and again upstream', async () => {
+    const sku = `DIST-${randomUUID().slice(0, 6)}`
+    const product = {
+      name: 'Distributed',
+      description: 'far away',
+      category: 'test',
+      priceMinor: 990,
+      currency: 'USD',
+    }
+    const put = await call(
+      gateway.url,
+      'PUT',
+      `/v1/products/${sku}`,
+      { authorization: `Bearer ${admin}` },
+      product,
+    )
+    assert.equal(put.status, 202, put.text)
+    const read = await call(gateway.url, 'GET', `/v1/products/${sku}`, {
+      'mercato-consistency-token': put.body.consistencyToken,
+    })
+    assert.equal(read.status, 200, read.text)
+    assert.equal(read.body.priceMinor, 990)
+    assert.equal(read.headers.get('mercato-stale'), 'false')
+    const customer = await call(gateway.url, 'PUT', `/v1/products/${sku}`, {}, product)
+    assert.equal(customer.status, 401, 'refused at the edge')
+  })
+
+  it('serves one merged API document', async () => {
+    const doc = await call(gateway.url, 'GET', '/v1/openapi.json')
+    assert.equal(doc.status, 200)
+    for (const path of ['/v1/auth/token', '/v1/orders', '/v1/orders/{id}', '/v1/products/{sku}'])
+      assert.ok(doc.body.paths[path], path)
+  })
+
+  it('the components refuse calls that skip the gateway, or carry a wrong service token', async () => {
+    const store = new SqliteStore(`${dir.path}/stores`, 'identity', storeLimitDefaults)
+    const { tokens, ring } = await testIdentity(store)
+    try {
+      const user = { authorization: `Bearer ${admin}` }
+      const cases: [string, Record<string, string>][] = [
+        ['no service token', user],
+        [
+          'a token for another component',
+          { ...user, 'mercato-service-token': await tokens.issueService('gateway', 'user') },
+        ],
+        ['a user token as service token', { ...user, 'mercato-service-token': admin }],
+      ]
+      for (const [name, headers] of cases) {
+        const answer = await call(upstream.url, 'GET', '/v1/products', headers)
+        assert.equal(answer.status, 401, name)
+      }
+      const control = await call(upstream.url, 'GET', '/v1/products', {
+        ...user,
+        'mercato-service-token': await tokens.issueService('gateway', 'query-api'),
+      })
+      assert.equal(control.status, 200, control.text)
+    } finally {
+      ring.close()
+      await store.close()
+    }
+  })
+
+  it('opens the circuit when the upstream dies, answers 503 fast while open, and closes once it is back', async () => {
+    upstream.child.kill('SIGKILL')
+    await once(upstream.child, 'exit')
+    const statuses: number[] = []
+    for (let i = 0; i < 4; i++) statuses.push((await call(gateway.url, 'GET', '/v1/products')).status)
+    assert.deepEqual(statuses, [503, 503, 503, 503])
+    const open = await call(gateway.url, 'GET', '/v1/products')
+    assert.equal(open.status, 503)
+    assert.ok(Number(open.headers.get('retry-after')) >= 1)
+    assert.match(open.body.detail, /circuit open/)
+    assert.ok(!open.text.includes(String(upstreamPort)), 'no internal address in the answer')
+    const metrics = await (await fetch(`${gateway.url}/metrics`)).text()
+    assert.match(metrics, /mercato_upstream_circuit_state\{upstream="query-api"\} 2/)
+
+    upstream = await start(upstreamTargets, { MERCATO_PORT: String(upstreamPort) })
+    await waitFor(
+      'the circuit closes',
+      async () => (await call(gateway.url, 'GET', '/v1/products')).status === 200,
+    )
+    const healed = await (await fetch(`${gateway.url}/metrics`)).text()
+    assert.match(healed, /mercato_upstream_circuit_state\{upstream="query-api"\} 0/)
+  })
+})
