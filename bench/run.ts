@@ -1,6 +1,7 @@
 // npm run bench -- <name> [options]: runs one benchmark, prints a table, writes bench/results/<name>.json.
 import { mkdirSync, writeFileSync } from 'node:fs'
 import { parseArgs } from 'node:util'
+import { benchGateway } from './gateway.ts'
 import { benchQuery } from './query.ts'
 import type { Row } from './rows.ts'
 import { benchSaga } from './saga.ts'
@@ -26,6 +27,7 @@ const { positionals, values } = parseArgs({
 const benchmarks: Record<string, () => Promise<Row[]>> = {
   stream: () =>
     benchStream({ engines: values.engines.split(','), events: Number(values.events), kafka: values.kafka }),
+  gateway: () => benchGateway({ seconds: Number(values.seconds), connections: Number(values.connections) }),
   write: () => benchWrite({ seconds: Number(values.seconds), connections: Number(values.connections) }),
   saga: () =>
     benchSaga({

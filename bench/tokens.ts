@@ -8,6 +8,8 @@ import { loadPolicy, storeOpener } from '../src/runtime/engines.ts'
 export interface BenchTokens {
   admin: string
   customer(customerId: string): Promise<string>
+  /** A service token of the gateway's, addressed to `audience`. */
+  service(audience: string): Promise<string>
   close(): Promise<void>
 }
 
@@ -24,6 +26,7 @@ export async function benchTokens(env: Record<string, string>): Promise<BenchTok
   return {
     admin: await issue({ kind: 'user', subject: 'stf_bench_admin', role: 'admin' }),
     customer: (customerId) => issue({ kind: 'user', subject: customerId, role: 'customer', customerId }),
+    service: (audience) => identity.tokens.issueService('gateway', audience),
     close: async () => {
       identity.ring.close()
       await store.close()

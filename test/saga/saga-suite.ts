@@ -267,7 +267,7 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
       assert.ok(copies > 50)
       const marker = await shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])
       assert.ok(await shop.watcher.waitFor(marker, 30_000))
-      await waitForQuiet(shop, [...ids, marker])
+      await waitForQuiet(shop, [...ids, marker], 60_000)
       const afterwards = await snapshot()
       afterwards.orders = afterwards.orders.filter((o) => o.order_id !== marker)
       assert.deepEqual(afterwards.orders, before.orders)

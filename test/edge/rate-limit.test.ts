@@ -1,0 +1,64 @@
+// Rate limits as the gateway counts them: a sliding window in the cache port. On Redis,
+// every gateway instance counts against the same keys, so a client cannot multiply its
+// allowance by spreading requests over instances.
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { after, before, describe, it } from 'node:test'
+import { RateLimiter } from '../../src/edge/rate-limit.ts'
+import { LruCache } from '../../src/engines/cache/memory/lru-cache.ts'
+import { cacheLimitDefaults } from '../../src/engines/cache/port.ts'
+import { RedisCache } from '../../src/engines/cache/redis/redis-cache.ts'
+import { serverUrls, skipUnlessReachable } from '../support/servers.ts'
+
+const rule = { limit: 5, windowMs: 60_000 }
+
+describe('rate limits in process', () => {
+  it('allows the limit, then refuses with a Retry-After until the window slides on', async () => {
+    const limiter = new RateLimiter(new LruCache(cacheLimitDefaults), 'test:')
+    const start = 120_000 // the start of a window
+    const verdicts = []
+    for (let i = 0; i < 6; i++) verdicts.push(await limiter.take('k', rule, start + i))
+    assert.deepEqual(
+      verdicts.map((v) => v.allowed),
+      [true, true, true, true, true, false],
+    )
+    assert.deepEqual(
+      verdicts.map((v) => v.remaining),
+      [4, 3, 2, 1, 0, 0],
+    )
+    assert.ok(verdicts[5].retryAfterSeconds >= 1 && verdicts[5].retryAfterSeconds <= 60)
+    // Half a window later the previous window still weighs half: 6 × 0.5 = 3, so 2 more fit.
+    const later = [] as boolean[]
+    for (let i = 0; i < 3; i++) later.push((await limiter.take('k', rule, start + 90_000 + i)).allowed)
+    assert.deepEqual(later, [true, true, false])
+    assert.equal((await limiter.take('other', rule, start + 5)).allowed, true, 'keys are counted apart')
+  })
+})
+
+const skip = await skipUnlessReachable('rate limits on Redis', 'redis')
+
+describe('rate limits shared through Redis', { skip }, () => {
+  const caches: RedisCache[] = []
+  before(async () => {
+    for (let i = 0; i < 2; i++) {
+      const cache = new RedisCache(serverUrls.redis, cacheLimitDefaults, `mercato-test-${process.pid}:`)
+      await cache.connect()
+      caches.push(cache)
+    }
+  })
+  after(async () => {
+    for (const cache of caches) await cache.close()
+  })
+
+  it('two gateway instances count one client together', async () => {
+    const [one, two] = caches.map((cache) => new RateLimiter(cache, 'gateway:'))
+    const key = `user:${randomUUID()}`
+    const now = Date.now()
+    const allowed: boolean[] = []
+    for (let i = 0; i < 6; i++) allowed.push((await (i % 2 === 0 ? one : two).take(key, rule, now)).allowed)
+    assert.deepEqual(allowed, [true, true, true, true, true, false])
+    const refused = await one.take(key, rule, now)
+    assert.equal(refused.allowed, false)
+    assert.ok(refused.retryAfterSeconds >= 1)
+  })
+})
