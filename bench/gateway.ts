@@ -66,7 +66,62 @@ function mean(a: Driven, b: Driven): Driven {
   }
 }
 
+interface Compared {
+  through: Driven
+  direct: Driven
+}
+
+/** A, B, A: direct, through the gateway, direct again; the baseline is the mean of the two direct runs. */
+async function compare(direct: () => Promise<Driven>, through: () => Promise<Driven>): Promise<Compared> {
+  const a = await direct()
+  const b = await through()
+  const c = await direct()
+  return { through: b, direct: mean(a, c) }
+}
+
+function rowsOf(scenario: string, load: Compared, light: Compared, connections: number): Row[] {
+  console.error(
+    `${scenario}: ${(load.through.perSecond / load.direct.perSecond).toFixed(2)}× direct at ${connections} connections; ` +
+      `p50 at 1 connection +${(light.through.p50 - light.direct.p50).toFixed(2)} ms; ` +
+      `non-2xx through ${load.through.non2xx + light.through.non2xx}, direct ${load.direct.non2xx + light.direct.non2xx}`,
+  )
+  return [
+    row(
+      `${scenario}, ${connections} connections`,
+      'embedded',
+      'throughput',
+      load.through.perSecond,
+      'req/s',
+      load.direct.perSecond,
+    ),
+    row(
+      `${scenario}, ${connections} connections`,
+      'embedded',
+      'p50',
+      load.through.p50,
+      'ms',
+      load.direct.p50,
+    ),
+    row(`${scenario}, 1 connection`, 'embedded', 'p50', light.through.p50, 'ms', light.direct.p50),
+    row(`${scenario}, 1 connection`, 'embedded', 'p99', light.through.p99, 'ms', light.direct.p99),
+  ]
+}
+
+async function startGateway(env: Record<string, string>, upstreamUrl: string) {
+  return startProcess(
+    ['src/main.ts', 'start', '--target', 'gateway'],
+    {
+      ...env,
+      MERCATO_COMMAND_API_URLS: upstreamUrl,
+      MERCATO_QUERY_API_URLS: upstreamUrl,
+      MERCATO_USER_URL: upstreamUrl,
+    },
+    /mercato is up/,
+  )
+}
+
 export async function benchGateway(options: { seconds: number; connections: number }): Promise<Row[]> {
+  const { seconds, connections } = options
   const dir = tempDir('mercato-bench-gateway-')
   const env = {
     MERCATO_PORT: '0',
@@ -75,28 +130,21 @@ export async function benchGateway(options: { seconds: number; connections: numb
     MERCATO_HTTP_IN_FLIGHT_MAX: '4096',
     ...benchLimits,
   }
-  const upstreamTargets = resolveTargets(['all']).filter((name) => name !== 'gateway')
-  const upstream = await startProcess(
-    ['src/main.ts', 'start', '--target', upstreamTargets.join(',')],
-    env,
-    /mercato is up/,
-  )
-  const gateway = await startProcess(
-    ['src/main.ts', 'start', '--target', 'gateway'],
-    {
-      ...env,
-      MERCATO_COMMAND_API_URLS: upstream.url,
-      MERCATO_QUERY_API_URLS: upstream.url,
-      MERCATO_USER_URL: upstream.url,
-    },
-    /mercato is up/,
-  ).catch(async (error) => {
-    await upstream.stop()
-    throw error
-  })
-  const tokens = await benchTokens(env)
+  const started: { stop(): Promise<void> }[] = []
+  const tokens = { current: undefined as Awaited<ReturnType<typeof benchTokens>> | undefined }
   try {
-    const bearer = `Bearer ${await tokens.customer('cus_demo_1')}`
+    // Queries: every component but the gateway upstream, so orders run their sagas to the end.
+    const upstreamTargets = resolveTargets(['all']).filter((name) => name !== 'gateway')
+    const upstream = await startProcess(
+      ['src/main.ts', 'start', '--target', upstreamTargets.join(',')],
+      env,
+      /mercato is up/,
+    )
+    started.push(upstream)
+    const gateway = await startGateway(env, upstream.url)
+    started.push(gateway)
+    tokens.current = await benchTokens(env)
+    const bearer = `Bearer ${await tokens.current.customer('cus_demo_1')}`
     const skus = demoProducts().map((p) => p.sku)
     const ids: string[] = []
     for (let i = 0; i < 100; i++) {
@@ -126,60 +174,69 @@ export async function benchGateway(options: { seconds: number; connections: numb
         await new Promise((resolve) => setTimeout(resolve, 100))
       }
     }
-    const paths = ids.map((id) => `/v1/orders/${id}`)
     // What the gateway sends upstream: the user's token and its own service token.
     const serviceHeaders = async (audience: string) => ({
       authorization: bearer,
-      'mercato-service-token': await tokens.service(audience),
+      'mercato-service-token': await tokens.current!.service(audience),
     })
-    const { seconds, connections } = options
-    const get = (url: string, headers: Record<string, string>) =>
-      drive(url, seconds, connections, { method: 'GET', headers, paths })
+    const paths = ids.map((id) => `/v1/orders/${id}`)
     const getDirect = await serviceHeaders('query-api')
-    await get(upstream.url, getDirect) // warm-up
-    await get(gateway.url, { authorization: bearer })
-    const getDirectA = await get(upstream.url, getDirect)
-    const getThrough = await get(gateway.url, { authorization: bearer })
-    const getDirectB = await get(upstream.url, getDirect)
-    const getBaseline = mean(getDirectA, getDirectB)
+    const get = (url: string, headers: Record<string, string>, c: number) => () =>
+      drive(url, seconds, c, { method: 'GET', headers, paths })
+    await get(upstream.url, getDirect, connections)() // warm-up
+    await get(gateway.url, { authorization: bearer }, connections)()
+    const rows = rowsOf(
+      'cached GET /v1/orders/{id} through the gateway',
+      await compare(
+        get(upstream.url, getDirect, connections),
+        get(gateway.url, { authorization: bearer }, connections),
+      ),
+      await compare(get(upstream.url, getDirect, 1), get(gateway.url, { authorization: bearer }, 1)),
+      connections,
+    )
+    for (const process of started.splice(0).reverse()) await process.stop()
 
+    // Commands: command-api alone upstream, so the sagas of the orders placed do not share its thread.
+    const commands = await startProcess(
+      ['src/main.ts', 'start', '--target', 'command-api'],
+      env,
+      /mercato is up/,
+    )
+    started.push(commands)
+    const commandGateway = await startGateway(env, commands.url)
+    started.push(commandGateway)
     const body = JSON.stringify({
       lines: [{ sku: skus[0], quantity: 1 }],
       shippingAddress: address,
       paymentMethodToken: 'tok_visa',
     })
-    const post = (url: string, headers: Record<string, string>) =>
-      drive(url, seconds, connections, {
+    const postDirect = await serviceHeaders('command-api')
+    const post = (url: string, headers: Record<string, string>, c: number) => () =>
+      drive(url, seconds, c, {
         method: 'POST',
         headers: { 'content-type': 'application/json', ...headers },
         body,
       })
-    const postDirect = await serviceHeaders('command-api')
-    const postDirectA = await post(upstream.url, postDirect)
-    const postThrough = await post(gateway.url, { authorization: bearer })
-    const postDirectB = await post(upstream.url, postDirect)
-    const postBaseline = mean(postDirectA, postDirectB)
-
-    console.error({ getDirectA, getThrough, getDirectB, postDirectA, postThrough, postDirectB })
-    const rows: Row[] = []
-    for (const [scenario, through, baseline] of [
-      [`cached GET /v1/orders/{id} through the gateway, ${connections} connections`, getThrough, getBaseline],
-      [`POST /v1/orders through the gateway, ${connections} connections`, postThrough, postBaseline],
-    ] as const) {
-      rows.push(
-        row(scenario, 'embedded', 'throughput', through.perSecond, 'req/s', baseline.perSecond),
-        row(scenario, 'embedded', 'p50', through.p50, 'ms', baseline.p50),
-        row(scenario, 'embedded', 'p99', through.p99, 'ms', baseline.p99),
-      )
-      console.error(
-        `${scenario}: ${(through.perSecond / baseline.perSecond).toFixed(2)}× direct; p50 +${(through.p50 - baseline.p50).toFixed(2)} ms; non-2xx through ${through.non2xx}, direct ${baseline.non2xx}`,
-      )
-    }
+    await post(commands.url, postDirect, connections)() // warm-up
+    await post(commandGateway.url, { authorization: bearer }, connections)()
+    rows.push(
+      ...rowsOf(
+        'POST /v1/orders through the gateway',
+        await compare(
+          post(commands.url, postDirect, connections),
+          post(commandGateway.url, { authorization: bearer }, connections),
+        ),
+        await compare(
+          post(commands.url, postDirect, 1),
+          post(commandGateway.url, { authorization: bearer }, 1),
+        ),
+        connections,
+      ),
+    )
     return rows
   } finally {
-    await tokens.close()
-    await gateway.stop()
-    await upstream.stop()
+    await tokens.current?.close()
+    for (const process of started.reverse()) await process.stop()
     dir.remove()
   }
 }

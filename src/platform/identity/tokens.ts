@@ -49,6 +49,8 @@ export interface TokenOptions {
 /** Service tokens carry this issuer, never the users' one. */
 const serviceIssuer = 'mercato-services'
 const clockToleranceSeconds = 5
+/** Verified tokens remembered at most; past it the memory starts afresh. */
+const verifiedSizeMax = 10_000
 
 export class InvalidTokenError extends MercatoError {
   constructor(detail: string) {
@@ -62,6 +64,7 @@ export class Tokens {
   readonly #resolveLocal: JWTVerifyGetKey
   readonly #resolveExternal: JWTVerifyGetKey | undefined
   readonly #serviceTokens = new Map<string, { token: string; renewAt: number }>()
+  readonly #verified = new Map<string, { value: UserPrincipal | string; expiresAtMs: number }>()
 
   constructor(ring: KeyRing, options: TokenOptions) {
     this.#ring = ring
@@ -94,6 +97,14 @@ export class Tokens {
 
   /** The user an access token names; throws InvalidTokenError (401) with a safe reason. */
   async verifyAccess(token: string): Promise<UserPrincipal> {
+    const known = this.#recall(`access\u0000${token}`)
+    if (known) return known as UserPrincipal
+    const payload = await this.#verifyAccess(token)
+    this.#remember(`access\u0000${token}`, payload.principal, payload.expSeconds)
+    return payload.principal
+  }
+
+  async #verifyAccess(token: string): Promise<{ principal: UserPrincipal; expSeconds: number }> {
     let issuer: unknown
     try {
       issuer = decodeJwt(token).iss
@@ -108,7 +119,7 @@ export class Tokens {
         audience: external.audience,
         algorithms: external.algorithms,
       })
-      return principalOfClaims(payload, true)
+      return { principal: principalOfClaims(payload, true), expSeconds: payload.exp as number }
     }
     const payload = await verify(token, this.#resolveLocal, {
       issuer: this.options.issuer,
@@ -116,7 +127,7 @@ export class Tokens {
       algorithms: [signingAlgorithm],
       typ: 'at+jwt',
     })
-    return principalOfClaims(payload, false)
+    return { principal: principalOfClaims(payload, false), expSeconds: payload.exp as number }
   }
 
   /** A token naming `caller` to `audience`, reused until a third of its life is left. */
@@ -143,6 +154,9 @@ export class Tokens {
 
   /** The component a service token names, when it is addressed to `audience`. */
   async verifyService(token: string, audience: string): Promise<string> {
+    const key = `service\u0000${audience}\u0000${token}`
+    const known = this.#recall(key)
+    if (known) return known as string
     const payload = await verify(token, this.#resolveLocal, {
       issuer: serviceIssuer,
       audience,
@@ -151,7 +165,26 @@ export class Tokens {
     })
     if (typeof payload.sub !== 'string' || payload.sub.length === 0)
       throw new InvalidTokenError('the service token names no caller')
+    this.#remember(key, payload.sub, payload.exp as number)
     return payload.sub
+  }
+
+  /**
+   * Keeps what a verified token said until it expires: a signature checked once stays
+   * good, and every request of a client carries the same token. Bounded; a token seen
+   * again after it was dropped is simply verified again.
+   */
+  #remember(key: string, value: UserPrincipal | string, expSeconds: number): void {
+    if (this.#verified.size >= verifiedSizeMax) this.#verified.clear()
+    this.#verified.set(key, { value, expiresAtMs: expSeconds * 1000 })
+  }
+
+  #recall(key: string): UserPrincipal | string | undefined {
+    const known = this.#verified.get(key)
+    if (!known) return undefined
+    if (known.expiresAtMs > Date.now()) return known.value
+    this.#verified.delete(key)
+    return undefined
   }
 }
 
