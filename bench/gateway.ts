@@ -1,19 +1,26 @@
 // `npm run bench -- gateway`: POST /v1/orders and cached GET /v1/orders/{id} through the
-// gateway (its own process: token verified, route policy checked, rate limit counted,
-// forwarded over pooled HTTP with a service token) beside the same requests sent straight
-// to the process that runs command-api and query-api (with a service token, as the gateway
-// would send them), under the same autocannon settings, in the same run.
+// gateway (token verified, route policy checked, rate limit counted) beside the same
+// requests sent straight to command-api and query-api, under the same settings, in the
+// same run. Two deployments of the gateway are measured:
+//  - in process: the all-in-one mode, the gateway's hook in front of the component's
+//    routes on the same server;
+//  - own process: the distributed mode, forwarding over pooled HTTP (undici) with a
+//    service token.
+// "Direct" is a process running the component without the gateway, called with the
+// user's token and a service token, as the gateway calls it. All processes share one data
+// directory (one stream, one key ring, one set of views).
 //
-// Direct runs go before and after the gateway's (A, B, A) and the baseline is their mean:
-// every accepted order starts a saga in the upstream process, which loads it more and
-// more as a run goes on.
+// Throughput is measured at --connections; latency with one connection, one request after
+// another, timed to the microsecond. Direct runs go before and after each gateway run
+// (A, B, A) and the baseline is their mean, since the machine's load drifts during a run.
 import { randomUUID } from 'node:crypto'
 import autocannon from 'autocannon'
+import { Pool } from 'undici'
 import { resolveTargets } from '../src/runtime/components.ts'
 import { demoProducts } from '../src/runtime/demo-data.ts'
 import { tempDir } from '../test/support/wait.ts'
-import { startProcess } from './mercato-process.ts'
-import { type Row, row } from './rows.ts'
+import { type Started, startProcess } from './mercato-process.ts'
+import { percentile, type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
 
 interface Driven {
@@ -49,11 +56,59 @@ async function drive(
       },
     ],
   })
+  if (result.non2xx > 0)
+    console.error(`  ${request.method} ${url}: answers by status ${JSON.stringify(result.statusCodeStats)}`)
   return {
     perSecond: result['2xx'] / seconds,
     p50: result.latency.p50,
     p99: result.latency.p99,
     non2xx: result.non2xx,
+  }
+}
+
+/**
+ * One connection, one request after another, timed here to the microsecond: what a
+ * request costs with nothing queued (autocannon's latencies are whole milliseconds).
+ */
+async function driveOneByOne(
+  url: string,
+  seconds: number,
+  request: { method: 'GET' | 'POST'; headers: Record<string, string>; paths?: string[]; body?: string },
+): Promise<Driven> {
+  const pool = new Pool(url, { connections: 1 })
+  const latencies: number[] = []
+  const statuses: Record<number, number> = {}
+  let non2xx = 0
+  const until = performance.now() + seconds * 1000
+  try {
+    for (let i = 0; performance.now() < until; i++) {
+      const started = performance.now()
+      const answer = await pool.request({
+        method: request.method,
+        path: request.paths ? request.paths[i % request.paths.length] : '/v1/orders',
+        headers:
+          request.method === 'POST'
+            ? { ...request.headers, 'idempotency-key': randomUUID() }
+            : request.headers,
+        body: request.body,
+      })
+      await answer.body.arrayBuffer()
+      latencies.push(performance.now() - started)
+      if (answer.statusCode >= 300) {
+        non2xx++
+        statuses[answer.statusCode] = (statuses[answer.statusCode] ?? 0) + 1
+      }
+    }
+  } finally {
+    await pool.close()
+  }
+  if (non2xx > 0)
+    console.error(`  ${request.method} ${url} one by one: answers by status ${JSON.stringify(statuses)}`)
+  return {
+    perSecond: latencies.length / seconds,
+    p50: percentile(latencies, 0.5),
+    p99: percentile(latencies, 0.99),
+    non2xx,
   }
 }
 
@@ -79,11 +134,32 @@ async function compare(direct: () => Promise<Driven>, through: () => Promise<Dri
   return { through: b, direct: mean(a, c) }
 }
 
-function rowsOf(scenario: string, load: Compared, light: Compared, connections: number): Row[] {
+interface Request {
+  method: 'GET' | 'POST'
+  headers: Record<string, string>
+  paths?: string[]
+  body?: string
+}
+
+/** Measures `request` through `gateway` beside `direct`: throughput under load, latency one by one. */
+async function measure(
+  scenario: string,
+  options: { seconds: number; connections: number },
+  direct: { url: string; request: Request },
+  gateway: { url: string; request: Request },
+): Promise<Row[]> {
+  const { seconds, connections } = options
+  const loaded = (target: typeof direct) => () => drive(target.url, seconds, connections, target.request)
+  const oneByOne = (target: typeof direct) => () => driveOneByOne(target.url, seconds, target.request)
+  await loaded(direct)() // warm-up
+  await loaded(gateway)()
+  const load = await compare(loaded(direct), loaded(gateway))
+  const light = await compare(oneByOne(direct), oneByOne(gateway))
+  const nonOk = load.through.non2xx + light.through.non2xx + load.direct.non2xx + light.direct.non2xx
   console.error(
     `${scenario}: ${(load.through.perSecond / load.direct.perSecond).toFixed(2)}× direct at ${connections} connections; ` +
-      `p50 at 1 connection +${(light.through.p50 - light.direct.p50).toFixed(2)} ms; ` +
-      `non-2xx through ${load.through.non2xx + light.through.non2xx}, direct ${load.direct.non2xx + light.direct.non2xx}`,
+      `p50 one by one ${light.through.p50.toFixed(3)} ms against ${light.direct.p50.toFixed(3)} ms ` +
+      `(+${(light.through.p50 - light.direct.p50).toFixed(3)} ms); non-2xx answers ${nonOk}`,
   )
   return [
     row(
@@ -102,26 +178,12 @@ function rowsOf(scenario: string, load: Compared, light: Compared, connections: 
       'ms',
       load.direct.p50,
     ),
-    row(`${scenario}, 1 connection`, 'embedded', 'p50', light.through.p50, 'ms', light.direct.p50),
-    row(`${scenario}, 1 connection`, 'embedded', 'p99', light.through.p99, 'ms', light.direct.p99),
+    row(`${scenario}, one by one`, 'embedded', 'p50', light.through.p50, 'ms', light.direct.p50),
+    row(`${scenario}, one by one`, 'embedded', 'p99', light.through.p99, 'ms', light.direct.p99),
   ]
 }
 
-async function startGateway(env: Record<string, string>, upstreamUrl: string) {
-  return startProcess(
-    ['src/main.ts', 'start', '--target', 'gateway'],
-    {
-      ...env,
-      MERCATO_COMMAND_API_URLS: upstreamUrl,
-      MERCATO_QUERY_API_URLS: upstreamUrl,
-      MERCATO_USER_URL: upstreamUrl,
-    },
-    /mercato is up/,
-  )
-}
-
 export async function benchGateway(options: { seconds: number; connections: number }): Promise<Row[]> {
-  const { seconds, connections } = options
   const dir = tempDir('mercato-bench-gateway-')
   const env = {
     MERCATO_PORT: '0',
@@ -130,113 +192,122 @@ export async function benchGateway(options: { seconds: number; connections: numb
     MERCATO_HTTP_IN_FLIGHT_MAX: '4096',
     ...benchLimits,
   }
-  const started: { stop(): Promise<void> }[] = []
-  const tokens = { current: undefined as Awaited<ReturnType<typeof benchTokens>> | undefined }
-  try {
-    // Queries: every component but the gateway upstream, so orders run their sagas to the end.
-    const upstreamTargets = resolveTargets(['all']).filter((name) => name !== 'gateway')
-    const upstream = await startProcess(
-      ['src/main.ts', 'start', '--target', upstreamTargets.join(',')],
-      env,
+  const started: Started[] = []
+  const start = async (targets: string[], extra: Record<string, string> = {}) => {
+    const process = await startProcess(
+      ['src/main.ts', 'start', '--target', targets.join(',')],
+      { ...env, ...extra },
       /mercato is up/,
     )
-    started.push(upstream)
-    const gateway = await startGateway(env, upstream.url)
-    started.push(gateway)
-    tokens.current = await benchTokens(env)
-    const bearer = `Bearer ${await tokens.current.customer('cus_demo_1')}`
-    const skus = demoProducts().map((p) => p.sku)
-    const ids: string[] = []
-    for (let i = 0; i < 100; i++) {
-      const response = await fetch(`${gateway.url}/v1/orders`, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          'idempotency-key': randomUUID(),
-          authorization: bearer,
-        },
-        body: JSON.stringify({
-          lines: [{ sku: skus[i % skus.length], quantity: 1 }],
-          shippingAddress: address,
-          paymentMethodToken: 'tok_visa',
-        }),
-      })
-      if (response.status !== 202)
-        throw new Error(`order refused: ${response.status} ${await response.text()}`)
-      ids.push(((await response.json()) as { id: string }).id)
-    }
-    // Every saga ends first, so the documents no longer change and every GET is a cache hit.
-    for (const id of ids) {
-      for (;;) {
-        const response = await fetch(`${gateway.url}/v1/orders/${id}`, { headers: { authorization: bearer } })
-        const doc = (await response.json()) as { status?: string }
-        if (doc.status === 'DELIVERED' || doc.status === 'CANCELLED') break
-        await new Promise((resolve) => setTimeout(resolve, 100))
-      }
-    }
-    // What the gateway sends upstream: the user's token and its own service token.
-    const serviceHeaders = async (audience: string) => ({
-      authorization: bearer,
-      'mercato-service-token': await tokens.current!.service(audience),
-    })
-    const paths = ids.map((id) => `/v1/orders/${id}`)
-    const getDirect = await serviceHeaders('query-api')
-    const get = (url: string, headers: Record<string, string>, c: number) => () =>
-      drive(url, seconds, c, { method: 'GET', headers, paths })
-    await get(upstream.url, getDirect, connections)() // warm-up
-    await get(gateway.url, { authorization: bearer }, connections)()
-    const rows = rowsOf(
-      'cached GET /v1/orders/{id} through the gateway',
-      await compare(
-        get(upstream.url, getDirect, connections),
-        get(gateway.url, { authorization: bearer }, connections),
-      ),
-      await compare(get(upstream.url, getDirect, 1), get(gateway.url, { authorization: bearer }, 1)),
-      connections,
-    )
+    started.push(process)
+    return process
+  }
+  const stopAll = async () => {
     for (const process of started.splice(0).reverse()) await process.stop()
+  }
+  const gatewayFor = (upstream: Started, targets: string[] = ['gateway']) =>
+    start(targets, {
+      MERCATO_COMMAND_API_URLS: upstream.url,
+      MERCATO_QUERY_API_URLS: upstream.url,
+      MERCATO_USER_URL: upstream.url,
+    })
+  let tokens: Awaited<ReturnType<typeof benchTokens>> | undefined
+  try {
+    // Queries: every component but the gateway in one process, so orders run to their end.
+    const upstream = await start(resolveTargets(['all']).filter((name) => name !== 'gateway'))
+    tokens = await benchTokens(env)
+    const bearer = `Bearer ${await tokens.customer('cus_demo_1')}`
+    const ids = await placeOrders(upstream.url, {
+      authorization: bearer,
+      'mercato-service-token': await tokens.service('command-api'),
+    })
+    const readHeaders = { authorization: bearer, 'mercato-service-token': await tokens.service('query-api') }
+    await waitForEnds(upstream.url, ids, readHeaders)
+    const paths = ids.map((id) => `/v1/orders/${id}`)
+    const direct = { url: upstream.url, request: { method: 'GET' as const, headers: readHeaders, paths } }
+    const viaGateway = { method: 'GET' as const, headers: { authorization: bearer }, paths }
+    const inProcess = await gatewayFor(upstream, ['gateway', 'query-api'])
+    const ownProcess = await gatewayFor(upstream)
+    const rows = [
+      ...(await measure('cached GET /v1/orders/{id}, gateway in process', options, direct, {
+        url: inProcess.url,
+        request: viaGateway,
+      })),
+      ...(await measure('cached GET /v1/orders/{id}, gateway in its own process', options, direct, {
+        url: ownProcess.url,
+        request: viaGateway,
+      })),
+    ]
+    await stopAll()
 
-    // Commands: command-api alone upstream, so the sagas of the orders placed do not share its thread.
-    const commands = await startProcess(
-      ['src/main.ts', 'start', '--target', 'command-api'],
-      env,
-      /mercato is up/,
-    )
-    started.push(commands)
-    const commandGateway = await startGateway(env, commands.url)
-    started.push(commandGateway)
+    // Commands: command-api alone, so the sagas of the orders placed do not share its thread.
+    const commands = await start(['command-api'])
     const body = JSON.stringify({
-      lines: [{ sku: skus[0], quantity: 1 }],
+      lines: [{ sku: demoProducts()[0].sku, quantity: 1 }],
       shippingAddress: address,
       paymentMethodToken: 'tok_visa',
     })
-    const postDirect = await serviceHeaders('command-api')
-    const post = (url: string, headers: Record<string, string>, c: number) => () =>
-      drive(url, seconds, c, {
-        method: 'POST',
-        headers: { 'content-type': 'application/json', ...headers },
+    const json = { 'content-type': 'application/json' }
+    const place = {
+      url: commands.url,
+      request: {
+        method: 'POST' as const,
+        headers: {
+          ...json,
+          authorization: bearer,
+          'mercato-service-token': await tokens.service('command-api'),
+        },
         body,
-      })
-    await post(commands.url, postDirect, connections)() // warm-up
-    await post(commandGateway.url, { authorization: bearer }, connections)()
+      },
+    }
+    const placeViaGateway = { method: 'POST' as const, headers: { ...json, authorization: bearer }, body }
+    const commandsInProcess = await gatewayFor(commands, ['gateway', 'command-api'])
+    const commandsOwnProcess = await gatewayFor(commands)
     rows.push(
-      ...rowsOf(
-        'POST /v1/orders through the gateway',
-        await compare(
-          post(commands.url, postDirect, connections),
-          post(commandGateway.url, { authorization: bearer }, connections),
-        ),
-        await compare(
-          post(commands.url, postDirect, 1),
-          post(commandGateway.url, { authorization: bearer }, 1),
-        ),
-        connections,
-      ),
+      ...(await measure('POST /v1/orders, gateway in process', options, place, {
+        url: commandsInProcess.url,
+        request: placeViaGateway,
+      })),
+      ...(await measure('POST /v1/orders, gateway in its own process', options, place, {
+        url: commandsOwnProcess.url,
+        request: placeViaGateway,
+      })),
     )
     return rows
   } finally {
-    await tokens.current?.close()
-    for (const process of started.reverse()) await process.stop()
+    await tokens?.close()
+    await stopAll()
     dir.remove()
+  }
+}
+
+async function placeOrders(url: string, headers: Record<string, string>): Promise<string[]> {
+  const skus = demoProducts().map((p) => p.sku)
+  const ids: string[] = []
+  for (let i = 0; i < 100; i++) {
+    const response = await fetch(`${url}/v1/orders`, {
+      method: 'POST',
+      headers: { ...headers, 'content-type': 'application/json', 'idempotency-key': randomUUID() },
+      body: JSON.stringify({
+        lines: [{ sku: skus[i % skus.length], quantity: 1 }],
+        shippingAddress: address,
+        paymentMethodToken: 'tok_visa',
+      }),
+    })
+    if (response.status !== 202) throw new Error(`order refused: ${response.status} ${await response.text()}`)
+    ids.push(((await response.json()) as { id: string }).id)
+  }
+  return ids
+}
+
+/** Waits for every saga to end, so the documents no longer change and every GET is a cache hit. */
+async function waitForEnds(url: string, ids: string[], headers: Record<string, string>): Promise<void> {
+  for (const id of ids) {
+    for (;;) {
+      const response = await fetch(`${url}/v1/orders/${id}`, { headers })
+      const doc = (await response.json()) as { status?: string }
+      if (doc.status === 'DELIVERED' || doc.status === 'CANCELLED') break
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
   }
 }
