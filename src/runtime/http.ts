@@ -1,6 +1,7 @@
 // The HTTP base every process serves: /healthz, /readyz, /metrics, RFC 9457 errors, a body
 // limit, and load shedding: past `httpInFlightMax` requests in flight, a request is answered
 // 503 with Retry-After at once. Health and metrics are never shed and never wait on a pool.
+import { randomUUID } from 'node:crypto'
 import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
@@ -20,6 +21,8 @@ export interface ReadinessCheck {
   check: () => Promise<void>
 }
 
+const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
+
 export function createHttpServer(
   config: Config,
   log: Logger,
@@ -30,6 +33,13 @@ export function createHttpServer(
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
     bodyLimit: config.httpBodyBytesMax,
+    // A request keeps the id its caller gave it (the gateway's, a client's) when it looks
+    // like one; otherwise it gets a new one. Logs carry it, and so does the answer.
+    requestIdHeader: false,
+    genReqId: (request) => {
+      const given = request.headers['x-request-id']
+      return typeof given === 'string' && requestIdPattern.test(given) ? given : randomUUID()
+    },
     requestTimeout: config.httpRequestTimeoutMs,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
@@ -61,6 +71,7 @@ export function createHttpServer(
   const inFlightGauge = metrics.gauge('mercato_http_in_flight', 'Requests being handled.')
 
   app.addHook('onRequest', async (request, reply) => {
+    reply.header('x-request-id', request.id)
     if (unshed.has(request.url.split('?')[0])) return
     if (inFlight >= config.httpInFlightMax) {
       shed.inc()

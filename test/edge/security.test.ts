@@ -114,6 +114,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE: String(principalPerMinute),
       MERCATO_RATE_LIMIT_LOGIN_PER_MINUTE: String(loginPerMinute),
       MERCATO_HTTP_BODY_BYTES_MAX: '65536',
+      MERCATO_CORS_ORIGINS: 'https://shop.example',
     })
     await shop.stockUp([sku], 1_000)
   })
@@ -479,6 +480,34 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         assert.equal(answer.headers.get('x-powered-by'), null)
         assert.equal(answer.headers.get('x-content-type-options'), 'nosniff')
       }
+    })
+  })
+
+  describe('request ids and CORS', () => {
+    it('gives every answer a request id, keeping a well-formed one the caller sent', async () => {
+      const fresh = await call('GET', '/v1/products')
+      assert.match(fresh.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/)
+      const given = await call('GET', '/v1/products', { headers: { 'x-request-id': 'client-req-42' } })
+      assert.equal(given.headers.get('x-request-id'), 'client-req-42')
+      const hostile = await call('GET', '/v1/products', { headers: { 'x-request-id': 'a b<script>' } })
+      assert.match(hostile.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/)
+    })
+
+    it('answers preflights for the configured origins only', async () => {
+      const preflight = (origin: string) =>
+        fetch(`${shop.url}/v1/orders`, {
+          method: 'OPTIONS',
+          headers: {
+            origin,
+            'access-control-request-method': 'POST',
+            'access-control-request-headers': 'authorization,content-type,idempotency-key',
+          },
+        })
+      const allowed = await preflight('https://shop.example')
+      assert.equal(allowed.headers.get('access-control-allow-origin'), 'https://shop.example')
+      assert.match(allowed.headers.get('access-control-allow-headers') ?? '', /authorization/)
+      const other = await preflight('https://evil.example')
+      assert.equal(other.headers.get('access-control-allow-origin'), null)
     })
   })
 
