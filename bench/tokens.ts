@@ -14,10 +14,12 @@ export interface BenchTokens {
 }
 
 export async function benchTokens(env: Record<string, string>): Promise<BenchTokens> {
+  // Long-lived tokens: a benchmark's direct calls reuse one token for minutes.
   const config = loadConfig({
     ...env,
     MERCATO_LOG_LEVEL: 'silent',
     MERCATO_ACCESS_TOKEN_TTL_SECONDS: '86400',
+    MERCATO_SERVICE_TOKEN_TTL_SECONDS: '3600',
   })
   const store = await storeOpener(config)('identity')
   const identity = await openIdentity(store, config, await loadPolicy(config))
