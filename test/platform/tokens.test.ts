@@ -112,11 +112,7 @@ describe('an external OpenID Connect issuer', () => {
     server.close()
   })
 
-  const signed = async (
-    key: Promise<CryptoKeyPair>,
-    claims: Record<string, unknown> = {},
-    audience = 'mercato-api',
-  ) =>
+  const signed = async (key: typeof keys, claims: Record<string, unknown> = {}, audience = 'mercato-api') =>
     new SignJWT(claims)
       .setProtectedHeader({ alg: 'ES256', kid: 'idp-1' })
       .setIssuer(issuer)
