@@ -216,7 +216,7 @@ withEngineFlags(program.command('keys'))
       ring.close()
       const signsAt = new Date(Date.now() + config.keyActivationDelayMs).toISOString()
       console.log(
-        `key ${kid} added: published in /.well-known/jwks.json now, signs from ${signsAt}; the key it replaces verifies until its last token expires`,
+        `key ${kid} added: every process publishes it in /.well-known/jwks.json within 30 s and signs with it from ${signsAt}; the key it replaces verifies until its last token expires`,
       )
     } finally {
       await store.close()
