@@ -3,21 +3,22 @@
 // service token, the API document is merged, the components refuse anyone who skips the
 // gateway, and the circuit opens when the upstream dies and closes once it is back.
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
-import { createInterface } from 'node:readline'
-import { after, before, describe, it } from 'node:test'
+import { before, describe, it } from 'node:test'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { testIdentity } from '../support/identity.ts'
-import { tempDir, waitFor } from '../support/wait.ts'
+import { processesOnOneDataDir, type Started } from '../support/processes.ts'
+import { waitFor } from '../support/wait.ts'
 
-const dir = tempDir()
-const children = new Set<ChildProcess>()
 const adminEmail = 'admin@distributed.test'
 const adminPassword = 'admin-password-distributed'
+const { dir, start } = processesOnOneDataDir({
+  MERCATO_ADMIN_EMAIL: adminEmail,
+  MERCATO_ADMIN_PASSWORD: adminPassword,
+})
 
 function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -25,29 +26,6 @@ function freePort(): Promise<number> {
       const address = server.address()
       server.close(() => (typeof address === 'object' && address ? resolve(address.port) : reject()))
     })
-  })
-}
-
-function start(targets: string, env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['src/main.ts', 'start', '--target', targets], {
-    env: {
-      ...process.env,
-      MERCATO_PORT: '0',
-      MERCATO_DATA_DIR: dir.path,
-      MERCATO_SEED: 'false',
-      MERCATO_LOG_LEVEL: 'info',
-      MERCATO_ADMIN_EMAIL: adminEmail,
-      MERCATO_ADMIN_PASSWORD: adminPassword,
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  children.add(child)
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (/mercato is up/.test(line)) resolve({ child, url: JSON.parse(line).address })
-    })
-    child.once('exit', (code) => reject(new Error(`${targets} exited with ${code}`)))
   })
 }
 
@@ -74,8 +52,8 @@ async function call(
 describe('the gateway in its own process, in front of the APIs in another', () => {
   const upstreamTargets = 'command-api,query-api,user,projector'
   let upstreamPort: number
-  let upstream: { child: ChildProcess; url: string }
-  let gateway: { child: ChildProcess; url: string }
+  let upstream: Started
+  let gateway: Started
   let admin: string
 
   before(async () => {
@@ -88,10 +66,6 @@ describe('the gateway in its own process, in front of the APIs in another', () =
       MERCATO_BREAKER_FAILURES: '2',
       MERCATO_BREAKER_HALF_OPEN_MS: '1000',
     })
-  })
-  after(() => {
-    for (const child of children) if (child.exitCode === null) child.kill('SIGKILL')
-    dir.remove()
   })
 
   it('signs in through the gateway, which asks the user service over HTTP with its service token', async () => {
@@ -145,7 +119,7 @@ describe('the gateway in its own process, in front of the APIs in another', () =
   })
 
   it('the components refuse calls that skip the gateway, or carry a wrong service token', async () => {
-    const store = new SqliteStore(`${dir.path}/stores`, 'identity', storeLimitDefaults)
+    const store = new SqliteStore(`${dir}/stores`, 'identity', storeLimitDefaults)
     const { tokens, ring } = await testIdentity(store)
     try {
       const user = { authorization: `Bearer ${admin}` }

@@ -2,11 +2,9 @@
 // SIGKILL while orders are in flight and started again. Every order still ends, and
 // nothing happens twice: the provider's own record shows one capture per confirmed order.
 import assert from 'node:assert/strict'
-import { type ChildProcess, spawn } from 'node:child_process'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
-import { createInterface } from 'node:readline'
-import { after, describe, it } from 'node:test'
+import { describe, it } from 'node:test'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { silentLogger } from '../../src/platform/logger.ts'
@@ -15,36 +13,10 @@ import { loadConfig } from '../../src/runtime/config.ts'
 import { openEventStream } from '../../src/runtime/engines.ts'
 import { OrderWatcher } from '../../src/runtime/load.ts'
 import { testIdentity } from '../support/identity.ts'
-import { tempDir, waitFor } from '../support/wait.ts'
+import { processesOnOneDataDir } from '../support/processes.ts'
+import { waitFor } from '../support/wait.ts'
 
-const dir = tempDir()
-const children = new Set<ChildProcess>()
-after(() => {
-  for (const child of children) if (child.exitCode === null) child.kill('SIGKILL')
-  dir.remove()
-})
-
-function start(targets: string, env: Record<string, string>): Promise<{ child: ChildProcess; url: string }> {
-  const child = spawn(process.execPath, ['src/main.ts', 'start', '--target', targets], {
-    env: {
-      ...process.env,
-      MERCATO_PORT: '0',
-      MERCATO_DATA_DIR: dir.path,
-      MERCATO_SEED: 'false',
-      MERCATO_LOG_LEVEL: 'info',
-      MERCATO_CARRIER_STEP_MS: '60000',
-      ...env,
-    },
-    stdio: ['ignore', 'pipe', 'inherit'],
-  })
-  children.add(child)
-  return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout! }).on('line', (line) => {
-      if (/mercato is up/.test(line)) resolve({ child, url: JSON.parse(line).address })
-    })
-    child.once('exit', (code) => reject(new Error(`${targets} exited with ${code}`)))
-  })
-}
+const { dir, start } = processesOnOneDataDir({ MERCATO_CARRIER_STEP_MS: '60000' })
 
 async function call(
   url: string,
@@ -74,14 +46,14 @@ describe('a services process killed with SIGKILL mid-saga', () => {
     const servicesEnv = { MERCATO_PAYMENT_PROVIDER_URL: front.url }
     let services = await start('order,inventory,payment,shipping', servicesEnv)
     const stream = await openEventStream(
-      loadConfig({ MERCATO_DATA_DIR: dir.path, MERCATO_LOG_LEVEL: 'silent' }),
+      loadConfig({ MERCATO_DATA_DIR: dir, MERCATO_LOG_LEVEL: 'silent' }),
       silentLogger(),
       new Metrics(),
     )
     const watcher = new OrderWatcher()
     await watcher.start(stream)
     // Tokens signed by the deployment's own key ring, which lives in the shared data directory.
-    const identityStore = new SqliteStore(`${dir.path}/stores`, 'identity', storeLimitDefaults)
+    const identityStore = new SqliteStore(`${dir}/stores`, 'identity', storeLimitDefaults)
     const { tokens, ring } = await testIdentity(identityStore)
     const admin = (await tokens.issueAccess({ kind: 'user', subject: 'stf_admin', role: 'admin' })).token
     const customer = (
@@ -136,7 +108,7 @@ describe('a services process killed with SIGKILL mid-saga', () => {
           return captures === 1
         })
       }
-      const inventory = new SqliteStore(`${dir.path}/stores`, 'inventory', storeLimitDefaults)
+      const inventory = new SqliteStore(`${dir}/stores`, 'inventory', storeLimitDefaults)
       try {
         const [stock] = await inventory.query<{ on_hand: number; available: number; reserved: number }>(
           "SELECT on_hand, available, reserved FROM stock WHERE sku = 'CRASH-1'",
