@@ -118,6 +118,14 @@ export function createHttpServer(
       problem = toProblem(error, request.url)
     }
     if (error instanceof OverloadedError) reply.header('retry-after', String(error.retryAfterSeconds))
+    // RFC 6750: a 401 says how to authenticate, and why a token was refused.
+    if (problem.status === 401 && !reply.hasHeader('www-authenticate')) {
+      const invalid = error instanceof MercatoError && error.code === 'invalid-token'
+      reply.header(
+        'www-authenticate',
+        invalid ? 'Bearer realm="mercato", error="invalid_token"' : 'Bearer realm="mercato"',
+      )
+    }
     reply.code(problem.status).type('application/problem+json').send(problem)
   })
 

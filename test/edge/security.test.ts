@@ -195,6 +195,13 @@ describe('security at the gateway (OWASP API Top 10)', () => {
     })
 
     it('refuses a wrong password and an unknown user alike', async () => {
+      const form = await fetch(`${shop.url}/v1/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: new URLSearchParams({ grant_type: 'password', username: adminEmail, password: adminPassword }),
+      })
+      logins++
+      assert.equal(form.status, 200, 'the form encoding of RFC 6749 works too')
       const wrong = await signIn(adminEmail, 'not-the-password')
       const unknown = await signIn('nobody@security.test', 'not-the-password')
       assert.equal(wrong.status, 401)
@@ -216,6 +223,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       for (const [name, token] of Object.entries(cases)) {
         const answer = await call('GET', path, { bearer: token })
         assert.equal(answer.status, 401, name)
+        assert.match(answer.headers.get('www-authenticate') ?? '', /^Bearer .*error="invalid_token"/)
         assert.equal(answer.headers.get('content-type'), 'application/problem+json; charset=utf-8')
       }
     })
@@ -386,6 +394,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       ]) {
         const answer = await call(method, path, { body, headers: { 'idempotency-key': randomUUID() } })
         assert.equal(answer.status, 401, `anonymous ${method} ${path}`)
+        assert.match(answer.headers.get('www-authenticate') ?? '', /^Bearer/)
       }
       const [stock] = await (await shop.store('inventory')).query<{ on_hand: number }>(
         'SELECT on_hand FROM stock WHERE sku = $1',
