@@ -31,20 +31,25 @@ export interface QueryBenchOptions {
   kafka: string
   postgres: string
   redis: string
+  /** Which parts to run: cached, search, lag. */
+  parts: string[]
 }
 
 export async function benchQuery(options: QueryBenchOptions): Promise<Row[]> {
   const rows: Row[] = []
-  rows.push(...(await benchCachedOrder(options)))
+  const wanted = (part: string) => options.parts.includes(part)
+  if (wanted('cached')) rows.push(...(await benchCachedOrder(options)))
   // Search on the embedded engine (SQLite FTS5) always; on PostgreSQL when the
   // distributed engines are asked for.
-  rows.push(
-    ...(await benchSearch({
-      products: 100_000,
-      postgres: options.engines.includes('kafka') ? options.postgres : undefined,
-    })),
-  )
-  for (const engine of options.engines) rows.push(...(await benchProjectionLag(engine, options)))
+  if (wanted('search'))
+    rows.push(
+      ...(await benchSearch({
+        products: 100_000,
+        postgres: options.engines.includes('kafka') ? options.postgres : undefined,
+      })),
+    )
+  if (wanted('lag'))
+    for (const engine of options.engines) rows.push(...(await benchProjectionLag(engine, options)))
   return rows
 }
 
@@ -181,7 +186,7 @@ async function benchProjectionLag(engine: string, options: QueryBenchOptions): P
   storage.apply = async (generation, events) => {
     const changed = await apply(generation, events)
     const now = Date.now()
-    for (const e of events) if (e.event.source === 'bench') viewLags.push(now - e.timestampMs)
+    for (const e of events) if (e.event.subject.startsWith('ord_lag_')) viewLags.push(now - e.timestampMs)
     return changed
   }
   const projector = new Projector(

@@ -21,6 +21,7 @@ const { positionals, values } = parseArgs({
     redis: { type: 'string', default: process.env.MERCATO_TEST_REDIS ?? 'redis://127.0.0.1:6379' },
     seconds: { type: 'string', default: '10' },
     connections: { type: 'string', default: '64' },
+    parts: { type: 'string', default: 'cached,search,lag' },
   },
 })
 
@@ -44,6 +45,7 @@ const benchmarks: Record<string, () => Promise<Row[]>> = {
       kafka: values.kafka,
       postgres: values.postgres,
       redis: values.redis,
+      parts: values.parts.split(','),
     }),
 }
 
