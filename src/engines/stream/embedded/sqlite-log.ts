@@ -59,6 +59,9 @@ CREATE TABLE IF NOT EXISTS partition_owners (grp TEXT NOT NULL, topic TEXT NOT N
   member TEXT NOT NULL, PRIMARY KEY (grp, topic, partition)) STRICT, WITHOUT ROWID;
 `
 
+/** How often an idle partition worker reads the log anyway, in case a wake-up was missed. */
+const idleReadIntervalMs = 1_000
+
 interface LogRow {
   partition: number
   offset: number
@@ -77,6 +80,7 @@ export class SqliteLog implements StreamEngine {
   readonly #wakers = new Map<string, Set<() => void>>()
   readonly #batcher: PublishBatcher
   #closed = false
+  #otherWriters: { timer: NodeJS.Timeout; dataVersion: number; heads: Map<string, number> } | undefined
   readonly #sql: Record<string, StatementSync>
 
   constructor(options: SqliteLogOptions) {
@@ -128,6 +132,8 @@ export class SqliteLog implements StreamEngine {
       release: prepare(
         'DELETE FROM partition_owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?',
       ),
+      dataVersion: prepare('PRAGMA data_version'),
+      heads: prepare('SELECT topic, partition, next_offset FROM heads'),
     }
   }
 
@@ -188,6 +194,7 @@ export class SqliteLog implements StreamEngine {
     for (const topic of options.topics) {
       if (this.#partitionCount(topic) === 0) throw new Error(`topic ${topic} does not exist`)
     }
+    this.#watchOtherWriters()
     const member = new GroupMember(this, options)
     this.#members.add(member)
     member.start()
@@ -258,6 +265,7 @@ export class SqliteLog implements StreamEngine {
     this.#closed = true
     await this.#batcher.flushed()
     await Promise.all([...this.#members].map((member) => member.stop()))
+    clearInterval(this.#otherWriters?.timer)
     this.db.close()
   }
 
@@ -326,7 +334,45 @@ export class SqliteLog implements StreamEngine {
     this.#members.delete(member)
   }
 
-  /** Registers a callback run when records are appended to topic/partition in this process. */
+  /**
+   * Wakes this process's consumers when another process appends. Every `pollIntervalMs` it
+   * asks SQLite whether another connection has committed since (`PRAGMA data_version`, no
+   * read of the log); only then does it compare the partition heads, and it wakes the
+   * consumers of the partitions that grew. A process alone on its file never reads the log
+   * to find nothing.
+   */
+  #watchOtherWriters(): void {
+    if (this.#otherWriters) return
+    const dataVersion = () => (this.#sql.dataVersion.get() as { data_version: number }).data_version
+    const heads = () =>
+      new Map(
+        (this.#sql.heads.all() as { topic: string; partition: number; next_offset: number }[]).map((row) => [
+          `${row.topic}/${row.partition}`,
+          row.next_offset,
+        ]),
+      )
+    const watch = {
+      dataVersion: dataVersion(),
+      heads: heads(),
+      timer: undefined as unknown as NodeJS.Timeout,
+    }
+    watch.timer = setInterval(() => {
+      if (this.#closed) return
+      const version = dataVersion()
+      if (version === watch.dataVersion) return
+      watch.dataVersion = version
+      const now = heads()
+      for (const [key, next] of now) {
+        if (watch.heads.get(key) === next) continue
+        for (const wake of this.#wakers.get(key) ?? []) wake()
+      }
+      watch.heads = now
+    }, this.options.pollIntervalMs)
+    watch.timer.unref()
+    this.#otherWriters = watch
+  }
+
+  /** Registers a callback run when records are appended to topic/partition (by this process, or another). */
   onAppend(key: string, wake: () => void): () => void {
     let set = this.#wakers.get(key)
     if (!set) this.#wakers.set(key, (set = new Set()))
@@ -471,9 +517,11 @@ class PartitionWorker {
       while (!this.#stop.signal.aborted) {
         const records = this.#log.readSync(this.topic, this.partition, next, this.#options.batchSizeMax)
         if (records.length === 0) {
+          // Woken by an append (this process's, or another's seen by the log's watcher); the
+          // timeout is only a safety net.
           await new Promise<void>((resolve) => {
             this.#wake = resolve
-            sleep(this.#log.options.pollIntervalMs, this.#stop.signal).then(resolve)
+            sleep(idleReadIntervalMs, this.#stop.signal).then(resolve)
           })
           this.#wake = undefined
           continue
