@@ -23,7 +23,15 @@ export const upstreamRoutes: UpstreamRoute[] = [
   { method: 'GET', url: '/v1/customers/:id/360', upstream: 'query-api' },
 ]
 
+const openApiPaths = new Map<string, string>()
+
 /** A fastify route template in OpenAPI form: `/v1/orders/:id` → `/v1/orders/{id}`. */
 export function openApiPath(url: string): string {
-  return url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')
+  let path = openApiPaths.get(url)
+  if (path === undefined) {
+    path = url.replace(/:([A-Za-z0-9_]+)/g, '{$1}')
+    // Templates come from the route table, so the map stays as small as the table.
+    openApiPaths.set(url, path)
+  }
+  return path
 }

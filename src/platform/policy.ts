@@ -190,19 +190,19 @@ function frozen(decision: Decision): Decision {
 
 function memoKey(request: AuthzRequest): string {
   const { principal, action, resource, context } = request
-  return canonical([
-    principal.type,
-    principal.id,
-    principal.attrs,
-    action,
-    resource.type,
-    resource.id,
-    resource.attrs,
-    context,
-  ])
+  const parts = [principal.type, principal.id, attrsKey(principal.attrs), action, resource.type, resource.id]
+  parts.push(attrsKey(resource.attrs), context === undefined ? '' : canonical(context))
+  return JSON.stringify(parts)
 }
 
-/** JSON with object keys sorted, so equal requests give equal keys whatever their key order. */
+/** Attributes with their names sorted, so equal entities give equal keys whatever their key order. */
+function attrsKey(attrs: Entity['attrs']): string {
+  if (attrs === undefined) return ''
+  const names = Object.keys(attrs).sort()
+  return JSON.stringify(names.map((name) => [name, attrs[name]]))
+}
+
+/** JSON with object keys sorted at every depth. */
 function canonical(value: unknown): string {
   return JSON.stringify(value, (_key, v: unknown) =>
     v !== null && typeof v === 'object' && !Array.isArray(v)
