@@ -12,7 +12,7 @@ const result = spawnSync(
   [
     '--test',
     '--test-reporter=spec',
-    '--test-concurrency=2',
+    '--test-concurrency=1',
     ...(files.length > 0 ? files : ['test/**/*.test.ts']),
   ],
   {

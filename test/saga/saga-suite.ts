@@ -316,37 +316,47 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
 export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 30_000) {
   const payment = await shop.store('payment')
   const inventory = await shop.store('inventory')
-  await waitFor(
-    'compensation and capture to settle',
-    async () => {
-      for (const orderId of orderIds) {
-        const state = await orderState(shop, orderId)
-        if (
-          !state ||
-          ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED', 'SHIPMENT_SCHEDULED'].includes(state)
-        )
-          return false
-        const [reservation] = await inventory.query<{ status: string }>(
-          'SELECT status FROM reservations WHERE order_id = $1',
-          [orderId],
-        )
-        const [pay] = await payment.query<{ status: string }>(
-          'SELECT status FROM payments WHERE order_id = $1',
-          [orderId],
-        )
-        const charges = await chargesOf(shop, orderId)
-        if (state === 'CANCELLED') {
-          if (reservation && reservation.status !== 'released') return false
-          if (pay && !['voided', 'refunded', 'declined', 'failed'].includes(pay.status)) return false
-          if (charges.some((c) => !['voided', 'refunded', 'declined'].includes(c.status))) return false
-        } else {
-          if (reservation?.status !== 'committed') return false
-          if (pay?.status !== 'captured' || charges[0]?.capturedMinor === 0) return false
-        }
+  let waitingOn = ''
+  const settled = async (): Promise<boolean> => {
+    for (const orderId of orderIds) {
+      const state = await orderState(shop, orderId)
+      waitingOn = `${orderId} in state ${state}`
+      if (!state || ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED', 'SHIPMENT_SCHEDULED'].includes(state))
+        return false
+      const [reservation] = await inventory.query<{ status: string }>(
+        'SELECT status FROM reservations WHERE order_id = $1',
+        [orderId],
+      )
+      const [pay] = await payment.query<{ status: string }>(
+        'SELECT status FROM payments WHERE order_id = $1',
+        [orderId],
+      )
+      const charges = await chargesOf(shop, orderId)
+      waitingOn += `, reservation ${reservation?.status}, payment ${pay?.status}, charges ${charges.map((c) => c.status).join('/')}`
+      if (state === 'CANCELLED') {
+        if (reservation && reservation.status !== 'released') return false
+        if (pay && !['voided', 'refunded', 'declined', 'failed'].includes(pay.status)) return false
+        if (charges.some((c) => !['voided', 'refunded', 'declined'].includes(c.status))) return false
+      } else {
+        if (reservation?.status !== 'committed') return false
+        if (pay?.status !== 'captured' || charges[0]?.capturedMinor === 0) return false
       }
-      const outbox = await payment.query('SELECT 1 FROM mercato_outbox WHERE sent_at IS NULL LIMIT 1')
-      return outbox.length === 0
-    },
-    timeoutMs,
-  )
+    }
+    waitingOn = 'the payment outbox'
+    const outbox = await payment.query('SELECT 1 FROM mercato_outbox WHERE sent_at IS NULL LIMIT 1')
+    return outbox.length === 0
+  }
+  try {
+    await waitFor('compensation and capture to settle', settled, timeoutMs)
+  } catch (error) {
+    const stream = shop.app.context.stream!
+    const dead = (
+      await Promise.all(['orders', 'inventory', 'payments', 'shipments'].map((t) => stream.deadLetters(t, 5)))
+    )
+      .flat()
+      .map((letter) => `${letter.record.headers.ce_type} (${letter.original.group}): ${letter.error}`)
+    throw new Error(
+      `${(error as Error).message}; still waiting on ${waitingOn}; dead letters: ${dead.join('; ') || 'none'}`,
+    )
+  }
 }
