@@ -3,7 +3,7 @@
 // and emits events in one local transaction, recorded in the inbox under the event's id,
 // so a redelivered event has no second effect and an emitted event is never lost.
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { handleOnce } from '../engines/store/inbox.ts'
+import { handleOnce, markHandled, wasHandled } from '../engines/store/inbox.ts'
 import { addToOutbox, OutboxRelay } from '../engines/store/outbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import type { EventStream, Subscription } from '../engines/stream/event-stream.ts'
@@ -77,7 +77,17 @@ export class Service {
       handle: async (event) => {
         const handler = handlers[event.type]
         if (!handler) return
-        await handler(event, { transact: (work) => this.#transactOnce(group, event, work) })
+        // A redelivered event is handled once: its first handling may have found nothing to
+        // do, and doing it now, against a state that has moved on, would be a second effect.
+        if (await wasHandled(this.store, group, event.id)) return
+        let transacted = false
+        await handler(event, {
+          transact: (work) => {
+            transacted = true
+            return this.#transactOnce(group, event, work)
+          },
+        })
+        if (!transacted) await markHandled(this.store, group, event.id)
       },
     })
     this.#subscriptions.push(subscription)

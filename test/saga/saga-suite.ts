@@ -355,8 +355,22 @@ export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 3
     )
       .flat()
       .map((letter) => `${letter.record.headers.ce_type} (${letter.original.group}): ${letter.error}`)
+    const orderId = waitingOn.split(' ')[0]
+    const story: string[] = []
+    for (const topic of ['orders', 'inventory', 'payments', 'shipments']) {
+      const name = stream.topic(topic)
+      for (let p = 0; p < (await stream.engine.partitionsOf(name)); p++) {
+        for (const record of await stream.engine.read(name, p, 0, 100_000)) {
+          if (record.key !== orderId && !record.value.toString().includes(orderId)) continue
+          story.push(
+            `${record.timestampMs} ${topic}/${p}@${record.offset} ${record.headers.ce_type} ${record.headers.ce_id}`,
+          )
+        }
+      }
+    }
+    story.sort()
     throw new Error(
-      `${(error as Error).message}; still waiting on ${waitingOn}; dead letters: ${dead.join('; ') || 'none'}`,
+      `${(error as Error).message}; still waiting on ${waitingOn}; dead letters: ${dead.join('; ') || 'none'}; its events: ${story.join(' | ')}`,
     )
   }
 }

@@ -21,3 +21,24 @@ export async function handleOnce(
     return true
   })
 }
+
+/** Whether `consumer` has handled `eventId` already (its effects, if any, are done). */
+export async function wasHandled(store: Store, consumer: string, eventId: string): Promise<boolean> {
+  const rows = await store.query('SELECT 1 FROM mercato_inbox WHERE consumer = $1 AND event_id = $2', [
+    consumer,
+    eventId,
+  ])
+  return rows.length > 0
+}
+
+/**
+ * Records that `consumer` handled `eventId` without a state change (the handler found
+ * nothing to do): a redelivery must find nothing to do either, even when the state has
+ * moved on since.
+ */
+export async function markHandled(store: Store, consumer: string, eventId: string): Promise<void> {
+  await store.execute(
+    'INSERT INTO mercato_inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
+    [consumer, eventId, new Date().toISOString()],
+  )
+}

@@ -56,12 +56,17 @@ export async function startInventoryService(service: Service, options: { reserva
     return row
   }
 
-  async function setStatus(tx: Tx, orderId: string, status: ReservationRow['status']): Promise<void> {
-    await tx.execute('UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3', [
-      status,
-      new Date().toISOString(),
-      orderId,
-    ])
+  /**
+   * Moves a reservation on only from the status its caller saw (the expiry sweeper and an
+   * order's answer may race on PostgreSQL); throws otherwise, so the transaction rolls back
+   * (stock included) and the caller is run again against the status that won.
+   */
+  async function setStatus(tx: Tx, row: ReservationRow, status: ReservationRow['status']): Promise<void> {
+    const moved = await tx.execute(
+      'UPDATE reservations SET status = $1, updated_at = $2 WHERE order_id = $3 AND status = $4',
+      [status, new Date().toISOString(), row.order_id, row.status],
+    )
+    if (moved !== 1) throw new Error(`reservation of ${row.order_id} left ${row.status} meanwhile`)
   }
 
   /** Takes every line from available stock, or throws Shortage having changed nothing that will commit. */
@@ -98,7 +103,7 @@ export async function startInventoryService(service: Service, options: { reserva
         [line.quantity, line.sku],
       )
     }
-    await setStatus(tx, row.order_id, 'released')
+    await setStatus(tx, row, 'released')
     emit({
       type: 'inventory.released',
       subject: row.order_id,
@@ -171,7 +176,7 @@ export async function startInventoryService(service: Service, options: { reserva
             return
           }
         }
-        await setStatus(tx, orderId, 'committed')
+        await setStatus(tx, row, 'committed')
         emit({
           type: 'inventory.committed',
           subject: orderId,

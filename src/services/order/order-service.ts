@@ -80,9 +80,12 @@ export async function startOrderService(service: Service, options: OrderServiceO
     changes: { deadlineAt?: number | null; reason?: string; shipmentId?: string } = {},
   ): Promise<void> {
     const now = new Date().toISOString()
-    await tx.execute(
+    // Only from the state the handler saw: two handlers of one order run concurrently (its
+    // answers come on several topics), and on PostgreSQL both may have read the same state.
+    // The loser fails here, rolls back, and is retried against the state that won.
+    const moved = await tx.execute(
       `UPDATE orders SET state = $1, deadline_at = $2, reason = COALESCE($3, reason),
-         shipment_id = COALESCE($4, shipment_id), updated_at = $5 WHERE order_id = $6`,
+         shipment_id = COALESCE($4, shipment_id), updated_at = $5 WHERE order_id = $6 AND state = $7`,
       [
         state,
         changes.deadlineAt ?? null,
@@ -90,8 +93,11 @@ export async function startOrderService(service: Service, options: OrderServiceO
         changes.shipmentId ?? null,
         now,
         order.order_id,
+        order.state,
       ],
     )
+    if (moved !== 1) throw new Error(`order ${order.order_id} left ${order.state} meanwhile; handled again`)
+    order.state = state
     await tx.execute(
       'INSERT INTO order_steps (order_id, state, at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
       [order.order_id, state, now],

@@ -33,11 +33,17 @@ export async function startShippingService(service: Service, options: { carrierS
     return row
   }
 
-  async function setStatus(tx: Tx, orderId: string, status: Status, nextStepAt: number | null) {
-    await tx.execute(
-      'UPDATE shipments SET status = $1, next_step_at = $2, updated_at = $3 WHERE order_id = $4',
-      [status, nextStepAt, new Date().toISOString(), orderId],
+  /**
+   * Moves a shipment on only from the status its caller saw (the carrier clock and an
+   * order's cancellation may race on PostgreSQL); throws otherwise, so the transaction
+   * rolls back and the caller is run again against the status that won.
+   */
+  async function setStatus(tx: Tx, row: ShipmentRow, status: Status, nextStepAt: number | null) {
+    const moved = await tx.execute(
+      'UPDATE shipments SET status = $1, next_step_at = $2, updated_at = $3 WHERE order_id = $4 AND status = $5',
+      [status, nextStepAt, new Date().toISOString(), row.order_id, row.status],
     )
+    if (moved !== 1) throw new Error(`shipment of ${row.order_id} left ${row.status} meanwhile`)
   }
 
   const handlers: Record<string, Handler> = {
@@ -78,8 +84,7 @@ export async function startShippingService(service: Service, options: { carrierS
       const { orderId } = event.data as { orderId: string }
       await tools.transact(async (tx) => {
         const row = await shipment(tx, orderId)
-        if (row?.status === 'scheduled')
-          await setStatus(tx, orderId, 'ready', Date.now() + options.carrierStepMs)
+        if (row?.status === 'scheduled') await setStatus(tx, row, 'ready', Date.now() + options.carrierStepMs)
       })
     },
 
@@ -88,7 +93,7 @@ export async function startShippingService(service: Service, options: { carrierS
       await tools.transact(async (tx, emit) => {
         const row = await shipment(tx, orderId)
         if (row && (row.status === 'scheduled' || row.status === 'ready')) {
-          await setStatus(tx, orderId, 'cancelled', null)
+          await setStatus(tx, row, 'cancelled', null)
           emit({
             type: 'shipment.cancelled',
             subject: orderId,
@@ -113,10 +118,10 @@ export async function startShippingService(service: Service, options: { carrierS
         if (!row || row.next_step_at === null || Number(row.next_step_at) > Date.now()) return
         const data = { orderId: order_id, shipmentId: row.shipment_id }
         if (row.status === 'ready') {
-          await setStatus(tx, order_id, 'shipped', Date.now() + options.carrierStepMs)
+          await setStatus(tx, row, 'shipped', Date.now() + options.carrierStepMs)
           emit({ type: 'shipment.shipped', subject: order_id, data })
         } else if (row.status === 'shipped') {
-          await setStatus(tx, order_id, 'delivered', null)
+          await setStatus(tx, row, 'delivered', null)
           emit({ type: 'shipment.delivered', subject: order_id, data })
         }
       })
