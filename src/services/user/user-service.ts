@@ -230,7 +230,8 @@ export async function createFirstStaff(store: Store, staff: UserServiceOptions['
   for (const role of ['admin', 'support'] as const) {
     const account = staff[role]
     const password = account.password ?? randomBytes(18).toString('base64url')
-    await store.execute(
+    // Another process starting on the same empty store may win the race; then its password stands.
+    const created = await store.execute(
       `INSERT INTO user_staff (account_id, email, email_key, role, password_hash, created_at)
        VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
       [
@@ -242,6 +243,7 @@ export async function createFirstStaff(store: Store, staff: UserServiceOptions['
         new Date().toISOString(),
       ],
     )
+    if (created === 0) continue
     if (account.password === undefined) {
       // Shown once: only the hash is kept.
       log.warn(
@@ -262,23 +264,22 @@ export async function verifyLogin(
   username: string,
   password: string,
 ): Promise<LoginSubject | undefined> {
-  const customer = await findCredentials(store, username)
-  if (customer) {
-    return (await verifyPassword(password, customer.passwordHash))
-      ? { subject: customer.customerId, role: 'customer', customerId: customer.customerId }
-      : undefined
-  }
+  // Staff first, each account with its own password: a customer who registers with a staff
+  // address cannot lock the staff account out, nor sign in as it.
   const [staff] = await store.query<{ account_id: string; role: Role; password_hash: string }>(
     'SELECT account_id, role, password_hash FROM user_staff WHERE email_key = $1',
     [emailKey(username)],
   )
-  if (staff)
-    return (await verifyPassword(password, staff.password_hash))
-      ? { subject: staff.account_id, role: staff.role }
-      : undefined
-  // No such account: spend the same time as a wrong password, so timing does not tell.
-  decoyHash ??= hashPassword(randomBytes(16).toString('hex'))
-  await verifyPassword(password, await decoyHash)
+  if (staff && (await verifyPassword(password, staff.password_hash)))
+    return { subject: staff.account_id, role: staff.role }
+  const customer = await findCredentials(store, username)
+  if (customer && (await verifyPassword(password, customer.passwordHash)))
+    return { subject: customer.customerId, role: 'customer', customerId: customer.customerId }
+  if (!staff && !customer) {
+    // No such account: spend the same time as a wrong password, so timing does not tell.
+    decoyHash ??= hashPassword(randomBytes(16).toString('hex'))
+    await verifyPassword(password, await decoyHash)
+  }
   return undefined
 }
 

@@ -5,7 +5,12 @@ import type { CloudEvent } from '../../../src/contracts/envelope.ts'
 import type { Store } from '../../../src/engines/store/port.ts'
 import { silentLogger } from '../../../src/platform/logger.ts'
 import { hashPassword, passwordNeedsRehash, verifyPassword } from '../../../src/platform/passwords.ts'
-import { findCredentials, findCustomer, startUserService } from '../../../src/services/user/user-service.ts'
+import {
+  findCredentials,
+  findCustomer,
+  startUserService,
+  verifyLogin,
+} from '../../../src/services/user/user-service.ts'
 import { testIdentity } from '../../support/identity.ts'
 import { waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness, storeKinds } from '../notification/harness.ts'
@@ -111,6 +116,36 @@ for (const { kind, skip } of await storeKinds('user service')) {
       )
       const addressIds = ofType('customer.address-added', 'c-ada').map((e) => e.data.addressId)
       assert.deepEqual(new Set(addressIds), new Set(profile?.addresses.map((a) => a.addressId)))
+    })
+
+    it('signs in staff and customers, each with their own password; a customer with a staff address locks no one out', async () => {
+      assert.deepEqual(await verifyLogin(store, 'ADMIN@test.local', 'admin-password-1'), {
+        subject: 'stf_admin',
+        role: 'admin',
+      })
+      assert.equal(await verifyLogin(store, 'admin@test.local', 'wrong-password'), undefined)
+      assert.equal(await verifyLogin(store, 'nobody@test.local', 'admin-password-1'), undefined)
+      await harness.publish('customer.registration-requested', 'c-squatter', {
+        customerId: 'c-squatter',
+        email: 'support@test.local',
+        givenName: 'S',
+        familyName: 'Q',
+        passwordHash: await hashPassword('squatter-password'),
+        addresses: [],
+      })
+      await waitFor(
+        'the squatter registered',
+        async () => (await findCustomer(store, 'c-squatter')) !== undefined,
+      )
+      assert.deepEqual(await verifyLogin(store, 'support@test.local', 'support-password-1'), {
+        subject: 'stf_support',
+        role: 'support',
+      })
+      assert.deepEqual(await verifyLogin(store, 'support@test.local', 'squatter-password'), {
+        subject: 'c-squatter',
+        role: 'customer',
+        customerId: 'c-squatter',
+      })
     })
 
     it('rejects a registration whose e-mail (in any case) belongs to another customer', async () => {
