@@ -88,9 +88,13 @@ export async function assertInvariants(shop: Shop, orderIds: string[], skus: str
     if (state === 'CANCELLED') {
       assert.ok(!reservation || reservation.status === 'released', `${orderId} cancelled holds no stock`)
       for (const charge of charges) {
-        assert.ok(
-          ['voided', 'refunded', 'declined'].includes(charge.status),
-          `${orderId} cancelled: charge ${charge.status}`,
+        if (['voided', 'refunded', 'declined'].includes(charge.status)) continue
+        const [pay] = await (await shop.store('payment')).query(
+          'SELECT * FROM payments WHERE order_id = $1',
+          [orderId],
+        )
+        assert.fail(
+          `${orderId} cancelled: charge ${charge.status}; charges ${JSON.stringify(charges)}; payment ${JSON.stringify(pay)}; its events: ${await storyOf(shop, orderId)}`,
         )
       }
     } else {
@@ -312,6 +316,14 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
   })
 }
 
+/** The saga's consumer groups and the topics each consumes. */
+const sagaConsumers: Record<string, string[]> = {
+  order: ['orders', 'inventory', 'payments', 'shipments', 'products'],
+  inventory: ['orders', 'inventory'],
+  payment: ['orders'],
+  shipping: ['orders'],
+}
+
 /** Waits until the follow-up work of these orders (capture, void, refund, release) is done. */
 export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 30_000) {
   const payment = await shop.store('payment')
@@ -344,7 +356,19 @@ export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 3
     }
     waitingOn = 'the payment outbox'
     const outbox = await payment.query('SELECT 1 FROM mercato_outbox WHERE sent_at IS NULL LIMIT 1')
-    return outbox.length === 0
+    if (outbox.length > 0) return false
+    // Every service has handled every event so far: an order can look settled while a
+    // service has yet to act on it (payment authorizing an order already cancelled).
+    const stream = shop.app.context.stream!
+    for (const [group, topics] of Object.entries(sagaConsumers)) {
+      waitingOn = `the ${group} service to catch up`
+      const lags = await stream.engine.lag(
+        group,
+        topics.map((topic) => stream.topic(topic)),
+      )
+      if (lags.some((partition) => partition.lag > 0)) return false
+    }
+    return true
   }
   try {
     await waitFor('compensation and capture to settle', settled, timeoutMs)
@@ -355,22 +379,27 @@ export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 3
     )
       .flat()
       .map((letter) => `${letter.record.headers.ce_type} (${letter.original.group}): ${letter.error}`)
-    const orderId = waitingOn.split(' ')[0]
-    const story: string[] = []
-    for (const topic of ['orders', 'inventory', 'payments', 'shipments']) {
-      const name = stream.topic(topic)
-      for (let p = 0; p < (await stream.engine.partitionsOf(name)); p++) {
-        for (const record of await stream.engine.read(name, p, 0, 100_000)) {
-          if (record.key !== orderId && !record.value.toString().includes(orderId)) continue
-          story.push(
-            `${record.timestampMs} ${topic}/${p}@${record.offset} ${record.headers.ce_type} ${record.headers.ce_id}`,
-          )
-        }
-      }
-    }
-    story.sort()
+    const story = await storyOf(shop, waitingOn.split(' ')[0])
     throw new Error(
-      `${(error as Error).message}; still waiting on ${waitingOn}; dead letters: ${dead.join('; ') || 'none'}; its events: ${story.join(' | ')}`,
+      `${(error as Error).message}; still waiting on ${waitingOn}; dead letters: ${dead.join('; ') || 'none'}; its events: ${story}`,
     )
   }
+}
+
+/** An order's events on the saga's topics, in order of appending: what a failure needs to be understood. */
+async function storyOf(shop: Shop, orderId: string): Promise<string> {
+  const stream = shop.app.context.stream!
+  const story: string[] = []
+  for (const topic of ['orders', 'inventory', 'payments', 'shipments']) {
+    const name = stream.topic(topic)
+    for (let p = 0; p < (await stream.engine.partitionsOf(name)); p++) {
+      for (const record of await stream.engine.read(name, p, 0, 100_000)) {
+        if (record.key !== orderId && !record.value.toString().includes(orderId)) continue
+        story.push(
+          `${record.timestampMs} ${topic}@${record.offset} ${record.headers.ce_type} ${record.value.toString().slice(0, 200)}`,
+        )
+      }
+    }
+  }
+  return story.sort().join(' | ')
 }
