@@ -111,8 +111,8 @@ withEngineFlags(program.command('replay'))
     const log = createLogger({ level: 'warn' })
     const stream = await openEventStream(config, log, new Metrics())
     try {
-      await stream.engine.seek(options.group, options.topic, target)
-      const lag = await stream.engine.lag(options.group, [options.topic])
+      await stream.engine.seek(stream.group(options.group), stream.topic(options.topic), target)
+      const lag = await stream.engine.lag(stream.group(options.group), [stream.topic(options.topic)])
       console.table(lag)
     } finally {
       await stream.close()

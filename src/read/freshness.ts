@@ -154,7 +154,7 @@ export class Freshness {
     if (!live) return
     const sampledAt = Date.now()
     const topics = definition.topics.map((topic) => this.#stream.topic(topic))
-    const ends = await this.#stream.engine.lag(groupOf(view, live.generation), topics)
+    const ends = await this.#stream.engine.lag(this.#stream.group(groupOf(view, live.generation)), topics)
     const applied = new Map(
       (await definition.storage.positions(live.generation)).map((p) => [
         partitionKey(p.topic, p.partition),

@@ -196,7 +196,7 @@ export async function rebuildView(
   const definition = deps.views.definitions[view]
   const { generation } = await deps.views.registry.beginBuild(view, definition.schemaVersion)
   await definition.storage.create(generation)
-  const group = groupOf(view, generation)
+  const group = deps.stream.group(groupOf(view, generation))
   const topics = definition.topics.map((topic) => deps.stream.topic(topic))
   const ends = new Map(
     (await deps.stream.engine.lag(group, topics)).map((p) => [`${p.topic}/${p.partition}`, p.end]),

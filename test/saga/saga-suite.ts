@@ -363,7 +363,7 @@ export async function waitForQuiet(shop: Shop, orderIds: string[], timeoutMs = 3
     for (const [group, topics] of Object.entries(sagaConsumers)) {
       waitingOn = `the ${group} service to catch up`
       const lags = await stream.engine.lag(
-        group,
+        stream.group(group),
         topics.map((topic) => stream.topic(topic)),
       )
       if (lags.some((partition) => partition.lag > 0)) return false

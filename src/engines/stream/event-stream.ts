@@ -103,6 +103,15 @@ export class EventStream {
     return this.options.topicPrefix + name
   }
 
+  /**
+   * The engine's name for a consumer group: prefixed like the topics, so deployments that
+   * share one Kafka cluster under different prefixes never share a group (and never
+   * rebalance each other).
+   */
+  group(name: string): string {
+    return this.options.topicPrefix + name
+  }
+
   /** Validates, encodes and appends events; resolves once they are durable. */
   async publish(events: CloudEvent[]): Promise<RecordPosition[]> {
     const traceparent = currentTraceparent()
@@ -139,7 +148,7 @@ export class EventStream {
     )
     const stopped = new AbortController()
     const handle = await this.engine.consume({
-      group: options.group,
+      group: this.group(options.group),
       topics: options.topics.map((topic) => this.topic(topic)),
       startAt: options.startAt ?? 'earliest',
       batchSizeMax: this.options.batchSizeMax,
@@ -173,7 +182,7 @@ export class EventStream {
       },
     })
     const lagTimer = this.#watchLag(
-      options.group,
+      this.group(options.group),
       options.topics.map((topic) => this.topic(topic)),
     )
     const subscription: Subscription = {

@@ -276,13 +276,13 @@ export function defineStreamConformance(
       await waitFor('the first pass', () => seen.length === 10, 30_000)
       await subscription.stop()
       const topic = stream.topic('products')
-      await fixture.engine.seek('replay', topic, { offset: 6 })
+      await fixture.engine.seek(stream.group('replay'), topic, { offset: 6 })
       seen.length = 0
       subscription = await stream.subscribe({ group: 'replay', topics: ['products'], handle })
       await waitFor('the replay from offset 6', () => seen.length === 4, 30_000)
       assert.deepEqual(seen, [6, 7, 8, 9])
       await subscription.stop()
-      await fixture.engine.seek('replay', topic, { timestampMs: Date.now() - 60_000 })
+      await fixture.engine.seek(stream.group('replay'), topic, { timestampMs: Date.now() - 60_000 })
       seen.length = 0
       subscription = await stream.subscribe({ group: 'replay', topics: ['products'], handle })
       await waitFor('the replay from a time', () => seen.length === 10, 30_000)
@@ -364,7 +364,7 @@ export function defineStreamConformance(
     it('reports lag per group and partition', async () => {
       const stream = await freshStream()
       await stream.publish(Array.from({ length: 20 }, (_, i) => productEvent(`lag-${i}`, i)))
-      const lag = await fixture.engine.lag('lagging', [stream.topic('products')])
+      const lag = await fixture.engine.lag(stream.group('lagging'), [stream.topic('products')])
       assert.equal(lag.length, 4)
       assert.equal(
         lag.reduce((sum, p) => sum + p.lag, 0),

@@ -123,9 +123,9 @@ describe('the payment service', () => {
     assert.equal(captured.data.paymentId, authorized.data.paymentId)
     await harness.publish('order.shipped', orderId, { orderId, shipmentId: 'ship-1' })
     await waitFor('every event handled', async () =>
-      (await harness.stream.engine.lag(service.name, [harness.stream.topic('orders')])).every(
-        (l) => l.lag === 0,
-      ),
+      (
+        await harness.stream.engine.lag(harness.stream.group(service.name), [harness.stream.topic('orders')])
+      ).every((l) => l.lag === 0),
     )
     const [charge] = await chargesOf(orderId)
     assert.equal(charge.status, 'captured')
@@ -258,9 +258,9 @@ describe('the payment service', () => {
 
   it('leaves a balanced ledger that reconciles with the provider', async () => {
     await waitFor('every event handled', async () =>
-      (await harness.stream.engine.lag(service.name, [harness.stream.topic('orders')])).every(
-        (l) => l.lag === 0,
-      ),
+      (
+        await harness.stream.engine.lag(harness.stream.group(service.name), [harness.stream.topic('orders')])
+      ).every((l) => l.lag === 0),
     )
     assert.deepEqual(await unbalancedEntries(service.store), [])
     const total = (await trialBalance(service.store)).reduce((sum, a) => sum + a.balanceMinor, 0)
