@@ -31,8 +31,7 @@ import { Upstream } from './upstream.ts'
 
 export interface GatewayOptions {
   http: FastifyInstance
-  identity: Identity
-  ring: KeyRing
+  identity: Identity & { ring: KeyRing }
   store: Store
   cache: Cache
   limiter: RateLimiter
@@ -247,7 +246,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     { schema: { summary: 'The public keys that verify access tokens', tags: ['auth'] } },
     async (_request, reply) => {
       reply.header('cache-control', 'public, max-age=60')
-      return options.ring.jwks()
+      return identity.ring.jwks()
     },
   )
 

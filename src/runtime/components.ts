@@ -59,7 +59,7 @@ export interface Context {
   views?: Views
   /** Set by the `projector` component. */
   projector?: Projector
-  /** Set by the `stream` component (or `identity`, without one): the Cedar policies. */
+  /** Set by the `policy` component. */
   policy?: PolicyEngine
   /** Set by the `identity` component: tokens and the policy. */
   identity?: Identity & { ring: KeyRing }
@@ -83,16 +83,23 @@ export interface Component {
 }
 
 export const components: Record<string, Component> = {
-  stream: {
-    description: 'the event stream: the embedded log or Kafka, with every topic of the contracts',
+  policy: {
+    description: 'the Cedar policies (MERCATO_POLICY_DIR): routes, data, and which producer emits what',
     dependsOn: [],
     async start(context) {
       context.policy = await loadPolicy(context.config)
+      return {}
+    },
+  },
+  stream: {
+    description: 'the event stream: the embedded log or Kafka, with every topic of the contracts',
+    dependsOn: ['policy'],
+    async start(context) {
       const stream = await openEventStream(
         context.config,
         context.log.child({ component: 'stream' }),
         context.metrics,
-        context.policy,
+        need(context.policy, 'policy'),
       )
       context.stream = stream
       return { ready: () => stream.engine.ping(), stop: () => stream.close() }
@@ -130,13 +137,12 @@ export const components: Record<string, Component> = {
   },
   identity: {
     description: 'signing keys (shared by every process), tokens, and the Cedar policies',
-    dependsOn: ['stores'],
+    dependsOn: ['stores', 'policy'],
     async start(context) {
-      const policy = context.policy ?? (await loadPolicy(context.config))
       const identity = await openIdentity(
         await need(context.openStore, 'stores')('identity'),
         context.config,
-        policy,
+        need(context.policy, 'policy'),
       )
       context.identity = identity
       return { stop: async () => identity.ring.close() }
@@ -207,7 +213,6 @@ Object.assign(components, {
       return startGateway({
         http: context.http,
         identity,
-        ring: identity.ring,
         store: await need(context.openStore, 'stores')('gateway'),
         cache: need(context.cache, 'cache'),
         limiter: new RateLimiter(need(context.cache, 'cache'), 'gateway:'),

@@ -17,7 +17,7 @@ import {
 } from '../contracts/commands.ts'
 import { encodeConsistencyToken } from '../contracts/consistency.ts'
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import type { Store } from '../engines/store/port.ts'
+import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
 import type { FlagReader } from '../platform/flags.ts'
@@ -63,6 +63,8 @@ interface CommandSpec {
   authorize: (request: FastifyRequest) => Promise<void> | void
   /** Creating commands require an Idempotency-Key; others honour one when it is sent. */
   keyRequired: boolean
+  /** Runs in the transaction that claims the Idempotency-Key (no second transaction per request). */
+  onClaimed?: (tx: Tx, id: string, request: FastifyRequest) => Promise<void>
   newId: () => string
   events: (id: string, request: FastifyRequest) => Promise<Array<Omit<NewEvent, 'source'>>>
   location?: (id: string) => string
@@ -114,6 +116,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         key,
         fingerprintOf(request.method, request.url, request.body),
         () => id,
+        spec.onClaimed && ((tx, resourceId) => spec.onClaimed!(tx, resourceId, request)),
       )
       if (claim.kind === 'other-request') {
         accepted.inc({ command: name, outcome: 'key-reused' })
@@ -219,16 +222,21 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
             }
           },
           keyRequired: true,
+          // An order refused after this (its lines) leaves an owner row and no order: a cancel
+          // of it by its owner is accepted and finds nothing to cancel.
+          onClaimed: (tx, orderId, request) =>
+            tx
+              .execute(
+                'INSERT INTO command_order_owners (order_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
+                [orderId, customerIdOf(request)],
+              )
+              .then(() => undefined),
           newId: () => `ord_${randomUUID()}`,
           location: (id) => `/v1/orders/${id}`,
           events: async (orderId, request) => {
             const body = request.body as PlaceOrder
             const customerId = customerIdOf(request)
             await checkLines(body, flags, options.orderLinesMax)
-            await store.execute(
-              'INSERT INTO command_order_owners (order_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
-              [orderId, customerId],
-            )
             return [
               {
                 type: 'order.requested',

@@ -3,7 +3,7 @@
 // the request and, once the request is done, its answer. The record lives in the store,
 // so every command-api process sees the same keys.
 import { createHash } from 'node:crypto'
-import type { Migration, Store } from '../engines/store/port.ts'
+import type { Migration, Store, Tx } from '../engines/store/port.ts'
 
 export const idempotencyMigrations: Migration[] = [
   {
@@ -48,8 +48,15 @@ export class IdempotencyKeys {
    * Claims `key` for a request with `fingerprint`. A request still in flight holds its key
    * for the lock time; after that (its process died) a retry takes the key over, with the
    * same resource id, so the retry names the same order and duplicates nothing.
+   * `onOwned` runs in the claim's transaction when the caller gets the key.
    */
-  claim(scope: string, key: string, fingerprint: string, newResourceId: () => string): Promise<KeyClaim> {
+  claim(
+    scope: string,
+    key: string,
+    fingerprint: string,
+    newResourceId: () => string,
+    onOwned?: (tx: Tx, resourceId: string) => Promise<void>,
+  ): Promise<KeyClaim> {
     return this.#store.transaction(async (tx) => {
       const now = Date.now()
       const [row] = await tx.query<KeyRow>(
@@ -64,6 +71,7 @@ export class IdempotencyKeys {
            VALUES ($1, $2, $3, $4, $5, $6)`,
           [scope, key, fingerprint, resourceId, now + this.#lockMs, now + this.#ttlMs],
         )
+        await onOwned?.(tx, resourceId)
         return { kind: 'owned', resourceId }
       }
       if (row.fingerprint !== fingerprint) return { kind: 'other-request' }
@@ -81,6 +89,7 @@ export class IdempotencyKeys {
         scope,
         key,
       ])
+      await onOwned?.(tx, row.resource_id)
       return { kind: 'owned', resourceId: row.resource_id }
     })
   }

@@ -63,10 +63,10 @@ describe('configuration', () => {
     }
     assert.ok(all.indexOf('stream') < all.indexOf('order'), 'dependencies first')
     assert.deepEqual(resolveTargets(['cache']), ['cache'])
-    assert.deepEqual(resolveTargets(['order']), ['stream', 'stores', 'cache', 'flags', 'order'])
+    assert.deepEqual(resolveTargets(['order']), ['policy', 'stream', 'stores', 'cache', 'flags', 'order'])
     assert.throws(
       () => resolveTargets(['warp-drive']),
-      /unknown target warp-drive; known: all, stream, cache, stores, identity, flags, gateway/,
+      /unknown target warp-drive; known: all, policy, stream, cache, stores, identity, flags, gateway/,
     )
   })
 
