@@ -3,10 +3,10 @@
 // and emits events in one local transaction, recorded in the inbox under the event's id,
 // so a redelivered event has no second effect and an emitted event is never lost.
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { handleOnce, markHandled, wasHandled } from '../engines/store/inbox.ts'
+import { handleOnce, markHandled, recordHandled, wasHandled } from '../engines/store/inbox.ts'
 import { addToOutbox, OutboxRelay } from '../engines/store/outbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
-import type { EventStream, Subscription } from '../engines/stream/event-stream.ts'
+import type { EventStream, PositionedEvent, Subscription } from '../engines/stream/event-stream.ts'
 import { errorMessage } from './errors.ts'
 import { sleep } from './limits.ts'
 import type { Logger } from './logger.ts'
@@ -46,6 +46,7 @@ export class Service {
   readonly #subscriptions: Subscription[] = []
   readonly #jobs: Promise<void>[] = []
   readonly #stopping = new AbortController()
+  #batchTurn: Promise<void> = Promise.resolve()
 
   constructor(deps: ServiceDeps) {
     this.name = deps.name
@@ -69,28 +70,90 @@ export class Service {
     this.#relay.start()
   }
 
-  /** Consumes `topics` as the service's consumer group; events of types without a handler are skipped. */
-  async consume(topics: string[], handlers: Record<string, Handler>, group = this.name): Promise<void> {
-    const subscription = await this.stream.subscribe({
-      group,
-      topics,
-      handle: async (event) => {
-        const handler = handlers[event.type]
-        if (!handler) return
-        // A redelivered event is handled once: its first handling may have found nothing to
-        // do, and doing it now, against a state that has moved on, would be a second effect.
-        if (await wasHandled(this.store, group, event.id)) return
-        let transacted = false
-        await handler(event, {
-          transact: (work) => {
-            transacted = true
-            return this.#transactOnce(group, event, work)
-          },
-        })
-        if (!transacted) await markHandled(this.store, group, event.id)
+  /**
+   * Consumes `topics` as the service's consumer group; events of types without a handler are
+   * passed over undecoded. A partition's batch of events is handled in one transaction of the store (one
+   * commit for many events), each event's `transact` in a savepoint of it. A batch that
+   * fails is retried, then handed over one event at a time (see EventStream), so a bad event
+   * costs only itself. `oneAtATime` is for handlers that call out of the store (payment's
+   * provider) between their reads and their transaction: a batch must not hold the store
+   * across a network call.
+   */
+  async consume(
+    topics: string[],
+    handlers: Record<string, Handler>,
+    options: { group?: string; oneAtATime?: boolean } = {},
+  ): Promise<void> {
+    const group = options.group ?? this.name
+    const types = Object.keys(handlers)
+    const subscription = await this.stream.subscribe(
+      options.oneAtATime
+        ? { group, topics, types, handle: (event) => this.#handleAlone(group, handlers, event) }
+        : { group, topics, types, handleBatch: (events) => this.#handleBatch(group, handlers, events) },
+    )
+    this.#subscriptions.push(subscription)
+  }
+
+  async #handleAlone(group: string, handlers: Record<string, Handler>, event: CloudEvent): Promise<void> {
+    const handler = handlers[event.type]
+    if (!handler) return
+    // A redelivered event is handled once: its first handling may have found nothing to
+    // do, and doing it now, against a state that has moved on, would be a second effect.
+    if (await wasHandled(this.store, group, event.id)) return
+    let transacted = false
+    await handler(event, {
+      transact: (work) => {
+        transacted = true
+        return this.#transactOnce(group, event, work)
       },
     })
-    this.#subscriptions.push(subscription)
+    if (!transacted) await markHandled(this.store, group, event.id)
+  }
+
+  async #handleBatch(group: string, handlers: Record<string, Handler>, batch: PositionedEvent[]) {
+    const wanted = batch.filter(({ event }) => handlers[event.type])
+    if (wanted.length === 0) return
+    // One batch at a time per service: on PostgreSQL, two batches taking shared rows (stock
+    // of the same SKUs) in different orders would deadlock.
+    const turn = this.#batchTurn.then(() =>
+      this.store.transaction(async (tx) => {
+        const outbox: CloudEvent[] = []
+        for (const { event } of wanted) {
+          if (!(await recordHandled(tx, group, event.id))) continue // redelivered
+          await handlers[event.type](event, {
+            transact: (work) => this.#inSavepoint(tx, event, outbox, work),
+          })
+        }
+        if (outbox.length > 0) await addToOutbox(this.store, tx, outbox)
+      }),
+    )
+    this.#batchTurn = turn.catch(() => {})
+    await turn
+  }
+
+  /** Runs `work` in a savepoint of `tx`: if it throws, its writes, events and callbacks are undone. */
+  async #inSavepoint<T>(
+    tx: Tx,
+    cause: CloudEvent,
+    outbox: CloudEvent[],
+    work: (tx: Tx, emit: Emit) => Promise<T>,
+  ): Promise<T> {
+    const events: CloudEvent[] = []
+    const callbacks: (() => void)[] = []
+    const inner: Tx = { ...tx, afterCommit: (callback) => callbacks.push(callback) }
+    await tx.execute('SAVEPOINT handler')
+    let result: T
+    try {
+      result = await work(inner, this.#emitter(events, cause))
+    } catch (error) {
+      await tx.execute('ROLLBACK TO SAVEPOINT handler')
+      await tx.execute('RELEASE SAVEPOINT handler')
+      throw error
+    }
+    await tx.execute('RELEASE SAVEPOINT handler')
+    outbox.push(...events)
+    for (const callback of callbacks) tx.afterCommit(callback)
+    return result
   }
 
   /** Runs `work` in a transaction of the store; emitted events go to the outbox in it. */

@@ -12,14 +12,19 @@ export async function handleOnce(
   work: (tx: Tx) => Promise<void>,
 ): Promise<boolean> {
   return store.transaction(async (tx) => {
-    const inserted = await tx.execute(
-      'INSERT INTO mercato_inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
-      [consumer, eventId, new Date().toISOString()],
-    )
-    if (inserted === 0) return false
+    if (!(await recordHandled(tx, consumer, eventId))) return false
     await work(tx)
     return true
   })
+}
+
+/** Records in `tx` that `consumer` handles `eventId`; resolves false when it had been already. */
+export async function recordHandled(tx: Tx, consumer: string, eventId: string): Promise<boolean> {
+  const inserted = await tx.execute(
+    'INSERT INTO mercato_inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING',
+    [consumer, eventId, new Date().toISOString()],
+  )
+  return inserted > 0
 }
 
 /** Whether `consumer` has handled `eventId` already (its effects, if any, are done). */

@@ -59,6 +59,11 @@ export interface SubscribeOptions {
    * one is dead-lettered.
    */
   handleBatch?: (events: PositionedEvent[]) => Promise<void>
+  /**
+   * Only events of these types reach the handler; the others are passed over without being
+   * decoded (their type is a header). Unset: every event.
+   */
+  types?: string[]
   retry?: Partial<RetryPolicy>
 }
 
@@ -147,19 +152,21 @@ export class EventStream {
       latencyBucketsSeconds,
     )
     const stopped = new AbortController()
+    const types = options.types && new Set(options.types)
     const handle = await this.engine.consume({
       group: this.group(options.group),
       topics: options.topics.map((topic) => this.topic(topic)),
       startAt: options.startAt ?? 'earliest',
       batchSizeMax: this.options.batchSizeMax,
       onBatch: async (batch) => {
+        const records = types ? batch.records.filter((r) => types.has(r.headers.ce_type)) : batch.records
         let skip: Set<number> | undefined
-        if (options.handleBatch && batch.records.length > 1) {
+        if (options.handleBatch && records.length > 1) {
           const started = performance.now()
-          const outcome = await this.#handleWhole(options, retry, batch.records, stopped.signal)
+          const outcome = await this.#handleWhole(options, retry, records, stopped.signal)
           if (!('skip' in outcome)) {
-            const seconds = (performance.now() - started) / 1000 / batch.records.length
-            for (const record of batch.records) {
+            const seconds = (performance.now() - started) / 1000 / records.length
+            for (const record of records) {
               delivered.observe({ group: options.group }, Math.max(0, Date.now() - record.timestampMs) / 1000)
               duration.observe({ group: options.group }, seconds)
             }
@@ -170,7 +177,7 @@ export class EventStream {
           }
           skip = outcome.skip
         }
-        for (const record of batch.records) {
+        for (const record of records) {
           if (skip?.has(record.offset)) continue
           if (stopped.signal.aborted) throw new Error('subscription stopped')
           delivered.observe({ group: options.group }, Math.max(0, Date.now() - record.timestampMs) / 1000)

@@ -240,12 +240,16 @@ export async function startPaymentService(
     }
   }
 
-  await service.consume(['orders'], {
-    'order.payment-requested': onPaymentRequested,
-    'order.confirmed': onConfirmed,
-    'order.shipped': onShipped,
-    'order.cancelled': onCancelled,
-  })
+  await service.consume(
+    ['orders'],
+    {
+      'order.payment-requested': onPaymentRequested,
+      'order.confirmed': onConfirmed,
+      'order.shipped': onShipped,
+      'order.cancelled': onCancelled,
+    },
+    { oneAtATime: true },
+  )
 
   service.every('payment-reconciliation', reconcileEveryMs, async () => {
     const mismatches = await reconcile(service, options.providerUrl, client)

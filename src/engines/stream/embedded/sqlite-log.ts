@@ -62,6 +62,16 @@ CREATE TABLE IF NOT EXISTS partition_owners (grp TEXT NOT NULL, topic TEXT NOT N
 /** How often an idle partition worker reads the log anyway, in case a wake-up was missed. */
 const idleReadIntervalMs = 1_000
 
+interface PendingCommit {
+  group: string
+  member: string
+  topic: string
+  partition: number
+  offset: number
+  resolve(owned: boolean): void
+  reject(error: unknown): void
+}
+
 interface LogRow {
   partition: number
   offset: number
@@ -79,6 +89,9 @@ export class SqliteLog implements StreamEngine {
   readonly #members = new Set<GroupMember>()
   readonly #wakers = new Map<string, Set<() => void>>()
   readonly #batcher: PublishBatcher
+  /** The next offset of each partition as last seen (own appends, or the watcher's look at others'). */
+  readonly #knownEnds = new Map<string, number>()
+  #pendingCommits: PendingCommit[] = []
   #closed = false
   #otherWriters: { timer: NodeJS.Timeout; dataVersion: number; heads: Map<string, number> } | undefined
   readonly #sql: Record<string, StatementSync>
@@ -186,7 +199,10 @@ export class SqliteLog implements StreamEngine {
       }
       return appended
     })
-    for (const key of heads.keys()) for (const wake of this.#wakers.get(key) ?? []) wake()
+    for (const [key, next] of heads) {
+      this.#knownEnds.set(key, next)
+      for (const wake of this.#wakers.get(key) ?? []) wake()
+    }
     return positions
   }
 
@@ -281,14 +297,47 @@ export class SqliteLog implements StreamEngine {
     return row?.committed
   }
 
-  /** Commits only while `member` still owns the partition: a member that lost it is fenced off. */
-  commitIfOwner(group: string, member: string, topic: string, partition: number, offset: number): boolean {
-    return this.#transaction(() => {
-      const owner = this.#sql.owner.get(group, topic, partition) as { member: string } | undefined
-      if (owner?.member !== member) return false
-      this.#sql.commit.run(group, topic, partition, offset)
-      return true
+  /** Whether `topic/partition` may hold records at `offset` or later, as far as this process has seen. */
+  mayHaveRecords(topic: string, partition: number, offset: number): boolean {
+    const key = `${topic}/${partition}`
+    let end = this.#knownEnds.get(key)
+    if (end === undefined) this.#knownEnds.set(key, (end = this.endOffset(topic, partition)))
+    return offset < end
+  }
+
+  /**
+   * Commits only while `member` still owns the partition: a member that lost it is fenced
+   * off. Commits asked for in the same turn of the event loop share one transaction.
+   */
+  commitIfOwner(group: string, member: string, topic: string, partition: number, offset: number) {
+    return new Promise<boolean>((resolve, reject) => {
+      this.#pendingCommits.push({ group, member, topic, partition, offset, resolve, reject })
+      if (this.#pendingCommits.length === 1) setImmediate(() => this.#flushCommits())
     })
+  }
+
+  #flushCommits(): void {
+    const commits = this.#pendingCommits
+    this.#pendingCommits = []
+    if (this.#closed) {
+      for (const commit of commits) commit.resolve(false)
+      return
+    }
+    let owned: boolean[]
+    try {
+      owned = this.#transaction(() =>
+        commits.map(({ group, member, topic, partition, offset }) => {
+          const owner = this.#sql.owner.get(group, topic, partition) as { member: string } | undefined
+          if (owner?.member !== member) return false
+          this.#sql.commit.run(group, topic, partition, offset)
+          return true
+        }),
+      )
+    } catch (error) {
+      for (const commit of commits) commit.reject(error)
+      return
+    }
+    commits.forEach((commit, i) => commit.resolve(owned[i]))
   }
 
   /** Heartbeats, expires dead members, and returns the partitions `member` should own now. */
@@ -364,6 +413,7 @@ export class SqliteLog implements StreamEngine {
       const now = heads()
       for (const [key, next] of now) {
         if (watch.heads.get(key) === next) continue
+        this.#knownEnds.set(key, Math.max(next, this.#knownEnds.get(key) ?? 0))
         for (const wake of this.#wakers.get(key) ?? []) wake()
       }
       watch.heads = now
@@ -507,25 +557,31 @@ class PartitionWorker {
 
   async #run(): Promise<void> {
     const { group } = this.#options
-    let next = this.#log.committedOffset(group, this.topic, this.partition)
-    if (next === undefined) {
-      next = this.#options.startAt === 'earliest' ? 0 : this.#log.endOffset(this.topic, this.partition)
-      this.#log.commitIfOwner(group, this.#member, this.topic, this.partition, next)
-    }
+    const committed = this.#log.committedOffset(group, this.topic, this.partition)
+    let next =
+      committed ??
+      (this.#options.startAt === 'earliest' ? 0 : this.#log.endOffset(this.topic, this.partition))
+    if (committed === undefined)
+      await this.#log.commitIfOwner(group, this.#member, this.topic, this.partition, next)
     const unsubscribe = this.#log.onAppend(`${this.topic}/${this.partition}`, () => this.#wake?.())
     try {
+      let lookAnyway = true
       while (!this.#stop.signal.aborted) {
-        const records = this.#log.readSync(this.topic, this.partition, next, this.#options.batchSizeMax)
+        const records =
+          lookAnyway || this.#log.mayHaveRecords(this.topic, this.partition, next)
+            ? this.#log.readSync(this.topic, this.partition, next, this.#options.batchSizeMax)
+            : []
         if (records.length === 0) {
           // Woken by an append (this process's, or another's seen by the log's watcher); the
-          // timeout is only a safety net.
-          await new Promise<void>((resolve) => {
-            this.#wake = resolve
-            sleep(idleReadIntervalMs, this.#stop.signal).then(resolve)
+          // timeout is only a safety net, after which the log is read whatever is known.
+          lookAnyway = await new Promise<boolean>((resolve) => {
+            this.#wake = () => resolve(false)
+            sleep(idleReadIntervalMs, this.#stop.signal).then(() => resolve(true))
           })
           this.#wake = undefined
           continue
         }
+        lookAnyway = false
         try {
           await this.#options.onBatch({ topic: this.topic, partition: this.partition, records })
         } catch {
@@ -535,7 +591,7 @@ class PartitionWorker {
         }
         if (this.#abandoned) return
         const last = records[records.length - 1].offset + 1
-        if (!this.#log.commitIfOwner(group, this.#member, this.topic, this.partition, last)) return
+        if (!(await this.#log.commitIfOwner(group, this.#member, this.topic, this.partition, last))) return
         next = last
       }
     } finally {
