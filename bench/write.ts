@@ -50,8 +50,15 @@ async function drive(url: string, seconds: number, connections: number, bearer =
 export async function benchWrite(options: { seconds: number; connections: number }): Promise<Row[]> {
   const dir = tempDir('mercato-bench-write-')
   const bare = await startProcess(['bench/bare-order-server.ts'], {}, /bare server is up/)
-  const env = { MERCATO_PORT: '0', MERCATO_DATA_DIR: dir.path, MERCATO_SEED: 'false', ...benchLimits }
-  // The command API behind the in-process gateway, which verifies the customer's token.
+  // The command API behind the in-process gateway, which verifies the customer's token. No
+  // saga runs, so its admission control is off: this measures what the write path takes in.
+  const env = {
+    MERCATO_PORT: '0',
+    MERCATO_DATA_DIR: dir.path,
+    MERCATO_SEED: 'false',
+    MERCATO_ORDER_BACKLOG_MAX: '0',
+    ...benchLimits,
+  }
   const mercato = await startProcess(
     ['src/main.ts', 'start', '--target', 'gateway,user,command-api'],
     env,

@@ -207,6 +207,12 @@ export const upcasters: Record<
   },
 }
 
+/**
+ * The consumer groups that carry an order through its saga (one per service); each reads
+ * the orders topic. The command API watches their backlog there (see write/saga-backlog.ts).
+ */
+export const sagaGroups = ['order', 'inventory', 'payment', 'shipping']
+
 /** The topic an event type lives on: one per aggregate, so order is kept per aggregate id. */
 export const topicOf: Record<string, string> = {
   order: 'orders',

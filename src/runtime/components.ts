@@ -249,6 +249,7 @@ Object.assign(components, {
         idempotencyKeyTtlMs: context.config.idempotencyKeyTtlMs,
         idempotencyLockMs: context.config.idempotencyLockMs,
         orderLinesMax: context.config.orderLinesMax,
+        orderBacklogMax: context.config.orderBacklogMax,
         identity: need(context.identity, 'identity'),
         webhookAllowPrivateHosts: context.config.webhookAllowPrivateHosts,
       })

@@ -41,6 +41,7 @@ export interface Config {
   idempotencyKeyTtlMs: number
   idempotencyLockMs: number
   orderLinesMax: number
+  orderBacklogMax: number
   sagaStepTimeoutMs: number
   reservationTtlMs: number
   paymentProviderUrl: string | undefined
@@ -243,6 +244,13 @@ export const intSettings = {
     default: 30_000,
     min: 100,
     max: 600_000,
+  },
+  orderBacklogMax: {
+    env: 'MERCATO_ORDER_BACKLOG_MAX',
+    help: 'events on the orders topic the saga may have waiting before new orders get 503 (0: never)',
+    default: 2_000,
+    min: 0,
+    max: 10_000_000,
   },
   orderLinesMax: {
     env: 'MERCATO_ORDER_LINES_MAX',

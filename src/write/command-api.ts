@@ -27,8 +27,8 @@ import type { Metrics } from '../platform/metrics.ts'
 import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { currentTraceparent } from '../platform/tracing.ts'
-import { validateFlagDefinition } from '../services/flags/flags.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
+import { SagaBacklog } from './saga-backlog.ts'
 
 export interface CommandApiOptions {
   http: FastifyInstance
@@ -40,6 +40,8 @@ export interface CommandApiOptions {
   idempotencyKeyTtlMs: number
   idempotencyLockMs: number
   orderLinesMax: number
+  /** Events the order saga may have waiting before new orders are refused (0: never). */
+  orderBacklogMax: number
   identity: Identity
   /** Webhook URLs may name loopback, link-local or private hosts (a test or a closed network). */
   webhookAllowPrivateHosts: boolean
@@ -63,6 +65,8 @@ interface CommandSpec {
   authorize: (request: FastifyRequest) => Promise<void> | void
   /** Creating commands require an Idempotency-Key; others honour one when it is sent. */
   keyRequired: boolean
+  /** Throws OverloadedError when the command cannot be taken now (before its key is claimed). */
+  admit?: () => void
   /** Runs in the transaction that claims the Idempotency-Key (no second transaction per request). */
   onClaimed?: (tx: Tx, id: string, request: FastifyRequest) => Promise<void>
   newId: () => string
@@ -81,6 +85,13 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     ttlMs: options.idempotencyKeyTtlMs,
     lockMs: options.idempotencyLockMs,
   })
+  const backlog = new SagaBacklog(
+    stream,
+    { eventsMax: options.orderBacklogMax, intervalMs: 250 },
+    log,
+    metrics,
+  )
+  backlog.start()
   const accepted = metrics.counter('mercato_commands_total', 'Commands answered, by type and outcome.', [
     'command',
     'outcome',
@@ -109,6 +120,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         { errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is invalid' }] },
       )
     }
+    spec.admit?.()
     let id = spec.newId()
     if (key !== undefined) {
       const claim = await keys.claim(
@@ -222,6 +234,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
             }
           },
           keyRequired: true,
+          admit: () => backlog.admit(),
           // An order refused after this (its lines) leaves an owner row and no order: a cancel
           // of it by its owner is accepted and finds nothing to cancel.
           onClaimed: (tx, orderId, request) =>
@@ -518,7 +531,12 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     keys.prune().catch((error) => log.warn({ err: errorMessage(error) }, 'idempotency keys not pruned'))
   }, 60_000)
   pruning.unref()
-  return { stop: async () => clearInterval(pruning) }
+  return {
+    stop: async () => {
+      clearInterval(pruning)
+      backlog.stop()
+    },
+  }
 }
 
 /** Who is calling: the scope of idempotency keys. */

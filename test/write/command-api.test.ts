@@ -7,7 +7,7 @@ import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
 import { type Shop, startShop, testCustomerId } from '../support/shop.ts'
-import { tempDir } from '../support/wait.ts'
+import { tempDir, waitFor } from '../support/wait.ts'
 
 const address = { name: 'A', line1: '1 St', city: 'C', postalCode: '1', country: 'US' }
 const order = (lines: unknown = [{ sku: 'CMD-1', quantity: 1 }]) => ({
@@ -222,6 +222,40 @@ describe('idempotency keys', () => {
     } finally {
       await store.close()
       dir.remove()
+    }
+  })
+})
+
+describe('admission of new orders', () => {
+  it('refuses new orders with 503, Retry-After and problem details while the saga is behind, and publishes nothing', async () => {
+    // No saga service runs here (user only signs in), so every order placed stays in the saga's backlog.
+    const shop = await startShop('embedded', {
+      MERCATO_TARGET: 'gateway,command-api,user',
+      MERCATO_ORDER_BACKLOG_MAX: '3',
+    })
+    try {
+      assert.equal((await shop.post('/v1/orders', order(), { 'idempotency-key': randomUUID() })).status, 202)
+      let refused: Awaited<ReturnType<Shop['post']>> | undefined
+      await waitFor('an order refused for the backlog', async () => {
+        const before = await appended(shop)
+        const answer = await shop.post('/v1/orders', order(), { 'idempotency-key': randomUUID() })
+        if (answer.status === 202) return false
+        assert.equal(await appended(shop), before, 'a refused order appends nothing')
+        refused = answer
+        return true
+      })
+      assert.equal(refused!.status, 503)
+      assert.equal(refused!.headers.get('content-type'), 'application/problem+json; charset=utf-8')
+      assert.ok(Number(refused!.headers.get('retry-after')) >= 1)
+      assert.match(refused!.body.detail, /events wait for its consumers/)
+      const product = { name: 'P', description: 'd', category: 'c', priceMinor: 100, currency: 'USD' }
+      assert.equal(
+        (await shop.put('/v1/products/ADMIT-1', product)).status,
+        202,
+        'other commands are still taken',
+      )
+    } finally {
+      await shop.stop()
     }
   })
 })
