@@ -100,6 +100,9 @@ export interface LoadSummary {
   confirmMs: { p50: number; p99: number; max: number }
 }
 
+/** How often one order is sent again after a 503 or 429 that named a time to come back. */
+const refusedRetriesMax = 3
+
 export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Promise<LoadSummary> {
   const started = performance.now()
   const startedAtMs = Date.now()
@@ -118,7 +121,7 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     body: unknown,
     key: string,
     bearer: string,
-  ): Promise<{ status: number; id?: string; replay: boolean }> {
+  ): Promise<{ status: number; id?: string; replay: boolean; retryAfterS?: number }> {
     const t0 = performance.now()
     try {
       const response = await fetch(`${options.url}/v1/orders`, {
@@ -137,6 +140,7 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
         status: response.status,
         id: answer.id,
         replay: response.headers.get('idempotent-replayed') === 'true',
+        retryAfterS: Number(response.headers.get('retry-after')) || undefined,
       }
     } catch (error) {
       requestMs.push(performance.now() - t0)
@@ -164,7 +168,13 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     }
     const key = randomUUID()
     sent++
-    const first = await post(body, key, bearer)
+    let first = await post(body, key, bearer)
+    // Told to come back later (503 or 429 with Retry-After): wait as told, a few times, with the same key.
+    for (let wait = 1; wait <= refusedRetriesMax && first.retryAfterS !== undefined; wait++) {
+      count(`${first.status}, then retried`)
+      await sleep(Math.min(first.retryAfterS, 10) * 1_000)
+      first = await post(body, key, bearer)
+    }
     answered++
     lastAnswerMs = Date.now()
     count(first.status === -1 ? 'timeout' : first.status === 0 ? 'network-error' : String(first.status))
