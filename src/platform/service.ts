@@ -72,12 +72,16 @@ export class Service {
 
   /**
    * Consumes `topics` as the service's consumer group; events of types without a handler are
-   * passed over undecoded. A partition's batch of events is handled in one transaction of the store (one
-   * commit for many events), each event's `transact` in a savepoint of it. A batch that
-   * fails is retried, then handed over one event at a time (see EventStream), so a bad event
-   * costs only itself. `oneAtATime` is for handlers that call out of the store (payment's
-   * provider) between their reads and their transaction: a batch must not hold the store
-   * across a network call.
+   * passed over undecoded.
+   *
+   * On SQLite (one writer, and a commit costs more than the work in it) a partition's batch
+   * of events is handled in one transaction, each event's `transact` in a savepoint of it. A
+   * batch that fails is retried, then handed over one event at a time (see EventStream), so
+   * a bad event costs only itself. On PostgreSQL each event has transactions of its own, so
+   * the partitions' transactions run side by side on the pool, and a conflict on one order
+   * rolls back only that order's event. `oneAtATime` asks for the same on every store: it is
+   * for handlers that call out of the store (payment's provider) between their reads and
+   * their transaction, since a batch must not hold the store across a network call.
    */
   async consume(
     topics: string[],
@@ -87,7 +91,7 @@ export class Service {
     const group = options.group ?? this.name
     const types = Object.keys(handlers)
     const subscription = await this.stream.subscribe(
-      options.oneAtATime
+      options.oneAtATime || this.store.kind !== 'sqlite'
         ? { group, topics, types, handle: (event) => this.#handleAlone(group, handlers, event) }
         : { group, topics, types, handleBatch: (events) => this.#handleBatch(group, handlers, events) },
     )
@@ -113,8 +117,7 @@ export class Service {
   async #handleBatch(group: string, handlers: Record<string, Handler>, batch: PositionedEvent[]) {
     const wanted = batch.filter(({ event }) => handlers[event.type])
     if (wanted.length === 0) return
-    // One batch at a time per service: on PostgreSQL, two batches taking shared rows (stock
-    // of the same SKUs) in different orders would deadlock.
+    // One batch at a time per service, as SQLite's one writer would have it anyway.
     const turn = this.#batchTurn.then(() =>
       this.store.transaction(async (tx) => {
         const outbox: CloudEvent[] = []
