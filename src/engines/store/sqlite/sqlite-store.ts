@@ -26,6 +26,8 @@ export class SqliteStore implements Store {
   readonly #writer: Semaphore
   readonly #statements = new Map<string, StatementSync>()
   readonly #readStatements = new Map<string, StatementSync>()
+  /** Transactions done and waiting for the group's commit. */
+  readonly #group: { done(): void; failed(error: unknown): void; callbacks: (() => void)[] }[] = []
 
   constructor(dataDir: string, service: string, limits: StoreLimits) {
     assertServiceName(service)
@@ -61,26 +63,81 @@ export class SqliteStore implements Store {
     }
   }
 
-  async transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
-    return this.#writer.run(async () => {
-      const callbacks: (() => void)[] = []
-      const tx: Tx = {
-        query: async (sql, params) => this.#all(this.#db, this.#statements, sql, params),
-        execute: async (sql, params) => this.#run(sql, params),
-        afterCommit: (callback) => callbacks.push(callback),
-      }
-      this.#db.exec('BEGIN IMMEDIATE')
+  /**
+   * Group commit: a transaction that finds others waiting for the writer leaves its
+   * transaction open for them; each runs in a savepoint of it (one that fails rolls back
+   * alone) and the last of the group commits for all. Every caller's promise resolves only
+   * after that commit. Under load one commit serves many callers; a lone caller commits at once.
+   */
+  transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
+    return new Promise<T>((resolve, reject) => {
+      this.#writer.run(() => this.#joinGroup(work, resolve, reject)).catch(reject)
+    })
+  }
+
+  async #joinGroup<T>(
+    work: (tx: Tx) => Promise<T>,
+    resolve: (result: T) => void,
+    reject: (error: unknown) => void,
+  ): Promise<void> {
+    const callbacks: (() => void)[] = []
+    const tx: Tx = {
+      query: async (sql, params) => this.#all(this.#db, this.#statements, sql, params),
+      execute: async (sql, params) => this.#run(sql, params),
+      afterCommit: (callback) => callbacks.push(callback),
+    }
+    try {
+      if (!this.#db.isTransaction) this.#db.exec('BEGIN IMMEDIATE')
+      this.#db.exec('SAVEPOINT mercato_tx')
       let result: T
       try {
         result = await work(tx)
-        this.#db.exec('COMMIT')
+        this.#db.exec('RELEASE mercato_tx')
       } catch (error) {
-        if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
-        throw error
+        if (!this.#db.isTransaction) {
+          // SQLite gave up the whole transaction: the group's work is gone with it.
+          this.#failGroup(error)
+        } else {
+          this.#db.exec('ROLLBACK TO mercato_tx')
+          this.#db.exec('RELEASE mercato_tx')
+        }
+        reject(error)
+        return
       }
-      for (const callback of callbacks) callback()
-      return result
-    })
+      this.#group.push({ done: () => resolve(result), failed: reject, callbacks })
+    } catch (error) {
+      // BEGIN, SAVEPOINT or RELEASE failed: nothing of this group can be trusted.
+      reject(error)
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
+      this.#failGroup(error)
+      return
+    } finally {
+      if (
+        this.#db.isOpen &&
+        this.#db.isTransaction &&
+        (this.#writer.waiting === 0 || this.#group.length >= groupSizeMax)
+      )
+        this.#commitGroup()
+    }
+  }
+
+  #commitGroup(): void {
+    const group = this.#group.splice(0)
+    try {
+      this.#db.exec('COMMIT')
+    } catch (error) {
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
+      for (const member of group) member.failed(error)
+      return
+    }
+    for (const member of group) {
+      for (const callback of member.callbacks) callback()
+      member.done()
+    }
+  }
+
+  #failGroup(error: unknown): void {
+    for (const member of this.#group.splice(0)) member.failed(error)
   }
 
   execute(sql: string, params?: SqlValue[]): Promise<number> {
@@ -97,6 +154,7 @@ export class SqliteStore implements Store {
 
   async close(): Promise<void> {
     await this.#writer.run(async () => {
+      if (this.#db.isTransaction) this.#commitGroup()
       this.#db.close()
       this.#reader.close()
     })
@@ -118,6 +176,9 @@ export class SqliteStore implements Store {
     return Number(prepare(this.#db, this.#statements, sql).run(...params.map(toSqlite)).changes)
   }
 }
+
+/** Transactions that share one commit at most: bounds how long the first waits for the last. */
+const groupSizeMax = 16
 
 /** Prepares once per connection; $1, $2 … become SQLite's ?1, ?2 …. */
 function prepare(db: DatabaseSync, cache: Map<string, StatementSync>, sql: string): StatementSync {
