@@ -39,7 +39,7 @@ export const sqliteLogDefaults: Omit<SqliteLogOptions, 'path'> = {
   publishBatchSizeMax: 5_000,
   publishQueueLengthMax: 100_000,
   pollIntervalMs: 20,
-  heartbeatIntervalMs: 250,
+  heartbeatIntervalMs: 1_000,
   sessionTimeoutMs: 3_000,
   busyTimeoutMs: 5_000,
 }
