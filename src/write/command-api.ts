@@ -65,7 +65,7 @@ interface CommandSpec {
   authorize: (request: FastifyRequest) => Promise<void> | void
   /** Creating commands require an Idempotency-Key; others honour one when it is sent. */
   keyRequired: boolean
-  /** Throws OverloadedError when the command cannot be taken now (before its key is claimed). */
+  /** Throws OverloadedError when the command cannot be taken now (a replay of one taken is still answered). */
   admit?: () => void
   /** Runs in the transaction that claims the Idempotency-Key (no second transaction per request). */
   onClaimed?: (tx: Tx, id: string, request: FastifyRequest) => Promise<void>
@@ -120,7 +120,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         { errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is invalid' }] },
       )
     }
-    spec.admit?.()
+    if (key === undefined) spec.admit?.()
     let id = spec.newId()
     if (key !== undefined) {
       const claim = await keys.claim(
@@ -128,7 +128,12 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         key,
         fingerprintOf(request.method, request.url, request.body),
         () => id,
-        spec.onClaimed && ((tx, resourceId) => spec.onClaimed!(tx, resourceId, request)),
+        // Admission is asked only of a claim that starts work: a replay is still answered.
+        // A refusal throws inside the claim's transaction, so the key stays unclaimed.
+        async (tx, resourceId) => {
+          spec.admit?.()
+          await spec.onClaimed?.(tx, resourceId, request)
+        },
       )
       if (claim.kind === 'other-request') {
         accepted.inc({ command: name, outcome: 'key-reused' })

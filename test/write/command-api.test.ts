@@ -234,7 +234,9 @@ describe('admission of new orders', () => {
       MERCATO_ORDER_BACKLOG_MAX: '3',
     })
     try {
-      assert.equal((await shop.post('/v1/orders', order(), { 'idempotency-key': randomUUID() })).status, 202)
+      const firstKey = randomUUID()
+      const first = await shop.post('/v1/orders', order(), { 'idempotency-key': firstKey })
+      assert.equal(first.status, 202)
       let refused: Awaited<ReturnType<Shop['post']>> | undefined
       await waitFor('an order refused for the backlog', async () => {
         const before = await appended(shop)
@@ -248,6 +250,10 @@ describe('admission of new orders', () => {
       assert.equal(refused!.headers.get('content-type'), 'application/problem+json; charset=utf-8')
       assert.ok(Number(refused!.headers.get('retry-after')) >= 1)
       assert.match(refused!.body.detail, /events wait for its consumers/)
+      const replay = await shop.post('/v1/orders', order(), { 'idempotency-key': firstKey })
+      assert.equal(replay.status, 202, 'an order already taken is still answered')
+      assert.equal(replay.headers.get('idempotent-replayed'), 'true')
+      assert.equal(replay.body.id, first.body.id)
       const product = { name: 'P', description: 'd', category: 'c', priceMinor: 100, currency: 'USD' }
       assert.equal(
         (await shop.put('/v1/products/ADMIT-1', product)).status,

@@ -106,6 +106,38 @@ export function defineStoreConformance(
       assert.equal(committed, 1)
     })
 
+    it('keeps concurrent transactions apart: each that throws rolls back alone, each that resolves is committed when it resolves', async () => {
+      const store = await newStore()
+      const callbacks: string[] = []
+      const outcomes = await Promise.allSettled(
+        Array.from({ length: 60 }, (_, i) =>
+          store
+            .transaction(async (tx) => {
+              await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', [`c${i}`, i])
+              tx.afterCommit(() => callbacks.push(`c${i}`))
+              if (i % 3 === 0) throw new Error(`transaction ${i} refused`)
+              const [row] = await tx.query<{ on_hand: number }>('SELECT on_hand FROM stock WHERE sku = $1', [
+                `c${i}`,
+              ])
+              return row.on_hand
+            })
+            .then(async (value) => {
+              // Resolved means committed: another connection sees it at once.
+              const seen = await store.query('SELECT 1 FROM stock WHERE sku = $1', [`c${i}`])
+              return { value, seen: seen.length }
+            }),
+        ),
+      )
+      outcomes.forEach((outcome, i) => {
+        if (i % 3 === 0) assert.equal(outcome.status, 'rejected', `transaction ${i}`)
+        else assert.deepEqual(outcome.status === 'fulfilled' && outcome.value, { value: i, seen: 1 })
+      })
+      const rows = await store.query<{ sku: string }>("SELECT sku FROM stock WHERE sku LIKE 'c%'")
+      const expected = Array.from({ length: 60 }, (_, i) => i).filter((i) => i % 3 !== 0)
+      assert.deepEqual(rows.map((r) => r.sku).sort(), expected.map((i) => `c${i}`).sort())
+      assert.deepEqual([...callbacks].sort(), expected.map((i) => `c${i}`).sort())
+    })
+
     it('has an inbox: an event handled twice, or by concurrent callers, has one effect', async () => {
       const store = await newStore()
       await store.transaction((tx) =>

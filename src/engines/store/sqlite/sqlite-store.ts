@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite'
+import { errorMessage } from '../../../platform/errors.ts'
 import { Semaphore } from '../../../platform/limits.ts'
 import {
   assertServiceName,
@@ -28,6 +29,8 @@ export class SqliteStore implements Store {
   readonly #readStatements = new Map<string, StatementSync>()
   /** Transactions done and waiting for the group's commit. */
   readonly #group: { done(): void; failed(error: unknown): void; callbacks: (() => void)[] }[] = []
+  /** Transactions that joined the open one, failed ones included. */
+  #joined = 0
 
   constructor(dataDir: string, service: string, limits: StoreLimits) {
     assertServiceName(service)
@@ -87,7 +90,11 @@ export class SqliteStore implements Store {
       afterCommit: (callback) => callbacks.push(callback),
     }
     try {
-      if (!this.#db.isTransaction) this.#db.exec('BEGIN IMMEDIATE')
+      if (!this.#db.isTransaction) {
+        this.#db.exec('BEGIN IMMEDIATE')
+        this.#joined = 0
+      }
+      this.#joined++
       this.#db.exec('SAVEPOINT mercato_tx')
       let result: T
       try {
@@ -108,14 +115,16 @@ export class SqliteStore implements Store {
     } catch (error) {
       // BEGIN, SAVEPOINT or RELEASE failed: nothing of this group can be trusted.
       reject(error)
-      if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
       this.#failGroup(error)
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
       return
     } finally {
+      // Failed members count too: a stream of failing transactions must not hold the
+      // group's commit back.
       if (
         this.#db.isOpen &&
         this.#db.isTransaction &&
-        (this.#writer.waiting === 0 || this.#group.length >= groupSizeMax)
+        (this.#writer.waiting === 0 || this.#joined >= groupSizeMax)
       )
         this.#commitGroup()
     }
@@ -126,12 +135,19 @@ export class SqliteStore implements Store {
     try {
       this.#db.exec('COMMIT')
     } catch (error) {
-      if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
       for (const member of group) member.failed(error)
+      if (this.#db.isTransaction) this.#db.exec('ROLLBACK')
       return
     }
     for (const member of group) {
-      for (const callback of member.callbacks) callback()
+      for (const callback of member.callbacks) {
+        try {
+          callback()
+        } catch (error) {
+          // The work is committed: a failing callback must not make it look failed.
+          process.emitWarning(`after-commit callback of store ${this.service} failed: ${errorMessage(error)}`)
+        }
+      }
       member.done()
     }
   }

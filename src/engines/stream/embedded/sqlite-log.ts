@@ -319,7 +319,9 @@ export class SqliteLog implements StreamEngine {
   #flushCommits(): void {
     const commits = this.#pendingCommits
     this.#pendingCommits = []
-    if (this.#closed) {
+    // Members stop (and commit) before the file closes; a commit asked for after that,
+    // by an abandoned worker, is dropped, and the records come again to the next owner.
+    if (!this.db.isOpen) {
       for (const commit of commits) commit.resolve(false)
       return
     }
@@ -561,8 +563,7 @@ class PartitionWorker {
     let next =
       committed ??
       (this.#options.startAt === 'earliest' ? 0 : this.#log.endOffset(this.topic, this.partition))
-    if (committed === undefined)
-      await this.#log.commitIfOwner(group, this.#member, this.topic, this.partition, next)
+    if (committed === undefined && !(await this.#commit(next))) return
     const unsubscribe = this.#log.onAppend(`${this.topic}/${this.partition}`, () => this.#wake?.())
     try {
       let lookAnyway = true
@@ -591,11 +592,33 @@ class PartitionWorker {
         }
         if (this.#abandoned) return
         const last = records[records.length - 1].offset + 1
-        if (!(await this.#log.commitIfOwner(group, this.#member, this.topic, this.partition, last))) return
+        if (!(await this.#commit(last))) return
         next = last
       }
     } finally {
       unsubscribe()
+    }
+  }
+
+  /**
+   * Commits `offset` while this member owns the partition; resolves false once it does not
+   * (or is stopping). A failed commit (the file busy) is tried again, not given up on.
+   */
+  async #commit(offset: number): Promise<boolean> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.#log.commitIfOwner(
+          this.#options.group,
+          this.#member,
+          this.topic,
+          this.partition,
+          offset,
+        )
+      } catch {
+        // Stopping gives up after a second: the next owner starts from the last commit.
+        if (this.#abandoned || (this.#stop.signal.aborted && attempt >= 10)) return false
+        await sleep(100)
+      }
     }
   }
 
