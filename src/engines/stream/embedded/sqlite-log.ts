@@ -339,7 +339,7 @@ export class SqliteLog implements StreamEngine {
       for (const commit of commits) commit.reject(error)
       return
     }
-    commits.forEach((commit, i) => commit.resolve(owned[i]))
+    for (const [i, commit] of commits.entries()) commit.resolve(owned[i])
   }
 
   /** Heartbeats, expires dead members, and returns the partitions `member` should own now. */
