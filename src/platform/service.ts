@@ -46,7 +46,6 @@ export class Service {
   readonly #subscriptions: Subscription[] = []
   readonly #jobs: Promise<void>[] = []
   readonly #stopping = new AbortController()
-  #batchTurn: Promise<void> = Promise.resolve()
 
   constructor(deps: ServiceDeps) {
     this.name = deps.name
@@ -117,21 +116,16 @@ export class Service {
   async #handleBatch(group: string, handlers: Record<string, Handler>, batch: PositionedEvent[]) {
     const wanted = batch.filter(({ event }) => handlers[event.type])
     if (wanted.length === 0) return
-    // One batch at a time per service, as SQLite's one writer would have it anyway.
-    const turn = this.#batchTurn.then(() =>
-      this.store.transaction(async (tx) => {
-        const outbox: CloudEvent[] = []
-        for (const { event } of wanted) {
-          if (!(await recordHandled(tx, group, event.id))) continue // redelivered
-          await handlers[event.type](event, {
-            transact: (work) => this.#inSavepoint(tx, event, outbox, work),
-          })
-        }
-        if (outbox.length > 0) await addToOutbox(this.store, tx, outbox)
-      }),
-    )
-    this.#batchTurn = turn.catch(() => {})
-    await turn
+    await this.store.transaction(async (tx) => {
+      const outbox: CloudEvent[] = []
+      for (const { event } of wanted) {
+        if (!(await recordHandled(tx, group, event.id))) continue // redelivered
+        await handlers[event.type](event, {
+          transact: (work) => this.#inSavepoint(tx, event, outbox, work),
+        })
+      }
+      if (outbox.length > 0) await addToOutbox(this.store, tx, outbox)
+    })
   }
 
   /** Runs `work` in a savepoint of `tx`: if it throws, its writes, events and callbacks are undone. */
