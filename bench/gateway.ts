@@ -14,57 +14,16 @@
 // another, timed to the microsecond. Direct runs go before and after each gateway run
 // (A, B, A) and the baseline is their mean, since the machine's load drifts during a run.
 import { randomUUID } from 'node:crypto'
-import autocannon from 'autocannon'
 import { Pool } from 'undici'
 import { resolveTargets } from '../src/runtime/components.ts'
 import { demoProducts } from '../src/runtime/demo-data.ts'
 import { tempDir } from '../test/support/wait.ts'
+import { type Driven, drive } from './drive.ts'
 import { type Started, startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
 
-interface Driven {
-  perSecond: number
-  p50: number
-  p99: number
-  non2xx: number
-}
-
 const address = { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' }
-
-async function drive(
-  url: string,
-  seconds: number,
-  connections: number,
-  request: { method: 'GET' | 'POST'; headers: Record<string, string>; paths?: string[]; body?: string },
-): Promise<Driven> {
-  let next = 0
-  const result = await autocannon({
-    url,
-    connections,
-    duration: seconds,
-    requests: [
-      {
-        method: request.method,
-        headers: request.headers,
-        body: request.body,
-        setupRequest: (r) => ({
-          ...r,
-          path: request.paths ? request.paths[next++ % request.paths.length] : '/v1/orders',
-          headers: request.method === 'POST' ? { ...r.headers, 'idempotency-key': randomUUID() } : r.headers,
-        }),
-      },
-    ],
-  })
-  if (result.non2xx > 0)
-    console.error(`  ${request.method} ${url}: answers by status ${JSON.stringify(result.statusCodeStats)}`)
-  return {
-    perSecond: result['2xx'] / seconds,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    non2xx: result.non2xx,
-  }
-}
 
 /**
  * One connection, one request after another, timed here to the microsecond: what a

@@ -8,7 +8,6 @@
 import { randomUUID } from 'node:crypto'
 import { writeFileSync } from 'node:fs'
 import { join } from 'node:path'
-import autocannon from 'autocannon'
 import { createEvent } from '../src/contracts/envelope.ts'
 import type { PositionedEvent } from '../src/engines/stream/event-stream.ts'
 import { silentLogger } from '../src/platform/logger.ts'
@@ -19,6 +18,7 @@ import { loadConfig } from '../src/runtime/config.ts'
 import { demoProducts } from '../src/runtime/demo-data.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
 import { tempDir } from '../test/support/wait.ts'
+import { drive, withBearer } from './drive.ts'
 import { startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchSearch } from './search.ts'
@@ -53,27 +53,11 @@ export async function benchQuery(options: QueryBenchOptions): Promise<Row[]> {
   return rows
 }
 
-async function drive(url: string, ids: string[], seconds: number, connections: number, bearer = '') {
-  let next = 0
-  const result = await autocannon({
-    url,
-    connections,
-    duration: seconds,
-    requests: [
-      {
-        method: 'GET',
-        headers: bearer ? { authorization: `Bearer ${bearer}` } : {},
-        setupRequest: (request) => ({ ...request, path: `/v1/orders/${ids[next++ % ids.length]}` }),
-      },
-    ],
-  })
-  return {
-    perSecond: result['2xx'] / seconds,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    non2xx: result.non2xx,
-  }
-}
+const getOrders = (ids: string[], bearer = '') => ({
+  method: 'GET' as const,
+  headers: withBearer({}, bearer),
+  paths: ids.map((id) => `/v1/orders/${id}`),
+})
 
 async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
   const dir = tempDir('mercato-bench-query-')
@@ -130,10 +114,10 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
       { MERCATO_BENCH_DOCUMENTS: file },
       /bare server is up/,
     )
-    await drive(bare.url, ids, 2, options.connections)
-    await drive(mercato.url, ids, 2, options.connections, bearer)
-    const baseline = await drive(bare.url, ids, options.seconds, options.connections)
-    const subject = await drive(mercato.url, ids, options.seconds, options.connections, bearer)
+    await drive(bare.url, 2, options.connections, getOrders(ids))
+    await drive(mercato.url, 2, options.connections, getOrders(ids, bearer))
+    const baseline = await drive(bare.url, options.seconds, options.connections, getOrders(ids))
+    const subject = await drive(mercato.url, options.seconds, options.connections, getOrders(ids, bearer))
     console.error({ baseline, subject })
     const scenario = `cached GET /v1/orders/{id}, ${options.connections} connections`
     return [

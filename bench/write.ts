@@ -1,9 +1,8 @@
 // `npm run bench -- write`: POST /v1/orders on command-api (validation, idempotency key
 // in the store, append to the stream) beside a bare fastify server that only validates
 // the same body, under the same autocannon settings, in the same run.
-import { randomUUID } from 'node:crypto'
-import autocannon from 'autocannon'
 import { tempDir } from '../test/support/wait.ts'
+import { drive, withBearer } from './drive.ts'
 import { startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
@@ -17,35 +16,11 @@ const body = JSON.stringify({
   paymentMethodToken: 'tok_visa',
 })
 
-async function drive(url: string, seconds: number, connections: number, bearer = '') {
-  const result = await autocannon({
-    url: `${url}/v1/orders`,
-    connections,
-    duration: seconds,
-    requests: [
-      {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
-        },
-        body,
-        setupRequest: (request) => ({
-          ...request,
-          headers: { ...request.headers, 'idempotency-key': randomUUID() },
-        }),
-      },
-    ],
-  })
-  const accepted = result['2xx']
-  return {
-    perSecond: accepted / seconds,
-    p50: result.latency.p50,
-    p99: result.latency.p99,
-    non2xx: result.non2xx,
-    errors: result.errors + result.timeouts,
-  }
-}
+const post = (bearer = '') => ({
+  method: 'POST' as const,
+  headers: withBearer({ 'content-type': 'application/json' }, bearer),
+  body,
+})
 
 export async function benchWrite(options: { seconds: number; connections: number }): Promise<Row[]> {
   const dir = tempDir('mercato-bench-write-')
@@ -70,10 +45,10 @@ export async function benchWrite(options: { seconds: number; connections: number
   const tokens = await benchTokens(env)
   const bearer = await tokens.customer('cus_bench')
   try {
-    await drive(bare.url, 2, options.connections) // warm-up
-    await drive(mercato.url, 2, options.connections, bearer)
-    const baseline = await drive(bare.url, options.seconds, options.connections)
-    const subject = await drive(mercato.url, options.seconds, options.connections, bearer)
+    await drive(bare.url, 2, options.connections, post()) // warm-up
+    await drive(mercato.url, 2, options.connections, post(bearer))
+    const baseline = await drive(bare.url, options.seconds, options.connections, post())
+    const subject = await drive(mercato.url, options.seconds, options.connections, post(bearer))
     console.error({ baseline, subject })
     const scenario = `POST /v1/orders, ${options.connections} connections`
     return [
