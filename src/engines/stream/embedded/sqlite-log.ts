@@ -93,7 +93,7 @@ export class SqliteLog implements StreamEngine {
   readonly #knownEnds = new Map<string, number>()
   #pendingCommits: PendingCommit[] = []
   #closed = false
-  #otherWriters: { timer: NodeJS.Timeout; dataVersion: number; heads: Map<string, number> } | undefined
+  #otherWriters: { timer: NodeJS.Timeout; dataVersion: number } | undefined
   readonly #sql: Record<string, StatementSync>
 
   constructor(options: SqliteLogOptions) {
@@ -395,30 +395,27 @@ export class SqliteLog implements StreamEngine {
   #watchOtherWriters(): void {
     if (this.#otherWriters) return
     const dataVersion = () => (this.#sql.dataVersion.get() as { data_version: number }).data_version
-    const heads = () =>
-      new Map(
-        (this.#sql.heads.all() as { topic: string; partition: number; next_offset: number }[]).map((row) => [
-          `${row.topic}/${row.partition}`,
-          row.next_offset,
-        ]),
-      )
-    const watch = {
-      dataVersion: dataVersion(),
-      heads: heads(),
-      timer: undefined as unknown as NodeJS.Timeout,
+    // Heads past what this process knows were appended by another: those partitions wake.
+    const catchUp = (wake: boolean) => {
+      for (const row of this.#sql.heads.all() as {
+        topic: string
+        partition: number
+        next_offset: number
+      }[]) {
+        const key = `${row.topic}/${row.partition}`
+        if (row.next_offset <= (this.#knownEnds.get(key) ?? -1)) continue
+        this.#knownEnds.set(key, row.next_offset)
+        if (wake) for (const waker of this.#wakers.get(key) ?? []) waker()
+      }
     }
+    const watch = { dataVersion: dataVersion(), timer: undefined as unknown as NodeJS.Timeout }
+    catchUp(false)
     watch.timer = setInterval(() => {
       if (this.#closed) return
       const version = dataVersion()
       if (version === watch.dataVersion) return
       watch.dataVersion = version
-      const now = heads()
-      for (const [key, next] of now) {
-        if (watch.heads.get(key) === next) continue
-        this.#knownEnds.set(key, Math.max(next, this.#knownEnds.get(key) ?? 0))
-        for (const wake of this.#wakers.get(key) ?? []) wake()
-      }
-      watch.heads = now
+      catchUp(true)
     }, this.options.pollIntervalMs)
     watch.timer.unref()
     this.#otherWriters = watch
