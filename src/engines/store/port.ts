@@ -1,6 +1,7 @@
 // The store port: one store per service (a SQLite file, or a PostgreSQL schema), with
 // migrations and transactions. SQL is written once, with $1, $2 … placeholders and the
 // common subset of both dialects; a migration may give each dialect its own text.
+import { errorMessage } from '../../platform/errors.ts'
 
 export type SqlValue = string | number | bigint | boolean | null | undefined | Uint8Array
 
@@ -68,6 +69,20 @@ export const coreMigrations: Migration[] = [
     },
   },
 ]
+
+/**
+ * Runs a committed transaction's after-commit callbacks. The work is committed: a callback
+ * that throws is reported as a process warning and must not make the transaction look failed.
+ */
+export function runAfterCommit(service: string, callbacks: (() => void)[]): void {
+  for (const callback of callbacks) {
+    try {
+      callback()
+    } catch (error) {
+      process.emitWarning(`after-commit callback of store ${service} failed: ${errorMessage(error)}`)
+    }
+  }
+}
 
 export function migrationSql(migration: Migration, kind: Store['kind']): string {
   return typeof migration.sql === 'string' ? migration.sql : migration.sql[kind]

@@ -138,6 +138,31 @@ export function defineStoreConformance(
       assert.deepEqual([...callbacks].sort(), expected.map((i) => `c${i}`).sort())
     })
 
+    it('resolves a committed transaction even when an after-commit callback throws', async () => {
+      const store = await newStore()
+      const warned = new Promise<Error>((resolve) => {
+        const listen = (warning: Error) => {
+          if (!/a callback fails/.test(warning.message)) return
+          process.off('warning', listen)
+          resolve(warning)
+        }
+        process.on('warning', listen)
+      })
+      const ran: string[] = []
+      const value = await store.transaction(async (tx) => {
+        await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['cb', 1])
+        tx.afterCommit(() => {
+          throw new Error('a callback fails')
+        })
+        tx.afterCommit(() => ran.push('next'))
+        return 'done'
+      })
+      assert.equal(value, 'done')
+      assert.deepEqual(ran, ['next'], 'the callbacks after it still run')
+      assert.match((await warned).message, /a callback fails/)
+      assert.equal((await store.query('SELECT 1 FROM stock WHERE sku = $1', ['cb'])).length, 1)
+    })
+
     it('has an inbox: an event handled twice, or by concurrent callers, has one effect', async () => {
       const store = await newStore()
       await store.transaction((tx) =>

@@ -6,6 +6,7 @@ import {
   coreMigrations,
   type Migration,
   migrationSql,
+  runAfterCommit,
   type SqlValue,
   type Store,
   type StoreLimits,
@@ -96,7 +97,7 @@ export class PostgresStore implements Store {
         await client.query('ROLLBACK').catch(() => {})
         throw error
       }
-      for (const callback of callbacks) callback()
+      runAfterCommit(this.service, callbacks)
       return result
     })
   }

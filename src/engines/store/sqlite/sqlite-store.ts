@@ -1,13 +1,13 @@
 import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite'
-import { errorMessage } from '../../../platform/errors.ts'
 import { Semaphore } from '../../../platform/limits.ts'
 import {
   assertServiceName,
   coreMigrations,
   type Migration,
   migrationSql,
+  runAfterCommit,
   type SqlValue,
   type Store,
   type StoreLimits,
@@ -140,14 +140,7 @@ export class SqliteStore implements Store {
       return
     }
     for (const member of group) {
-      for (const callback of member.callbacks) {
-        try {
-          callback()
-        } catch (error) {
-          // The work is committed: a failing callback must not make it look failed.
-          process.emitWarning(`after-commit callback of store ${this.service} failed: ${errorMessage(error)}`)
-        }
-      }
+      runAfterCommit(this.service, member.callbacks)
       member.done()
     }
   }
