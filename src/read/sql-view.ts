@@ -66,7 +66,7 @@ export class SqlViewStorage implements ViewStorage {
   async apply(generation: number, events: ViewEvent[]): Promise<string[]> {
     const changed = new Set<string>()
     await this.store.transaction(async (tx) => {
-      const fresh = unapplied(events, await positionMap(tx, this.view, generation))
+      const fresh = unapplied(events, await positionMap(tx, this.view, generation, events))
       if (fresh.length === 0) return
       for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
       for (const p of positionsAfter(fresh)) {
@@ -115,10 +115,22 @@ export class SqlViewStorage implements ViewStorage {
   }
 }
 
-async function positionMap(tx: Tx, view: string, generation: number): Promise<Map<string, number>> {
-  const rows = await tx.query<{ topic: string; part: number; next_offset: number }>(
-    'SELECT topic, part, next_offset FROM view_positions WHERE view = $1 AND generation = $2',
-    [view, generation],
-  )
-  return new Map(rows.map((r) => [partitionKey(r.topic, Number(r.part)), Number(r.next_offset)]))
+/** The stored positions of the partitions `events` come from (a batch is usually one partition's). */
+async function positionMap(
+  tx: Tx,
+  view: string,
+  generation: number,
+  events: ViewEvent[],
+): Promise<Map<string, number>> {
+  const positions = new Map<string, number>()
+  for (const { position } of events) {
+    const key = partitionKey(position.topic, position.partition)
+    if (positions.has(key)) continue
+    const rows = await tx.query<{ next_offset: number }>(
+      'SELECT next_offset FROM view_positions WHERE view = $1 AND generation = $2 AND topic = $3 AND part = $4',
+      [view, generation, position.topic, position.partition],
+    )
+    positions.set(key, rows.length > 0 ? Number(rows[0].next_offset) : 0)
+  }
+  return positions
 }

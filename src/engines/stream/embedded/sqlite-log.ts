@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS partition_owners (grp TEXT NOT NULL, topic TEXT NOT N
 /** How often an idle partition worker reads the log anyway, in case a wake-up was missed. */
 const idleReadIntervalMs = 1_000
 
+/** Records of a partition this process appended last, kept for its consumers to read from memory. */
+const recentRecordsMax = 1_024
+
 interface PendingCommit {
   group: string
   member: string
@@ -91,6 +94,11 @@ export class SqliteLog implements StreamEngine {
   readonly #batcher: PublishBatcher
   /** The next offset of each partition as last seen (own appends, or the watcher's look at others'). */
   readonly #knownEnds = new Map<string, number>()
+  /**
+   * The records this process appended last to each partition, contiguous from `first`: every
+   * group in the process reads a new record, and most read it from here rather than the file.
+   */
+  readonly #recent = new Map<string, { first: number; records: StreamRecord[] }>()
   #pendingCommits: PendingCommit[] = []
   #closed = false
   #otherWriters: { timer: NodeJS.Timeout; dataVersion: number } | undefined
@@ -172,8 +180,8 @@ export class SqliteLog implements StreamEngine {
   /** Appends records in one transaction; wakes this process's consumers of the touched partitions. */
   async #append(records: OutgoingRecord[]): Promise<RecordPosition[]> {
     const heads = new Map<string, number>()
+    const now = Date.now()
     const positions = this.#transaction(() => {
-      const now = Date.now()
       const appended = records.map((record) => {
         const partitions = this.#partitionCount(record.topic)
         if (partitions === 0) throw new Error(`topic ${record.topic} does not exist`)
@@ -199,6 +207,10 @@ export class SqliteLog implements StreamEngine {
       }
       return appended
     })
+    for (const [i, { topic, partition, offset }] of positions.entries()) {
+      const { key, value, headers } = records[i]
+      this.#remember({ topic, partition, offset, timestampMs: now, key, value, headers: { ...headers } })
+    }
     for (const [key, next] of heads) {
       this.#knownEnds.set(key, next)
       for (const wake of this.#wakers.get(key) ?? []) wake()
@@ -257,7 +269,29 @@ export class SqliteLog implements StreamEngine {
     return this.readSync(topic, partition, fromOffset, countMax)
   }
 
+  /** Keeps a record just appended (and committed) with the partition's recent ones. */
+  #remember(record: StreamRecord): void {
+    const key = `${record.topic}/${record.partition}`
+    const recent = this.#recent.get(key)
+    if (!recent || recent.first + recent.records.length !== record.offset) {
+      // Another process appended in between: start again from this record.
+      this.#recent.set(key, { first: record.offset, records: [record] })
+      return
+    }
+    recent.records.push(record)
+    if (recent.records.length > recentRecordsMax) {
+      const dropped = recent.records.length - recentRecordsMax / 2
+      recent.records.splice(0, dropped)
+      recent.first += dropped
+    }
+  }
+
   readSync(topic: string, partition: number, fromOffset: number, countMax: number): StreamRecord[] {
+    const recent = this.#recent.get(`${topic}/${partition}`)
+    if (recent && fromOffset >= recent.first && fromOffset < recent.first + recent.records.length) {
+      const start = fromOffset - recent.first
+      return recent.records.slice(start, start + countMax)
+    }
     const rows = this.#sql.read.all(topic, partition, fromOffset, countMax) as unknown as LogRow[]
     return rows.map((row) => ({
       topic,
