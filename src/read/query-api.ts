@@ -69,6 +69,21 @@ const freshnessHeaders = {
   'Mercato-Stale': 'true when a consistency token was sent and the view had not reached it within the wait',
 }
 
+/** Written once per positions object: a cached answer's are shared by all its hits. */
+const positionHeaders = new WeakMap<Record<string, number>, string>()
+
+function positionHeader(positions: Record<string, number>): string {
+  let header = positionHeaders.get(positions)
+  if (header === undefined) {
+    header = Object.entries(positions)
+      .sort(([a], [b]) => (a < b ? -1 : 1))
+      .map(([key, next]) => `${key}=${next}`)
+      .join(',')
+    positionHeaders.set(positions, header)
+  }
+  return header
+}
+
 export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   const { http, views, freshness, queryCache, identity } = options
   // Every route of this component verifies its caller; each handler asks the data policy.
@@ -136,13 +151,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     reached?: boolean,
   ) {
     reply
-      .header(
-        'mercato-position',
-        Object.entries(positions)
-          .sort(([a], [b]) => (a < b ? -1 : 1))
-          .map(([key, next]) => `${key}=${next}`)
-          .join(','),
-      )
+      .header('mercato-position', positionHeader(positions))
       .header('mercato-staleness-ms', String(Math.round(freshness.stalenessMs(view))))
       .header('mercato-stale', String(reached === false))
   }

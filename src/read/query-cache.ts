@@ -27,9 +27,14 @@ export function etagOf(body: string): string {
   return `"${createHash('sha1').update(body).digest('base64url').slice(0, 22)}"`
 }
 
+/** Parsed answers kept beside the cache, so a hot entry is not parsed again on every hit. */
+const parsedMax = 10_000
+
 export class QueryCache {
   readonly #cache: Cache
   readonly #ttlMs: number
+  /** Cache key → the raw entry last parsed and its answer (read-only: shared by every hit). */
+  #parsed = new Map<string, { raw: string; answer: CachedAnswer }>()
 
   constructor(cache: Cache, ttlMs: number) {
     this.#cache = cache
@@ -40,11 +45,24 @@ export class QueryCache {
   async lookup(key: string): Promise<{ raw: string | undefined; answer?: CachedAnswer }> {
     const raw = await this.#cache.get(key)
     if (raw === undefined || raw.startsWith('~')) return { raw }
-    return { raw, answer: JSON.parse(raw) as CachedAnswer }
+    const parsed = this.#parsed.get(key)
+    // The entry is what was parsed only if it is the same text: any change, here or in
+    // another process, makes a new value.
+    if (parsed?.raw === raw) return { raw, answer: parsed.answer }
+    const answer = JSON.parse(raw) as CachedAnswer
+    this.#remember(key, raw, answer)
+    return { raw, answer }
   }
 
   /** Stores `answer` unless the entry changed since `previous` was looked up. */
   async fill(key: string, previous: string | undefined, answer: CachedAnswer): Promise<void> {
-    await this.#cache.compareAndSet(key, previous, JSON.stringify(answer), { ttlMs: this.#ttlMs })
+    const raw = JSON.stringify(answer)
+    if (await this.#cache.compareAndSet(key, previous, raw, { ttlMs: this.#ttlMs }))
+      this.#remember(key, raw, answer)
+  }
+
+  #remember(key: string, raw: string, answer: CachedAnswer): void {
+    if (this.#parsed.size >= parsedMax) this.#parsed = new Map()
+    this.#parsed.set(key, { raw, answer })
   }
 }
