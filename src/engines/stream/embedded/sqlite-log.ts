@@ -155,6 +155,8 @@ export class SqliteLog implements StreamEngine {
       ),
       dataVersion: prepare('PRAGMA data_version'),
       heads: prepare('SELECT topic, partition, next_offset FROM heads'),
+      topicHeads: prepare('SELECT partition, next_offset FROM heads WHERE topic = ?'),
+      topicCommits: prepare('SELECT partition, committed FROM group_offsets WHERE grp = ? AND topic = ?'),
     }
   }
 
@@ -251,9 +253,21 @@ export class SqliteLog implements StreamEngine {
   async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
     const lags: PartitionLag[] = []
     for (const topic of topics) {
+      // Two reads a topic, not two a partition: admission control and the metrics ask often.
+      const ends = new Map(
+        (this.#sql.topicHeads.all(topic) as { partition: number; next_offset: number }[]).map((row) => [
+          row.partition,
+          row.next_offset,
+        ]),
+      )
+      const commits = new Map(
+        (this.#sql.topicCommits.all(group, topic) as { partition: number; committed: number }[]).map(
+          (row) => [row.partition, row.committed],
+        ),
+      )
       for (let p = 0; p < this.#partitionCount(topic); p++) {
-        const end = this.endOffset(topic, p)
-        const committed = this.committedOffset(group, topic, p) ?? 0
+        const end = ends.get(p) ?? 0
+        const committed = commits.get(p) ?? 0
         lags.push({ topic, partition: p, committed, end, lag: Math.max(0, end - committed) })
       }
     }
