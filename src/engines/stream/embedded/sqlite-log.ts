@@ -62,8 +62,12 @@ CREATE TABLE IF NOT EXISTS partition_owners (grp TEXT NOT NULL, topic TEXT NOT N
 /** How often an idle partition worker reads the log anyway, in case a wake-up was missed. */
 const idleReadIntervalMs = 1_000
 
-/** Records of a partition this process appended last, kept for its consumers to read from memory. */
-const recentRecordsMax = 1_024
+/**
+ * Records of a partition this process appended last, kept for its consumers to read from
+ * memory. Consumers that keep up read a record within milliseconds of its append; one that
+ * lags further reads the file. The bound keeps the memory small (a few MB per busy topic).
+ */
+const recentRecordsMax = 256
 
 interface PendingCommit {
   group: string
