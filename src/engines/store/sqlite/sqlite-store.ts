@@ -2,6 +2,7 @@ import { mkdirSync } from 'node:fs'
 import { join } from 'node:path'
 import { DatabaseSync, type SQLInputValue, type StatementSync } from 'node:sqlite'
 import { Semaphore } from '../../../platform/limits.ts'
+import { checkpointInBackground } from '../../sqlite/wal-checkpoints.ts'
 import {
   assertServiceName,
   coreMigrations,
@@ -24,6 +25,7 @@ export class SqliteStore implements Store {
   readonly service: string
   readonly #db: DatabaseSync
   readonly #reader: DatabaseSync
+  readonly #checkpoints: { release(): void }
   readonly #writer: Semaphore
   readonly #statements = new Map<string, StatementSync>()
   readonly #readStatements = new Map<string, StatementSync>()
@@ -31,6 +33,8 @@ export class SqliteStore implements Store {
   readonly #group: { done(): void; failed(error: unknown): void; callbacks: (() => void)[] }[] = []
   /** Transactions that joined the open one, failed ones included. */
   #joined = 0
+  /** A commit of the open group waits for the end of this turn of the event loop. */
+  #commitScheduled = false
 
   constructor(dataDir: string, service: string, limits: StoreLimits) {
     assertServiceName(service)
@@ -40,6 +44,7 @@ export class SqliteStore implements Store {
     this.#db = new DatabaseSync(path)
     this.#db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;
       PRAGMA busy_timeout = ${limits.acquireTimeoutMs};`)
+    this.#checkpoints = checkpointInBackground(this.#db, path)
     this.#reader = new DatabaseSync(path)
     this.#reader.exec(`PRAGMA busy_timeout = ${limits.acquireTimeoutMs}; PRAGMA query_only = ON;`)
     this.#writer = new Semaphore(`store.${service}`, {
@@ -67,10 +72,11 @@ export class SqliteStore implements Store {
   }
 
   /**
-   * Group commit: a transaction that finds others waiting for the writer leaves its
-   * transaction open for them; each runs in a savepoint of it (one that fails rolls back
-   * alone) and the last of the group commits for all. Every caller's promise resolves only
-   * after that commit. Under load one commit serves many callers; a lone caller commits at once.
+   * Group commit: transactions run one after another in savepoints of one open SQLite
+   * transaction (one that fails rolls back alone), and the group commits once the writer
+   * has no one waiting at the end of the event loop's turn (or the group is full). Every
+   * caller's promise resolves only after that commit. Under load one commit serves the
+   * requests that arrived in the same turn; a lone caller waits at most that turn.
    */
   transaction<T>(work: (tx: Tx) => Promise<T>): Promise<T> {
     return new Promise<T>((resolve, reject) => {
@@ -121,13 +127,29 @@ export class SqliteStore implements Store {
     } finally {
       // Failed members count too: a stream of failing transactions must not hold the
       // group's commit back.
-      if (
-        this.#db.isOpen &&
-        this.#db.isTransaction &&
-        (this.#writer.waiting === 0 || this.#joined >= groupSizeMax)
-      )
-        this.#commitGroup()
+      if (this.#db.isOpen && this.#db.isTransaction) {
+        if (this.#joined >= groupSizeMax) this.#commitGroup()
+        else if (this.#writer.waiting === 0) this.#scheduleCommit()
+      }
     }
+  }
+
+  #scheduleCommit(): void {
+    if (this.#commitScheduled) return
+    this.#commitScheduled = true
+    setImmediate(() => {
+      // Behind the writers that came in this turn: they join the group first.
+      this.#writer
+        .run(async () => {
+          this.#commitScheduled = false
+          if (this.#db.isOpen && this.#db.isTransaction) this.#commitGroup()
+        })
+        .catch(() => {
+          // Refused by a full queue: the writers in it run on, and the group commits when
+          // it is full or the last of them finds no one waiting.
+          this.#commitScheduled = false
+        })
+    })
   }
 
   #commitGroup(): void {
@@ -166,6 +188,7 @@ export class SqliteStore implements Store {
       if (this.#db.isTransaction) this.#commitGroup()
       this.#db.close()
       this.#reader.close()
+      this.#checkpoints.release()
     })
   }
 

@@ -9,6 +9,7 @@ import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import { DatabaseSync, type StatementSync } from 'node:sqlite'
 import { sleep } from '../../../platform/limits.ts'
+import { checkpointInBackground } from '../../sqlite/wal-checkpoints.ts'
 import {
   type ConsumeOptions,
   type ConsumerHandle,
@@ -107,6 +108,7 @@ export class SqliteLog implements StreamEngine {
   #closed = false
   #otherWriters: { timer: NodeJS.Timeout; dataVersion: number } | undefined
   readonly #sql: Record<string, StatementSync>
+  readonly #checkpoints: { release(): void }
 
   constructor(options: SqliteLogOptions) {
     this.options = options
@@ -114,6 +116,7 @@ export class SqliteLog implements StreamEngine {
     this.db = new DatabaseSync(options.path)
     this.db.exec(`PRAGMA journal_mode = WAL; PRAGMA synchronous = ${options.synchronous.toUpperCase()};
       PRAGMA busy_timeout = ${options.busyTimeoutMs}; PRAGMA foreign_keys = OFF;`)
+    this.#checkpoints = checkpointInBackground(this.db, options.path)
     this.db.exec(schema)
     this.#batcher = new PublishBatcher((records) => this.#append(records), {
       batchSizeMax: options.publishBatchSizeMax,
@@ -335,6 +338,7 @@ export class SqliteLog implements StreamEngine {
     await Promise.all([...this.#members].map((member) => member.stop()))
     clearInterval(this.#otherWriters?.timer)
     this.db.close()
+    this.#checkpoints.release()
   }
 
   // ---- used by GroupMember ----

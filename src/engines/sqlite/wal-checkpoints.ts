@@ -1,0 +1,90 @@
+// SQLite copies a WAL back into its database file (a checkpoint) on the connection that
+// commits, once the WAL passes 1,000 pages: a few megabytes of writes and two fsyncs
+// inside one COMMIT, which blocks the event loop for milliseconds. Mercato's files are
+// checkpointed by one worker thread instead, on its own connections, a few times a
+// second; the committing connections keep SQLite's own checkpoint only as a backstop for
+// a WAL that grows far past that (the worker stalled).
+
+import type { DatabaseSync, StatementSync } from 'node:sqlite'
+import { isMainThread, parentPort, Worker } from 'node:worker_threads'
+
+/** Pages a WAL may reach before the committing connection checkpoints it itself. */
+const backstopPages = 20_000
+const intervalMs = 100
+
+type Message = { open: string } | { close: string }
+
+let worker: Worker | undefined
+const openCounts = new Map<string, number>()
+
+/**
+ * Puts `db` (a connection to the file at `path`, in WAL mode) under the worker's
+ * checkpoints. Call `release` when the connection closes.
+ */
+export function checkpointInBackground(db: DatabaseSync, path: string): { release(): void } {
+  db.exec(`PRAGMA wal_autocheckpoint = ${backstopPages}`)
+  const count = openCounts.get(path) ?? 0
+  openCounts.set(path, count + 1)
+  if (count === 0) post({ open: path })
+  let released = false
+  return {
+    release() {
+      if (released) return
+      released = true
+      const left = (openCounts.get(path) ?? 1) - 1
+      if (left > 0) openCounts.set(path, left)
+      else {
+        openCounts.delete(path)
+        post({ close: path })
+      }
+    },
+  }
+}
+
+function post(message: Message): void {
+  if (!worker) {
+    worker = new Worker(new URL(import.meta.url))
+    // The process may exit with files still registered: their WAL is recovered on open.
+    worker.unref()
+    worker.on('error', (error) => {
+      process.emitWarning(`WAL checkpoint worker failed: ${String(error)}`)
+      worker = undefined
+    })
+  }
+  worker.postMessage(message)
+}
+
+async function runWorker(): Promise<void> {
+  const { DatabaseSync } = await import('node:sqlite')
+  const connections = new Map<string, { db: DatabaseSync; checkpoint: StatementSync }>()
+  const closeConnection = (path: string) => {
+    try {
+      connections.get(path)?.db.close()
+    } catch {}
+    connections.delete(path)
+  }
+  parentPort!.on('message', (message: Message) => {
+    if ('close' in message) return closeConnection(message.close)
+    if (connections.has(message.open)) return
+    try {
+      const db = new DatabaseSync(message.open)
+      // A checkpoint must never wait on the process's writers: PASSIVE does what it can.
+      db.exec('PRAGMA busy_timeout = 0')
+      connections.set(message.open, { db, checkpoint: db.prepare('PRAGMA wal_checkpoint(PASSIVE)') })
+    } catch {
+      // The file is gone already (a closed test's directory): nothing to checkpoint.
+    }
+  })
+  setInterval(() => {
+    for (const [path, { checkpoint }] of connections) {
+      try {
+        checkpoint.get()
+      } catch (error) {
+        // Busy is the next turn's work; anything else (the file was removed) ends it.
+        if (!/locked|busy/i.test(String(error))) closeConnection(path)
+      }
+    }
+  }, intervalMs)
+}
+
+if (!isMainThread && parentPort) void runWorker()
