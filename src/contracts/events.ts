@@ -208,10 +208,15 @@ export const upcasters: Record<
 }
 
 /**
- * The consumer groups that carry an order through its saga (one per service); each reads
- * the orders topic. The command API watches their backlog there (see write/saga-backlog.ts).
+ * The consumer groups that carry an order through its saga (one per service) and the
+ * topics each reads. The command API watches their backlog (see write/saga-backlog.ts).
  */
-export const sagaGroups = ['order', 'inventory', 'payment', 'shipping']
+export const sagaConsumers: Record<'order' | 'inventory' | 'payment' | 'shipping', string[]> = {
+  order: ['orders', 'inventory', 'payments', 'shipments', 'products'],
+  inventory: ['orders', 'inventory'],
+  payment: ['orders'],
+  shipping: ['orders'],
+}
 
 /** The topic an event type lives on: one per aggregate, so order is kept per aggregate id. */
 export const topicOf: Record<string, string> = {

@@ -250,6 +250,7 @@ Object.assign(components, {
         idempotencyLockMs: context.config.idempotencyLockMs,
         orderLinesMax: context.config.orderLinesMax,
         orderBacklogMax: context.config.orderBacklogMax,
+        orderWaitMaxMs: context.config.orderWaitMaxMs,
         identity: need(context.identity, 'identity'),
         webhookAllowPrivateHosts: context.config.webhookAllowPrivateHosts,
       })

@@ -42,6 +42,7 @@ export interface Config {
   idempotencyLockMs: number
   orderLinesMax: number
   orderBacklogMax: number
+  orderWaitMaxMs: number
   sagaStepTimeoutMs: number
   reservationTtlMs: number
   paymentProviderUrl: string | undefined
@@ -247,10 +248,17 @@ export const intSettings = {
   },
   orderBacklogMax: {
     env: 'MERCATO_ORDER_BACKLOG_MAX',
-    help: 'events on the orders topic the saga may have waiting before new orders get 503 (0: never)',
+    help: 'events the saga consumers may have waiting before new orders get 503 (0: no admission control)',
     default: 2_000,
     min: 0,
     max: 10_000_000,
+  },
+  orderWaitMaxMs: {
+    env: 'MERCATO_ORDER_WAIT_MAX_MS',
+    help: 'expected wait of a new order in the saga consumers’ backlog past which it gets 503 (0: never)',
+    default: 2_000,
+    min: 0,
+    max: 600_000,
   },
   orderLinesMax: {
     env: 'MERCATO_ORDER_LINES_MAX',

@@ -42,6 +42,8 @@ export interface CommandApiOptions {
   orderLinesMax: number
   /** Events the order saga may have waiting before new orders are refused (0: never). */
   orderBacklogMax: number
+  /** Expected wait in the saga's backlog past which new orders are refused (0: never). */
+  orderWaitMaxMs: number
   identity: Identity
   /** Webhook URLs may name loopback, link-local or private hosts (a test or a closed network). */
   webhookAllowPrivateHosts: boolean
@@ -87,7 +89,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   })
   const backlog = new SagaBacklog(
     stream,
-    { eventsMax: options.orderBacklogMax, intervalMs: 250 },
+    { eventsMax: options.orderBacklogMax, waitMaxMs: options.orderWaitMaxMs, intervalMs: 250 },
     log,
     metrics,
   )

@@ -1,27 +1,48 @@
 // Admission control for new orders. When the order saga's consumers fall behind, an order
 // accepted now waits in their backlog, misses its step deadlines and is cancelled: work
 // done for nothing, which makes the backlog worse (congestion collapse). So the command
-// API watches how many events on the orders topic the saga's consumer groups have yet to
-// handle, and past a bound it refuses new orders with 503 and Retry-After, which a client
-// can honour, instead of accepting orders it cannot carry through.
-import { sagaGroups } from '../contracts/events.ts'
+// API watches the events the saga's consumer groups have yet to handle, on every topic
+// they read, and refuses new orders with 503 and Retry-After, which a client can honour,
+// when an order accepted now would wait too long:
+// - the expected wait: each group's backlog divided by the rate at which it has been
+//   handling events while it had a backlog (a group that keeps up says nothing of its
+//   capacity), summed over the groups an order passes through; past `waitMaxMs`, refused;
+// - the backlog itself, past `eventsMax` events: the bound before any rate is known, and
+//   while a group is down.
+import { sagaConsumers } from '../contracts/events.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, OverloadedError } from '../platform/errors.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 
 export interface SagaBacklogOptions {
-  /** Events waiting past which new orders are refused; 0 never refuses. */
+  /** Events waiting past which new orders are refused; 0 turns admission control off. */
   eventsMax: number
+  /** Expected wait of a new order past which it is refused; 0 refuses on events alone. */
+  waitMaxMs: number
   intervalMs: number
 }
+
+interface GroupSample {
+  atMs: number
+  waiting: number
+  handled: number
+  /** Events handled a second while the group had a backlog (smoothed); undefined until seen. */
+  ratePerSecond?: number
+}
+
+/** Weight of the newest rate measurement in the smoothed rate. */
+const rateSmoothing = 0.3
 
 export class SagaBacklog {
   readonly #stream: EventStream
   readonly #options: SagaBacklogOptions
   readonly #log: Logger
-  readonly #gauge
+  readonly #eventsGauge
+  readonly #waitGauge
+  readonly #samples = new Map<string, GroupSample>()
   #events = 0
+  #waitMs = 0
   #timer: NodeJS.Timeout | undefined
   #measuring = false
 
@@ -29,9 +50,13 @@ export class SagaBacklog {
     this.#stream = stream
     this.#options = options
     this.#log = log
-    this.#gauge = metrics.gauge(
+    this.#eventsGauge = metrics.gauge(
       'mercato_order_saga_backlog_events',
-      'Events on the orders topic that the saga consumer groups have yet to handle.',
+      'Events the order saga consumer groups have yet to handle, on every topic they read.',
+    )
+    this.#waitGauge = metrics.gauge(
+      'mercato_order_saga_wait_seconds',
+      'Expected wait of a new order in the saga consumers’ backlog: each group’s backlog over its rate.',
     )
   }
 
@@ -41,32 +66,74 @@ export class SagaBacklog {
     this.#timer.unref()
   }
 
-  /** Throws OverloadedError (503) while the backlog is past its bound. */
+  /** Throws OverloadedError (503) while an order accepted now would wait too long. */
   admit(): void {
-    if (this.#options.eventsMax === 0 || this.#events <= this.#options.eventsMax) return
-    throw new OverloadedError(
-      'the order saga',
-      `${this.#events} events wait for its consumers, more than ${this.#options.eventsMax}; try again shortly`,
-    )
+    const { eventsMax, waitMaxMs } = this.#options
+    if (eventsMax === 0) return
+    if (this.#events > eventsMax) {
+      throw new OverloadedError(
+        'the order saga',
+        `${this.#events} events wait for its consumers, more than ${eventsMax}; try again shortly`,
+      )
+    }
+    if (waitMaxMs > 0 && this.#waitMs > waitMaxMs) {
+      throw new OverloadedError(
+        'the order saga',
+        `its consumers are ${(this.#waitMs / 1000).toFixed(1)} s behind (${this.#events} events wait), more than ${waitMaxMs / 1000} s; try again shortly`,
+      )
+    }
   }
 
   async #measure(): Promise<void> {
     if (this.#measuring) return
     this.#measuring = true
     try {
-      const topic = this.#stream.topic('orders')
       let events = 0
-      for (const group of sagaGroups) {
-        for (const lag of await this.#stream.engine.lag(this.#stream.group(group), [topic])) events += lag.lag
+      let waitMs = 0
+      for (const [group, topics] of Object.entries(sagaConsumers)) {
+        const lags = await this.#stream.engine.lag(
+          this.#stream.group(group),
+          topics.map((topic) => this.#stream.topic(topic)),
+        )
+        const sample = this.#sample(group, lags)
+        events += sample.waiting
+        if (sample.waiting > 0 && sample.ratePerSecond !== undefined)
+          waitMs += (sample.waiting / sample.ratePerSecond) * 1000
       }
       this.#events = events
-      this.#gauge.set(events)
+      this.#waitMs = waitMs
+      this.#eventsGauge.set(events)
+      this.#waitGauge.set(waitMs / 1000)
     } catch (error) {
-      // Not measured: keep the last figure rather than refuse or admit on a guess.
+      // Not measured: keep the last figures rather than refuse or admit on a guess.
       this.#log.debug({ err: errorMessage(error) }, 'saga backlog not measured')
     } finally {
       this.#measuring = false
     }
+  }
+
+  #sample(group: string, lags: { committed: number; lag: number }[]): GroupSample {
+    const now = Date.now()
+    const next: GroupSample = {
+      atMs: now,
+      waiting: lags.reduce((sum, lag) => sum + lag.lag, 0),
+      handled: lags.reduce((sum, lag) => sum + lag.committed, 0),
+    }
+    const last = this.#samples.get(group)
+    next.ratePerSecond = last?.ratePerSecond
+    // Only an interval the group spent behind measures how fast it can go. One in which it
+    // handled nothing (it is down, or restarting) leaves the rate as it was: an outage is
+    // not a capacity, and the event bound refuses orders when one lasts.
+    const handled = last ? next.handled - last.handled : 0
+    if (last && last.waiting > 0 && next.waiting > 0 && handled > 0 && now > last.atMs) {
+      const measured = (handled * 1000) / (now - last.atMs)
+      next.ratePerSecond =
+        last.ratePerSecond === undefined
+          ? measured
+          : last.ratePerSecond + rateSmoothing * (measured - last.ratePerSecond)
+    }
+    this.#samples.set(group, next)
+    return next
   }
 
   stop(): void {

@@ -5,7 +5,12 @@ import fc from 'fast-check'
 import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
+import type { EventStream } from '../../src/engines/stream/event-stream.ts'
+import type { PartitionLag } from '../../src/engines/stream/port.ts'
+import { silentLogger } from '../../src/platform/logger.ts'
+import { Metrics } from '../../src/platform/metrics.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
+import { SagaBacklog } from '../../src/write/saga-backlog.ts'
 import { type Shop, startShop, testCustomerId } from '../support/shop.ts'
 import { tempDir, waitFor } from '../support/wait.ts'
 
@@ -262,6 +267,63 @@ describe('admission of new orders', () => {
       )
     } finally {
       await shop.stop()
+    }
+  })
+
+  /** A backlog watcher over a stream whose lag is scripted: the order group always has `waiting` events waiting. */
+  async function watchBacklog(waiting: number, script: { handledPerLook: number }): Promise<SagaBacklog> {
+    let handled = 0
+    const lag = async (group: string): Promise<PartitionLag[]> => {
+      if (group !== 'order') return []
+      handled += script.handledPerLook
+      return [{ topic: 'orders', partition: 0, committed: handled, end: handled + waiting, lag: waiting }]
+    }
+    const stream = {
+      engine: { lag },
+      group: (g: string) => g,
+      topic: (t: string) => t,
+    } as unknown as EventStream
+    const backlog = new SagaBacklog(
+      stream,
+      { eventsMax: 1_000, waitMaxMs: 500, intervalMs: 10 },
+      silentLogger(),
+      new Metrics(),
+    )
+    backlog.start()
+    return backlog
+  }
+
+  it('refuses new orders while a saga group works its backlog off too slowly, under the event bound', async () => {
+    // 500 waiting, one handled a look (10 ms apart, or more): 5 s or more of wait, past 500 ms.
+    const backlog = await watchBacklog(500, { handledPerLook: 1 })
+    try {
+      await waitFor('the stalled group to refuse orders', () => {
+        try {
+          backlog.admit()
+          return false
+        } catch (error) {
+          assert.match(String(error), /behind \(500 events wait\)/)
+          return true
+        }
+      })
+    } finally {
+      backlog.stop()
+    }
+  })
+
+  it('takes new orders while the saga groups work their backlog off fast enough, or while one is down for a moment', async () => {
+    // 50 waiting, 100,000 handled a look: far under the 500 ms bound at any interval.
+    const script = { handledPerLook: 100_000 }
+    const backlog = await watchBacklog(50, script)
+    try {
+      for (let look = 0; look < 40; look++) {
+        // Then the group stops (its process restarts): 50 events are not an outage to refuse for.
+        if (look === 20) script.handledPerLook = 0
+        await new Promise((resolve) => setTimeout(resolve, 10))
+        backlog.admit()
+      }
+    } finally {
+      backlog.stop()
     }
   })
 })

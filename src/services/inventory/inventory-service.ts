@@ -2,6 +2,8 @@
 // all its lines or none; a reservation becomes a sale when the order is confirmed, and goes
 // back to stock when the order is cancelled or when it expires unconfirmed. The store
 // itself refuses negative stock and any row where on-hand is not available + reserved.
+
+import { sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
 
@@ -229,7 +231,7 @@ export async function startInventoryService(service: Service, options: { reserva
     },
   }
 
-  await service.consume(['orders', 'inventory'], handlers)
+  await service.consume(sagaConsumers.inventory, handlers)
 
   service.every('reservation expiry', sweepIntervalFor(options.reservationTtlMs), async () => {
     const expired = await service.store.query<{ order_id: string }>(

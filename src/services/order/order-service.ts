@@ -4,6 +4,7 @@
 // Compensation follows from `order.cancelled`: inventory releases, payment voids or
 // refunds, shipping cancels.
 import type { CloudEvent } from '../../contracts/envelope.ts'
+import { sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import type { FlagReader } from '../../platform/flags.ts'
 import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
@@ -303,7 +304,7 @@ export async function startOrderService(service: Service, options: OrderServiceO
     ),
   }
 
-  await service.consume(['orders', 'inventory', 'payments', 'shipments', 'products'], handlers)
+  await service.consume(sagaConsumers.order, handlers)
 
   // Deadlines: an order that waits too long on a step is cancelled, which compensates.
   service.every('order deadlines', sweepIntervalFor(options.stepTimeoutMs), async () => {

@@ -9,6 +9,7 @@
 // retries the event with backoff and finally dead-letters it: money is never dropped silently.
 import { randomUUID } from 'node:crypto'
 import type { CloudEvent } from '../../contracts/envelope.ts'
+import { sagaConsumers } from '../../contracts/events.ts'
 import { errorMessage } from '../../platform/errors.ts'
 import type { FlagReader } from '../../platform/flags.ts'
 import type { Emit, Handler, HandlerTools, Service } from '../../platform/service.ts'
@@ -241,7 +242,7 @@ export async function startPaymentService(
   }
 
   await service.consume(
-    ['orders'],
+    sagaConsumers.payment,
     {
       'order.payment-requested': onPaymentRequested,
       'order.confirmed': onConfirmed,

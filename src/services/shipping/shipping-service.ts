@@ -2,6 +2,7 @@
 // moves it to shipped and delivered on a simulated carrier clock after the order is
 // confirmed. A cancelled order's shipment is cancelled if it has not left yet.
 import { createHash } from 'node:crypto'
+import { sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import { type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
 
@@ -104,7 +105,7 @@ export async function startShippingService(service: Service, options: { carrierS
     },
   }
 
-  await service.consume(['orders'], handlers)
+  await service.consume(sagaConsumers.shipping, handlers)
 
   // The carrier clock: ready → shipped → delivered, one step every carrierStepMs.
   service.every('carrier clock', sweepIntervalFor(options.carrierStepMs), async () => {
