@@ -249,7 +249,7 @@ export const intSettings = {
   orderBacklogMax: {
     env: 'MERCATO_ORDER_BACKLOG_MAX',
     help: 'events the saga consumers may have waiting before new orders get 503 (0: no admission control)',
-    default: 2_000,
+    default: 10_000,
     min: 0,
     max: 10_000_000,
   },
