@@ -24,6 +24,7 @@ import {
   timeout,
   wrap,
 } from 'cockatiel'
+import { request as httpRequest } from 'undici'
 import { errorMessage } from '../../platform/errors.ts'
 import { backoffMs } from '../../platform/limits.ts'
 import type { Logger } from '../../platform/logger.ts'
@@ -265,7 +266,9 @@ export class ProviderClient {
     const started = performance.now()
     let outcome = 'unreachable'
     try {
-      const response = await fetch(url, {
+      // undici's request, not fetch: the same pooled keep-alive connections, without the
+      // WHATWG streams and Headers objects fetch builds for every call.
+      const response = await httpRequest(url, {
         method,
         headers: {
           accept: 'application/json',
@@ -275,15 +278,16 @@ export class ProviderClient {
         body: body === undefined ? undefined : JSON.stringify(body),
         signal,
       })
-      const payload = ((await response.json().catch(() => ({}))) ?? {}) as Record<string, unknown>
-      outcome = String(response.status)
-      if (expected.includes(response.status)) return { status: response.status, body: payload }
-      const inFlight = response.status === 409 && String(payload.type).endsWith('/idempotency-key-in-flight')
-      const retryable = response.status >= 500 || response.status === 429 || inFlight
+      const payload = ((await response.body.json().catch(() => ({}))) ?? {}) as Record<string, unknown>
+      outcome = String(response.statusCode)
+      const status = response.statusCode
+      if (expected.includes(status)) return { status, body: payload }
+      const inFlight = status === 409 && String(payload.type).endsWith('/idempotency-key-in-flight')
+      const retryable = status >= 500 || status === 429 || inFlight
       const detail = typeof payload.detail === 'string' ? `: ${payload.detail}` : ''
       throw new ProviderError(
-        `payment provider answered ${operation} with ${response.status}${detail}`,
-        response.status,
+        `payment provider answered ${operation} with ${status}${detail}`,
+        status,
         retryable,
       )
     } catch (error) {
