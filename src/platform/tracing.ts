@@ -50,13 +50,14 @@ export async function inSpan<T>(
   options: { traceparent?: string; kind?: SpanKind; attributes?: Record<string, string | number> },
   work: (span: Span) => Promise<T>,
 ): Promise<T> {
+  const parent = parentFrom(options.traceparent)
   const span = tracer().startSpan(
     name,
     { kind: options.kind ?? SpanKind.INTERNAL, attributes: options.attributes },
-    parentFrom(options.traceparent),
+    parent,
   )
   try {
-    return await context.with(trace.setSpan(parentFrom(options.traceparent), span), () => work(span))
+    return await context.with(trace.setSpan(parent, span), () => work(span))
   } catch (error) {
     span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) })
     throw error
