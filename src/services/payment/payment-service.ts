@@ -209,6 +209,7 @@ export async function startPaymentService(
             reference: orderId,
           },
           `${orderId}:authorize`,
+          true,
         ),
       )
     }
