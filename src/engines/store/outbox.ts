@@ -80,9 +80,13 @@ export class OutboxRelay {
         await sleep(this.#options.pollIntervalMs * 10, this.#stop.signal)
       }
       if (relayed === 0) {
+        // Woken by a commit that added events, or by stop(); the timer is a safety net.
         await new Promise<void>((resolve) => {
-          this.#wake = resolve
-          sleep(this.#options.pollIntervalMs, this.#stop.signal).then(resolve)
+          const timer = setTimeout(resolve, this.#options.pollIntervalMs)
+          this.#wake = () => {
+            clearTimeout(timer)
+            resolve()
+          }
         })
         this.#wake = undefined
       }

@@ -628,9 +628,14 @@ class PartitionWorker {
         if (records.length === 0) {
           // Woken by an append (this process's, or another's seen by the log's watcher); the
           // timeout is only a safety net, after which the log is read whatever is known.
+          // One timer, cleared on waking: a worker woken hundreds of times a second must not
+          // leave a timer and an abort listener behind each time. stop() wakes it too.
           lookAnyway = await new Promise<boolean>((resolve) => {
-            this.#wake = () => resolve(false)
-            sleep(idleReadIntervalMs, this.#stop.signal).then(() => resolve(true))
+            const timer = setTimeout(() => resolve(true), idleReadIntervalMs)
+            this.#wake = () => {
+              clearTimeout(timer)
+              resolve(false)
+            }
           })
           this.#wake = undefined
           continue
