@@ -6,7 +6,7 @@
 // a WAL that grows far past that (the worker stalled).
 
 import type { DatabaseSync, StatementSync } from 'node:sqlite'
-import { isMainThread, parentPort, Worker } from 'node:worker_threads'
+import { parentPort, Worker, workerData } from 'node:worker_threads'
 
 /** Pages a WAL may reach before the committing connection checkpoints it itself. */
 const backstopPages = 20_000
@@ -43,13 +43,16 @@ export function checkpointInBackground(db: DatabaseSync, path: string): { releas
 
 function post(message: Message): void {
   if (!worker) {
-    worker = new Worker(new URL(import.meta.url))
+    worker = new Worker(new URL(import.meta.url), { workerData: { walCheckpoints: true } })
     // The process may exit with files still registered: their WAL is recovered on open.
     worker.unref()
     worker.on('error', (error) => {
       process.emitWarning(`WAL checkpoint worker failed: ${String(error)}`)
       worker = undefined
     })
+    // A worker started again (after one failed) takes every file still open (it ignores
+    // a file it has already).
+    for (const path of openCounts.keys()) worker.postMessage({ open: path })
   }
   worker.postMessage(message)
 }
@@ -87,4 +90,5 @@ async function runWorker(): Promise<void> {
   }, intervalMs)
 }
 
-if (!isMainThread && parentPort) void runWorker()
+// Only in the thread started above: other worker threads may import this module too.
+if ((workerData as { walCheckpoints?: boolean } | null)?.walCheckpoints && parentPort) void runWorker()
