@@ -24,7 +24,7 @@ import {
   timeout,
   wrap,
 } from 'cockatiel'
-import { request as httpRequest } from 'undici'
+import { request as httpRequest, errors as undiciErrors } from 'undici'
 import { errorMessage } from '../../platform/errors.ts'
 import { backoffMs } from '../../platform/limits.ts'
 import type { Logger } from '../../platform/logger.ts'
@@ -95,12 +95,19 @@ interface Answer {
 function transient(error: unknown): boolean {
   if (error instanceof ProviderError) return error.retryable
   if (error instanceof BrokenCircuitError) return false
-  // Timeouts, a full bulkhead, and network failures (fetch rejects with a TypeError).
+  // Timeouts, a full bulkhead, and network failures: undici's own errors and the socket's
+  // (ECONNREFUSED, ECONNRESET, …).
   return (
     error instanceof TaskCancelledError ||
     error instanceof BulkheadRejectedError ||
-    error instanceof TypeError
+    error instanceof undiciErrors.UndiciError ||
+    isSocketError(error)
   )
+}
+
+function isSocketError(error: unknown): boolean {
+  const code = (error as NodeJS.ErrnoException | undefined)?.code
+  return error instanceof Error && typeof code === 'string' && /^E[A-Z]+$/.test(code)
 }
 
 export class ProviderClient {

@@ -1,4 +1,6 @@
 import assert from 'node:assert/strict'
+import type { AddressInfo } from 'node:net'
+import { createServer } from 'node:net'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { CloudEvent } from '../../../src/contracts/envelope.ts'
@@ -14,6 +16,7 @@ import { loadConfig } from '../../../src/runtime/config.ts'
 import { createHttpServer } from '../../../src/runtime/http.ts'
 import { trialBalance, unbalancedEntries } from '../../../src/services/payment/ledger.ts'
 import { reconcile, startPaymentService } from '../../../src/services/payment/payment-service.ts'
+import { ProviderClient, ProviderError } from '../../../src/services/payment/provider-client.ts'
 import { tempDir, uniqueName, waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness } from '../notification/harness.ts'
 
@@ -284,5 +287,36 @@ describe('the payment service', () => {
     assert.equal(await paymentStatus(orderId), 'authorized')
     assert.equal(eventsOf(orderId).filter((e) => e.type === 'payment.captured').length, 0)
     assert.equal((await chargesOf(orderId))[0].status, 'authorized')
+  })
+})
+
+describe('the payment provider client', () => {
+  it('takes a provider that refuses connections for a transient failure: retried, then a retryable error', async () => {
+    // A port nothing listens on: the first free one, closed again at once.
+    const probe = createServer()
+    await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+    const { port } = probe.address() as AddressInfo
+    await new Promise((resolve) => probe.close(resolve))
+    const metrics = new Metrics()
+    const client = new ProviderClient({
+      providerUrl: () => `http://127.0.0.1:${port}`,
+      timeoutMs: 1_000,
+      attemptsMax: 3,
+      concurrencyMax: 4,
+      backoffBaseMs: 5,
+      log: silentLogger(),
+      metrics,
+    })
+    const failure = await client.chargesFor('ord_unreachable').then(
+      () => assert.fail('a provider nobody answers for cannot list charges'),
+      (error: unknown) => error,
+    )
+    assert.ok(failure instanceof ProviderError)
+    assert.equal(failure.retryable, true, 'a refused connection is worth trying again')
+    assert.match(
+      await metrics.text(),
+      /mercato_payment_provider_call_seconds_count\{operation="list",outcome="unreachable"\} 3/,
+      'every attempt was made',
+    )
   })
 })
