@@ -234,6 +234,40 @@ describe('the payment service', () => {
     )
   })
 
+  it('voids such an authorization when the order is cancelled while the circuit is open, instead of dead-lettering the cancel', async () => {
+    await dials({ latencyMs: 3_000 })
+    const orderId = newOrder()
+    try {
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.failed')
+    } finally {
+      await dials({ latencyMs: 0 })
+    }
+    await waitFor(
+      'the provider to finish the authorization',
+      async () => (await chargesOf(orderId)).length === 1,
+    )
+    await dials({ errorRate: 1 })
+    try {
+      // Four failed authorizations of three attempts each open the circuit (ten failures in a row).
+      for (let i = 0; i < 4; i++) {
+        const failing = newOrder()
+        await requestPayment(failing)
+        await answer(failing, 'payment.failed')
+      }
+    } finally {
+      await dials({ errorRate: 0 })
+    }
+    // The circuit half-opens 1.5 s from now; the event's own retries last some 30 ms.
+    await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
+    await waitFor(
+      'the stray authorization to be voided',
+      async () => (await chargesOf(orderId))[0].status === 'voided',
+    )
+    const dead = await harness.stream.deadLetters('orders')
+    assert.equal(dead.filter((letter) => letter.record.key === orderId).length, 0)
+  })
+
   it('fails authorizations fast while the circuit is open, and waits it out for a capture', async () => {
     const authorized = newOrder()
     await requestPayment(authorized)
