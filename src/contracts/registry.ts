@@ -32,12 +32,15 @@ FormatRegistry.Set('email', (value) => /^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(value))
 class EventRegistry {
   readonly #envelope = TypeCompiler.Compile(Envelope)
   readonly #checks = new Map<string, TypeCheck<TSchema>>()
+  /** Every event is asked for its type's latest version, often twice: known once here. */
+  readonly #latest = new Map<string, number>()
 
   constructor() {
     for (const [type, versions] of Object.entries(eventSchemas)) {
       for (const [version, schema] of Object.entries(versions)) {
         this.#checks.set(`${type}@${version}`, TypeCompiler.Compile(schema))
       }
+      this.#latest.set(type, Math.max(...Object.keys(versions).map(Number)))
       if (!topicOf[type.split('.')[0]]) throw new Error(`event type ${type} has no topic`)
     }
   }
@@ -51,9 +54,9 @@ class EventRegistry {
   }
 
   latestVersion(type: string): number {
-    const versions = eventSchemas[type]
-    if (!versions) throw new InvalidEventError(`unknown event type ${type}`, { eventType: type })
-    return Math.max(...Object.keys(versions).map(Number))
+    const latest = this.#latest.get(type)
+    if (latest === undefined) throw new InvalidEventError(`unknown event type ${type}`, { eventType: type })
+    return latest
   }
 
   topicOf(type: string): string {
