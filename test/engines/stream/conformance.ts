@@ -361,15 +361,27 @@ export function defineStreamConformance(
       await subscription.stop()
     })
 
-    it('reports lag per group and partition', async () => {
+    it('reports lag per group and partition, over several topics at once', async () => {
       const stream = await freshStream()
+      await stream.ensureTopics(['customers'])
       await stream.publish(Array.from({ length: 20 }, (_, i) => productEvent(`lag-${i}`, i)))
-      const lag = await fixture.engine.lag(stream.group('lagging'), [stream.topic('products')])
-      assert.equal(lag.length, 4)
-      assert.equal(
-        lag.reduce((sum, p) => sum + p.lag, 0),
-        20,
+      await stream.publish(
+        Array.from({ length: 3 }, (_, i) =>
+          createEvent({
+            type: 'customer.registration-rejected',
+            source: 'test',
+            subject: `cus_lag_${i}`,
+            data: { customerId: `cus_lag_${i}`, reason: 'test' },
+          }),
+        ),
       )
+      const topics = [stream.topic('products'), stream.topic('customers')]
+      const lag = await fixture.engine.lag(stream.group('lagging'), topics)
+      assert.equal(lag.length, 8)
+      const waiting = (topic: string) =>
+        lag.filter((p) => p.topic === topic).reduce((sum, p) => sum + p.lag, 0)
+      assert.deepEqual([waiting(topics[0]), waiting(topics[1])], [20, 3])
+      assert.ok(lag.every((p) => p.committed === 0 && p.end === p.lag))
     })
 
     it('refuses a publish at once when the publish queue is at its bound', async () => {

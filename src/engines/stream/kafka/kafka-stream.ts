@@ -215,28 +215,38 @@ export class KafkaStream implements StreamEngine {
   }
 
   async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
-    const [committed] = await this.#admin.listConsumerGroupOffsets({ groups: [group] })
+    const counts = await Promise.all(topics.map((topic) => this.partitionsOf(topic)))
+    // Two requests whatever the number of topics: the group's offsets, and every topic's ends
+    // in one ListOffsets (admission control asks about several topics four times a second).
+    const [[committed], listed] = await Promise.all([
+      this.#admin.listConsumerGroupOffsets({ groups: [group] }),
+      this.#admin.listOffsets({
+        topics: topics.map((name, i) => ({
+          name,
+          partitions: [...Array(counts[i]).keys()].map((partitionIndex) => ({
+            partitionIndex,
+            timestamp: LATEST,
+          })),
+        })),
+      }),
+    ])
     const lags: PartitionLag[] = []
-    for (const topic of topics) {
-      const partitions = await this.partitionsOf(topic)
-      const ends = await this.#listOffsets(topic, [...Array(partitions).keys()], LATEST)
+    topics.forEach((topic, i) => {
+      const ends = new Map(
+        listed.find((t) => t.name === topic)?.partitions.map((p) => [p.partitionIndex, p.offset]),
+      )
       const byPartition = new Map(
         committed?.topics
           .find((t) => t.name === topic)
           ?.partitions.map((p) => [p.partitionIndex, p.committedOffset]),
       )
-      ends.forEach((end, partition) => {
+      for (let partition = 0; partition < counts[i]; partition++) {
+        const end = Number(ends.get(partition) ?? -1n)
         const at = byPartition.get(partition) ?? -1n
         const from = at < 0n ? 0 : Number(at)
-        lags.push({
-          topic,
-          partition,
-          committed: from,
-          end: Number(end),
-          lag: Math.max(0, Number(end) - from),
-        })
-      })
-    }
+        lags.push({ topic, partition, committed: from, end, lag: Math.max(0, end - from) })
+      }
+    })
     return lags
   }
 
