@@ -255,7 +255,7 @@ export const intSettings = {
   },
   orderWaitMaxMs: {
     env: 'MERCATO_ORDER_WAIT_MAX_MS',
-    help: 'expected wait of a new order in the saga consumers’ backlog past which it gets 503 (0: never)',
+    help: 'expected wait of a new order in the backlog of the saga consumers past which it gets 503 (0: never)',
     default: 2_000,
     min: 0,
     max: 600_000,

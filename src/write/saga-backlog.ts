@@ -56,7 +56,7 @@ export class SagaBacklog {
     )
     this.#waitGauge = metrics.gauge(
       'mercato_order_saga_wait_seconds',
-      'Expected wait of a new order in the saga consumers’ backlog: each group’s backlog over its rate.',
+      'Expected wait of a new order in the backlog of the saga consumers: each group backlog over its rate, summed.',
     )
   }
 
