@@ -4,7 +4,6 @@
 // checkpointed by one worker thread instead, on its own connections, a few times a
 // second; the committing connections keep SQLite's own checkpoint only as a backstop for
 // a WAL that grows far past that (the worker stalled).
-
 import type { DatabaseSync, StatementSync } from 'node:sqlite'
 import { parentPort, Worker, workerData } from 'node:worker_threads'
 

@@ -2,7 +2,6 @@
 // all its lines or none; a reservation becomes a sale when the order is confirmed, and goes
 // back to stock when the order is cancelled or when it expires unconfirmed. The store
 // itself refuses negative stock and any row where on-hand is not available + reserved.
-
 import { sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
