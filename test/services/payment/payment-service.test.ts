@@ -208,7 +208,8 @@ describe('the payment service', () => {
     assert.deepEqual([charge.status, charge.refundedMinor], ['refunded', 1_999])
   })
 
-  it('voids an authorization left behind by answers that never came, once the order is cancelled', async () => {
+  /** A payment answered payment.failed whose authorization the provider made all the same. */
+  async function leaveStrayAuthorization(): Promise<string> {
     // Slower than every attempt together: each retry finds the first request in flight.
     await dials({ latencyMs: 3_000 })
     const orderId = newOrder()
@@ -222,48 +223,47 @@ describe('the payment service', () => {
       'the provider to finish the authorization',
       async () => (await chargesOf(orderId)).length === 1,
     )
+    return orderId
+  }
+
+  /** Makes the provider fail every call, and fails enough authorizations to open the circuit. */
+  async function openCircuit(): Promise<void> {
+    await dials({ errorRate: 1 })
+    // Three attempts each: four failed authorizations are ten failures in a row and more.
+    for (let i = 0; i < 4; i++) {
+      const orderId = newOrder()
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.failed')
+    }
+  }
+
+  const voided = (orderId: string) =>
+    waitFor(
+      'the stray authorization to be voided',
+      async () => (await chargesOf(orderId))[0].status === 'voided',
+    )
+
+  it('voids an authorization left behind by answers that never came, once the order is cancelled', async () => {
+    const orderId = await leaveStrayAuthorization()
     const before = await reconcile(service, providerUrl)
     assert.deepEqual(
       before.filter((m) => m.orderId === orderId).map((m) => m.kind),
       ['untracked-charge'],
     )
     await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
-    await waitFor(
-      'the stray authorization to be voided',
-      async () => (await chargesOf(orderId))[0].status === 'voided',
-    )
+    await voided(orderId)
   })
 
   it('voids such an authorization when the order is cancelled while the circuit is open, instead of dead-lettering the cancel', async () => {
-    await dials({ latencyMs: 3_000 })
-    const orderId = newOrder()
+    const orderId = await leaveStrayAuthorization()
     try {
-      await requestPayment(orderId)
-      await answer(orderId, 'payment.failed')
-    } finally {
-      await dials({ latencyMs: 0 })
-    }
-    await waitFor(
-      'the provider to finish the authorization',
-      async () => (await chargesOf(orderId)).length === 1,
-    )
-    await dials({ errorRate: 1 })
-    try {
-      // Four failed authorizations of three attempts each open the circuit (ten failures in a row).
-      for (let i = 0; i < 4; i++) {
-        const failing = newOrder()
-        await requestPayment(failing)
-        await answer(failing, 'payment.failed')
-      }
+      await openCircuit()
     } finally {
       await dials({ errorRate: 0 })
     }
     // The circuit half-opens 1.5 s from now; the event's own retries last some 30 ms.
     await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
-    await waitFor(
-      'the stray authorization to be voided',
-      async () => (await chargesOf(orderId))[0].status === 'voided',
-    )
+    await voided(orderId)
     const dead = await harness.stream.deadLetters('orders')
     assert.equal(dead.filter((letter) => letter.record.key === orderId).length, 0)
   })
@@ -272,14 +272,8 @@ describe('the payment service', () => {
     const authorized = newOrder()
     await requestPayment(authorized)
     await answer(authorized, 'payment.authorized')
-    await dials({ errorRate: 1 })
     try {
-      // Three attempts each: four failed authorizations open the circuit (ten failures in a row).
-      for (let i = 0; i < 4; i++) {
-        const orderId = newOrder()
-        await requestPayment(orderId)
-        await answer(orderId, 'payment.failed')
-      }
+      await openCircuit()
       const fast = newOrder()
       await requestPayment(fast)
       const failed = await answer(fast, 'payment.failed')
