@@ -33,6 +33,8 @@ interface GroupSample {
 
 /** Weight of the newest rate measurement in the smoothed rate. */
 const rateSmoothing = 0.3
+/** The longest Retry-After a refused order is given, however far behind the saga is. */
+const retryAfterMaxSeconds = 30
 
 export class SagaBacklog {
   readonly #stream: EventStream
@@ -77,9 +79,12 @@ export class SagaBacklog {
       )
     }
     if (waitMaxMs > 0 && this.#waitMs > waitMaxMs) {
+      // Come back when the backlog should be down to the bound again, not sooner.
+      const retryAfterSeconds = Math.min(retryAfterMaxSeconds, Math.ceil((this.#waitMs - waitMaxMs) / 1000))
       throw new OverloadedError(
         'the order saga',
-        `its consumers are ${(this.#waitMs / 1000).toFixed(1)} s behind (${this.#events} events wait), more than ${waitMaxMs / 1000} s; try again shortly`,
+        `its consumers are ${(this.#waitMs / 1000).toFixed(1)} s behind (${this.#events} events wait), more than ${waitMaxMs / 1000} s; try again in ${retryAfterSeconds} s`,
+        retryAfterSeconds,
       )
     }
   }

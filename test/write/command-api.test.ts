@@ -7,6 +7,7 @@ import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import type { EventStream } from '../../src/engines/stream/event-stream.ts'
 import type { PartitionLag } from '../../src/engines/stream/port.ts'
+import type { OverloadedError } from '../../src/platform/errors.ts'
 import { silentLogger } from '../../src/platform/logger.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
@@ -303,6 +304,9 @@ describe('admission of new orders', () => {
           return false
         } catch (error) {
           assert.match(String(error), /behind \(500 events wait\)/)
+          // 5 s or more behind, 0.5 s allowed: back in 5 s or more, never past 30 s.
+          const retryAfter = (error as OverloadedError).retryAfterSeconds
+          assert.ok(retryAfter >= 5 && retryAfter <= 30, `Retry-After ${retryAfter}`)
           return true
         }
       })
