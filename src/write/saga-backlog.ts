@@ -6,7 +6,7 @@
 // when an order accepted now would wait too long:
 // - the expected wait: each group's backlog divided by the rate at which it has been
 //   handling events while it had a backlog (a group that keeps up says nothing of its
-//   capacity), summed over the groups an order passes through; past `waitMaxMs`, refused;
+//   capacity), summed over the steps an order waits for; past `waitMaxMs`, refused;
 // - the backlog itself, past `eventsMax` events: the bound before any rate is known, and
 //   while a group is down.
 import { sagaConsumers } from '../contracts/events.ts'
@@ -30,6 +30,15 @@ interface GroupSample {
   /** Events handled a second while the group had a backlog (smoothed); undefined until seen. */
   ratePerSecond?: number
 }
+
+type SagaGroup = keyof typeof sagaConsumers
+
+/**
+ * How often an order waits in each group's backlog on its way to CONFIRMED: the order
+ * group handles order.requested, inventory.reserved, payment.authorized and
+ * shipment.scheduled; the others one step each.
+ */
+const waitsPerOrder: Record<SagaGroup, number> = { order: 4, inventory: 1, payment: 1, shipping: 1 }
 
 /** Weight of the newest rate measurement in the smoothed rate. */
 const rateSmoothing = 0.3
@@ -58,7 +67,7 @@ export class SagaBacklog {
     )
     this.#waitGauge = metrics.gauge(
       'mercato_order_saga_wait_seconds',
-      'Expected wait of a new order in the backlog of the saga consumers: each group backlog over its rate, summed.',
+      'Expected wait of a new order in the backlog of the saga consumers: each group backlog over its rate, summed over the steps an order waits for.',
     )
   }
 
@@ -95,15 +104,15 @@ export class SagaBacklog {
     try {
       let events = 0
       let waitMs = 0
-      for (const [group, topics] of Object.entries(sagaConsumers)) {
+      for (const group of Object.keys(sagaConsumers) as SagaGroup[]) {
         const lags = await this.#stream.engine.lag(
           this.#stream.group(group),
-          topics.map((topic) => this.#stream.topic(topic)),
+          sagaConsumers[group].map((topic) => this.#stream.topic(topic)),
         )
         const sample = this.#sample(group, lags)
         events += sample.waiting
         if (sample.waiting > 0 && sample.ratePerSecond !== undefined)
-          waitMs += (sample.waiting / sample.ratePerSecond) * 1000
+          waitMs += waitsPerOrder[group] * (sample.waiting / sample.ratePerSecond) * 1000
       }
       this.#events = events
       this.#waitMs = waitMs
