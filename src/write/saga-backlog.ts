@@ -40,6 +40,9 @@ type SagaGroup = keyof typeof sagaConsumers
  */
 const waitsPerOrder: Record<SagaGroup, number> = { order: 4, inventory: 1, payment: 1, shipping: 1 }
 
+/** Events a group must have waiting, at both ends of an interval, for the interval to measure its rate. */
+const behindFromEvents = 100
+
 /** Weight of the newest rate measurement in the smoothed rate. */
 const rateSmoothing = 0.3
 /** The longest Retry-After a refused order is given, however far behind the saga is. */
@@ -135,11 +138,13 @@ export class SagaBacklog {
     }
     const last = this.#samples.get(group)
     next.ratePerSecond = last?.ratePerSecond
-    // Only an interval the group spent behind measures how fast it can go. One in which it
-    // handled nothing (it is down, or restarting) leaves the rate as it was: an outage is
-    // not a capacity, and the event bound refuses orders when one lasts.
+    // Only an interval the group spent behind measures how fast it can go: with a handful
+    // of events waiting it handles what arrives, which says nothing of its capacity. One in
+    // which it handled nothing (it is down, or restarting) leaves the rate as it was: an
+    // outage is not a capacity, and the event bound refuses orders when one lasts.
     const handled = last ? next.handled - last.handled : 0
-    if (last && last.waiting > 0 && next.waiting > 0 && handled > 0 && now > last.atMs) {
+    const behind = (sample: GroupSample) => sample.waiting >= behindFromEvents
+    if (last && behind(last) && behind(next) && handled > 0 && now > last.atMs) {
       const measured = (handled * 1000) / (now - last.atMs)
       next.ratePerSecond =
         last.ratePerSecond === undefined

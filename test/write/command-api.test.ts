@@ -316,13 +316,26 @@ describe('admission of new orders', () => {
     }
   })
 
+  it('takes a burst of orders while only a few events wait, however slowly they were handled', async () => {
+    // 50 waiting, one handled a look: a rate that would refuse, but a backlog too small to measure it.
+    const backlog = await watchBacklog(50, { handledPerLook: 1 })
+    try {
+      for (let look = 0; look < 20; look++) {
+        await new Promise((resolve) => setTimeout(resolve, 10))
+        backlog.admit()
+      }
+    } finally {
+      backlog.stop()
+    }
+  })
+
   it('takes new orders while the saga groups work their backlog off fast enough, or while one is down for a moment', async () => {
-    // 50 waiting, 100,000 handled a look: far under the 500 ms bound at any interval.
+    // 200 waiting, 100,000 handled a look: far under the 500 ms bound at any interval.
     const script = { handledPerLook: 100_000 }
-    const backlog = await watchBacklog(50, script)
+    const backlog = await watchBacklog(200, script)
     try {
       for (let look = 0; look < 40; look++) {
-        // Then the group stops (its process restarts): 50 events are not an outage to refuse for.
+        // Then the group stops (its process restarts): 200 events are not an outage to refuse for.
         if (look === 20) script.handledPerLook = 0
         await new Promise((resolve) => setTimeout(resolve, 10))
         backlog.admit()
