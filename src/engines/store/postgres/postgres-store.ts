@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import pg from 'pg'
 import { UnreachableError } from '../../../platform/errors.ts'
 import { Semaphore, withTimeout } from '../../../platform/limits.ts'
@@ -84,8 +85,8 @@ export class PostgresStore implements Store {
     return this.#withClient(async (client) => {
       const callbacks: (() => void)[] = []
       const tx: Tx = {
-        query: async (sql, params) => (await client.query(sql, params?.map(toPg))).rows,
-        execute: async (sql, params) => (await client.query(sql, params?.map(toPg))).rowCount ?? 0,
+        query: async (sql, params) => (await client.query(statement(sql, params))).rows,
+        execute: async (sql, params) => (await client.query(statement(sql, params))).rowCount ?? 0,
         afterCommit: (callback) => callbacks.push(callback),
       }
       await client.query('BEGIN')
@@ -107,7 +108,7 @@ export class PostgresStore implements Store {
   }
 
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
-    return this.#withClient(async (client) => (await client.query(sql, params?.map(toPg))).rows as Row[])
+    return this.#withClient(async (client) => (await client.query(statement(sql, params))).rows as Row[])
   }
 
   async ping(): Promise<void> {
@@ -137,6 +138,24 @@ export class PostgresStore implements Store {
     })
   }
 }
+
+/**
+ * A statement with parameters is prepared once per connection under a name drawn from its
+ * text, so PostgreSQL parses and plans it once rather than on every call. One without
+ * parameters (BEGIN, a migration's several statements) goes as a simple query.
+ */
+function statement(sql: string, params: SqlValue[] | undefined): string | pg.QueryConfig {
+  if (params === undefined) return sql
+  let name = statementNames.get(sql)
+  if (name === undefined) {
+    name = `m_${createHash('sha1').update(sql).digest('base64url')}`
+    if (statementNames.size >= 10_000) statementNames.clear()
+    statementNames.set(sql, name)
+  }
+  return { name, text: sql, values: params.map(toPg) }
+}
+
+const statementNames = new Map<string, string>()
 
 function toPg(value: SqlValue): unknown {
   if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
