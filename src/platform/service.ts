@@ -91,18 +91,29 @@ export class Service {
     const types = Object.keys(handlers)
     const subscription = await this.stream.subscribe(
       options.oneAtATime || this.store.kind !== 'sqlite'
-        ? { group, topics, types, handle: (event) => this.#handleAlone(group, handlers, event) }
+        ? {
+            group,
+            topics,
+            types,
+            handle: (event) => this.#handleAlone(group, handlers, event, options.oneAtATime === true),
+          }
         : { group, topics, types, handleBatch: (events) => this.#handleBatch(group, handlers, events) },
     )
     this.#subscriptions.push(subscription)
   }
 
-  async #handleAlone(group: string, handlers: Record<string, Handler>, event: CloudEvent): Promise<void> {
+  async #handleAlone(
+    group: string,
+    handlers: Record<string, Handler>,
+    event: CloudEvent,
+    callsOut: boolean,
+  ): Promise<void> {
     const handler = handlers[event.type]
     if (!handler) return
-    // A redelivered event is handled once: its first handling may have found nothing to
-    // do, and doing it now, against a state that has moved on, would be a second effect.
-    if (await wasHandled(this.store, group, event.id)) return
+    // The inbox row written in the handler's transaction (or by markHandled when it found
+    // nothing to do) keeps a redelivered event from a second effect in the store. A handler
+    // that calls out before its transaction asks first, so a redelivery does not call again.
+    if (callsOut && (await wasHandled(this.store, group, event.id))) return
     let transacted = false
     await handler(event, {
       transact: (work) => {

@@ -122,12 +122,10 @@ export class OutboxRelay {
   async markSent(rows: OutboxRow[]): Promise<void> {
     const ids = rows.map((row) => row.id)
     const placeholders = ids.map((_, i) => `$${i + 2}`).join(', ')
-    await this.#store.transaction((tx) =>
-      tx.execute(`UPDATE mercato_outbox SET sent_at = $1 WHERE id IN (${placeholders})`, [
-        new Date().toISOString(),
-        ...ids,
-      ]),
-    )
+    await this.#store.execute(`UPDATE mercato_outbox SET sent_at = $1 WHERE id IN (${placeholders})`, [
+      new Date().toISOString(),
+      ...ids,
+    ])
   }
 
   async #pruneIfDue(): Promise<void> {
@@ -135,9 +133,9 @@ export class OutboxRelay {
     if (now - this.#lastPruneMs < 60_000) return
     this.#lastPruneMs = now
     const before = new Date(now - this.#options.sentRetentionMs).toISOString()
-    await this.#store.transaction((tx) =>
-      tx.execute('DELETE FROM mercato_outbox WHERE sent_at IS NOT NULL AND sent_at < $1', [before]),
-    )
+    await this.#store.execute('DELETE FROM mercato_outbox WHERE sent_at IS NOT NULL AND sent_at < $1', [
+      before,
+    ])
   }
 
   async stop(): Promise<void> {

@@ -103,8 +103,9 @@ export class PostgresStore implements Store {
     })
   }
 
+  /** One statement is a transaction of its own (autocommit): one round trip, not three. */
   execute(sql: string, params?: SqlValue[]): Promise<number> {
-    return this.transaction((tx) => tx.execute(sql, params))
+    return this.#withClient(async (client) => (await client.query(statement(sql, params))).rowCount ?? 0)
   }
 
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
