@@ -95,10 +95,8 @@ export async function complete(tx: Tx, key: string, lease: string, answer: Answe
 
 /** Frees a reservation whose work failed unexpectedly, so a retry can do it. */
 export async function release(store: Store, key: string, lease: string): Promise<void> {
-  await store.transaction((tx) =>
-    tx.execute(
-      'DELETE FROM provider_idempotency_keys WHERE idempotency_key = $1 AND lease = $2 AND status_code IS NULL',
-      [key, lease],
-    ),
+  await store.execute(
+    'DELETE FROM provider_idempotency_keys WHERE idempotency_key = $1 AND lease = $2 AND status_code IS NULL',
+    [key, lease],
   )
 }

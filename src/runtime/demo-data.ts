@@ -92,11 +92,9 @@ export async function seedDemoData(
     })
   }
   await stream.publish(events.map((event) => createEvent(event)))
-  await store.transaction((tx) =>
-    tx.execute('INSERT INTO seed_runs (name, at) VALUES ($1, $2) ON CONFLICT DO NOTHING', [
-      'demo',
-      new Date().toISOString(),
-    ]),
-  )
+  await store.execute('INSERT INTO seed_runs (name, at) VALUES ($1, $2) ON CONFLICT DO NOTHING', [
+    'demo',
+    new Date().toISOString(),
+  ])
   return true
 }

@@ -65,7 +65,8 @@ export class IdempotencyKeys {
       )
       if (!row || Number(row.expires_at) <= now) {
         const resourceId = newResourceId()
-        await tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2', [scope, key])
+        if (row)
+          await tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2', [scope, key])
         await tx.execute(
           `INSERT INTO idempotency_keys (scope, idem_key, fingerprint, resource_id, locked_until, expires_at)
            VALUES ($1, $2, $3, $4, $5, $6)`,
@@ -102,29 +103,23 @@ export class IdempotencyKeys {
     body: unknown,
     headers: Record<string, string>,
   ): Promise<void> {
-    await this.#store.transaction((tx) =>
-      tx.execute(
-        'UPDATE idempotency_keys SET status = $1, body = $2, headers = $3 WHERE scope = $4 AND idem_key = $5',
-        [status, JSON.stringify(body), JSON.stringify(headers), scope, key],
-      ),
+    await this.#store.execute(
+      'UPDATE idempotency_keys SET status = $1, body = $2, headers = $3 WHERE scope = $4 AND idem_key = $5',
+      [status, JSON.stringify(body), JSON.stringify(headers), scope, key],
     )
   }
 
   /** Lets go of a key whose request failed before it had any effect, so a retry starts afresh. */
   async release(scope: string, key: string): Promise<void> {
-    await this.#store.transaction((tx) =>
-      tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND status IS NULL', [
-        scope,
-        key,
-      ]),
+    await this.#store.execute(
+      'DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 AND status IS NULL',
+      [scope, key],
     )
   }
 
   /** Deletes expired keys; resolves with how many. */
   prune(): Promise<number> {
-    return this.#store.transaction((tx) =>
-      tx.execute('DELETE FROM idempotency_keys WHERE expires_at <= $1', [Date.now()]),
-    )
+    return this.#store.execute('DELETE FROM idempotency_keys WHERE expires_at <= $1', [Date.now()])
   }
 }
 

@@ -393,12 +393,10 @@ export async function startNotificationService(
   /** Claims a row for one attempt (many senders, one winner); the lease covers the attempt. */
   async function claim(table: string, row: DueRow, leaseMs: number): Promise<boolean> {
     const now = nowIso()
-    const changed = await store.transaction((tx) =>
-      tx.execute(
-        `UPDATE ${table} SET status = 'sending', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2
+    const changed = await store.execute(
+      `UPDATE ${table} SET status = 'sending', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2
           WHERE id = $3 AND status = $4 AND attempts = $5 AND next_attempt_at <= $2`,
-        [isoIn(leaseMs), now, row.id, row.status, row.attempts],
-      ),
+      [isoIn(leaseMs), now, row.id, row.status, row.attempts],
     )
     return changed === 1
   }
@@ -415,19 +413,17 @@ export async function startNotificationService(
   ): Promise<void> {
     const dead = attempt >= attemptsMax
     const statusColumn = table === 'notification_webhook_deliveries' ? ', last_status_code = $6' : ''
-    await store.transaction((tx) =>
-      tx.execute(
-        `UPDATE ${table} SET status = $1, next_attempt_at = $2, last_error = $3, updated_at = $4${statusColumn}
+    await store.execute(
+      `UPDATE ${table} SET status = $1, next_attempt_at = $2, last_error = $3, updated_at = $4${statusColumn}
           WHERE id = $5 AND status = 'sending'`,
-        [
-          dead ? 'dead' : 'pending',
-          dead ? nowIso() : isoIn(backoffMs(attempt, backoffBaseMs, backoffMaxMs)),
-          error.slice(0, 2_000),
-          nowIso(),
-          id,
-          ...(statusColumn ? [statusCode] : []),
-        ],
-      ),
+      [
+        dead ? 'dead' : 'pending',
+        dead ? nowIso() : isoIn(backoffMs(attempt, backoffBaseMs, backoffMaxMs)),
+        error.slice(0, 2_000),
+        nowIso(),
+        id,
+        ...(statusColumn ? [statusCode] : []),
+      ],
     )
     count(channel, dead ? 'dead' : 'retry')
     if (dead)
@@ -540,12 +536,10 @@ export async function startNotificationService(
       [delivery.endpoint_id],
     )
     const finish = async (status: string, error: string | null, statusCode: number | null) => {
-      await store.transaction((tx) =>
-        tx.execute(
-          `UPDATE ${table} SET status = $1, last_error = $2, last_status_code = $3, updated_at = $4
+      await store.execute(
+        `UPDATE ${table} SET status = $1, last_error = $2, last_status_code = $3, updated_at = $4
             WHERE id = $5 AND status = 'sending'`,
-          [status, error, statusCode, nowIso(), row.id],
-        ),
+        [status, error, statusCode, nowIso(), row.id],
       )
     }
     if (!endpoint || Number(endpoint.enabled) !== 1) {
