@@ -140,7 +140,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     served.inc({ view: spec.view, cache: cacheKey ? (reply.getHeader('mercato-cache') as string) : 'none' })
     setFreshness(reply, spec.view, cached.positions, reached)
     reply.header('etag', cached.etag).header('cache-control', 'private, no-cache')
-    if (request.headers['if-none-match'] === cached.etag) return reply.code(304).send()
+    if (noneMatchHits(request.headers['if-none-match'], cached.etag)) return reply.code(304).send()
     return reply.type('application/json; charset=utf-8').send(cached.body)
   }
 
@@ -288,6 +288,20 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       })
     },
   )
+}
+
+/**
+ * Whether an If-None-Match header matches the current representation's ETag (RFC 9110
+ * §13.1.2): `*` matches any, a list matches when one member does, and the comparison is
+ * weak (`W/"x"` and `"x"` are the same tag).
+ */
+export function noneMatchHits(header: string | undefined, etag: string): boolean {
+  if (header === undefined) return false
+  if (header.trim() === '*') return true
+  const opaque = (tag: string) => tag.replace(/^W\//, '')
+  // An entity tag may hold a comma, so the list is read tag by tag, not split on commas.
+  const tags = header.match(/(?:W\/)?"[^"]*"/g) ?? []
+  return tags.some((tag) => opaque(tag) === opaque(etag))
 }
 
 function tokenOf(request: FastifyRequest): RecordPosition | undefined {

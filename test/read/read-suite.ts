@@ -143,6 +143,14 @@ export function defineReadSuite(
         headers: { 'if-none-match': etag },
       })
       assert.equal(revalidated.status, 304)
+      assert.equal(revalidated.headers.get('etag'), etag)
+      assert.ok(revalidated.headers.get('mercato-position'), 'a 304 carries the freshness headers')
+      for (const header of [`W/${etag}`, `"other", ${etag}`, '*']) {
+        const conditional = await get(shop, `/v1/products/${sku}`, { 'if-none-match': header })
+        assert.equal(conditional.status, 304, header)
+        assert.equal(conditional.headers.get('etag'), etag, header)
+      }
+      assert.equal((await get(shop, `/v1/products/${sku}`, { 'if-none-match': '"other"' })).status, 200)
 
       for (const priceMinor of [1500, 1700, 1900]) {
         const put = await shop.put(`/v1/products/${sku}`, {
