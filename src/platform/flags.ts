@@ -1,5 +1,11 @@
 // Feature flags, as the services read them. Definitions are in flagd's JSON format; the
 // `flags` component keeps them in the key-value port and evaluates them in process.
+import { MemoryStorage } from '@openfeature/flagd-core'
+import type { Logger as OpenFeatureLogger } from '@openfeature/server-sdk'
+import { errorMessage } from './errors.ts'
+
+/** A definition larger than this is refused: the whole document is read every few seconds. */
+const definitionBytesMax = 16_384
 
 export interface FlagReader {
   boolean(
@@ -29,3 +35,60 @@ export const defaultFlagDefinitions: Record<string, Record<string, unknown>> = {
     defaultVariant: 'on',
   },
 }
+
+/** The reason a flagd flag definition is invalid, or undefined when it is valid. */
+export function validateFlagDefinition(definition: unknown, key = 'flag'): string | undefined {
+  if (!definition || typeof definition !== 'object' || Array.isArray(definition))
+    return 'a flag definition must be a JSON object'
+  let text: string
+  try {
+    text = JSON.stringify({ flags: { [key]: definition } })
+  } catch (error) {
+    return `not serializable as JSON: ${errorMessage(error)}`
+  }
+  if (Buffer.byteLength(text) > definitionBytesMax)
+    return `the definition is larger than ${definitionBytesMax} bytes`
+  const def = definition as Record<string, unknown>
+  if (def.state !== 'ENABLED' && def.state !== 'DISABLED') return 'state must be "ENABLED" or "DISABLED"'
+  const variants = def.variants
+  if (!variants || typeof variants !== 'object' || Array.isArray(variants))
+    return 'variants must be an object of named values'
+  const values = Object.values(variants)
+  if (values.length === 0) return 'variants must name at least one value'
+  const kinds = new Set(
+    values.map((value) => (value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value)),
+  )
+  if (kinds.size > 1) return `every variant must have the same type (found ${[...kinds].join(', ')})`
+  const [kind] = kinds
+  if (!['boolean', 'string', 'number', 'object'].includes(kind))
+    return `variants must be booleans, strings, numbers or objects (found ${kind})`
+  if (
+    def.defaultVariant !== undefined &&
+    def.defaultVariant !== null &&
+    !Object.hasOwn(variants, String(def.defaultVariant))
+  )
+    return `defaultVariant "${String(def.defaultVariant)}" is not one of the variants`
+  // flagd's own schema (strict), its structural checks, and its targeting parser.
+  const storage = new MemoryStorage(quietLogger)
+  try {
+    storage.setConfigurations(text, true)
+  } catch (error) {
+    return `not a valid flagd definition: ${flagdReason(error)}`
+  }
+  const flag = storage.getFlag(key)
+  if (!flag) return 'not a valid flagd definition'
+  const probe = flag.evaluate({}, quietLogger)
+  if (probe.errorCode === 'PARSE_ERROR') return probe.errorMessage ?? 'the targeting rule cannot be parsed'
+  return undefined
+}
+
+function flagdReason(error: unknown): string {
+  const message = errorMessage(error)
+  const detail = (error as { cause?: unknown })?.cause
+  const reason = detail ? `${message}: ${errorMessage(detail)}` : message
+  // flagd-core prints ajv's error list as JSON: keep its first message and path.
+  const match = /"instancePath":\s*"([^"]*)"[\s\S]*?"message":\s*"([^"]*)"/.exec(reason)
+  return (match ? `${match[1] || '/'} ${match[2]}` : reason).slice(0, 300)
+}
+
+const quietLogger: OpenFeatureLogger = { error() {}, warn() {}, info() {}, debug() {} }

@@ -20,7 +20,7 @@ import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelo
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
-import type { FlagReader } from '../platform/flags.ts'
+import { type FlagReader, validateFlagDefinition } from '../platform/flags.ts'
 import { authorize, type Identity, principalOf, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
@@ -476,12 +476,10 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
           newId: () => `flg_${randomUUID()}`,
           events: async (_id, request) => {
             const { key } = request.params as { key: string }
-            const definition = request.body as { variants: Record<string, unknown>; defaultVariant: string }
-            if (!(definition.defaultVariant in definition.variants)) {
-              throw new MercatoError('invalid-request', 400, 'defaultVariant must name one of the variants', {
-                errors: [{ in: 'body', field: '/defaultVariant', message: 'is not one of the variants' }],
-              })
-            }
+            const definition = request.body as Record<string, unknown>
+            // The flags service applies only what passes this same check; refuse the rest here.
+            const invalid = validateFlagDefinition(definition, key)
+            if (invalid) throw flagDefinitionError(invalid.replaceAll(`/flags/${key}`, ''))
             return [{ type: 'flag.changed', subject: key, data: { key, definition } }]
           },
         },
@@ -576,6 +574,21 @@ function checkWebhookUrl(raw: string, allowPrivate: boolean): void {
   if (host === 'localhost' || host.endsWith('.localhost')) refuse('must not name this machine')
   const reason = privateAddressReason(host)
   if (reason && !reason.endsWith('is not an IP address')) refuse(`must not name ${reason}`)
+}
+
+/** A 400 for a flag definition the flags service would not apply, naming the field the reason is about. */
+function flagDefinitionError(reason: string): MercatoError {
+  const fieldOfFirstWord = new Map([
+    ['state', '/state'],
+    ['variants', '/variants'],
+    ['every', '/variants'],
+    ['defaultVariant', '/defaultVariant'],
+  ])
+  // flagd's own reasons carry a JSON pointer ("…: /targeting must …"); the others start with the field.
+  const field = /: (\/\w+)/.exec(reason)?.[1] ?? fieldOfFirstWord.get(reason.split(' ')[0]) ?? '/'
+  return new MercatoError('invalid-request', 400, `the flag definition is invalid: ${reason}`, {
+    errors: [{ in: 'body', field, message: reason }],
+  })
 }
 
 async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number): Promise<void> {

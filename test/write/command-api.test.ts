@@ -114,6 +114,32 @@ describe('the command API', () => {
     assert.equal(await appended(shop), before)
   })
 
+  it('refuses a flag definition the flags service would not apply, with the reason, and publishes nothing', async () => {
+    const before = await appended(shop)
+    const cases: [unknown, string, RegExp][] = [
+      [
+        { state: 'ENABLED', variants: { a: 1 }, defaultVariant: 'a', targeting: { nonsense_op: [1] } },
+        '/targeting',
+        /not a valid flagd definition: \/targeting/,
+      ],
+      [{ state: 'ENABLED', variants: { a: 1, b: 'x' }, defaultVariant: 'a' }, '/variants', /same type/],
+      [
+        { state: 'ENABLED', variants: { a: 1 }, defaultVariant: 'b' },
+        '/defaultVariant',
+        /not one of the variants/,
+      ],
+    ]
+    for (const [definition, field, reason] of cases) {
+      const answer = await shop.put('/v1/flags/cmd-invalid', definition)
+      assert.equal(answer.status, 400, JSON.stringify(answer.body))
+      assert.match(answer.body.detail, reason)
+      assert.equal(answer.body.errors[0].field, field)
+    }
+    assert.equal(await appended(shop), before)
+    const valid = { state: 'ENABLED', variants: { a: 1, b: 2 }, defaultVariant: 'a' }
+    assert.equal((await shop.put('/v1/flags/cmd-valid', valid)).status, 202)
+  })
+
   it('requires an Idempotency-Key on creating POSTs', async () => {
     const answer = await shop.post('/v1/orders', order())
     assert.equal(answer.status, 400)

@@ -4,7 +4,7 @@
 // this process's evaluator at once; every few seconds the document is read again, so a
 // change applied by another process takes effect here too. No restart, ever.
 import { randomUUID } from 'node:crypto'
-import { FlagdCore, MemoryStorage } from '@openfeature/flagd-core'
+import { FlagdCore } from '@openfeature/flagd-core'
 import {
   type EvaluationContext,
   type JsonValue,
@@ -19,15 +19,13 @@ import type { CloudEvent } from '../../contracts/envelope.ts'
 import type { Cache } from '../../engines/cache/port.ts'
 import type { EventStream, Subscription } from '../../engines/stream/event-stream.ts'
 import { errorMessage } from '../../platform/errors.ts'
-import { defaultFlagDefinitions, type FlagReader } from '../../platform/flags.ts'
+import { defaultFlagDefinitions, type FlagReader, validateFlagDefinition } from '../../platform/flags.ts'
 import type { Logger } from '../../platform/logger.ts'
 
 /** The key-value key of the document of every flag definition. */
 export const flagDefinitionsKey = 'flags:definitions'
 const flagdSchema = 'https://flagd.dev/schema/v0/flags.json'
 const flagKeyPattern = /^[a-z0-9][a-z0-9._-]{0,63}$/
-/** A definition larger than this is refused: the whole document is read every few seconds. */
-const definitionBytesMax = 16_384
 
 export type FlagDefinitions = Record<string, Record<string, unknown>>
 
@@ -46,63 +44,6 @@ export interface RunningFlags {
   ready(): Promise<void>
   stop(): Promise<void>
 }
-
-/** The reason a flagd flag definition is invalid, or undefined when it is valid. */
-export function validateFlagDefinition(definition: unknown, key = 'flag'): string | undefined {
-  if (!definition || typeof definition !== 'object' || Array.isArray(definition))
-    return 'a flag definition must be a JSON object'
-  let text: string
-  try {
-    text = JSON.stringify({ flags: { [key]: definition } })
-  } catch (error) {
-    return `not serializable as JSON: ${errorMessage(error)}`
-  }
-  if (Buffer.byteLength(text) > definitionBytesMax)
-    return `the definition is larger than ${definitionBytesMax} bytes`
-  const def = definition as Record<string, unknown>
-  if (def.state !== 'ENABLED' && def.state !== 'DISABLED') return 'state must be "ENABLED" or "DISABLED"'
-  const variants = def.variants
-  if (!variants || typeof variants !== 'object' || Array.isArray(variants))
-    return 'variants must be an object of named values'
-  const values = Object.values(variants)
-  if (values.length === 0) return 'variants must name at least one value'
-  const kinds = new Set(
-    values.map((value) => (value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value)),
-  )
-  if (kinds.size > 1) return `every variant must have the same type (found ${[...kinds].join(', ')})`
-  const [kind] = kinds
-  if (!['boolean', 'string', 'number', 'object'].includes(kind))
-    return `variants must be booleans, strings, numbers or objects (found ${kind})`
-  if (
-    def.defaultVariant !== undefined &&
-    def.defaultVariant !== null &&
-    !Object.hasOwn(variants, String(def.defaultVariant))
-  )
-    return `defaultVariant "${String(def.defaultVariant)}" is not one of the variants`
-  // flagd's own schema (strict), its structural checks, and its targeting parser.
-  const storage = new MemoryStorage(quietLogger)
-  try {
-    storage.setConfigurations(text, true)
-  } catch (error) {
-    return `not a valid flagd definition: ${flagdReason(error)}`
-  }
-  const flag = storage.getFlag(key)
-  if (!flag) return 'not a valid flagd definition'
-  const probe = flag.evaluate({}, quietLogger)
-  if (probe.errorCode === 'PARSE_ERROR') return probe.errorMessage ?? 'the targeting rule cannot be parsed'
-  return undefined
-}
-
-function flagdReason(error: unknown): string {
-  const message = errorMessage(error)
-  const detail = (error as { cause?: unknown })?.cause
-  const reason = detail ? `${message}: ${errorMessage(detail)}` : message
-  // flagd-core prints ajv's error list as JSON: keep its first message and path.
-  const match = /"instancePath":\s*"([^"]*)"[\s\S]*?"message":\s*"([^"]*)"/.exec(reason)
-  return (match ? `${match[1] || '/'} ${match[2]}` : reason).slice(0, 300)
-}
-
-const quietLogger: OpenFeatureLogger = { error() {}, warn() {}, info() {}, debug() {} }
 
 function openFeatureLogger(log: Logger): OpenFeatureLogger {
   const text = (args: unknown[]) =>
