@@ -24,7 +24,7 @@ export interface ViewDefinition {
 }
 
 export const viewSchemaVersions: Record<ViewName, number> = {
-  catalog: 1,
+  catalog: 2,
   'order-status': 1,
   'customer-360': 1,
 }

@@ -107,7 +107,7 @@ function inBatches(events: ViewEvent[], size: number): ViewEvent[][] {
 function referenceDocs(events: ViewEvent[]): Map<string, ProductDoc> {
   const stock = new Map<string, { onHand: number; available: number; time: string }>()
   const products = new Map<string, Record<string, unknown>>()
-  const reservations = new Map<string, { sku: string; quantity: number }[]>()
+  const reservations = new Map<string, { lines: { sku: string; quantity: number }[]; committed: boolean }>()
   const touch = (sku: string, onHand: number, available: number, time: string) => {
     const s = stock.get(sku) ?? { onHand: 0, available: 0, time }
     stock.set(sku, {
@@ -123,12 +123,18 @@ function referenceDocs(events: ViewEvent[]): Map<string, ProductDoc> {
       touch(d.sku, 0, 0, event.time)
     } else if (event.type === 'inventory.adjusted') touch(d.sku, d.delta, d.delta, event.time)
     else if (event.type === 'inventory.reserved') {
-      reservations.set(d.reservationId, d.lines)
+      reservations.set(d.reservationId, { lines: d.lines, committed: false })
       for (const line of d.lines) touch(line.sku, 0, -line.quantity, event.time)
-    } else if (event.type === 'inventory.released' || event.type === 'inventory.committed') {
-      for (const line of reservations.get(d.reservationId) ?? []) {
-        if (event.type === 'inventory.released') touch(line.sku, 0, line.quantity, event.time)
-        else touch(line.sku, -line.quantity, 0, event.time)
+    } else if (event.type === 'inventory.committed') {
+      const reservation = reservations.get(d.reservationId)
+      if (reservation && !reservation.committed) {
+        for (const line of reservation.lines) touch(line.sku, -line.quantity, 0, event.time)
+        reservation.committed = true
+      }
+    } else if (event.type === 'inventory.released') {
+      const reservation = reservations.get(d.reservationId)
+      for (const line of reservation?.lines ?? []) {
+        touch(line.sku, reservation?.committed ? line.quantity : 0, line.quantity, event.time)
       }
       reservations.delete(d.reservationId)
     }
@@ -247,9 +253,17 @@ function generatedCatalog(count: number): History {
         },
         at(count * 250 + i),
       )
-      if (rng() < 0.7)
+      if (rng() < 0.7) {
         history.add('inventory.committed', orderId, { orderId, reservationId }, at(count * 300 + i))
-      else
+        // Now and then the order is cancelled after its confirmation.
+        if (rng() < 0.1)
+          history.add(
+            'inventory.released',
+            orderId,
+            { orderId, reservationId, reason: 'compensation' },
+            at(count * 300 + i + 1),
+          )
+      } else
         history.add(
           'inventory.released',
           orderId,
@@ -499,6 +513,52 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
           updatedAt: new Date(t0 + 2500).toISOString(),
         })
         assert.deepEqual(changed.sort(), [productCacheKey('LAMP-1'), productCacheKey('MUG-1')])
+      })
+
+      test('an order cancelled after its confirmation gives its committed lines back to on hand and available', async () => {
+        const cancelled = new History()
+        cancelled.add(
+          'product.upserted',
+          'PEN-1',
+          {
+            sku: 'PEN-1',
+            name: 'Pen',
+            description: 'Blue ink',
+            category: 'office',
+            priceMinor: 300,
+            currency: 'EUR',
+          },
+          t0,
+        )
+        cancelled.add(
+          'inventory.adjusted',
+          'PEN-1',
+          { sku: 'PEN-1', delta: 10, reason: 'restock', onHand: 10, available: 10 },
+          t0 + 1000,
+        )
+        const reservation = { orderId: 'ord_p', reservationId: 'res_ord_p' }
+        cancelled.add(
+          'inventory.reserved',
+          'ord_p',
+          { ...reservation, lines: [{ sku: 'PEN-1', quantity: 3 }], expiresAt: '2026-11-02T00:00:00.000Z' },
+          t0 + 2000,
+        )
+        cancelled.add('inventory.committed', 'ord_p', reservation, t0 + 3000)
+        const committed = await build([cancelled.events])
+        assert.deepEqual(
+          [
+            (await getProduct(store, committed.g, 'PEN-1'))?.onHand,
+            (await getProduct(store, committed.g, 'PEN-1'))?.available,
+          ],
+          [7, 7],
+        )
+        cancelled.add('inventory.released', 'ord_p', { ...reservation, reason: 'compensation' }, t0 + 4000)
+        // Redelivered as new events (new ids and offsets): the second commit and release find nothing to do.
+        cancelled.add('inventory.committed', 'ord_p', reservation, t0 + 5000)
+        cancelled.add('inventory.released', 'ord_p', { ...reservation, reason: 'compensation' }, t0 + 6000)
+        const { g } = await build([cancelled.events])
+        const pen = await getProduct(store, g, 'PEN-1')
+        assert.deepEqual([pen?.onHand, pen?.available, pen?.inStock], [10, 10, true])
       })
 
       test('stock deltas in any order (per partition order kept) give the same documents', async () => {

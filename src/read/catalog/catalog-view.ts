@@ -5,8 +5,9 @@
 // Events of the two topics, and of different partitions of each, interleave in any order,
 // so stock is kept as commutative deltas: an adjustment adds its delta to on hand and
 // available; a reservation takes its lines from available (and remembers them, since its
-// release or commit names only the reservation); a release gives them back; a commit takes
-// them from on hand. A reservation's own events share a key, so they come in order.
+// release or commit names only the reservation); a commit takes them from on hand; a
+// release gives them back to available, and to on hand too if they had been committed.
+// A reservation's own events share a key, so they come in order.
 // updatedAt is the latest event time that touched the product, also order-independent.
 import type { Store, Tx } from '../../engines/store/port.ts'
 import type { SqlFold } from '../sql-view.ts'
@@ -115,20 +116,26 @@ export const catalogFold: SqlFold = {
         }
         return
       }
-      case 'inventory.released':
       case 'inventory.committed': {
-        // The reservation is done: give its lines back to available, or take them from
-        // on hand, and forget it (a second release or commit then finds nothing).
+        // A second commit finds no line left to commit.
         const { reservationId } = data as { reservationId: string }
         const R = reservationsTable(g)
-        const lines = await tx.query<{ sku: string; quantity: number | bigint }>(
-          `SELECT sku, quantity FROM ${R} WHERE reservation_id = $1 ORDER BY sku`,
-          [reservationId],
-        )
+        for (const line of await reservedLines(tx, R, reservationId)) {
+          if (line.committed) continue
+          await addStock(tx, g, line.sku, -line.quantity, 0, time)
+          changed.add(productCacheKey(line.sku))
+        }
+        await tx.execute(`UPDATE ${R} SET committed = 1 WHERE reservation_id = $1`, [reservationId])
+        return
+      }
+      case 'inventory.released': {
+        // The reservation is over: its lines go back, and it is forgotten (a second release
+        // finds nothing).
+        const { reservationId } = data as { reservationId: string }
+        const R = reservationsTable(g)
+        const lines = await reservedLines(tx, R, reservationId)
         for (const line of lines) {
-          const quantity = Number(line.quantity)
-          if (event.type === 'inventory.released') await addStock(tx, g, line.sku, 0, quantity, time)
-          else await addStock(tx, g, line.sku, -quantity, 0, time)
+          await addStock(tx, g, line.sku, line.committed ? line.quantity : 0, line.quantity, time)
           changed.add(productCacheKey(line.sku))
         }
         if (lines.length > 0) await tx.execute(`DELETE FROM ${R} WHERE reservation_id = $1`, [reservationId])
@@ -143,6 +150,22 @@ export const catalogFold: SqlFold = {
     )
     return rows.map(docOf)
   },
+}
+
+async function reservedLines(
+  tx: Tx,
+  table: string,
+  reservationId: string,
+): Promise<{ sku: string; quantity: number; committed: boolean }[]> {
+  const rows = await tx.query<{ sku: string; quantity: number | bigint; committed: number | bigint }>(
+    `SELECT sku, quantity, committed FROM ${table} WHERE reservation_id = $1 ORDER BY sku`,
+    [reservationId],
+  )
+  return rows.map((row) => ({
+    sku: row.sku,
+    quantity: Number(row.quantity),
+    committed: Number(row.committed) === 1,
+  }))
 }
 
 export async function getProduct(

@@ -10,8 +10,9 @@
 // `categories`: per category, how many products are listed and how many are in stock,
 // kept by the fold, so the facets of a search without words and without a price range
 // need not count the products.
-// `reservations`: the lines of each open reservation, since its release or commit
-// carries only the reservation id.
+// `reservations`: the lines of each reservation until it is released, since its release
+// or commit carries only the reservation id; `committed` says whether its lines have left
+// on hand already (an order cancelled after confirmation releases a committed reservation).
 import type { Store } from '../../engines/store/port.ts'
 import type { ProductDoc } from './catalog-view.ts'
 
@@ -50,7 +51,7 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
     `CREATE TABLE IF NOT EXISTS ${categoriesTable(g)} (category TEXT${c} PRIMARY KEY,
       listed ${int} NOT NULL, in_stock ${int} NOT NULL)`,
     `CREATE TABLE IF NOT EXISTS ${reservationsTable(g)} (reservation_id TEXT NOT NULL, sku TEXT NOT NULL,
-      quantity ${int} NOT NULL, PRIMARY KEY (reservation_id, sku))`,
+      quantity ${int} NOT NULL, committed ${int} NOT NULL DEFAULT 0, PRIMARY KEY (reservation_id, sku))`,
     // One index per sort, with and without the category filter, each ending in the SKU
     // tie-break, so a page is a range read from the cursor on.
     `CREATE INDEX IF NOT EXISTS ${P}_name ON ${P} (name_key, sku)`,
