@@ -17,6 +17,7 @@ import {
 } from '../contracts/commands.ts'
 import { encodeConsistencyToken } from '../contracts/consistency.ts'
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
+import { eventSchemas } from '../contracts/events.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
@@ -510,6 +511,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
           events: async (endpointId, request) => {
             const body = request.body as { url: string; events: string[]; enabled?: boolean }
             checkWebhookUrl(body.url, options.webhookAllowPrivateHosts)
+            checkWebhookEvents(body.events)
             const secret = `whsec_${randomBytes(24).toString('base64url')}`
             return [
               {
@@ -589,6 +591,33 @@ function flagDefinitionError(reason: string): MercatoError {
   return new MercatoError('invalid-request', 400, `the flag definition is invalid: ${reason}`, {
     errors: [{ in: 'body', field, message: reason }],
   })
+}
+
+const eventTypes = Object.keys(eventSchemas)
+
+/**
+ * Refuses webhook subscriptions that can never receive an event: each entry must be `*`, a
+ * known event type, or `prefix.*` matching one (as the notification service's endpointWants reads them).
+ */
+function checkWebhookEvents(events: string[]): void {
+  const matches = (pattern: string) =>
+    pattern === '*' ||
+    eventTypes.includes(pattern) ||
+    (pattern.endsWith('.*') && eventTypes.some((type) => type.startsWith(pattern.slice(0, -1))))
+  const errors = events.flatMap((pattern, i) =>
+    matches(pattern)
+      ? []
+      : [
+          {
+            in: 'body',
+            field: `/events/${i}`,
+            message: `${JSON.stringify(pattern)} names no known event type`,
+          },
+        ],
+  )
+  if (errors.length > 0) {
+    throw new MercatoError('invalid-request', 400, errors.map((e) => e.message).join('; '), { errors })
+  }
 }
 
 async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number): Promise<void> {

@@ -140,6 +140,27 @@ describe('the command API', () => {
     assert.equal((await shop.put('/v1/flags/cmd-valid', valid)).status, 202)
   })
 
+  it('refuses webhook subscriptions to event types that do not exist, naming each bad entry', async () => {
+    const before = await appended(shop)
+    const register = (events: string[]) =>
+      shop.post(
+        '/v1/webhooks',
+        { url: 'https://example.com/hook', events },
+        { 'idempotency-key': randomUUID() },
+      )
+    const refused = await register(['nope.event', 'order.*', 'nope.*', 'order.confirmed', 'order*'])
+    assert.equal(refused.status, 400)
+    assert.deepEqual(
+      refused.body.errors.map((e: { field: string }) => e.field),
+      ['/events/0', '/events/2', '/events/4'],
+    )
+    assert.match(refused.body.detail, /"nope.event" names no known event type/)
+    assert.equal(refused.body.secret, undefined)
+    assert.equal(await appended(shop), before)
+    const accepted = await register(['order.*', '*', 'payment.captured'])
+    assert.equal(accepted.status, 202, JSON.stringify(accepted.body))
+  })
+
   it('requires an Idempotency-Key on creating POSTs', async () => {
     const answer = await shop.post('/v1/orders', order())
     assert.equal(answer.status, 400)
