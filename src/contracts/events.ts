@@ -43,6 +43,19 @@ export const CancelReason = T.Union([
   T.Literal('invalid-order'),
 ])
 
+export const OrderState = T.Union(
+  [
+    'PENDING',
+    'STOCK_RESERVED',
+    'PAYMENT_AUTHORIZED',
+    'SHIPMENT_SCHEDULED',
+    'CONFIRMED',
+    'SHIPPED',
+    'DELIVERED',
+    'CANCELLED',
+  ].map((state) => T.Literal(state)),
+)
+
 /** type → version → schema of `data`. */
 export const eventSchemas: Record<string, Record<number, TSchema>> = {
   'order.requested': {
@@ -65,6 +78,8 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
     }),
   },
   'order.cancel-requested': { 1: obj({ orderId: Id, requestedBy: Id }) },
+  // A customer's cancel that came too late (the order shipped, or ended already).
+  'order.cancel-refused': { 1: obj({ orderId: Id, state: OrderState }) },
   // Saga steps the order service asks of payment and shipping, on the orders topic (key: the
   // order id), so each consumer sees an order's steps in the order they were taken.
   'order.payment-requested': {

@@ -72,6 +72,7 @@ const producers: Record<string, string[]> = {
     'order.shipped',
     'order.delivered',
     'order.cancelled',
+    'order.cancel-refused',
   ],
   inventory: [
     'inventory.reserved',

@@ -132,6 +132,23 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
       await assertInvariants(shop, [orderId], skus)
     })
 
+    it('refuses a cancel that comes after delivery, and says so in the order status', async () => {
+      const orderId = await shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])
+      await waitForState(shop, orderId, 'DELIVERED')
+      assert.equal((await shop.post(`/v1/orders/${orderId}/cancel`, {})).status, 202)
+      await waitFor('the refusal in the order status', async () => {
+        const { body } = await shop.get(`/v1/orders/${orderId}`)
+        return body.timeline?.some(
+          (step: { event: string; detail: string | null }) =>
+            step.event === 'order.cancel-refused' &&
+            step.detail === 'too late to cancel: the order is DELIVERED',
+        )
+      })
+      assert.equal((await shop.get(`/v1/orders/${orderId}`)).body.status, 'DELIVERED')
+      assert.equal(await orderState(shop, orderId), 'DELIVERED')
+      await assertInvariants(shop, [orderId], skus)
+    })
+
     it('cancels an order it cannot fill, out-of-stock, and charges nothing', async () => {
       const orderId = await shop.placeOrder([
         { sku: 'SAGA-A', quantity: 1 },

@@ -63,6 +63,7 @@ const kept = new Set([
   'order.requested',
   'order.placed',
   'order.cancel-requested',
+  'order.cancel-refused',
   'order.payment-requested',
   'order.shipment-requested',
   'order.confirmed',
@@ -238,6 +239,8 @@ function detailOf(step: OrderStep): string | null {
       return (d.shortages as { sku: string; requested: number; available: number }[])
         .map((s) => `${s.sku}: ${s.requested} requested, ${s.available} available`)
         .join('; ')
+    case 'order.cancel-refused':
+      return `too late to cancel: the order is ${d.state}`
     case 'inventory.released':
       return d.reason
     case 'payment.declined':

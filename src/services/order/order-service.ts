@@ -299,9 +299,16 @@ export async function startOrderService(service: Service, options: OrderServiceO
       })
     }),
 
-    'order.cancel-requested': whenIn(cancellable, (tx, emit, order) =>
-      cancel(tx, emit, order, 'customer-cancelled'),
-    ),
+    'order.cancel-requested': async (event, tools) => {
+      const { orderId } = event.data as { orderId: string }
+      await tools.transact(async (tx, emit) => {
+        const order = await load(tx, orderId)
+        if (!order) return
+        if (cancellable.includes(order.state)) return cancel(tx, emit, order, 'customer-cancelled')
+        // Said, so the customer's order status shows why nothing happened.
+        emit({ type: 'order.cancel-refused', subject: orderId, data: { orderId, state: order.state } })
+      })
+    },
   }
 
   await service.consume(sagaConsumers.order, handlers)
