@@ -120,7 +120,10 @@ export class OutboxRelay {
   }
 
   async markSent(rows: OutboxRow[]): Promise<void> {
+    // The list is padded to a power of two with its last id, so the statement takes one of
+    // a few shapes: each is prepared once (per connection), not once per batch size.
     const ids = rows.map((row) => row.id)
+    while (ids.length & (ids.length - 1)) ids.push(ids[ids.length - 1])
     const placeholders = ids.map((_, i) => `$${i + 2}`).join(', ')
     await this.#store.execute(`UPDATE mercato_outbox SET sent_at = $1 WHERE id IN (${placeholders})`, [
       new Date().toISOString(),
