@@ -9,6 +9,7 @@ import type { RecordPosition } from '../engines/stream/port.ts'
 import { MercatoError } from '../platform/errors.ts'
 import { authorize, type Identity, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import { problemDocs } from '../platform/problem-docs.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
 import { customer360CacheKey, readCustomer360 } from './customer-360/customer-360-view.ts'
 import { Freshness } from './freshness.ts'
@@ -156,6 +157,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       .header('mercato-stale', String(reached === false))
   }
 
+  const problems = problemDocs([400, 401, 403, 404, 429, 503])
   const docs = (summary: string, tag: string) => ({
     summary,
     tags: [tag],
@@ -167,7 +169,11 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
 
   http.get(
     '/v1/products',
-    { onRequest, schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery } },
+    {
+      onRequest,
+      config: problems,
+      schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery },
+    },
     (request, reply) => {
       readCatalog(request)
       const query = searchQueryOf(request.query as SearchQueryString)
@@ -183,6 +189,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/products/:sku',
     {
       onRequest,
+      config: problems,
       schema: {
         ...docs('One product, with its availability', 'catalog'),
         params: SkuParam,
@@ -205,6 +212,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/orders/:id',
     {
       onRequest,
+      config: problems,
       schema: {
         ...docs('An order: status, timeline, lines and totals, payment and shipment', 'orders'),
         params: IdParam,
@@ -238,6 +246,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/customers/:id/orders',
     {
       onRequest,
+      config: problems,
       schema: {
         ...docs("A customer's orders, newest first", 'orders'),
         params: IdParam,
@@ -271,6 +280,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/customers/:id/360',
     {
       onRequest,
+      config: problems,
       schema: {
         ...docs('Everything about one customer, denormalized', 'customers'),
         params: IdParam,

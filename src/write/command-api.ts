@@ -1,7 +1,7 @@
 // The write path: validate (statelessly), make idempotent, append one event, answer 202
 // with the id, its Location and a consistency token naming the stream position.
 import { randomBytes, randomUUID } from 'node:crypto'
-import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import {
   Accepted,
   AdjustInventory,
@@ -27,6 +27,7 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
+import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent } from '../platform/tracing.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
@@ -74,7 +75,7 @@ interface CommandSpec {
   onClaimed?: (tx: Tx, id: string, request: FastifyRequest) => Promise<void>
   newId: () => string
   events: (id: string, request: FastifyRequest) => Promise<Array<Omit<NewEvent, 'source'>>>
-  location?: (id: string) => string
+  location?: (id: string, request: FastifyRequest) => string
   extraBody?: (id: string, events: CloudEvent[]) => Record<string, unknown>
 }
 
@@ -178,7 +179,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       const [position] = await stream.publish(events)
       const token = encodeConsistencyToken(position)
       const headers: Record<string, string> = { 'mercato-consistency-token': token }
-      if (spec.location) headers.location = spec.location(id)
+      if (spec.location) headers.location = spec.location(id, request)
       answer = {
         status: 202,
         body: { id, status: 'accepted', consistencyToken: token, ...spec.extraBody?.(id, events) },
@@ -209,329 +210,296 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   const responses = (extra: Record<string, unknown> = {}) => ({
     202: { ...Accepted, properties: { ...Accepted.properties, ...extra } },
   })
+  const problems = [400, 401, 403, 409, 413, 415, 422, 429, 503]
 
-  http.post(
+  /** A command route: its schema, documented with the problems it may answer and the key when it is required. */
+  function command(
+    method: 'POST' | 'PUT',
+    url: string,
+    { notFound, ...schema }: FastifySchema & { summary: string; tags: string[]; notFound?: true },
+    name: string,
+    spec: CommandSpec,
+  ) {
+    http.route({
+      method,
+      url,
+      onRequest,
+      schema: { ...schema, headers: idempotencyHeader },
+      config: problemDocs(
+        notFound ? [...problems, 404].sort((a, b) => a - b) : problems,
+        spec.keyRequired ? ['idempotency-key'] : [],
+      ),
+      handler: (request, reply) => handle(name, spec, request, reply),
+    })
+  }
+
+  command(
+    'POST',
     '/v1/orders',
     {
-      onRequest,
-      schema: {
-        summary: 'Place an order',
-        tags: ['orders'],
-        body: PlaceOrder,
-        headers: idempotencyHeader,
-        response: responses(),
+      summary: 'Place an order',
+      tags: ['orders'],
+      body: PlaceOrder,
+      response: responses(),
+    },
+    'place-order',
+    {
+      authorize: (request) => {
+        const customerId = customerIdOf(request)
+        authorize(identity, request, 'order.place', {
+          type: 'Customer',
+          id: customerId,
+          attrs: { customerId },
+        })
+        const claimed = (request.body as PlaceOrder).customerId
+        if (claimed !== undefined && claimed !== customerId) {
+          // Who the order is for comes from the token, never from the body.
+          throw new MercatoError('forbidden-field', 403, 'customerId must be your own customer id', {
+            errors: [{ in: 'body', field: '/customerId', message: 'is not the signed-in customer' }],
+          })
+        }
+      },
+      keyRequired: true,
+      admit: () => backlog.admit(),
+      // An order refused after this (its lines) leaves an owner row and no order: a cancel
+      // of it by its owner is accepted and finds nothing to cancel.
+      onClaimed: (tx, orderId, request) =>
+        tx
+          .execute(
+            'INSERT INTO command_order_owners (order_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
+            [orderId, customerIdOf(request)],
+          )
+          .then(() => undefined),
+      newId: () => `ord_${randomUUID()}`,
+      location: (id) => `/v1/orders/${id}`,
+      events: async (orderId, request) => {
+        const body = request.body as PlaceOrder
+        const customerId = customerIdOf(request)
+        await checkLines(body, flags, options.orderLinesMax)
+        return [
+          {
+            type: 'order.requested',
+            subject: orderId,
+            data: {
+              orderId,
+              customerId,
+              lines: body.lines,
+              shippingAddress: body.shippingAddress,
+              paymentMethodToken: body.paymentMethodToken,
+              ...(body.express !== undefined ? { express: body.express } : {}),
+            },
+          },
+        ]
       },
     },
-    (request, reply) =>
-      handle(
-        'place-order',
-        {
-          authorize: (request) => {
-            const customerId = customerIdOf(request)
-            authorize(identity, request, 'order.place', {
-              type: 'Customer',
-              id: customerId,
-              attrs: { customerId },
-            })
-            const claimed = (request.body as PlaceOrder).customerId
-            if (claimed !== undefined && claimed !== customerId) {
-              // Who the order is for comes from the token, never from the body.
-              throw new MercatoError('forbidden-field', 403, 'customerId must be your own customer id', {
-                errors: [{ in: 'body', field: '/customerId', message: 'is not the signed-in customer' }],
-              })
-            }
-          },
-          keyRequired: true,
-          admit: () => backlog.admit(),
-          // An order refused after this (its lines) leaves an owner row and no order: a cancel
-          // of it by its owner is accepted and finds nothing to cancel.
-          onClaimed: (tx, orderId, request) =>
-            tx
-              .execute(
-                'INSERT INTO command_order_owners (order_id, customer_id) VALUES ($1, $2) ON CONFLICT DO NOTHING',
-                [orderId, customerIdOf(request)],
-              )
-              .then(() => undefined),
-          newId: () => `ord_${randomUUID()}`,
-          location: (id) => `/v1/orders/${id}`,
-          events: async (orderId, request) => {
-            const body = request.body as PlaceOrder
-            const customerId = customerIdOf(request)
-            await checkLines(body, flags, options.orderLinesMax)
-            return [
-              {
-                type: 'order.requested',
-                subject: orderId,
-                data: {
-                  orderId,
-                  customerId,
-                  lines: body.lines,
-                  shippingAddress: body.shippingAddress,
-                  paymentMethodToken: body.paymentMethodToken,
-                  ...(body.express !== undefined ? { express: body.express } : {}),
-                },
-              },
-            ]
-          },
-        },
-        request,
-        reply,
-      ),
   )
 
-  http.post(
+  command(
+    'POST',
     '/v1/orders/:id/cancel',
     {
-      onRequest,
-      schema: {
-        summary: 'Ask to cancel an order (granted until it ships)',
-        tags: ['orders'],
-        params: IdParam,
-        body: CancelOrder,
-        headers: idempotencyHeader,
-        response: responses(),
+      summary: 'Ask to cancel an order (granted until it ships)',
+      tags: ['orders'],
+      notFound: true,
+      params: IdParam,
+      body: CancelOrder,
+      response: responses(),
+    },
+    'cancel-order',
+    {
+      authorize: async (request) => {
+        const orderId = (request.params as { id: string }).id
+        const [owner] = await store.query<{ customer_id: string }>(
+          'SELECT customer_id FROM command_order_owners WHERE order_id = $1',
+          [orderId],
+        )
+        const notFound = { hideExistence: true, notFoundDetail: `no order ${orderId}` }
+        if (!owner) throw new MercatoError('not-found', 404, notFound.notFoundDetail)
+        const order = { type: 'Order', id: orderId, attrs: { customerId: owner.customer_id } }
+        // Who may not see the order learns nothing of it; who may see it but not cancel it is told so.
+        authorize(identity, request, 'order.read', order, notFound)
+        authorize(identity, request, 'order.cancel', order)
+      },
+      keyRequired: false,
+      newId: () => `cxl_${randomUUID()}`,
+      location: (_id, request) => `/v1/orders/${(request.params as { id: string }).id}`,
+      events: async (_id, request) => {
+        const orderId = (request.params as { id: string }).id
+        return [
+          {
+            type: 'order.cancel-requested',
+            subject: orderId,
+            data: { orderId, requestedBy: scopeOf(request) },
+          },
+        ]
       },
     },
-    (request, reply) =>
-      handle(
-        'cancel-order',
-        {
-          authorize: async (request) => {
-            const orderId = (request.params as { id: string }).id
-            const [owner] = await store.query<{ customer_id: string }>(
-              'SELECT customer_id FROM command_order_owners WHERE order_id = $1',
-              [orderId],
-            )
-            const notFound = { hideExistence: true, notFoundDetail: `no order ${orderId}` }
-            if (!owner) throw new MercatoError('not-found', 404, notFound.notFoundDetail)
-            const order = { type: 'Order', id: orderId, attrs: { customerId: owner.customer_id } }
-            // Who may not see the order learns nothing of it; who may see it but not cancel it is told so.
-            authorize(identity, request, 'order.read', order, notFound)
-            authorize(identity, request, 'order.cancel', order)
-          },
-          keyRequired: false,
-          newId: () => `cxl_${randomUUID()}`,
-          location: () => `/v1/orders/${(request.params as { id: string }).id}`,
-          events: async (_id, request) => {
-            const orderId = (request.params as { id: string }).id
-            return [
-              {
-                type: 'order.cancel-requested',
-                subject: orderId,
-                data: { orderId, requestedBy: scopeOf(request) },
-              },
-            ]
-          },
-        },
-        request,
-        reply,
-      ),
   )
 
-  http.post(
+  command(
+    'POST',
     '/v1/customers',
     {
-      onRequest,
-      schema: {
-        summary: 'Register a customer',
-        tags: ['customers'],
-        body: RegisterCustomer,
-        headers: idempotencyHeader,
-        response: responses(),
+      summary: 'Register a customer',
+      tags: ['customers'],
+      body: RegisterCustomer,
+      response: responses(),
+    },
+    'register-customer',
+    {
+      authorize: may('customer.register', 'Customer', 'new'),
+      keyRequired: true,
+      newId: () => `cus_${randomUUID()}`,
+      location: (id) => `/v1/customers/${id}`,
+      events: async (customerId, request) => {
+        const body = request.body as {
+          email: string
+          givenName: string
+          familyName: string
+          password?: string
+          addresses?: unknown[]
+        }
+        return [
+          {
+            type: 'customer.registration-requested',
+            subject: customerId,
+            data: {
+              customerId,
+              email: body.email,
+              givenName: body.givenName,
+              familyName: body.familyName,
+              ...(body.password ? { passwordHash: await hashPassword(body.password) } : {}),
+              ...(body.addresses ? { addresses: body.addresses } : {}),
+            },
+          },
+        ]
       },
     },
-    (request, reply) =>
-      handle(
-        'register-customer',
-        {
-          authorize: may('customer.register', 'Customer', 'new'),
-          keyRequired: true,
-          newId: () => `cus_${randomUUID()}`,
-          location: (id) => `/v1/customers/${id}`,
-          events: async (customerId, request) => {
-            const body = request.body as {
-              email: string
-              givenName: string
-              familyName: string
-              password?: string
-              addresses?: unknown[]
-            }
-            return [
-              {
-                type: 'customer.registration-requested',
-                subject: customerId,
-                data: {
-                  customerId,
-                  email: body.email,
-                  givenName: body.givenName,
-                  familyName: body.familyName,
-                  ...(body.password ? { passwordHash: await hashPassword(body.password) } : {}),
-                  ...(body.addresses ? { addresses: body.addresses } : {}),
-                },
-              },
-            ]
-          },
-        },
-        request,
-        reply,
-      ),
   )
 
-  http.put(
+  command(
+    'PUT',
     '/v1/products/:sku',
     {
-      onRequest,
-      schema: {
-        summary: 'Create or replace a catalog product',
-        tags: ['catalog'],
-        params: SkuParam,
-        body: UpsertProduct,
-        headers: idempotencyHeader,
-        response: responses(),
+      summary: 'Create or replace a catalog product',
+      tags: ['catalog'],
+      params: SkuParam,
+      body: UpsertProduct,
+      response: responses(),
+    },
+    'upsert-product',
+    {
+      authorize: may('catalog.write', 'Catalog', 'catalog'),
+      keyRequired: false,
+      newId: () => `prd_${randomUUID()}`,
+      location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
+      events: async (_id, request) => {
+        const { sku } = request.params as { sku: string }
+        return [
+          {
+            type: 'product.upserted',
+            subject: sku,
+            data: { sku, ...(request.body as Record<string, unknown>) },
+          },
+        ]
       },
     },
-    (request, reply) =>
-      handle(
-        'upsert-product',
-        {
-          authorize: may('catalog.write', 'Catalog', 'catalog'),
-          keyRequired: false,
-          newId: () => `prd_${randomUUID()}`,
-          location: () => `/v1/products/${(request.params as { sku: string }).sku}`,
-          events: async (_id, request) => {
-            const { sku } = request.params as { sku: string }
-            return [
-              {
-                type: 'product.upserted',
-                subject: sku,
-                data: { sku, ...(request.body as Record<string, unknown>) },
-              },
-            ]
-          },
-        },
-        request,
-        reply,
-      ),
   )
 
-  http.post(
+  command(
+    'POST',
     '/v1/inventory/:sku/adjustments',
     {
-      onRequest,
-      schema: {
-        summary: 'Restock or write off stock of a product',
-        tags: ['inventory'],
-        params: SkuParam,
-        body: AdjustInventory,
-        headers: idempotencyHeader,
-        response: responses(),
+      summary: 'Restock or write off stock of a product',
+      tags: ['inventory'],
+      params: SkuParam,
+      body: AdjustInventory,
+      response: responses(),
+    },
+    'adjust-inventory',
+    {
+      authorize: may('stock.adjust', 'Catalog', 'catalog'),
+      keyRequired: true,
+      newId: () => `adj_${randomUUID()}`,
+      events: async (_id, request) => {
+        const { sku } = request.params as { sku: string }
+        const body = request.body as { delta: number; reason: string }
+        if ((body.reason === 'restock') !== body.delta > 0) {
+          throw new MercatoError(
+            'invalid-request',
+            400,
+            'a restock adds stock (delta > 0); a write-off removes it',
+            {
+              errors: [{ in: 'body', field: '/delta', message: `has the wrong sign for ${body.reason}` }],
+            },
+          )
+        }
+        return [{ type: 'inventory.adjustment-requested', subject: sku, data: { sku, ...body } }]
       },
     },
-    (request, reply) =>
-      handle(
-        'adjust-inventory',
-        {
-          authorize: may('stock.adjust', 'Catalog', 'catalog'),
-          keyRequired: true,
-          newId: () => `adj_${randomUUID()}`,
-          events: async (_id, request) => {
-            const { sku } = request.params as { sku: string }
-            const body = request.body as { delta: number; reason: string }
-            if ((body.reason === 'restock') !== body.delta > 0) {
-              throw new MercatoError(
-                'invalid-request',
-                400,
-                'a restock adds stock (delta > 0); a write-off removes it',
-                {
-                  errors: [{ in: 'body', field: '/delta', message: `has the wrong sign for ${body.reason}` }],
-                },
-              )
-            }
-            return [{ type: 'inventory.adjustment-requested', subject: sku, data: { sku, ...body } }]
-          },
-        },
-        request,
-        reply,
-      ),
   )
 
-  http.put(
+  command(
+    'PUT',
     '/v1/flags/:key',
     {
-      onRequest,
-      schema: {
-        summary: 'Set a feature flag (flagd flag definition)',
-        tags: ['flags'],
-        params: FlagKeyParam,
-        body: SetFlag,
-        headers: idempotencyHeader,
-        response: responses(),
+      summary: 'Set a feature flag (flagd flag definition)',
+      tags: ['flags'],
+      params: FlagKeyParam,
+      body: SetFlag,
+      response: responses(),
+    },
+    'set-flag',
+    {
+      authorize: may('flag.write', 'Flags', 'flags'),
+      keyRequired: false,
+      newId: () => `flg_${randomUUID()}`,
+      events: async (_id, request) => {
+        const { key } = request.params as { key: string }
+        const definition = request.body as Record<string, unknown>
+        // The flags service applies only what passes this same check; refuse the rest here.
+        const invalid = validateFlagDefinition(definition, key)
+        if (invalid) throw flagDefinitionError(invalid.replaceAll(`/flags/${key}`, ''))
+        return [{ type: 'flag.changed', subject: key, data: { key, definition } }]
       },
     },
-    (request, reply) =>
-      handle(
-        'set-flag',
-        {
-          authorize: may('flag.write', 'Flags', 'flags'),
-          keyRequired: false,
-          newId: () => `flg_${randomUUID()}`,
-          events: async (_id, request) => {
-            const { key } = request.params as { key: string }
-            const definition = request.body as Record<string, unknown>
-            // The flags service applies only what passes this same check; refuse the rest here.
-            const invalid = validateFlagDefinition(definition, key)
-            if (invalid) throw flagDefinitionError(invalid.replaceAll(`/flags/${key}`, ''))
-            return [{ type: 'flag.changed', subject: key, data: { key, definition } }]
-          },
-        },
-        request,
-        reply,
-      ),
   )
 
-  http.post(
+  command(
+    'POST',
     '/v1/webhooks',
     {
-      onRequest,
-      schema: {
-        summary: 'Register a webhook endpoint; the answer carries its signing secret, shown once',
-        tags: ['webhooks'],
-        body: RegisterWebhook,
-        headers: idempotencyHeader,
-        response: responses({ secret: { type: 'string' } }),
-      },
+      summary: 'Register a webhook endpoint; the answer carries its signing secret, shown once',
+      tags: ['webhooks'],
+      body: RegisterWebhook,
+      response: responses({ secret: { type: 'string' } }),
     },
-    (request, reply) =>
-      handle(
-        'register-webhook',
-        {
-          authorize: may('webhook.register', 'Webhooks', 'webhooks'),
-          keyRequired: true,
-          newId: () => `whe_${randomUUID()}`,
-          events: async (endpointId, request) => {
-            const body = request.body as { url: string; events: string[]; enabled?: boolean }
-            checkWebhookUrl(body.url, options.webhookAllowPrivateHosts)
-            checkWebhookEvents(body.events)
-            const secret = `whsec_${randomBytes(24).toString('base64url')}`
-            return [
-              {
-                type: 'webhook.endpoint-set',
-                subject: endpointId,
-                data: {
-                  endpointId,
-                  url: body.url,
-                  secret,
-                  events: body.events,
-                  enabled: body.enabled ?? true,
-                },
-              },
-            ]
+    'register-webhook',
+    {
+      authorize: may('webhook.register', 'Webhooks', 'webhooks'),
+      keyRequired: true,
+      newId: () => `whe_${randomUUID()}`,
+      events: async (endpointId, request) => {
+        const body = request.body as { url: string; events: string[]; enabled?: boolean }
+        checkWebhookUrl(body.url, options.webhookAllowPrivateHosts)
+        checkWebhookEvents(body.events)
+        const secret = `whsec_${randomBytes(24).toString('base64url')}`
+        return [
+          {
+            type: 'webhook.endpoint-set',
+            subject: endpointId,
+            data: {
+              endpointId,
+              url: body.url,
+              secret,
+              events: body.events,
+              enabled: body.enabled ?? true,
+            },
           },
-          extraBody: (_id, events) => ({ secret: (events[0].data as { secret: string }).secret }),
-        },
-        request,
-        reply,
-      ),
+        ]
+      },
+      extraBody: (_id, events) => ({ secret: (events[0].data as { secret: string }).secret }),
+    },
   )
 
   const pruning = setInterval(() => {

@@ -116,6 +116,11 @@ describe('the gateway in its own process, in front of the APIs in another', () =
     assert.equal(doc.status, 200)
     for (const path of ['/v1/auth/token', '/v1/orders', '/v1/orders/{id}', '/v1/products/{sku}'])
       assert.ok(doc.body.paths[path], path)
+    assert.ok(doc.body.components.schemas.Problem, 'the problem schema the upstreams refer to')
+    assert.equal(
+      doc.body.paths['/v1/orders/{id}'].get.responses['404'].content['application/problem+json'].schema.$ref,
+      '#/components/schemas/Problem',
+    )
   })
 
   it('the components refuse calls that skip the gateway, or carry a wrong service token', async () => {

@@ -162,9 +162,16 @@ describe('the command API', () => {
   })
 
   it('requires an Idempotency-Key on creating POSTs', async () => {
-    const answer = await shop.post('/v1/orders', order())
-    assert.equal(answer.status, 400)
-    assert.equal(answer.body.errors[0].field, 'Idempotency-Key')
+    for (const path of ['/v1/orders', '/v1/customers']) {
+      const body =
+        path === '/v1/orders' ? order() : { email: 'k@example.com', givenName: 'K', familyName: 'K' }
+      const answer = await shop.post(path, body)
+      assert.equal(answer.status, 400)
+      assert.equal(answer.body.type, 'https://mercato.dev/problems/idempotency-key-required')
+      assert.deepEqual(answer.body.errors, [
+        { in: 'header', field: 'Idempotency-Key', message: 'is required' },
+      ])
+    }
   })
 
   it('replays the stored answer for the same key and body; 422 for another body; 409 while in flight', async () => {
@@ -218,6 +225,29 @@ describe('the command API', () => {
       assert.ok(answer.body.paths[path], `${path} documented`)
     }
     assert.equal(answer.body.paths['/healthz'], undefined)
+
+    const keyParameter = (path: string, method: string) =>
+      answer.body.paths[path][method].parameters.find((p: { name: string }) => p.name === 'idempotency-key')
+    for (const path of ['/v1/orders', '/v1/customers', '/v1/inventory/{sku}/adjustments', '/v1/webhooks'])
+      assert.equal(keyParameter(path, 'post').required, true, `${path} requires an Idempotency-Key`)
+    assert.equal(keyParameter('/v1/orders/{id}/cancel', 'post').required, false)
+    assert.equal(keyParameter('/v1/flags/{key}', 'put').required, false)
+
+    assert.equal(answer.body.components.schemas.Problem.properties.status.type, 'integer')
+    const problemStatuses = (path: string, method: string) =>
+      Object.entries(answer.body.paths[path][method].responses)
+        .filter(
+          ([, response]) =>
+            (response as { content?: Record<string, unknown> }).content?.['application/problem+json'],
+        )
+        .map(([status]) => Number(status))
+    const commandProblems = [400, 401, 403, 409, 413, 415, 422, 429, 503]
+    assert.deepEqual(problemStatuses('/v1/orders', 'post'), commandProblems)
+    assert.deepEqual(problemStatuses('/v1/orders/{id}/cancel', 'post'), [...commandProblems, 404].sort())
+    assert.deepEqual(problemStatuses('/v1/orders/{id}', 'get'), [400, 401, 403, 404, 429, 503])
+    assert.deepEqual(answer.body.paths['/v1/orders'].post.responses['400'].content, {
+      'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } },
+    })
   })
 
   it('never answers fuzzed bodies and headers with a 5xx, and never publishes them (property)', async () => {
