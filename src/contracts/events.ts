@@ -43,18 +43,19 @@ export const CancelReason = T.Union([
   T.Literal('invalid-order'),
 ])
 
-export const OrderState = T.Union(
-  [
-    'PENDING',
-    'STOCK_RESERVED',
-    'PAYMENT_AUTHORIZED',
-    'SHIPMENT_SCHEDULED',
-    'CONFIRMED',
-    'SHIPPED',
-    'DELIVERED',
-    'CANCELLED',
-  ].map((state) => T.Literal(state)),
-)
+/** An order's states, in the order the saga moves through them, then the one it may end in instead. */
+export const orderStates = [
+  'PENDING',
+  'STOCK_RESERVED',
+  'PAYMENT_AUTHORIZED',
+  'SHIPMENT_SCHEDULED',
+  'CONFIRMED',
+  'SHIPPED',
+  'DELIVERED',
+  'CANCELLED',
+] as const
+export type OrderState = (typeof orderStates)[number]
+const OrderState = T.Union(orderStates.map((state) => T.Literal(state)))
 
 /** type → version → schema of `data`. */
 export const eventSchemas: Record<string, Record<number, TSchema>> = {

@@ -2,6 +2,7 @@
 // order's events (a small, append-only set) and folds them when read, so events of the
 // order's different topics may arrive in any order and the result is the same.
 import type { CloudEvent } from '../../contracts/envelope.ts'
+import { type OrderState, orderStates } from '../../contracts/events.ts'
 
 /** What the view keeps of one event: enough to fold the document and show the timeline. */
 export interface OrderStep {
@@ -11,15 +12,7 @@ export interface OrderStep {
   data: Record<string, unknown>
 }
 
-export type OrderStatus =
-  | 'PENDING'
-  | 'STOCK_RESERVED'
-  | 'PAYMENT_AUTHORIZED'
-  | 'SHIPMENT_SCHEDULED'
-  | 'CONFIRMED'
-  | 'SHIPPED'
-  | 'DELIVERED'
-  | 'CANCELLED'
+export type OrderStatus = OrderState
 
 export interface OrderDocument {
   orderId: string
@@ -115,15 +108,7 @@ const statusOfStep: Record<string, OrderStatus> = {
   'order.delivered': 'DELIVERED',
   'order.cancelled': 'CANCELLED',
 }
-const statusRank: OrderStatus[] = [
-  'PENDING',
-  'STOCK_RESERVED',
-  'PAYMENT_AUTHORIZED',
-  'SHIPMENT_SCHEDULED',
-  'CONFIRMED',
-  'SHIPPED',
-  'DELIVERED',
-]
+const statusRank: OrderStatus[] = orderStates.filter((state) => state !== 'CANCELLED')
 const paymentRank = ['declined', 'failed', 'authorized', 'voided', 'captured', 'refunded'] as const
 const shipmentRank = ['scheduled', 'cancelled', 'shipped', 'delivered'] as const
 

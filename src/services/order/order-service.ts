@@ -4,20 +4,10 @@
 // Compensation follows from `order.cancelled`: inventory releases, payment voids or
 // refunds, shipping cancels.
 import type { CloudEvent } from '../../contracts/envelope.ts'
-import { sagaConsumers } from '../../contracts/events.ts'
+import { type OrderState, sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import type { FlagReader } from '../../platform/flags.ts'
 import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
-
-export type OrderState =
-  | 'PENDING'
-  | 'STOCK_RESERVED'
-  | 'PAYMENT_AUTHORIZED'
-  | 'SHIPMENT_SCHEDULED'
-  | 'CONFIRMED'
-  | 'SHIPPED'
-  | 'DELIVERED'
-  | 'CANCELLED'
 
 /** States in which the saga still waits for a step, each with a deadline. */
 const waiting: OrderState[] = ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED']
