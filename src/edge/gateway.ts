@@ -140,6 +140,16 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   const inFlight: Record<UpstreamName, number> = { 'command-api': 0, 'query-api': 0 }
   const groupOf = new Map(upstreamRoutes.map((r) => [`${r.method} ${r.url}`, r.upstream]))
 
+  /** Whether the policy would let this user call `route` for their own customer: then a refusal is about the resource. */
+  function allowedForOwnCustomer(principal: Principal, route: string): boolean {
+    if (principal.kind !== 'user' || !principal.customerId) return false
+    return identity.policy.isAllowed({
+      principal: principalEntity(principal),
+      action: 'call',
+      resource: { type: 'Route', id: route, attrs: { route, customerId: principal.customerId } },
+    }).allowed
+  }
+
   async function guard(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const url = request.routeOptions.url
     if (url === undefined || !isPublicApi(url)) return
@@ -158,7 +168,13 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       refused.inc({ reason: principal.kind === 'anonymous' ? 'unauthenticated' : 'forbidden' })
       if (principal.kind === 'anonymous')
         throw new MercatoError('unauthenticated', 401, 'sign in first: this route needs a bearer token')
-      throw new MercatoError('forbidden', 403, 'your role may not call this route')
+      throw new MercatoError(
+        'forbidden',
+        403,
+        customerId && allowedForOwnCustomer(principal, route)
+          ? 'you may call this route for your own customer only, not for another customer'
+          : 'your role may not call this route',
+      )
     }
     setCaller(request, { principal })
     const group = groupOf.get(`${request.method} ${url}`)

@@ -45,7 +45,8 @@ export function createHttpServer(
     forceCloseConnections: 'idle',
     // Validation refuses what it does not know rather than quietly dropping or coercing it,
     // and reports every bad field at once.
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+    // (verbose: an error carries the schema it failed, so a `not` can say what is not allowed).
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true, verbose: true } },
     // The router's own refusals (a path parameter too long, a malformed URL, bad
     // content type) are problem details too, without echoing the request.
     frameworkErrors: (error, request, reply) => {
@@ -63,6 +64,17 @@ export function createHttpServer(
         .send(problem)
     },
   })
+  // Bodies are JSON (or what a component adds, such as the token route's form): a text/plain
+  // body is refused with 415 rather than parsed into a string that fails validation.
+  app.removeContentTypeParser('text/plain')
+  // fastify's JSON parser refuses a "__proto__" or "constructor" key as invalid JSON; say why.
+  const parseJson = app.getDefaultJsonParser('error', 'error')
+  app.removeContentTypeParser('application/json')
+  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
+    const text = body as string
+    parseJson(request, text, (error, value) => done(error && isJson(text) ? poisonedBody() : error, value))
+  })
+
   let inFlight = 0
   const shed = metrics.counter(
     'mercato_http_shed_total',
@@ -110,7 +122,7 @@ export function createHttpServer(
         type: 'about:blank',
         title: titleFor(status),
         status,
-        detail: (error as Error).message,
+        detail: status === 415 ? 'send the body as application/json' : (error as Error).message,
         instance: request.url,
       }
     } else {
@@ -168,11 +180,36 @@ export function createHttpServer(
   return app
 }
 
+function isJson(text: string): boolean {
+  try {
+    JSON.parse(text)
+    return true
+  } catch {
+    return false
+  }
+}
+
+function poisonedBody(): MercatoError {
+  const message = 'has a "__proto__" key, or a "constructor" key holding a "prototype", which is not allowed'
+  return new MercatoError('invalid-request', 400, `the body ${message}`, {
+    errors: [{ in: 'body', field: '/', message }],
+  })
+}
+
 interface ValidationIssue {
   instancePath: string
   message?: string
   keyword: string
   params: Record<string, unknown>
+  /** The failed keyword's value in the schema (ajv's verbose mode). */
+  schema?: unknown
+}
+
+function messageOf(issue: ValidationIssue): string {
+  if (issue.keyword === 'additionalProperties') return 'is not a known field'
+  const not = issue.keyword === 'not' ? (issue.schema as { const?: unknown } | undefined) : undefined
+  if (not && 'const' in not) return `must not be ${not.const === 0 ? 'zero' : JSON.stringify(not.const)}`
+  return issue.message ?? 'is invalid'
 }
 
 /** A 400 naming each bad field as a JSON pointer into the part of the request it is in. */
@@ -181,9 +218,7 @@ export function validationProblem(issues: ValidationIssue[], part: string, insta
     let pointer = issue.instancePath
     if (issue.keyword === 'required') pointer += `/${String(issue.params.missingProperty)}`
     if (issue.keyword === 'additionalProperties') pointer += `/${String(issue.params.additionalProperty)}`
-    const message =
-      issue.keyword === 'additionalProperties' ? 'is not a known field' : (issue.message ?? 'is invalid')
-    return { in: part, field: pointer || '/', message }
+    return { in: part, field: pointer || '/', message: messageOf(issue) }
   })
   return {
     type: 'https://mercato.dev/problems/invalid-request',

@@ -543,7 +543,8 @@ function checkWebhookUrl(raw: string, allowPrivate: boolean): void {
   const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase()
   if (host === 'localhost' || host.endsWith('.localhost')) refuse('must not name this machine')
   const reason = privateAddressReason(host)
-  if (reason && !reason.endsWith('is not an IP address')) refuse(`must not name ${reason}`)
+  if (reason && !reason.endsWith('is not an IP address'))
+    refuse(`must not name a loopback, link-local or private address (${host} is one)`)
 }
 
 /** A 400 for a flag definition the flags service would not apply, naming the field the reason is about. */

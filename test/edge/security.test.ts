@@ -158,7 +158,13 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         const answer = await call('GET', path, { bearer: aliceToken })
         assert.equal(answer.status, 403, path)
         assert.ok(!answer.text.includes(bobsOrder))
+        assert.match(answer.body.detail, /for your own customer only/, 'the refusal is about the resource')
       }
+      const route = await call('PUT', '/v1/flags/sec-denied', {
+        bearer: aliceToken,
+        body: { state: 'ENABLED', variants: { on: true }, defaultVariant: 'on' },
+      })
+      assert.equal(route.body.detail, 'your role may not call this route')
       assert.equal((await call('GET', `/v1/customers/${alice}/orders`, { bearer: aliceToken })).status, 200)
     })
 

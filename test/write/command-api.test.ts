@@ -161,6 +161,59 @@ describe('the command API', () => {
     assert.equal(accepted.status, 202, JSON.stringify(accepted.body))
   })
 
+  it('says plainly what is wrong with a poisoned, zero, non-JSON or private-address request', async () => {
+    const before = await appended(shop)
+    const poisoned = await shop.post('/v1/orders', `{"__proto__": {"admin": true}, "lines": []}`, {
+      'idempotency-key': randomUUID(),
+    })
+    assert.equal(poisoned.status, 400)
+    assert.equal(poisoned.body.type, 'https://mercato.dev/problems/invalid-request')
+    assert.match(
+      poisoned.body.detail,
+      /a "__proto__" key, or a "constructor" key holding a "prototype", which is not allowed/,
+    )
+    const constructed = await shop.post('/v1/orders', `{"constructor": {"prototype": {}}}`, {
+      'idempotency-key': randomUUID(),
+    })
+    assert.equal(constructed.body.type, 'https://mercato.dev/problems/invalid-request')
+    const broken = await shop.post('/v1/orders', '{"lines": [', { 'idempotency-key': randomUUID() })
+    assert.equal(broken.status, 400)
+    assert.match(broken.body.detail, /not valid JSON/, 'JSON that does not parse is still told so')
+
+    const zero = await shop.post(
+      '/v1/inventory/CMD-1/adjustments',
+      { delta: 0, reason: 'restock' },
+      { 'idempotency-key': randomUUID() },
+    )
+    assert.equal(zero.status, 400)
+    assert.deepEqual(zero.body.errors, [{ in: 'body', field: '/delta', message: 'must not be zero' }])
+
+    const loopback = await shop.post(
+      '/v1/webhooks',
+      { url: 'http://127.0.0.1:9/x', events: ['order.confirmed'] },
+      { 'idempotency-key': randomUUID() },
+    )
+    assert.equal(loopback.status, 400)
+    assert.equal(
+      loopback.body.detail,
+      'the webhook URL must not name a loopback, link-local or private address (127.0.0.1 is one)',
+    )
+
+    const text = await fetch(`${shop.url}/v1/orders`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'text/plain',
+        'idempotency-key': randomUUID(),
+        authorization: await shop.bearer('customer'),
+      },
+      body: JSON.stringify(order()),
+    })
+    assert.equal(text.status, 415)
+    assert.match(text.headers.get('content-type') ?? '', /application\/problem\+json/)
+    assert.equal(((await text.json()) as { title: string }).title, 'Unsupported Media Type')
+    assert.equal(await appended(shop), before)
+  })
+
   it('requires an Idempotency-Key on creating POSTs', async () => {
     for (const path of ['/v1/orders', '/v1/customers']) {
       const body =
