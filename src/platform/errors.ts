@@ -49,10 +49,13 @@ export class InvalidEventError extends MercatoError {
 
 export class ConfigError extends MercatoError {
   readonly setting: string
-  constructor(setting: string, problem: string) {
-    super('invalid-configuration', 500, `${setting}: ${problem}`, { setting })
+  readonly problem: string
+  /** `flag`: the command-line flag the value came from, named beside the setting. */
+  constructor(setting: string, problem: string, flag?: string) {
+    super('invalid-configuration', 500, `${setting}${flag ? ` (${flag})` : ''}: ${problem}`, { setting })
     this.name = 'ConfigError'
     this.setting = setting
+    this.problem = problem
   }
 }
 

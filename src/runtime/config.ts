@@ -428,10 +428,23 @@ const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
  * environment name (so `--port 9000` arrives as MERCATO_PORT) and take precedence.
  */
 export function loadConfig(env: Source = process.env, flags: Source = {}): Config {
-  const source: Source = {
-    ...env,
-    ...Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined)),
+  const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined))
+  try {
+    return readConfig({ ...env, ...given })
+  } catch (error) {
+    // A bad value that came from a flag names the flag too: MERCATO_DATA_DIR is --data-dir.
+    if (error instanceof ConfigError && Object.hasOwn(given, error.setting)) {
+      const flag = `--${error.setting
+        .replace(/^MERCATO_/, '')
+        .toLowerCase()
+        .replaceAll('_', '-')}`
+      throw new ConfigError(error.setting, error.problem, flag)
+    }
+    throw error
   }
+}
+
+function readConfig(source: Source): Config {
   const ints = Object.fromEntries(
     Object.entries(intSettings).map(([key, setting]) => [key, readInt(source, setting)]),
   ) as Record<keyof typeof intSettings, number>
@@ -464,10 +477,7 @@ export function loadConfig(env: Source = process.env, flags: Source = {}): Confi
       commandApiUrls: parseUrlList('MERCATO_COMMAND_API_URLS', source.MERCATO_COMMAND_API_URLS),
       queryApiUrls: parseUrlList('MERCATO_QUERY_API_URLS', source.MERCATO_QUERY_API_URLS),
       userUrl: parseHttpUrl('MERCATO_USER_URL', source.MERCATO_USER_URL),
-      corsOrigins: (source.MERCATO_CORS_ORIGINS ?? '')
-        .split(',')
-        .map((o) => o.trim())
-        .filter(Boolean),
+      corsOrigins: parseOrigins(source.MERCATO_CORS_ORIGINS),
     },
     webhookAllowPrivateHosts: parseBoolean(
       'MERCATO_WEBHOOK_ALLOW_PRIVATE_HOSTS',
@@ -634,13 +644,65 @@ export function settingsHelp(): string {
     ['MERCATO_STORE_SCHEMA_PREFIX', "PostgreSQL: put before each service's schema name (default: mercato_)"],
     ['MERCATO_SEED', 'seed demo catalog, stock and customers on an empty data directory (default: true)'],
     ['MERCATO_LOG_LEVEL', `one of ${logLevels.join(', ')} (default: info)`],
+    [
+      'MERCATO_WEBHOOK_ALLOW_PRIVATE_HOSTS',
+      'webhook URLs may name loopback, link-local or private hosts: a test or closed network (default: false)',
+    ],
+    ['MERCATO_POLICY_DIR', "directory of the Cedar policies (default: the project's policies/)"],
+    [
+      'MERCATO_ADMIN_EMAIL',
+      'e-mail of the admin account created on first start (default: admin@mercato.local)',
+    ],
+    ['MERCATO_ADMIN_PASSWORD', 'its password, 12 characters at least (default: generated and logged once)'],
+    ['MERCATO_SUPPORT_EMAIL', 'e-mail of the support account (default: support@mercato.local)'],
+    ['MERCATO_SUPPORT_PASSWORD', 'its password, 12 characters at least (default: generated and logged once)'],
+    ['MERCATO_TOKEN_ISSUER', '`iss` of the access tokens Mercato signs (default: mercato)'],
+    ['MERCATO_TOKEN_AUDIENCE', '`aud` of the access tokens Mercato signs and accepts (default: mercato-api)'],
+    [
+      'MERCATO_OIDC_ISSUER',
+      'an external OpenID Connect issuer whose tokens are accepted too (default: none)',
+    ],
+    ['MERCATO_OIDC_JWKS_URL', "that issuer's JWKS URL (required with MERCATO_OIDC_ISSUER)"],
+    ['MERCATO_OIDC_AUDIENCE', '`aud` its tokens must carry (default: MERCATO_TOKEN_AUDIENCE)'],
+    [
+      'MERCATO_OIDC_ALGORITHMS',
+      'signature algorithms accepted from it, comma-separated (default: RS256,ES256,EdDSA)',
+    ],
+    [
+      'MERCATO_CORS_ORIGINS',
+      'browser origins allowed by CORS, comma-separated, e.g. https://shop.example.com; * for any (default: none)',
+    ],
+    [
+      'MERCATO_COMMAND_API_URLS',
+      'gateway: command API instances in other processes, comma-separated http(s) URLs (default: none)',
+    ],
+    ['MERCATO_QUERY_API_URLS', 'gateway: query API instances in other processes, likewise (default: none)'],
+    ['MERCATO_USER_URL', 'gateway: the user service in another process, for sign-in (default: none)'],
     ...Object.values(urlSettings).map((s) => [s.env, s.help]),
     ...Object.values(intSettings).map((s: IntSetting) => [
       s.env,
       `${s.help} (default ${s.default}, ${s.min}–${s.max})`,
     ]),
   ]
-  return rows.map(([name, help]) => `  ${name.padEnd(36)} ${help}`).join('\n')
+  const width = Math.max(...rows.map(([name]) => name.length))
+  return rows.map(([name, help]) => `  ${name.padEnd(width)} ${help}`).join('\n')
+}
+
+function parseOrigins(raw: string | undefined): string[] {
+  const origins = (raw ?? '')
+    .split(',')
+    .map((o) => o.trim())
+    .filter(Boolean)
+  for (const origin of origins) {
+    // A browser's Origin header is scheme://host[:port], nothing more; anything else never matches.
+    if (origin !== '*' && URL.parse(origin)?.origin !== origin) {
+      throw new ConfigError(
+        'MERCATO_CORS_ORIGINS',
+        `"${origin}" is not an origin such as https://shop.example.com (scheme, host and port only; * for any)`,
+      )
+    }
+  }
+  return origins
 }
 
 function parseUrlList(setting: string, raw: string | undefined): string[] {

@@ -46,6 +46,11 @@ describe('configuration', () => {
       /MERCATO_HANDLER_BACKOFF_MAX_MS/,
     ],
     [{ MERCATO_STREAM_TOPIC_PREFIX: 'a b' }, /MERCATO_STREAM_TOPIC_PREFIX/],
+    [{ MERCATO_CORS_ORIGINS: 'not a url' }, /MERCATO_CORS_ORIGINS: "not a url" is not an origin/],
+    [
+      { MERCATO_CORS_ORIGINS: 'https://shop.example.com, https://shop.example.com/app' },
+      /MERCATO_CORS_ORIGINS: "https:\/\/shop.example.com\/app" is not an origin/,
+    ],
   ]
   for (const [env, message] of bad) {
     it(`refuses ${JSON.stringify(env)} naming the setting`, () => {
@@ -55,6 +60,50 @@ describe('configuration', () => {
       )
     })
   }
+
+  it('takes CORS origins and *', () => {
+    const origins = (raw: string) => loadConfig({ MERCATO_CORS_ORIGINS: raw }).gateway.corsOrigins
+    assert.deepEqual(origins('https://shop.example.com, http://localhost:3000'), [
+      'https://shop.example.com',
+      'http://localhost:3000',
+    ])
+    assert.deepEqual(origins('*'), ['*'])
+    assert.deepEqual(origins(''), [])
+  })
+
+  it('names the flag beside the setting when the bad value came from a flag', () => {
+    assert.throws(
+      () => loadConfig({ MERCATO_PORT: '9000' }, { MERCATO_PORT: 'abc', MERCATO_DATA_DIR: undefined }),
+      (error: Error) =>
+        error instanceof ConfigError &&
+        error.message === 'MERCATO_PORT (--port): must be a whole number, got "abc"',
+    )
+    assert.throws(() => loadConfig({ MERCATO_PORT: 'abc' }, {}), /^ConfigError: MERCATO_PORT: must/)
+  })
+
+  it('mercato start --help lists every setting the code reads', () => {
+    const help = spawnSync(process.execPath, ['src/main.ts', 'start', '--help'], { encoding: 'utf8' }).stdout
+    for (const name of [
+      'MERCATO_CORS_ORIGINS',
+      'MERCATO_ADMIN_EMAIL',
+      'MERCATO_ADMIN_PASSWORD',
+      'MERCATO_SUPPORT_EMAIL',
+      'MERCATO_SUPPORT_PASSWORD',
+      'MERCATO_POLICY_DIR',
+      'MERCATO_TOKEN_ISSUER',
+      'MERCATO_TOKEN_AUDIENCE',
+      'MERCATO_OIDC_ISSUER',
+      'MERCATO_OIDC_JWKS_URL',
+      'MERCATO_OIDC_AUDIENCE',
+      'MERCATO_OIDC_ALGORITHMS',
+      'MERCATO_COMMAND_API_URLS',
+      'MERCATO_QUERY_API_URLS',
+      'MERCATO_USER_URL',
+      'MERCATO_WEBHOOK_ALLOW_PRIVATE_HOSTS',
+      'MERCATO_PORT',
+    ])
+      assert.match(help, new RegExp(`^  ${name} `, 'm'), name)
+  })
 
   it('resolves targets with their dependencies, and names the known ones for an unknown target', () => {
     const all = resolveTargets(['all'])
@@ -78,6 +127,12 @@ describe('configuration', () => {
     })
     assert.equal(result.status, 2)
     assert.equal(result.stderr.trim(), 'mercato: MERCATO_PORT: must be a whole number, got "x"')
+    const flag = spawnSync(process.execPath, ['src/main.ts', 'start', '--port', 'abc'], {
+      encoding: 'utf8',
+      timeout: 30_000,
+    })
+    assert.equal(flag.status, 2)
+    assert.equal(flag.stderr.trim(), 'mercato: MERCATO_PORT (--port): must be a whole number, got "abc"')
   })
 
   it('mercato start reports an unreachable server within the connect timeout instead of hanging', () => {
