@@ -104,7 +104,7 @@ export function authorize(
   if (options.hideExistence) throw new MercatoError('not-found', 404, options.notFoundDetail ?? 'not found')
   if (principal.kind === 'anonymous')
     throw new MercatoError('unauthenticated', 401, 'sign in first: this request needs a bearer token')
-  throw new MercatoError('forbidden', 403, `you may not ${action.replace('.', ' ')} here`)
+  throw new MercatoError('forbidden', 403, `the policy does not let you take the action ${action} here`)
 }
 
 /** Throws 403 unless the policy lets the calling component take `action` on `resource`. */
