@@ -298,7 +298,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'POST',
     '/v1/orders/:id/cancel',
     {
-      summary: 'Ask to cancel an order (granted until it ships)',
+      summary:
+        'Ask to cancel an order: granted until it ships, else refused (order.cancel-refused in its status)',
       tags: ['orders'],
       notFound: true,
       params: IdParam,
