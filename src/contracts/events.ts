@@ -234,6 +234,13 @@ export const sagaConsumers: Record<'order' | 'inventory' | 'payment' | 'shipping
   shipping: ['orders'],
 }
 
+/** Whether a webhook subscription entry (`*`, an event type, or `prefix.*`) takes events of `type`. */
+export function eventTypeMatches(pattern: string, type: string): boolean {
+  return (
+    pattern === '*' || pattern === type || (pattern.endsWith('.*') && type.startsWith(pattern.slice(0, -1)))
+  )
+}
+
 /** The topic an event type lives on: one per aggregate, so order is kept per aggregate id. */
 export const topicOf: Record<string, string> = {
   order: 'orders',

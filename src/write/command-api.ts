@@ -17,7 +17,7 @@ import {
 } from '../contracts/commands.ts'
 import { encodeConsistencyToken } from '../contracts/consistency.ts'
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { eventSchemas } from '../contracts/events.ts'
+import { eventSchemas, eventTypeMatches } from '../contracts/events.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
@@ -565,17 +565,10 @@ function flagDefinitionError(reason: string): MercatoError {
 
 const eventTypes = Object.keys(eventSchemas)
 
-/**
- * Refuses webhook subscriptions that can never receive an event: each entry must be `*`, a
- * known event type, or `prefix.*` matching one (as the notification service's endpointWants reads them).
- */
+/** Refuses webhook subscriptions that can never receive an event: each entry must match a known type. */
 function checkWebhookEvents(events: string[]): void {
-  const matches = (pattern: string) =>
-    pattern === '*' ||
-    eventTypes.includes(pattern) ||
-    (pattern.endsWith('.*') && eventTypes.some((type) => type.startsWith(pattern.slice(0, -1))))
   const errors = events.flatMap((pattern, i) =>
-    matches(pattern)
+    eventTypes.some((type) => eventTypeMatches(pattern, type))
       ? []
       : [
           {

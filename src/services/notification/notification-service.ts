@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto'
 import nodemailer, { type Transporter } from 'nodemailer'
 import type { CloudEvent } from '../../contracts/envelope.ts'
-import { eventSchemas } from '../../contracts/events.ts'
+import { eventSchemas, eventTypeMatches } from '../../contracts/events.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
 import type { Migration, Tx } from '../../engines/store/port.ts'
 import { errorMessage, redactUrl } from '../../platform/errors.ts'
@@ -129,12 +129,7 @@ export function notificationId(eventId: string, channel: 'email' | 'webhook', na
 
 /** Whether an endpoint subscribed to `events` receives an event of `type`: exact type, `prefix.*` or `*`. */
 export function endpointWants(events: string[], type: string): boolean {
-  return events.some(
-    (pattern) =>
-      pattern === '*' ||
-      pattern === type ||
-      (pattern.endsWith('.*') && type.startsWith(pattern.slice(0, -1))),
-  )
+  return events.some((pattern) => eventTypeMatches(pattern, type))
 }
 
 interface Cause {
