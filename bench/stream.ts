@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
-import { Consumer, Producer } from '@platformatic/kafka'
+import { Consumer, type MessageToProduce, Producer } from '@platformatic/kafka'
 import { createEvent, encodeEvent } from '../src/contracts/envelope.ts'
 import { SqliteLog, sqliteLogDefaults } from '../src/engines/stream/embedded/sqlite-log.ts'
 import { EventStream } from '../src/engines/stream/event-stream.ts'
@@ -25,7 +25,9 @@ import { percentile, progress, type Row, row } from './rows.ts'
 const partitions = 8
 const batchSize = 1_000
 const latencyRatePerS = 10_000
-const latencySeconds = 3
+const latencySeconds = 5
+/** Sent at the same rate before the measured seconds, and not measured: connections, JIT, first writes to each partition. */
+const warmupSeconds = 1
 
 export async function benchStream(options: {
   engines: string[]
@@ -127,7 +129,8 @@ async function latencyThroughEvents(engine: StreamEngine, prefix: string): Promi
     },
   })
   await new Promise((resolve) => setTimeout(resolve, engine.kind === 'kafka' ? 3_000 : 200))
-  await fixedRate(latencySeconds, latencyRatePerS, async (i) => {
+  let expected = 0
+  await warmThenMeasure(async (i, measured) => {
     const sku = `sku-${i % 1_000}`
     const event = createEvent({
       type: 'product.upserted',
@@ -135,14 +138,23 @@ async function latencyThroughEvents(engine: StreamEngine, prefix: string): Promi
       subject: sku,
       data: { sku, name: `P${i}`, description: '', category: 'bench', priceMinor: i, currency: 'EUR' },
     })
-    sentAt.set(event.id, performance.now())
+    if (measured) {
+      sentAt.set(event.id, performance.now())
+      expected++
+    }
     await stream.publish([event])
   })
-  const expected = sentAt.size
   const deadline = Date.now() + 10_000
   while (latencies.length < expected && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
   await subscription.stop()
   return latencies
+}
+
+/** `fixedRate` for the warm-up, then for the measured seconds; `i` counts on across both. */
+async function warmThenMeasure(send: (i: number, measured: boolean) => Promise<void>): Promise<void> {
+  const warmup = warmupSeconds * latencyRatePerS
+  await fixedRate(warmupSeconds, latencyRatePerS, (i) => send(i, false))
+  await fixedRate(latencySeconds, latencyRatePerS, (i) => send(warmup + i, true))
 }
 
 /** Calls `send` `ratePerS` times a second for `seconds`, in 1 ms ticks; sends are not awaited one by one. */
@@ -274,21 +286,22 @@ async function rawSqliteLatency(path: string): Promise<number[]> {
   const poll = reader.prepare(
     'SELECT offset FROM log WHERE topic = ? AND partition = 0 AND offset >= ? ORDER BY offset',
   )
-  const sentAt: number[] = []
+  const sentAt: { at: number; measured: boolean }[] = []
   const latencies: number[] = []
   let next = 0
   let stop = false
   const polling = (async () => {
     while (!stop || next < sentAt.length) {
       for (const r of poll.all('lat', next) as { offset: number }[]) {
-        latencies.push(performance.now() - sentAt[r.offset])
+        const sent = sentAt[r.offset]
+        if (sent.measured) latencies.push(performance.now() - sent.at)
         next = r.offset + 1
       }
       await new Promise((resolve) => setImmediate(resolve))
     }
   })()
-  await fixedRate(latencySeconds, latencyRatePerS, async (i) => {
-    sentAt[i] = performance.now()
+  await warmThenMeasure(async (i, measured) => {
+    sentAt[i] = { at: performance.now(), measured }
     insert.run('lat', i, Date.now(), 'k', '{}', Buffer.from('x'))
   })
   stop = true
@@ -331,6 +344,7 @@ function rawProducer(broker: string) {
   return new Producer({
     clientId: 'bench-raw',
     bootstrapBrokers: [broker],
+    metadataMaxAge: kafkaStreamDefaults.metadataMaxAgeMs,
     idempotent: true,
     serializers: serializers,
   })
@@ -360,6 +374,7 @@ async function rawKafkaConsume(broker: string, topic: string, count: number): Pr
     clientId: 'bench-raw',
     groupId: `bench-raw-${randomUUID()}`,
     bootstrapBrokers: [broker],
+    metadataMaxAge: kafkaStreamDefaults.metadataMaxAgeMs,
     deserializers: deserializers,
   })
   const started = performance.now()
@@ -383,6 +398,7 @@ async function rawKafkaLatency(broker: string, topic: string): Promise<number[]>
     clientId: 'bench-raw-lat',
     groupId: `bench-raw-lat-${randomUUID()}`,
     bootstrapBrokers: [broker],
+    metadataMaxAge: kafkaStreamDefaults.metadataMaxAgeMs,
     deserializers: deserializers,
   })
   const stream = await consumer.consume({
@@ -398,10 +414,23 @@ async function rawKafkaLatency(broker: string, topic: string): Promise<number[]>
     if (at !== undefined) latencies.push(performance.now() - at)
   })
   await new Promise((resolve) => setTimeout(resolve, 3_000))
-  await fixedRate(latencySeconds, latencyRatePerS, async (i) => {
+  // The messages of one tick go in one produce request, as a client that batches sends them.
+  let tick:
+    | { messages: MessageToProduce<string, Buffer, string, string>[]; sent: Promise<unknown> }
+    | undefined
+  await warmThenMeasure(async (i, measured) => {
     const key = `k${i}`
-    sentAt.set(key, performance.now())
-    await producer.send({ messages: [{ topic, key, value: Buffer.from('x'), partition: i % partitions }] })
+    if (measured) sentAt.set(key, performance.now())
+    if (!tick) {
+      const messages: MessageToProduce<string, Buffer, string, string>[] = []
+      const sent = new Promise((resolve) => setImmediate(resolve)).then(() => {
+        tick = undefined
+        return producer.send({ messages })
+      })
+      tick = { messages, sent }
+    }
+    tick.messages.push({ topic, key, value: Buffer.from('x'), partition: i % partitions })
+    await tick.sent
   })
   const deadline = Date.now() + 10_000
   while (latencies.length < sentAt.size && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20))
