@@ -10,6 +10,9 @@ import type { Metrics } from '../../platform/metrics.ts'
 import type { EventStream } from '../stream/event-stream.ts'
 import type { Store, Tx } from './port.ts'
 
+/** Rows looked at by one prune statement. */
+const pruneBatchSize = 1_000
+
 const wakers = new WeakMap<object, Set<() => void>>()
 
 /** Adds events to the outbox inside `tx`; they are validated now, so a bad event rolls the transaction back. */
@@ -135,10 +138,22 @@ export class OutboxRelay {
     const now = Date.now()
     if (now - this.#lastPruneMs < 60_000) return
     this.#lastPruneMs = now
+    await this.prune(now)
+  }
+
+  /** Deletes the rows sent longer than the retention before `now`. */
+  async prune(now = Date.now()): Promise<void> {
     const before = new Date(now - this.#options.sentRetentionMs).toISOString()
-    await this.#store.execute('DELETE FROM mercato_outbox WHERE sent_at IS NOT NULL AND sent_at < $1', [
-      before,
-    ])
+    // Rows are sent in id order, so the ones to delete lead the table. Deleting them from the
+    // front, a bounded batch at a time, never scans the whole table nor holds the store long.
+    while (!this.#stop.signal.aborted) {
+      const deleted = await this.#store.execute(
+        `DELETE FROM mercato_outbox WHERE sent_at < $1
+           AND id IN (SELECT id FROM mercato_outbox ORDER BY id LIMIT ${pruneBatchSize})`,
+        [before],
+      )
+      if (deleted === 0) return
+    }
   }
 
   async stop(): Promise<void> {

@@ -225,6 +225,37 @@ export function defineStoreConformance(
       )
     })
 
+    it('prunes the rows sent before the retention, batch after batch, and keeps the recent and the unsent', async () => {
+      const store = await newStore()
+      const hourAgo = new Date(Date.now() - 3_600_000).toISOString()
+      const now = new Date().toISOString()
+      // More old rows than one prune statement looks at, then recent ones, then unsent ones.
+      const sentAt = [...Array(2_500).fill(hourAgo), ...Array(20).fill(now), ...Array(5).fill(null)]
+      await store.transaction(async (tx) => {
+        for (const at of sentAt)
+          await tx.execute('INSERT INTO mercato_outbox (event, created_at, sent_at) VALUES ($1, $2, $3)', [
+            '{}',
+            hourAgo,
+            at,
+          ])
+      })
+      const relay = new OutboxRelay(
+        store,
+        stream,
+        { batchSizeMax: 100, pollIntervalMs: 10, sentRetentionMs: 60_000 },
+        silentLogger(),
+        new Metrics(),
+      )
+      await relay.prune()
+      const left = await store.query<{ sent_at: string | null }>(
+        'SELECT sent_at FROM mercato_outbox ORDER BY id',
+      )
+      assert.deepEqual(
+        left.map((row) => row.sent_at),
+        sentAt.slice(2_500),
+      )
+    })
+
     it('refuses an invalid event in the outbox, rolling the state change back with it', async () => {
       const store = await newStore()
       const bad = productEvent('bad', 0)
