@@ -34,12 +34,24 @@ const cancelReasons: Record<string, string> = {
 /** An amount in minor units, in its currency's own notation (EUR 1234 → €12.34). */
 export function formatMoney(amountMinor: number, currency: string): string {
   try {
-    const format = new Intl.NumberFormat('en', { style: 'currency', currency })
-    const digits = format.resolvedOptions().maximumFractionDigits ?? 2
+    const { format, digits } = moneyFormatOf(currency)
     return format.format(amountMinor / 10 ** digits)
   } catch {
     return `${(amountMinor / 100).toFixed(2)} ${currency}`
   }
+}
+
+/** One formatter per currency: building an Intl.NumberFormat costs far more than using one. */
+const moneyFormats = new Map<string, { format: Intl.NumberFormat; digits: number }>()
+
+function moneyFormatOf(currency: string): { format: Intl.NumberFormat; digits: number } {
+  let known = moneyFormats.get(currency)
+  if (!known) {
+    const format = new Intl.NumberFormat('en', { style: 'currency', currency })
+    known = { format, digits: format.resolvedOptions().maximumFractionDigits ?? 2 }
+    if (moneyFormats.size < 1_000) moneyFormats.set(currency, known)
+  }
+  return known
 }
 
 const str = (value: unknown) => (typeof value === 'string' ? value : String(value ?? ''))
