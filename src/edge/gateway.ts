@@ -157,7 +157,9 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     const principal = await authenticateUser(identity.tokens, request)
     if (principal.kind === 'user')
       await throttle(`user:${principal.subject}`, limits.principalPerMinute, reply, 'for one user')
-    const route = `${request.method} ${openApiPath(url)}`
+    // HEAD is GET without the body (RFC 9110): the same route, the same rules.
+    const method = request.method === 'HEAD' ? 'GET' : request.method
+    const route = `${method} ${openApiPath(url)}`
     const customerId = customerIdOf(url, request.params as Record<string, string>)
     const decision = identity.policy.isAllowed({
       principal: principalEntity(principal),
@@ -177,7 +179,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       )
     }
     setCaller(request, { principal })
-    const group = groupOf.get(`${request.method} ${url}`)
+    const group = groupOf.get(`${method} ${url}`)
     if (group && options.running.includes(group)) {
       if (inFlight[group] >= limits.upstreamConcurrencyMax) {
         refused.inc({ reason: 'bulkhead' })

@@ -168,6 +168,28 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.equal((await call('GET', `/v1/customers/${alice}/orders`, { bearer: aliceToken })).status, 200)
     })
 
+    it('answers HEAD as it answers GET, without the body, under the same rules', async () => {
+      const bobToken = await tokenOf('customer', bob)
+      const aliceToken = await tokenOf('customer', alice)
+      const cases: [string, string | undefined, number][] = [
+        ['/v1/products', undefined, 200],
+        [`/v1/products/${sku}`, undefined, 200],
+        [`/v1/orders/${bobsOrder}`, bobToken, 200],
+        [`/v1/orders/${bobsOrder}`, aliceToken, 404],
+        [`/v1/orders/${bobsOrder}`, undefined, 401],
+        [`/v1/customers/${bob}/orders`, bobToken, 200],
+        [`/v1/customers/${bob}/360`, aliceToken, 403],
+      ]
+      for (const [path, bearer, status] of cases) {
+        const head = await call('HEAD', path, { bearer })
+        assert.equal(head.status, status, `HEAD ${path}`)
+        assert.equal(head.text, '', `HEAD ${path} has no body`)
+        const get = await call('GET', path, { bearer })
+        assert.equal(get.status, status, `GET ${path}`)
+        if (status === 200) assert.equal(head.headers.get('etag'), get.headers.get('etag'), path)
+      }
+    })
+
     it('support reads any order and customer, but cancels nothing', async () => {
       const support = await tokenOf('support')
       assert.equal((await call('GET', `/v1/orders/${bobsOrder}`, { bearer: support })).status, 200)
