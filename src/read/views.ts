@@ -24,7 +24,7 @@ export interface ViewDefinition {
 }
 
 export const viewSchemaVersions: Record<ViewName, number> = {
-  catalog: 2,
+  catalog: 3,
   'order-status': 1,
   'customer-360': 1,
 }

@@ -212,9 +212,36 @@ function messageOf(issue: ValidationIssue): string {
   return issue.message ?? 'is invalid'
 }
 
+/**
+ * A value that matches none of a union of constants gives one `const` issue per constant and
+ * an `anyOf`: they become one issue that lists the allowed values.
+ */
+function withChoicesMerged(issues: ValidationIssue[]): ValidationIssue[] {
+  const allowed = new Map<string, unknown[]>()
+  for (const issue of issues) {
+    if (issue.keyword !== 'const') continue
+    const values = allowed.get(issue.instancePath) ?? []
+    values.push(issue.params.allowedValue)
+    allowed.set(issue.instancePath, values)
+  }
+  const merged: ValidationIssue[] = []
+  const listed = new Set<string>()
+  for (const issue of issues) {
+    const values = allowed.get(issue.instancePath)
+    if (!values || values.length < 2 || (issue.keyword !== 'const' && issue.keyword !== 'anyOf')) {
+      merged.push(issue)
+    } else if (!listed.has(issue.instancePath)) {
+      listed.add(issue.instancePath)
+      const choices = values.map((value) => JSON.stringify(value)).join(', ')
+      merged.push({ ...issue, keyword: 'enum', message: `must be one of ${choices}` })
+    }
+  }
+  return merged
+}
+
 /** A 400 naming each bad field as a JSON pointer into the part of the request it is in. */
 export function validationProblem(issues: ValidationIssue[], part: string, instance: string) {
-  const errors = issues.map((issue) => {
+  const errors = withChoicesMerged(issues).map((issue) => {
     let pointer = issue.instancePath
     if (issue.keyword === 'required') pointer += `/${String(issue.params.missingProperty)}`
     if (issue.keyword === 'additionalProperties') pointer += `/${String(issue.params.additionalProperty)}`

@@ -107,6 +107,7 @@ function inBatches(events: ViewEvent[], size: number): ViewEvent[][] {
 function referenceDocs(events: ViewEvent[]): Map<string, ProductDoc> {
   const stock = new Map<string, { onHand: number; available: number; time: string }>()
   const products = new Map<string, Record<string, unknown>>()
+  const listedAt = new Map<string, string>()
   const reservations = new Map<string, { lines: { sku: string; quantity: number }[]; committed: boolean }>()
   const touch = (sku: string, onHand: number, available: number, time: string) => {
     const s = stock.get(sku) ?? { onHand: 0, available: 0, time }
@@ -120,6 +121,8 @@ function referenceDocs(events: ViewEvent[]): Map<string, ProductDoc> {
     const d = event.data as Record<string, any>
     if (event.type === 'product.upserted') {
       products.set(d.sku, d)
+      const listed = listedAt.get(d.sku)
+      if (listed === undefined || event.time < listed) listedAt.set(d.sku, event.time)
       touch(d.sku, 0, 0, event.time)
     } else if (event.type === 'inventory.adjusted') touch(d.sku, d.delta, d.delta, event.time)
     else if (event.type === 'inventory.reserved') {
@@ -153,6 +156,7 @@ function referenceDocs(events: ViewEvent[]): Map<string, ProductDoc> {
       available: Math.max(0, s.available),
       inStock: s.available > 0,
       updatedAt: s.time,
+      listedAt: listedAt.get(sku)!,
     })
   }
   return docs
@@ -281,7 +285,7 @@ const compareBy: Record<Exclude<CatalogSort, 'relevance'>, (a: ProductDoc, b: Pr
   'price-asc': (a, b) => a.priceMinor - b.priceMinor || compareCodePoints(a.sku, b.sku),
   'price-desc': (a, b) => b.priceMinor - a.priceMinor || compareCodePoints(a.sku, b.sku),
   name: (a, b) => compareCodePoints(nameKeyOf(a.name), nameKeyOf(b.name)) || compareCodePoints(a.sku, b.sku),
-  newest: (a, b) => compareCodePoints(b.updatedAt, a.updatedAt) || compareCodePoints(a.sku, b.sku),
+  newest: (a, b) => compareCodePoints(b.listedAt, a.listedAt) || compareCodePoints(a.sku, b.sku),
 }
 
 class Reference {
@@ -495,6 +499,7 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
         available: 4, // 10 - 3 - 2 - 4 + 3 released
         inStock: true,
         updatedAt: new Date(t0 + 7000).toISOString(),
+        listedAt: new Date(t0 + 3000).toISOString(),
       }
 
       test('on hand and available: restock, write-off, reserve, release, commit', async () => {
@@ -511,6 +516,7 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
           available: 0, // 3 - 5 reserved, shown as 0
           inStock: false,
           updatedAt: new Date(t0 + 2500).toISOString(),
+          listedAt: new Date(t0 + 1500).toISOString(),
         })
         assert.deepEqual(changed.sort(), [productCacheKey('LAMP-1'), productCacheKey('MUG-1')])
       })
@@ -593,6 +599,38 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
         assert.deepEqual(await getProduct(store, g, sku), expectedLamp)
       })
 
+      test('newest sorts by listing time: a sale, a restock or a new price does not move a product', async () => {
+        const h = new History()
+        const product = (sku: string, priceMinor: number, ms: number) =>
+          h.add(
+            'product.upserted',
+            sku,
+            {
+              sku,
+              name: `Tent ${sku}`,
+              description: 'outdoor',
+              category: 'camping',
+              priceMinor,
+              currency: 'EUR',
+            },
+            t0 + ms,
+          )
+        product('TENT-OLD', 5000, 1000)
+        product('TENT-NEW', 6000, 2000)
+        h.add(
+          'inventory.adjusted',
+          'TENT-OLD',
+          { sku: 'TENT-OLD', delta: 5, reason: 'restock', onHand: 5, available: 5 },
+          t0 + 3000,
+        )
+        product('TENT-OLD', 4500, 4000)
+        const { g } = await build([h.events])
+        const page = await searchCatalog(store, g, { category: 'camping', sort: 'newest', limit: 10 })
+        assert.deepEqual(skus(page.items), ['TENT-NEW', 'TENT-OLD'])
+        assert.equal(page.items[1].listedAt, new Date(t0 + 1000).toISOString())
+        assert.equal(page.items[1].updatedAt, new Date(t0 + 4000).toISOString())
+      })
+
       test('a re-upsert replaces the words searched; the price alone keeps them', async () => {
         const h = new History()
         const upsert = (name: string, priceMinor: number, ms: number) =>
@@ -614,8 +652,8 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
         await storage.apply(g, h.events)
         const found = await searchCatalog(store, g, { q: 'balloon', limit: 5 })
         assert.deepEqual(
-          found.items.map((d) => [d.sku, d.priceMinor, d.updatedAt]),
-          [['TOY-1', 900, new Date(t0 + 4000).toISOString()]],
+          found.items.map((d) => [d.sku, d.priceMinor, d.updatedAt, d.listedAt]),
+          [['TOY-1', 900, new Date(t0 + 4000).toISOString(), new Date(t0 + 1000).toISOString()]],
         )
       })
     })

@@ -200,6 +200,14 @@ export function defineReadSuite(
         assert.match(answer.headers.get('content-type') ?? '', /application\/problem\+json/)
         assert.equal(answer.body.status, 400)
       }
+      const badSort = await get(shop, '/v1/products?sort=cheapest')
+      assert.deepEqual(badSort.body.errors, [
+        {
+          in: 'querystring',
+          field: '/sort',
+          message: 'must be one of "relevance", "price-asc", "price-desc", "name", "newest"',
+        },
+      ])
       const badToken = await get(shop, `/v1/products/${sku}`, { 'mercato-consistency-token': 'garbage' })
       assert.equal(badToken.status, 400)
       assert.equal((await get(shop, '/v1/orders/ord_does_not_exist')).status, 404)

@@ -8,7 +8,8 @@
 // release or commit names only the reservation); a commit takes them from on hand; a
 // release gives them back to available, and to on hand too if they had been committed.
 // A reservation's own events share a key, so they come in order.
-// updatedAt is the latest event time that touched the product, also order-independent.
+// updatedAt is the latest event time that touched the product, listedAt the earliest
+// product.upserted time (what `newest` sorts by: stock changes leave it), both order-independent.
 import type { Store, Tx } from '../../engines/store/port.ts'
 import type { SqlFold } from '../sql-view.ts'
 import {
@@ -39,6 +40,8 @@ export interface ProductDoc {
   inStock: boolean
   /** The time of the last event that changed the product (its `time`), never the wall clock. */
   updatedAt: string
+  /** The time of the product's first product.upserted event: when it was listed. */
+  listedAt: string
 }
 
 export type CatalogSort = 'relevance' | 'price-asc' | 'price-desc' | 'name' | 'newest'
@@ -198,6 +201,10 @@ function mergedLines(lines: Line[]): [string, number][] {
 const laterTime = (P: string) =>
   `CASE WHEN ${P}.updated_at IS NULL OR excluded.updated_at > ${P}.updated_at THEN excluded.updated_at ELSE ${P}.updated_at END`
 
+/** The earlier of the stored listing time and the event's. */
+const earlierListing = (P: string) =>
+  `CASE WHEN ${P}.listed_at IS NULL OR excluded.listed_at < ${P}.listed_at THEN excluded.listed_at ELSE ${P}.listed_at END`
+
 async function addStock(tx: Tx, g: number, sku: string, onHand: number, available: number, time: string) {
   const P = productsTable(g)
   const [row] = await tx.query<{ category: string | null; available: number | bigint }>(
@@ -247,7 +254,8 @@ async function upsertProduct(tx: Tx, kind: Store['kind'], g: number, product: Pr
     time,
   ]
   const set = `name = excluded.name, name_key = excluded.name_key, category = excluded.category,
-    price_minor = excluded.price_minor, currency = excluded.currency, updated_at = ${laterTime(P)}`
+    price_minor = excluded.price_minor, currency = excluded.currency, updated_at = ${laterTime(P)},
+    listed_at = ${earlierListing(P)}`
   let id: number | undefined
   if (kind === 'postgres') {
     const search = tsVectorOf([
@@ -256,15 +264,15 @@ async function upsertProduct(tx: Tx, kind: Store['kind'], g: number, product: Pr
       [product.description, 'C'],
     ])
     await tx.execute(
-      `INSERT INTO ${P} (sku, name, name_key, category, price_minor, currency, updated_at, search)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8::tsvector)
+      `INSERT INTO ${P} (sku, name, name_key, category, price_minor, currency, updated_at, listed_at, search)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8::tsvector)
        ON CONFLICT (sku) DO UPDATE SET ${set}, search = excluded.search`,
       [...params, search],
     )
   } else {
     const [row] = await tx.query<{ id: number }>(
-      `INSERT INTO ${P} (sku, name, name_key, category, price_minor, currency, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7)
+      `INSERT INTO ${P} (sku, name, name_key, category, price_minor, currency, updated_at, listed_at)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
        ON CONFLICT (sku) DO UPDATE SET ${set} RETURNING id`,
       params,
     )

@@ -29,7 +29,7 @@ import { compareCodePoints, ftsMatchOf, queryTermsOf, tsQueryOf } from './text.t
 
 interface SortSpec {
   /** The key column of `products` (or the score, computed). */
-  column: 'score' | 'price_minor' | 'name_key' | 'updated_at'
+  column: 'score' | 'price_minor' | 'name_key' | 'listed_at'
   descending: boolean
   keyType: 'number' | 'string'
 }
@@ -39,7 +39,7 @@ const sorts: Record<CatalogSort, SortSpec> = {
   'price-asc': { column: 'price_minor', descending: false, keyType: 'number' },
   'price-desc': { column: 'price_minor', descending: true, keyType: 'number' },
   name: { column: 'name_key', descending: false, keyType: 'string' },
-  newest: { column: 'updated_at', descending: true, keyType: 'string' },
+  newest: { column: 'listed_at', descending: true, keyType: 'string' },
 }
 
 /** bm25's column weights: name, category, description (the FTS5 table's column order). */
@@ -217,7 +217,7 @@ function keyOf(row: Row, sort: CatalogSort): CursorKey {
     case 'name':
       return row.name_key
     case 'newest':
-      return row.updated_at
+      return row.listed_at
   }
 }
 

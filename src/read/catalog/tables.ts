@@ -46,7 +46,7 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
   const statements = [
     `CREATE TABLE IF NOT EXISTS ${P} (${key} name TEXT, name_key TEXT${c}, category TEXT${c},
       price_minor ${int}, currency TEXT, on_hand ${int} NOT NULL DEFAULT 0, available ${int} NOT NULL DEFAULT 0,
-      updated_at TEXT${c}${kind === 'postgres' ? ', search tsvector' : ''})`,
+      updated_at TEXT${c}, listed_at TEXT${c}${kind === 'postgres' ? ', search tsvector' : ''})`,
     `CREATE TABLE IF NOT EXISTS ${descriptionsTable(g)} (sku TEXT${c} PRIMARY KEY, description TEXT NOT NULL)`,
     `CREATE TABLE IF NOT EXISTS ${categoriesTable(g)} (category TEXT${c} PRIMARY KEY,
       listed ${int} NOT NULL, in_stock ${int} NOT NULL)`,
@@ -57,11 +57,11 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
     `CREATE INDEX IF NOT EXISTS ${P}_name ON ${P} (name_key, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_price ON ${P} (price_minor, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_price_desc ON ${P} (price_minor DESC, sku)`,
-    `CREATE INDEX IF NOT EXISTS ${P}_newest ON ${P} (updated_at DESC, sku)`,
+    `CREATE INDEX IF NOT EXISTS ${P}_newest ON ${P} (listed_at DESC, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_category_name ON ${P} (category, name_key, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_category_price ON ${P} (category, price_minor, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_category_price_desc ON ${P} (category, price_minor DESC, sku)`,
-    `CREATE INDEX IF NOT EXISTS ${P}_category_newest ON ${P} (category, updated_at DESC, sku)`,
+    `CREATE INDEX IF NOT EXISTS ${P}_category_newest ON ${P} (category, listed_at DESC, sku)`,
     // Facet counts of a price range (without words) read this index alone, per category.
     `CREATE INDEX IF NOT EXISTS ${P}_facets ON ${P} (category, price_minor, available)`,
   ]
@@ -87,7 +87,7 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
 
 /** The product columns a document is read from (with `d.description` of `descriptions` d). */
 export const docColumns =
-  'p.sku, p.name, p.category, p.price_minor, p.currency, p.on_hand, p.available, p.updated_at'
+  'p.sku, p.name, p.category, p.price_minor, p.currency, p.on_hand, p.available, p.updated_at, p.listed_at'
 
 export interface ProductRow {
   sku: string
@@ -99,6 +99,7 @@ export interface ProductRow {
   on_hand: number | bigint
   available: number | bigint
   updated_at: string
+  listed_at: string
 }
 
 export function docOf(row: ProductRow): ProductDoc {
@@ -114,5 +115,6 @@ export function docOf(row: ProductRow): ProductDoc {
     available: Math.max(0, available),
     inStock: available > 0,
     updatedAt: row.updated_at,
+    listedAt: row.listed_at,
   }
 }
