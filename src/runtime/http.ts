@@ -55,6 +55,8 @@ export function createHttpServer(
         type: 'about:blank',
         title: titleFor(status),
         status,
+        detail:
+          status === 414 ? 'a path parameter is too long' : 'the request line or its headers are malformed',
         instance: request.url.slice(0, 200),
       }
       ;(reply as FastifyReply)
@@ -63,7 +65,45 @@ export function createHttpServer(
         .type('application/problem+json')
         .send(problem)
     },
+    // What Node's parser refuses before a request exists (headers too large, a malformed
+    // request line, a client too slow) is answered as problem details too, then closed.
+    clientErrorHandler: (error, socket) => {
+      const code = (error as NodeJS.ErrnoException).code
+      if (code === 'ECONNRESET' || socket.destroyed) return
+      const [status, detail] =
+        code === 'HPE_HEADER_OVERFLOW'
+          ? [431, 'the request headers are larger than this server accepts']
+          : code === 'ERR_HTTP_REQUEST_TIMEOUT'
+            ? [408, 'the request did not arrive in time']
+            : [400, 'the request is not valid HTTP']
+      const body = JSON.stringify({ type: 'about:blank', title: titleFor(status), status, detail })
+      if (socket.writable) {
+        socket.write(
+          `HTTP/1.1 ${status} ${titleFor(status)}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n` +
+            `Content-Length: ${Buffer.byteLength(body)}\r\n\r\n${body}`,
+        )
+      }
+      socket.destroy(error)
+    },
   })
+  // Every route's methods by path pattern, to answer 405 (with Allow) and OPTIONS on a path
+  // that exists for other methods.
+  const routes: { pattern: RegExp; methods: string[] }[] = []
+  app.addHook('onRoute', (route) => {
+    const methods = ([] as string[]).concat(route.method)
+    const pattern = new RegExp(
+      `^${route.url
+        .replace(/[.+?^${}()|[\]\\]/g, '\\$&')
+        .replace(/:[^/]+/g, '[^/]+')
+        .replace(/\*/g, '.*')}$`,
+    )
+    routes.push({ pattern, methods: methods.includes('GET') ? [...methods, 'HEAD'] : methods })
+  })
+  const allowedMethods = (path: string): string[] => {
+    const methods = new Set<string>()
+    for (const route of routes) if (route.pattern.test(path)) for (const m of route.methods) methods.add(m)
+    return [...methods].sort()
+  }
   // Bodies are JSON (or what a component adds, such as the token route's form): a text/plain
   // body is refused with 415 rather than parsed into a string that fails validation.
   app.removeContentTypeParser('text/plain')
@@ -142,6 +182,23 @@ export function createHttpServer(
   })
 
   app.setNotFoundHandler((request, reply) => {
+    const path = request.url.split('?')[0]
+    const allowed = allowedMethods(path)
+    if (allowed.length > 0) {
+      const allow = [...allowed, 'OPTIONS'].join(', ')
+      if (request.method === 'OPTIONS') return reply.code(204).header('allow', allow).send()
+      return reply
+        .code(405)
+        .header('allow', allow)
+        .type('application/problem+json')
+        .send({
+          type: 'about:blank',
+          title: 'Method Not Allowed',
+          status: 405,
+          detail: `${path} answers ${allow}, not ${request.method}`,
+          instance: request.url,
+        })
+    }
     reply
       .code(404)
       .type('application/problem+json')
@@ -264,8 +321,10 @@ function titleFor(status: number): string {
     405: 'Method Not Allowed',
     408: 'Request Timeout',
     413: 'Content Too Large',
+    414: 'URI Too Long',
     415: 'Unsupported Media Type',
     429: 'Too Many Requests',
+    431: 'Request Header Fields Too Large',
   }
   return titles[status] ?? 'Client Error'
 }

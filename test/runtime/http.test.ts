@@ -89,4 +89,38 @@ describe('the HTTP base', () => {
       await app.close()
     }
   })
+
+  it('answers 405 with Allow for a path served under other methods, and OPTIONS with Allow', async () => {
+    const app = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+    app.get('/things/:id', async () => ({ ok: true }))
+    app.put('/things/:id', async () => ({ ok: true }))
+    try {
+      const wrong = await app.inject({ method: 'POST', url: '/things/7?x=1' })
+      assert.equal(wrong.statusCode, 405)
+      assert.equal(wrong.headers.allow, 'GET, HEAD, PUT, OPTIONS')
+      assert.match(String(wrong.headers['content-type']), /^application\/problem\+json/)
+      assert.equal(wrong.json().detail, '/things/7 answers GET, HEAD, PUT, OPTIONS, not POST')
+      const options = await app.inject({ method: 'OPTIONS', url: '/things/7' })
+      assert.equal(options.statusCode, 204)
+      assert.equal(options.headers.allow, 'GET, HEAD, PUT, OPTIONS')
+      assert.equal((await app.inject({ method: 'POST', url: '/things/7/more' })).statusCode, 404)
+      assert.equal((await app.inject({ method: 'DELETE', url: '/nothing' })).statusCode, 404)
+    } finally {
+      await app.close()
+    }
+  })
+
+  it('answers headers too large with 431 problem details', async () => {
+    const app = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+    app.get('/hello', async () => ({ ok: true }))
+    const address = await app.listen({ port: 0, host: '127.0.0.1' })
+    try {
+      const answer = await fetch(`${address}/hello`, { headers: { 'x-big': 'y'.repeat(40_000) } })
+      assert.equal(answer.status, 431)
+      assert.match(answer.headers.get('content-type') ?? '', /^application\/problem\+json/)
+      assert.equal(((await answer.json()) as { status: number }).status, 431)
+    } finally {
+      await app.close()
+    }
+  })
 })
