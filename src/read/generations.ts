@@ -64,10 +64,25 @@ export class GenerationRegistry {
     })
   }
 
-  /** Makes `generation` live and retires the one that was. */
+  /**
+   * Makes `generation` live and retires the one that was. A build that a newer one has
+   * overtaken (two rebuilds at once) is retired instead: the newer one began later, so it
+   * has read at least as much of the stream.
+   */
   async switchTo(view: ViewName, generation: number): Promise<void> {
-    await this.#store.transaction(async (tx) => {
+    const newer = await this.#store.transaction(async (tx) => {
       const now = new Date().toISOString()
+      const [live] = await tx.query<{ generation: number }>(
+        'SELECT generation FROM view_generations WHERE view = $1 AND state = $2',
+        [view, 'live'],
+      )
+      if (live && Number(live.generation) > generation) {
+        await tx.execute(
+          `UPDATE view_generations SET state = 'retired', switched_at = $3 WHERE view = $1 AND generation = $2 AND state = 'building'`,
+          [view, generation, now],
+        )
+        return Number(live.generation)
+      }
       await tx.execute(
         `UPDATE view_generations SET state = 'retired', switched_at = $3 WHERE view = $1 AND state = 'live' AND generation <> $2`,
         [view, generation, now],
@@ -77,7 +92,13 @@ export class GenerationRegistry {
         [view, generation, now],
       )
       if (changed !== 1) throw new Error(`generation ${generation} of ${view} is not being built`)
+      return undefined
     })
+    if (newer !== undefined) {
+      throw new Error(
+        `generation ${generation} of ${view} was not made live: generation ${newer}, begun after it, already is; ${generation} is retired`,
+      )
+    }
   }
 
   /** Forgets a generation (its storage dropped by the caller). */

@@ -347,6 +347,18 @@ function defineViewTests(
       assert.deepEqual(await dumps(views, 1), before)
     })
 
+    test('of two rebuilds at once, the one begun later stays live, whichever ends last', async () => {
+      const registry = views.registry
+      await registry.ensureLive('customer-360', 1)
+      const older = await registry.beginBuild('customer-360', 1)
+      const newer = await registry.beginBuild('customer-360', 1)
+      await registry.switchTo('customer-360', newer.generation)
+      await assert.rejects(registry.switchTo('customer-360', older.generation), /was not made live/)
+      assert.equal((await registry.live('customer-360'))?.generation, newer.generation)
+      const states = new Map((await registry.all('customer-360')).map((g) => [g.generation, g.state]))
+      assert.equal(states.get(older.generation), 'retired')
+    })
+
     test('the same history interleaved otherwise builds a byte-for-byte equal view', async () => {
       await applyAll(views, 2, interleavedOtherwise(events))
       const [one, two] = [await dumps(views, 1), await dumps(views, 2)]
