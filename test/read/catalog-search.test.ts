@@ -183,6 +183,15 @@ function defineSearchTests(
       assert.equal(two.total, expected({ q: 'wire headph' }).length)
     })
 
+    test('a q of symbols alone matches nothing; an empty q is no q', async () => {
+      for (const q of ['☕', '(', '"', '%', '-- *']) {
+        const page = await searchCatalog(store, 1, { q, limit: 5 })
+        assert.deepEqual([page.total, page.items, page.facets.category], [0, [], []], q)
+      }
+      const blank = await searchCatalog(store, 1, { q: '  ', limit: 5 })
+      assert.equal(blank.total, (await searchCatalog(store, 1, { limit: 5 })).total)
+    })
+
     test('filters and facet counts agree with the catalog', async () => {
       const cases: Omit<CatalogQuery, 'limit'>[] = [
         { category: 'audio' },

@@ -304,6 +304,7 @@ class Reference {
   /** Matches of the text and every filter but the category. */
   #facetBase(query: Omit<CatalogQuery, 'limit'>): ProductDoc[] {
     const terms = queryTermsOf(query.q)
+    if (terms.length === 0 && (query.q ?? '').trim() !== '') return [] // symbols alone match nothing
     return this.docs.filter(
       (d) =>
         terms.every((t) =>

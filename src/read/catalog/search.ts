@@ -54,6 +54,10 @@ export async function searchCatalog(
   query: CatalogQuery,
 ): Promise<CatalogPage> {
   const terms = queryTermsOf(query.q)
+  // Words are what a search matches: a q of symbols alone (☕, "(") matches nothing, rather
+  // than being taken for no q at all.
+  if (terms.length === 0 && query.q !== undefined && query.q.trim() !== '')
+    return { items: [], total: 0, facets: { category: [] }, nextCursor: null }
   const sortName: CatalogSort =
     query.sort === undefined || (query.sort === 'relevance' && terms.length === 0)
       ? terms.length > 0
