@@ -44,11 +44,14 @@ const meanings: Record<number, string> = {
 
 /**
  * A route config documenting `statuses` as problem details and, optionally, headers the
- * handler requires (checked there, with its own problem, so the validated schema leaves them optional).
+ * handler requires (checked there, with its own problem, so the validated schema leaves them
+ * optional) and the success answers of a handler that sends its body already serialized
+ * (documented here, not in the route's schema, which would not apply to a string anyway).
  */
 export function problemDocs(
   statuses: number[],
   requiredHeaders: string[] = [],
+  answers: Record<number, object> = {},
 ): { swaggerTransform: SwaggerTransform } {
   return {
     swaggerTransform: ({ schema, url, ...document }) => {
@@ -72,7 +75,7 @@ export function problemDocs(
           ...(headers && requiredHeaders.length > 0
             ? { headers: { ...headers, required: [...(headers.required ?? []), ...requiredHeaders] } }
             : {}),
-          response: { ...(schema.response as object), ...errors },
+          response: { ...(schema.response as object), ...answers, ...errors },
         },
       }
     },

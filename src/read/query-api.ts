@@ -10,6 +10,7 @@ import { MercatoError } from '../platform/errors.ts'
 import { authorize, type Identity, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
+import { answerSchemas, readAnswers } from './answer-docs.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
 import { customer360CacheKey, readCustomer360 } from './customer-360/customer-360-view.ts'
 import { Freshness } from './freshness.ts'
@@ -64,12 +65,6 @@ const tokenHeader = T.Object({
   // No bound of its own: a list of many tags is valid, and the server bounds header sizes.
   'if-none-match': T.Optional(T.String()),
 })
-
-const freshnessHeaders = {
-  'Mercato-Position': 'the view position the answer reflects: topic/partition=next offset, comma-separated',
-  'Mercato-Staleness-Ms': 'how far the view is behind the stream, in milliseconds (0: caught up)',
-  'Mercato-Stale': 'true when a consistency token was sent and the view had not reached it within the wait',
-}
 
 /** Written once per positions object: a cached answer's are shared by all its hits. */
 const positionHeaders = new WeakMap<Record<string, number>, string>()
@@ -158,21 +153,27 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       .header('mercato-stale', String(reached === false))
   }
 
-  const problems = problemDocs([400, 401, 403, 404, 429, 503])
+  // Product routes are public: no 403 (a bad token is still a 401).
+  const publicRead = [400, 401, 404, 429, 503]
+  const ownedRead = [400, 401, 403, 404, 429, 503]
   const docs = (summary: string, tag: string) => ({
     summary,
     tags: [tag],
     headers: tokenHeader,
-    description: `Answer headers: ${Object.entries(freshnessHeaders)
-      .map(([name, meaning]) => `${name} (${meaning})`)
-      .join('; ')}; ETag (send If-None-Match for a 304).`,
+    description:
+      'Every answer says which stream position it reflects and how stale its view is (see its headers). ' +
+      'Send Mercato-Consistency-Token to wait for an earlier write, If-None-Match for a 304.',
   })
 
   http.get(
     '/v1/products',
     {
       onRequest,
-      config: problems,
+      config: problemDocs(
+        publicRead,
+        [],
+        readAnswers(answerSchemas.CatalogPage, 'A page of matching products, with facet counts'),
+      ),
       schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery },
     },
     (request, reply) => {
@@ -190,7 +191,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/products/:sku',
     {
       onRequest,
-      config: problems,
+      config: problemDocs(publicRead, [], readAnswers(answerSchemas.Product, 'The product')),
       schema: {
         ...docs('One product, with its availability', 'catalog'),
         params: SkuParam,
@@ -213,7 +214,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/orders/:id',
     {
       onRequest,
-      config: problems,
+      config: problemDocs(ownedRead, [], readAnswers(answerSchemas.Order, 'The order')),
       schema: {
         ...docs('An order: status, timeline, lines and totals, payment and shipment', 'orders'),
         params: IdParam,
@@ -247,7 +248,11 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/customers/:id/orders',
     {
       onRequest,
-      config: problems,
+      config: problemDocs(
+        ownedRead,
+        [],
+        readAnswers(answerSchemas.CustomerOrders, 'A page of the customer’s orders, newest first'),
+      ),
       schema: {
         ...docs("A customer's orders, newest first", 'orders'),
         params: IdParam,
@@ -281,7 +286,11 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     '/v1/customers/:id/360',
     {
       onRequest,
-      config: problems,
+      config: problemDocs(
+        ownedRead,
+        [],
+        readAnswers(answerSchemas.Customer360, 'The customer’s 360 document'),
+      ),
       schema: {
         ...docs('Everything about one customer, denormalized', 'customers'),
         params: IdParam,

@@ -4,6 +4,8 @@
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
+import { Value } from '@sinclair/typebox/value'
+import { answerSchemas } from '../../src/read/answer-docs.ts'
 import { rebuildView } from '../../src/read/projector.ts'
 import { viewNames } from '../../src/read/view.ts'
 import { type EngineSet, type Shop, startShop } from '../support/shop.ts'
@@ -130,6 +132,18 @@ export function defineReadSuite(
       assert.ok(c360.body.lifetimeSpend[0].amountMinor >= 1000)
       assert.equal(c360.body.lifetimeSpend[0].currency, 'USD')
       assert.deepEqual(c360.body.averageBasket, [{ currency: 'USD', amountMinor: 1000 }])
+
+      // Each answer is what the OpenAPI document says it is.
+      for (const [path, schema] of [
+        [`/v1/orders/${id}`, answerSchemas.Order],
+        [`/v1/customers/${customerId}/orders`, answerSchemas.CustomerOrders],
+        [`/v1/customers/${customerId}/360`, answerSchemas.Customer360],
+        [`/v1/products/${sku}`, answerSchemas.Product],
+        ['/v1/products?q=product', answerSchemas.CatalogPage],
+      ] as const) {
+        const { body } = await get(shop, path)
+        assert.deepEqual([...Value.Errors(schema, body)], [], path)
+      }
     })
 
     it('answers are cached, revalidated by ETag, and invalidated by the events that change them', async () => {

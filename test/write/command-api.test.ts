@@ -298,6 +298,21 @@ describe('the command API', () => {
     assert.deepEqual(problemStatuses('/v1/orders', 'post'), commandProblems)
     assert.deepEqual(problemStatuses('/v1/orders/{id}/cancel', 'post'), [...commandProblems, 404].sort())
     assert.deepEqual(problemStatuses('/v1/orders/{id}', 'get'), [400, 401, 403, 404, 429, 503])
+    assert.deepEqual(problemStatuses('/v1/products', 'get'), [400, 401, 404, 429, 503])
+    // The read answers: their body and the freshness headers every answer carries.
+    for (const [path, field] of [
+      ['/v1/products', 'facets'],
+      ['/v1/products/{sku}', 'listedAt'],
+      ['/v1/orders/{id}', 'timeline'],
+      ['/v1/customers/{id}/orders', 'nextCursor'],
+      ['/v1/customers/{id}/360', 'lifetimeSpend'],
+    ]) {
+      const { responses } = answer.body.paths[path].get
+      assert.ok(responses['200'].content['application/json'].schema.properties[field], `${path} ${field}`)
+      for (const status of ['200', '304'])
+        for (const header of ['Mercato-Position', 'Mercato-Staleness-Ms', 'ETag'])
+          assert.ok(responses[status].headers[header], `${path} ${status} ${header}`)
+    }
     assert.deepEqual(answer.body.paths['/v1/orders'].post.responses['400'].content, {
       'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } },
     })
