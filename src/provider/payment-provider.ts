@@ -1,7 +1,11 @@
 // A stand-in for an external payment provider, under /provider/v1: authorizations,
 // captures, voids and refunds, each behind an Idempotency-Key, with a durable record of
 // every charge and operation (the witness tests use) and dials for latency, errors and
-// lost answers. Its routes are hidden from Mercato's OpenAPI document.
+// lost answers. Its routes are hidden from Mercato's OpenAPI document. Like a real
+// provider it asks for its API key (a bearer token) when one is set; without one it
+// answers callers on this machine only, so a shop listening on a public address does not
+// hand anyone its refunds and dials.
+import { createHash, timingSafeEqual } from 'node:crypto'
 import type {} from '@fastify/swagger'
 import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
@@ -50,6 +54,7 @@ export interface PaymentProviderOptions {
   store: Store
   log: Logger
   metrics: Metrics
+  apiKey?: string
 }
 
 export async function startPaymentProvider(
@@ -67,6 +72,9 @@ export async function startPaymentProvider(
   )
 
   http.addHook('preClose', async () => closing.abort())
+  http.addHook('onRequest', async (request) => {
+    if (request.url.startsWith(`${prefix}/`)) checkCaller(request, options.apiKey)
+  })
 
   /** Runs one operation under its Idempotency-Key, with the dialled failures. */
   async function operate(
@@ -213,4 +221,32 @@ function send(reply: FastifyReply, answer: Answer): FastifyReply {
     .code(answer.status)
     .type(problem ? 'application/problem+json' : 'application/json')
     .send(answer.body)
+}
+
+function checkCaller(request: FastifyRequest, apiKey: string | undefined): void {
+  if (apiKey !== undefined) {
+    const given = /^Bearer (\S+)$/.exec(request.headers.authorization ?? '')?.[1]
+    if (given !== undefined && sameSecret(given, apiKey)) return
+    throw new MercatoError(
+      'unauthenticated',
+      401,
+      'the payment provider asks for its API key as a bearer token',
+    )
+  }
+  if (isLoopback(request.socket.remoteAddress)) return
+  throw new MercatoError(
+    'forbidden',
+    403,
+    'the payment-provider stand-in answers callers on this machine only (set MERCATO_PAYMENT_PROVIDER_API_KEY to let callers with that key in)',
+  )
+}
+
+function sameSecret(given: string, expected: string): boolean {
+  const a = createHash('sha256').update(given).digest()
+  const b = createHash('sha256').update(expected).digest()
+  return timingSafeEqual(a, b)
+}
+
+function isLoopback(address: string | undefined): boolean {
+  return address !== undefined && (address === '::1' || /^(::ffff:)?127\./.test(address))
 }

@@ -266,6 +266,7 @@ Object.assign(components, {
         store: await need(context.openStore, 'stores')('provider'),
         log: context.log.child({ component: 'payment-provider' }),
         metrics: context.metrics,
+        apiKey: context.config.paymentProviderApiKey,
       })
     },
   },
@@ -297,6 +298,7 @@ Object.assign(components, {
         await serviceFor(context, 'payment'),
         {
           providerUrl: providerUrl(context),
+          apiKey: context.config.paymentProviderApiKey,
           timeoutMs: context.config.paymentProviderTimeoutMs,
           attemptsMax: context.config.paymentProviderAttemptsMax,
           concurrencyMax: context.config.paymentProviderConcurrencyMax,

@@ -46,6 +46,8 @@ export interface Config {
   sagaStepTimeoutMs: number
   reservationTtlMs: number
   paymentProviderUrl: string | undefined
+  /** The secret the payment provider's API asks for as a bearer token; unset: callers on this machine only. */
+  paymentProviderApiKey: string | undefined
   paymentProviderTimeoutMs: number
   paymentProviderAttemptsMax: number
   paymentProviderConcurrencyMax: number
@@ -468,6 +470,10 @@ function readConfig(source: Source): Config {
     store: parseStore(source.MERCATO_STORE, dataDir),
     cache: parseCache(source.MERCATO_CACHE),
     paymentProviderUrl: parseHttpUrl('MERCATO_PAYMENT_PROVIDER_URL', source.MERCATO_PAYMENT_PROVIDER_URL),
+    paymentProviderApiKey: parseSecret(
+      'MERCATO_PAYMENT_PROVIDER_API_KEY',
+      source.MERCATO_PAYMENT_PROVIDER_API_KEY,
+    ),
     smtpUrl: parseSmtpUrl(source.MERCATO_SMTP_URL),
     seedDemoData: parseBoolean('MERCATO_SEED', source.MERCATO_SEED, true),
     storeSchemaPrefix: parseSchemaPrefix(source.MERCATO_STORE_SCHEMA_PREFIX),
@@ -584,6 +590,13 @@ function parseSchemaPrefix(raw: string | undefined): string {
   return raw
 }
 
+function parseSecret(setting: string, raw: string | undefined): string | undefined {
+  if (!raw) return undefined
+  if (raw.length < 16 || !/^[\x21-\x7e]+$/.test(raw))
+    throw new ConfigError(setting, 'must be 16 printable characters at least, without spaces')
+  return raw
+}
+
 function parseHttpUrl(setting: string, raw: string | undefined): string | undefined {
   if (!raw) return undefined
   const url = parseUrl(setting, raw)
@@ -639,6 +652,10 @@ export function settingsHelp(): string {
     [
       'MERCATO_PAYMENT_PROVIDER_URL',
       'payment provider base URL (default: the payment-provider component of this process)',
+    ],
+    [
+      'MERCATO_PAYMENT_PROVIDER_API_KEY',
+      "the provider API's secret, sent and asked for as a bearer token (default: none; the stand-in then answers callers on this machine only)",
     ],
     ['MERCATO_SMTP_URL', 'SMTP server for e-mail (default: an in-process SMTP sink that keeps messages)'],
     ['MERCATO_STORE_SCHEMA_PREFIX', "PostgreSQL: put before each service's schema name (default: mercato_)"],

@@ -343,3 +343,74 @@ function defineProviderSuite(engine: Engine, skip: string | undefined) {
 
 defineProviderSuite(sqlite, undefined)
 defineProviderSuite(postgres, await skipUnlessReachable('payment provider: PostgreSQL', 'postgres'))
+
+describe('who the payment provider stand-in answers', () => {
+  const open = async (apiKey?: string) => {
+    const http = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+    const store = await sqlite.open()
+    const provider = await startPaymentProvider({
+      http,
+      store,
+      log: silentLogger(),
+      metrics: new Metrics(),
+      apiKey,
+    })
+    return {
+      http,
+      close: async () => {
+        await provider.stop()
+        await http.close()
+        await store.close()
+      },
+    }
+  }
+
+  it('without an API key, callers on this machine only: another address gets 403 and changes nothing', async () => {
+    const { http, close } = await open()
+    try {
+      const remote = await http.inject({
+        method: 'PUT',
+        url: '/provider/v1/dials',
+        payload: { errorRate: 1 },
+        remoteAddress: '203.0.113.9',
+      })
+      assert.equal(remote.statusCode, 403)
+      assert.match(remote.json().detail, /MERCATO_PAYMENT_PROVIDER_API_KEY/)
+      const refund = await http.inject({
+        method: 'POST',
+        url: '/provider/v1/charges/ch_x/refund',
+        headers: { 'idempotency-key': 'k1' },
+        remoteAddress: '203.0.113.9',
+      })
+      assert.equal(refund.statusCode, 403)
+      const local = await http.inject({ url: '/provider/v1/dials', remoteAddress: '127.0.0.1' })
+      assert.equal(local.statusCode, 200)
+      assert.equal(local.json().errorRate, 0)
+    } finally {
+      await close()
+    }
+  })
+
+  it('with an API key, every caller needs it as a bearer token, wherever it calls from', async () => {
+    const apiKey = 'sk_test_0123456789abcdef'
+    const { http, close } = await open(apiKey)
+    try {
+      for (const authorization of [undefined, 'Bearer sk_test_wrong_wrong_wrong', apiKey]) {
+        const answer = await http.inject({
+          url: '/provider/v1/dials',
+          headers: authorization ? { authorization } : {},
+          remoteAddress: '127.0.0.1',
+        })
+        assert.equal(answer.statusCode, 401, String(authorization))
+      }
+      const allowed = await http.inject({
+        url: '/provider/v1/dials',
+        headers: { authorization: `Bearer ${apiKey}` },
+        remoteAddress: '203.0.113.9',
+      })
+      assert.equal(allowed.statusCode, 200)
+    } finally {
+      await close()
+    }
+  })
+})

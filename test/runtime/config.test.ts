@@ -47,6 +47,7 @@ describe('configuration', () => {
     ],
     [{ MERCATO_STREAM_TOPIC_PREFIX: 'a b' }, /MERCATO_STREAM_TOPIC_PREFIX/],
     [{ MERCATO_CORS_ORIGINS: 'not a url' }, /MERCATO_CORS_ORIGINS: "not a url" is not an origin/],
+    [{ MERCATO_PAYMENT_PROVIDER_API_KEY: 'short' }, /MERCATO_PAYMENT_PROVIDER_API_KEY: must be 16/],
     [
       { MERCATO_CORS_ORIGINS: 'https://shop.example.com, https://shop.example.com/app' },
       /MERCATO_CORS_ORIGINS: "https:\/\/shop.example.com\/app" is not an origin/,

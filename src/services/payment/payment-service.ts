@@ -28,6 +28,8 @@ import { reconcile } from './reconcile.ts'
 export interface PaymentServiceOptions {
   /** The provider's base URL. */
   providerUrl: () => string
+  /** The provider's API key, sent as a bearer token. */
+  apiKey?: string
   timeoutMs: number
   attemptsMax: number
   concurrencyMax: number

@@ -33,6 +33,8 @@ import { latencyBucketsSeconds, type Metrics } from '../../platform/metrics.ts'
 export interface ProviderClientOptions {
   /** The provider's base URL (its API lives under /provider/v1). */
   providerUrl: () => string
+  /** The provider's API key, sent as a bearer token. */
+  apiKey?: string
   timeoutMs: number
   /** Attempts at one call, the first included. */
   attemptsMax: number
@@ -282,6 +284,7 @@ export class ProviderClient {
         method,
         headers: {
           accept: 'application/json',
+          ...(this.#options.apiKey ? { authorization: `Bearer ${this.#options.apiKey}` } : {}),
           ...(body === undefined ? {} : { 'content-type': 'application/json' }),
           ...(key ? { 'idempotency-key': key } : {}),
         },
