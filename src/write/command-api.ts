@@ -351,7 +351,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('customer.register', 'Customer', 'new'),
       keyRequired: true,
       newId: () => `cus_${randomUUID()}`,
-      location: (id) => `/v1/customers/${id}`,
+      location: (id) => `/v1/customers/${id}/360`,
       events: async (customerId, request) => {
         const body = request.body as {
           email: string

@@ -227,6 +227,47 @@ describe('the command API', () => {
     }
   })
 
+  it('registers a customer who can then sign in and read their 360 at the Location; a staff address is refused', async () => {
+    const email = `reg-${randomUUID().slice(0, 8)}@example.com`
+    const registration = { email, givenName: 'Reg', familyName: 'Istered', password: 'register-password-1' }
+    const answer = await shop.post('/v1/customers', registration, { 'idempotency-key': randomUUID() })
+    assert.equal(answer.status, 202)
+    assert.equal(answer.headers.get('location'), `/v1/customers/${answer.body.id}/360`)
+    const signIn = (username: string, password: string) =>
+      fetch(`${shop.url}/v1/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json' },
+        body: JSON.stringify({ grant_type: 'password', username, password }),
+      })
+    let token = ''
+    await waitFor('the new customer signs in', async () => {
+      const response = await signIn(email, registration.password)
+      if (response.status === 200) token = ((await response.json()) as { access_token: string }).access_token
+      return token !== ''
+    })
+    await waitFor('the 360 at the Location', async () => {
+      const read = await fetch(`${shop.url}${answer.headers.get('location')}`, {
+        headers: { authorization: `Bearer ${token}` },
+      })
+      return read.status === 200
+    })
+
+    const staff = { ...registration, email: 'ADMIN@mercato.local', password: 'squatter-password-1' }
+    const squatter = await shop.post('/v1/customers', staff, { 'idempotency-key': randomUUID() })
+    assert.equal(squatter.status, 202)
+    const rejected = async () => {
+      const stream = shop.app.context.stream!
+      const topic = stream.topic('customers')
+      for (let p = 0; p < (await stream.engine.partitionsOf(topic)); p++)
+        for (const record of await stream.engine.read(topic, p, 0, 100_000))
+          if (record.headers.ce_type === 'customer.registration-rejected' && record.key === squatter.body.id)
+            return true
+      return false
+    }
+    await waitFor('the staff address rejected', rejected)
+    assert.equal((await signIn('admin@mercato.local', staff.password)).status, 401)
+  })
+
   it('replays the stored answer for the same key and body; 422 for another body; 409 while in flight', async () => {
     const key = randomUUID()
     const first = await shop.post('/v1/orders', order(), { 'idempotency-key': key })

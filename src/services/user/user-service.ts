@@ -154,8 +154,9 @@ async function register(
   // Already registered under this id (a second request for the same customer): nothing to do.
   if (existing.length > 0) return
   const key = emailKey(request.email)
-  const taken = await tx.query<{ customer_id: string }>(
-    'SELECT customer_id FROM user_customers WHERE email_key = $1',
+  // A staff account's address is taken too: one address, one account to sign in as.
+  const taken = await tx.query(
+    'SELECT 1 FROM user_customers WHERE email_key = $1 UNION ALL SELECT 1 FROM user_staff WHERE email_key = $1',
     [key],
   )
   const now = new Date().toISOString()
@@ -264,8 +265,8 @@ export async function verifyLogin(
   username: string,
   password: string,
 ): Promise<LoginSubject | undefined> {
-  // Staff first, each account with its own password: a customer who registers with a staff
-  // address cannot lock the staff account out, nor sign in as it.
+  // Staff first, each account with its own password. Registration refuses a staff address,
+  // but a customer who held it before the staff account existed still locks no one out.
   const [staff] = await store.query<{ account_id: string; role: Role; password_hash: string }>(
     'SELECT account_id, role, password_hash FROM user_staff WHERE email_key = $1',
     [emailKey(username)],
