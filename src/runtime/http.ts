@@ -45,8 +45,18 @@ export function createHttpServer(
     forceCloseConnections: 'idle',
     // Validation refuses what it does not know rather than quietly dropping or coercing it,
     // and reports every bad field at once.
-    // (verbose: an error carries the schema it failed, so a `not` can say what is not allowed).
-    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true, verbose: true } },
+    // (verbose: an error carries the schema it failed, so a `not` can say what is not allowed;
+    // unicode off: lengths count UTF-16 code units, as the event schemas do, so a string the
+    // API accepts is never too long for the event it becomes).
+    ajv: {
+      customOptions: {
+        removeAdditional: false,
+        coerceTypes: false,
+        allErrors: true,
+        verbose: true,
+        unicode: false,
+      },
+    },
     // The router's own refusals (a path parameter too long, a malformed URL, bad
     // content type) are problem details too, without echoing the request.
     frameworkErrors: (error, request, reply) => {

@@ -82,6 +82,8 @@ describe('the command API', () => {
         ['/lines/1/sku'],
       ],
       [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/shippingAddress', '/paymentMethodToken']],
+      // 150 emoji: 150 characters, 300 UTF-16 code units, which is what the event's bound counts.
+      [{ ...order(), shippingAddress: { ...address, name: '😀'.repeat(150) } }, ['/shippingAddress/name']],
     ]
     const before = await appended(shop)
     for (const [body, fields] of cases) {
