@@ -104,10 +104,14 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       maxAge: 600,
     })
   }
+  // OAuth 2.0 clients send the token routes a form; every other route takes JSON only.
+  const formRoutes = new Set(['/v1/auth/token', '/v1/auth/refresh'])
   http.addContentTypeParser(
     'application/x-www-form-urlencoded',
     { parseAs: 'string' },
-    (_request, body, done) => {
+    (request, body, done) => {
+      if (!formRoutes.has(request.routeOptions.url ?? ''))
+        return done(Object.assign(new Error('unsupported media type'), { statusCode: 415 }))
       done(null, Object.fromEntries(new URLSearchParams(body as string)))
     },
   )

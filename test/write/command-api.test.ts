@@ -201,18 +201,22 @@ describe('the command API', () => {
       'the webhook URL must not name a loopback, link-local or private address (127.0.0.1 is one)',
     )
 
-    const text = await fetch(`${shop.url}/v1/orders`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'text/plain',
-        'idempotency-key': randomUUID(),
-        authorization: await shop.bearer('customer'),
-      },
-      body: JSON.stringify(order()),
-    })
-    assert.equal(text.status, 415)
-    assert.match(text.headers.get('content-type') ?? '', /application\/problem\+json/)
-    assert.equal(((await text.json()) as { title: string }).title, 'Unsupported Media Type')
+    for (const contentType of ['text/plain', 'application/x-www-form-urlencoded']) {
+      const text = await fetch(`${shop.url}/v1/orders`, {
+        method: 'POST',
+        headers: {
+          'content-type': contentType,
+          'idempotency-key': randomUUID(),
+          authorization: await shop.bearer('customer'),
+        },
+        body: JSON.stringify(order()),
+      })
+      assert.equal(text.status, 415, contentType)
+      assert.match(text.headers.get('content-type') ?? '', /application\/problem\+json/)
+      const problem = (await text.json()) as { title: string; detail: string }
+      assert.equal(problem.title, 'Unsupported Media Type')
+      assert.equal(problem.detail, 'send the body as application/json')
+    }
     assert.equal(await appended(shop), before)
   })
 
