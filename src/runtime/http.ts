@@ -67,7 +67,7 @@ export function createHttpServer(
         status,
         detail:
           status === 414 ? 'a path parameter is too long' : 'the request line or its headers are malformed',
-        instance: request.url.slice(0, 200),
+        instance: instanceOf(request.url).slice(0, 200),
       }
       ;(reply as FastifyReply)
         .code(status)
@@ -139,7 +139,10 @@ export function createHttpServer(
       shed.inc()
       const problem = new OverloadedError('http', `${inFlight} requests in flight, the limit`)
       reply.header('retry-after', String(problem.retryAfterSeconds))
-      return reply.code(503).type('application/problem+json').send(toProblem(problem, request.url))
+      return reply
+        .code(503)
+        .type('application/problem+json')
+        .send(toProblem(problem, instanceOf(request.url)))
     }
     inFlight++
     inFlightGauge.set(inFlight)
@@ -163,9 +166,9 @@ export function createHttpServer(
       problem = validationProblem(
         validation,
         (error as { validationContext?: string }).validationContext ?? 'body',
-        request.url,
+        instanceOf(request.url),
       )
-    } else if (error instanceof MercatoError) problem = toProblem(error, request.url)
+    } else if (error instanceof MercatoError) problem = toProblem(error, instanceOf(request.url))
     else if (status && status >= 400 && status < 500) {
       // fastify's own client errors (bad JSON, body too large, …): their message is safe to show.
       problem = {
@@ -173,11 +176,11 @@ export function createHttpServer(
         title: titleFor(status),
         status,
         detail: status === 415 ? 'send the body as application/json' : (error as Error).message,
-        instance: request.url,
+        instance: instanceOf(request.url),
       }
     } else {
       request.log.error({ err: error }, 'request failed')
-      problem = toProblem(error, request.url)
+      problem = toProblem(error, instanceOf(request.url))
     }
     if (error instanceof OverloadedError) reply.header('retry-after', String(error.retryAfterSeconds))
     // RFC 6750: a 401 says how to authenticate, and why a token was refused.
@@ -192,7 +195,7 @@ export function createHttpServer(
   })
 
   app.setNotFoundHandler((request, reply) => {
-    const path = request.url.split('?')[0]
+    const path = instanceOf(request.url)
     const allowed = allowedMethods(path)
     if (allowed.length > 0) {
       const allow = [...allowed, 'OPTIONS'].join(', ')
@@ -206,7 +209,7 @@ export function createHttpServer(
           title: 'Method Not Allowed',
           status: 405,
           detail: `${path} answers ${allow}, not ${request.method}`,
-          instance: request.url,
+          instance: path,
         })
     }
     reply
@@ -216,8 +219,8 @@ export function createHttpServer(
         type: 'about:blank',
         title: 'Not Found',
         status: 404,
-        detail: `no route ${request.method} ${request.url.split('?')[0]}`,
-        instance: request.url,
+        detail: `no route ${request.method} ${path}`,
+        instance: path,
       })
   })
 
@@ -245,6 +248,14 @@ export function createHttpServer(
   })
 
   return app
+}
+
+/**
+ * A problem's `instance`: the path without its query, which may carry what must not be
+ * echoed (a token someone put in the URL).
+ */
+function instanceOf(url: string): string {
+  return url.split('?')[0]
 }
 
 function isJson(text: string): boolean {

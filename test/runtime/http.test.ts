@@ -104,7 +104,10 @@ describe('the HTTP base', () => {
       assert.equal(options.statusCode, 204)
       assert.equal(options.headers.allow, 'GET, HEAD, PUT, OPTIONS')
       assert.equal((await app.inject({ method: 'POST', url: '/things/7/more' })).statusCode, 404)
-      assert.equal((await app.inject({ method: 'DELETE', url: '/nothing' })).statusCode, 404)
+      const missing = await app.inject({ method: 'DELETE', url: '/nothing?access_token=secret' })
+      assert.equal(missing.statusCode, 404)
+      assert.equal(missing.json().instance, '/nothing', 'the query is not echoed')
+      assert.doesNotMatch(missing.body, /secret/)
     } finally {
       await app.close()
     }
