@@ -41,6 +41,8 @@ export const CancelReason = T.Union([
   T.Literal('deadline-passed'),
   T.Literal('customer-cancelled'),
   T.Literal('invalid-order'),
+  // Cancelled by staff on the customer's behalf or for the shop's reasons (the detail says which).
+  T.Literal('operator-cancelled'),
 ])
 
 /** An order's states, in the order the saga moves through them, then the one it may end in instead. */
@@ -78,7 +80,8 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       currency: Currency,
     }),
   },
-  'order.cancel-requested': { 1: obj({ orderId: Id, requestedBy: Id }) },
+  // requestedBy: the subject of who asked (the customer, or a staff account); reason: theirs, if given.
+  'order.cancel-requested': { 1: obj({ orderId: Id, requestedBy: Id, reason: T.Optional(Text(500)) }) },
   // A customer's cancel that came too late (the order shipped, or ended already).
   'order.cancel-refused': { 1: obj({ orderId: Id, state: OrderState }) },
   // Saga steps the order service asks of payment and shipping, on the orders topic (key: the

@@ -225,6 +225,11 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       url,
       onRequest,
       schema: { ...schema, headers: idempotencyHeader },
+      // No body at all is read as an empty one: validation then names what is missing (and a
+      // cancel, whose every field is optional, needs none).
+      preValidation: async (request) => {
+        request.body ??= {}
+      },
       config: problemDocs(
         notFound ? [...problems, 404].sort((a, b) => a - b) : problems,
         spec.keyRequired ? ['idempotency-key'] : [],
@@ -326,11 +331,12 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       location: (_id, request) => `/v1/orders/${(request.params as { id: string }).id}`,
       events: async (_id, request) => {
         const orderId = (request.params as { id: string }).id
+        const reason = (request.body as { reason?: string } | undefined)?.reason?.trim()
         return [
           {
             type: 'order.cancel-requested',
             subject: orderId,
-            data: { orderId, requestedBy: scopeOf(request) },
+            data: { orderId, requestedBy: scopeOf(request), ...(reason ? { reason } : {}) },
           },
         ]
       },

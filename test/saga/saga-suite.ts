@@ -204,6 +204,34 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
       await assertInvariants(shop, [orderId], skus)
     })
 
+    it("a staff cancel is the operator's, with the reason given; a customer's cancel needs no body", async () => {
+      const byStaff = await shop.placeOrder([{ sku: 'SAGA-B', quantity: 1 }])
+      const staffCancel = await fetch(`${shop.url}/v1/orders/${byStaff}/cancel`, {
+        method: 'POST',
+        headers: { authorization: await shop.bearer('admin'), 'content-type': 'application/json' },
+        body: JSON.stringify({ reason: ' suspected fraud ' }),
+      })
+      assert.equal(staffCancel.status, 202)
+      const byCustomer = await shop.placeOrder([{ sku: 'SAGA-B', quantity: 1 }])
+      const customerCancel = await fetch(`${shop.url}/v1/orders/${byCustomer}/cancel`, {
+        method: 'POST',
+        headers: { authorization: await shop.bearer('customer') },
+      })
+      assert.equal(customerCancel.status, 202, await customerCancel.text())
+      for (const [orderId, cancellation] of [
+        [byStaff, { reason: 'operator-cancelled', detail: 'suspected fraud' }],
+        [byCustomer, { reason: 'customer-cancelled', detail: null }],
+      ] as const) {
+        await waitForState(shop, orderId, 'CANCELLED')
+        await waitFor(`${orderId} cancelled in its status`, async () => {
+          const answer = await shop.get(`/v1/orders/${orderId}`)
+          return answer.body?.status === 'CANCELLED'
+        })
+        assert.deepEqual((await shop.get(`/v1/orders/${orderId}`)).body.cancellation, cancellation)
+      }
+      await waitForQuiet(shop, [byStaff, byCustomer])
+    })
+
     it('random orders over scarce stock with provider faults: every invariant holds (property)', async () => {
       let round = 0
       await fc.assert(

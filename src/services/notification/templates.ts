@@ -28,6 +28,7 @@ const cancelReasons: Record<string, string> = {
   'payment-failed': 'the payment could not be processed',
   'deadline-passed': 'it could not be completed in time',
   'customer-cancelled': 'you asked us to cancel it',
+  'operator-cancelled': 'our team cancelled it',
   'invalid-order': 'it could not be accepted',
 }
 

@@ -290,11 +290,18 @@ export async function startOrderService(service: Service, options: OrderServiceO
     }),
 
     'order.cancel-requested': async (event, tools) => {
-      const { orderId } = event.data as { orderId: string }
+      const { orderId, requestedBy, reason } = event.data as {
+        orderId: string
+        requestedBy: string
+        reason?: string
+      }
       await tools.transact(async (tx, emit) => {
         const order = await load(tx, orderId)
         if (!order) return
-        if (cancellable.includes(order.state)) return cancel(tx, emit, order, 'customer-cancelled')
+        if (cancellable.includes(order.state)) {
+          const by = requestedBy === order.customer_id ? 'customer-cancelled' : 'operator-cancelled'
+          return cancel(tx, emit, order, by, reason)
+        }
         // Said, so the customer's order status shows why nothing happened.
         emit({ type: 'order.cancel-refused', subject: orderId, data: { orderId, state: order.state } })
       })
