@@ -93,7 +93,10 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
     1: obj({ orderId: Id, customerId: Id, shippingAddress: Address, lines: Lines, express: T.Boolean() }),
   },
   'order.confirmed': { 1: obj({ orderId: Id }) },
-  'order.cancelled': { 1: obj({ orderId: Id, reason: CancelReason, detail: T.Optional(Text(500)) }) },
+  // customerId: whose order it was, so one cancelled before order.placed can be told too.
+  'order.cancelled': {
+    1: obj({ orderId: Id, reason: CancelReason, detail: T.Optional(Text(500)), customerId: T.Optional(Id) }),
+  },
   'order.shipped': { 1: obj({ orderId: Id, shipmentId: Id }) },
   'order.delivered': { 1: obj({ orderId: Id, shipmentId: Id }) },
   'inventory.reserved': { 1: obj({ orderId: Id, reservationId: Id, lines: Lines, expiresAt: Timestamp }) },

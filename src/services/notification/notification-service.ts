@@ -625,8 +625,24 @@ export async function startNotificationService(
     }
   }
 
+  /**
+   * On PostgreSQL a customer's registration and an e-mail for them may commit side by side,
+   * each unseen by the other: the e-mail stays no-recipient though the address is known. A
+   * sweep catches what releaseWaiting, at registration, could not see.
+   */
+  async function releaseKnownRecipients(): Promise<void> {
+    const waiting = await store.query<{ customer_id: string }>(
+      `SELECT DISTINCT e.customer_id FROM notification_emails e
+         JOIN notification_customers c ON c.customer_id = e.customer_id
+        WHERE e.status = 'no-recipient' AND e.created_at >= $1 LIMIT 100`,
+      [new Date(Date.now() - noRecipientRetentionMs).toISOString()],
+    )
+    for (const { customer_id } of waiting) await service.transact((tx) => releaseWaiting(tx, customer_id))
+  }
+
   await service.consume(notificationTopics, handlers)
   service.every('notification-emails', pollIntervalMs, drain('notification_emails', sendEmail))
+  service.every('notification-recipients', 1_000, releaseKnownRecipients)
   service.every(
     'notification-webhooks',
     pollIntervalMs,

@@ -103,7 +103,12 @@ export async function startOrderService(service: Service, options: OrderServiceO
     emit({
       type: 'order.cancelled',
       subject: order.order_id,
-      data: { orderId: order.order_id, reason, ...(detail ? { detail: detail.slice(0, 500) } : {}) },
+      data: {
+        orderId: order.order_id,
+        customerId: order.customer_id,
+        reason,
+        ...(detail ? { detail: detail.slice(0, 500) } : {}),
+      },
     })
   }
 

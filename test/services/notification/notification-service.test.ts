@@ -159,6 +159,27 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       )
     })
 
+    it('tells the customer of an order cancelled before it was placed (an unknown SKU), by the customerId the cancel carries', async () => {
+      const { harness, running } = await start()
+      await harness.publish('customer.registered', 'c-early', {
+        customerId: 'c-early',
+        email: 'early@example.com',
+        givenName: 'Early',
+        familyName: 'Bird',
+      })
+      await harness.publish('order.cancelled', 'o-never-placed', {
+        orderId: 'o-never-placed',
+        customerId: 'c-early',
+        reason: 'invalid-order',
+        detail: 'unknown SKU NOPE-1',
+      })
+      await waitFor('cancellation mail', () =>
+        running.sink!.messages().some((m) => m.subject === 'Your order o-never-placed has been cancelled'),
+      )
+      const mail = running.sink!.messages().find((m) => m.subject.includes('o-never-placed'))!
+      assert.equal(mail.to, 'early@example.com')
+    })
+
     it('records no-recipient for an order whose customer is not known, and sends once the customer is', async () => {
       const { harness, store, running } = await start()
       await harness.publish('order.placed', 'o-2', {
