@@ -36,6 +36,15 @@ export const defaultFlagDefinitions: Record<string, Record<string, unknown>> = {
   },
 }
 
+/** What the code reading each flag can use: the reason a variant's value is not that, or undefined. */
+const flagValueRules: Record<string, (value: unknown) => string | undefined> = {
+  'capture-on': (value) =>
+    value === 'confirmation' || value === 'shipment' ? undefined : 'must be "confirmation" or "shipment"',
+  'max-lines-per-order': (value) =>
+    Number.isInteger(value) && (value as number) >= 1 ? undefined : 'must be a whole number, 1 or more',
+  'express-shipping': (value) => (typeof value === 'boolean' ? undefined : 'must be true or false'),
+}
+
 /** The reason a flagd flag definition is invalid, or undefined when it is valid. */
 export function validateFlagDefinition(definition: unknown, key = 'flag'): string | undefined {
   if (!definition || typeof definition !== 'object' || Array.isArray(definition))
@@ -62,6 +71,11 @@ export function validateFlagDefinition(definition: unknown, key = 'flag'): strin
   const [kind] = kinds
   if (!['boolean', 'string', 'number', 'object'].includes(kind))
     return `variants must be booleans, strings, numbers or objects (found ${kind})`
+  const rule = flagValueRules[key]
+  for (const [name, value] of Object.entries(variants)) {
+    const wrong = rule?.(value)
+    if (wrong) return `variant "${name}" of ${key} ${wrong}`
+  }
   if (
     def.defaultVariant !== undefined &&
     def.defaultVariant !== null &&

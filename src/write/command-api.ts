@@ -563,7 +563,11 @@ function flagDefinitionError(reason: string): MercatoError {
     ['defaultVariant', '/defaultVariant'],
   ])
   // flagd's own reasons carry a JSON pointer ("…: /targeting must …"); the others start with the field.
-  const field = /: (\/\w+)/.exec(reason)?.[1] ?? fieldOfFirstWord.get(reason.split(' ')[0]) ?? '/'
+  const variant = /^variant "([^"]+)"/.exec(reason)?.[1]
+  const field =
+    /: (\/\w+)/.exec(reason)?.[1] ??
+    (variant !== undefined ? `/variants/${variant}` : fieldOfFirstWord.get(reason.split(' ')[0])) ??
+    '/'
   return new MercatoError('invalid-request', 400, `the flag definition is invalid: ${reason}`, {
     errors: [{ in: 'body', field, message: reason }],
   })

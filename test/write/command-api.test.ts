@@ -131,6 +131,22 @@ describe('the command API', () => {
         /not one of the variants/,
       ],
     ]
+    // Flags the code reads take only values it can use.
+    const known: [string, unknown, string, RegExp][] = [
+      ['max-lines-per-order', -5, '/variants/few', /whole number, 1 or more/],
+      ['max-lines-per-order', 0.5, '/variants/few', /whole number, 1 or more/],
+      ['capture-on', 'later', '/variants/few', /"confirmation" or "shipment"/],
+    ]
+    for (const [key, value, field, reason] of known) {
+      const answer = await shop.put(`/v1/flags/${key}`, {
+        state: 'ENABLED',
+        variants: { few: value },
+        defaultVariant: 'few',
+      })
+      assert.equal(answer.status, 400, JSON.stringify(answer.body))
+      assert.match(answer.body.detail, reason)
+      assert.equal(answer.body.errors[0].field, field)
+    }
     for (const [definition, field, reason] of cases) {
       const answer = await shop.put('/v1/flags/cmd-invalid', definition)
       assert.equal(answer.status, 400, JSON.stringify(answer.body))
