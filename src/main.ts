@@ -7,6 +7,7 @@
 //   mercato dlq replay --topic T      put dead letters back on their topic
 //   mercato keys rotate               add a signing key; the old one verifies until its tokens expire
 //   mercato load --orders N --rate R  place orders as clients would, and summarize
+import { existsSync } from 'node:fs'
 import { Command, Option } from 'commander'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { KeyRing } from './platform/identity/key-ring.ts'
@@ -224,7 +225,9 @@ withEngineFlags(program.command('keys'))
   })
 
 withEngineFlags(program.command('load'))
-  .description('place orders as real clients would, follow each to its end, and summarize')
+  .description(
+    "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize",
+  )
   .option('--url <url>', 'where Mercato answers', 'http://127.0.0.1:8080')
   .option('--orders <n>', 'orders to place', '1000')
   .option('--rate <r>', 'orders offered per second (0: as fast as --concurrency allows)', '100')
@@ -250,8 +253,17 @@ withEngineFlags(program.command('load'))
     const logins = options.logins
       ? parseLogins(options.logins)
       : demoCustomers.map((c) => ({ username: c.email, password: c.password }))
+    // Orders are followed on the shop's own stream: an embedded one must already be there,
+    // or every order would wait for an end it is never seen to reach.
+    if (config.stream.kind === 'embedded' && !existsSync(config.stream.path)) {
+      throw new ConfigError(
+        '--data-dir',
+        `no event stream at ${config.stream.path}: give the data directory (or --stream) of the Mercato at ${url}, whose stream load follows each order on`,
+      )
+    }
     const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
     const watcher = new OrderWatcher()
+    let last = { answered: 0, ms: 0 }
     try {
       await watcher.start(stream)
       const summary = await runLoad(
@@ -265,10 +277,16 @@ withEngineFlags(program.command('load'))
           skus: options.skus ? options.skus.split(',') : demoProducts().map((p) => p.sku),
           requestTimeoutMs: 10_000,
           settleTimeoutMs: 60_000,
-          onProgress: (p) =>
+          onProgress: (p) => {
+            // The rate since the last line, not since the start: what the shop does now.
+            const answersPerSecond = Math.round(
+              ((p.answered - last.answered) * 1000) / (p.elapsedMs - last.ms || 1),
+            )
+            last = { answered: p.answered, ms: p.elapsedMs }
             process.stderr.write(
-              `  ${(p.elapsedMs / 1000).toFixed(0).padStart(4)} s  sent ${p.sent}  answered ${p.answered}  accepted ${p.accepted}  ended ${p.ended}  (${Math.round((p.answered * 1000) / p.elapsedMs)} answers/s)\n`,
-            ),
+              `  ${(p.elapsedMs / 1000).toFixed(0).padStart(4)} s  sent ${p.sent}  answered ${p.answered}  accepted ${p.accepted}  ended ${p.ended}  (${answersPerSecond} answers/s)\n`,
+            )
+          },
         },
         watcher,
       )

@@ -182,7 +182,7 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     if (Math.random() < options.retryShare) {
       const again = await post(body, key, bearer)
       if (again.replay) replayed++
-      else count(`retry-${again.status}`)
+      else count(`sent again with its key: ${again.status}, not a replay`)
     }
   }
 
