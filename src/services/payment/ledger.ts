@@ -188,6 +188,7 @@ export async function paymentLedger(reader: Reader, paymentId: string): Promise<
     if (row.account === accounts.providerReceivable && amount > 0) capturedMinor += amount
     if (row.account === accounts.providerReceivable && amount < 0) refundedMinor -= amount
   }
+  const kinds = new Set(rows.map((row) => row.kind))
   const status: PaymentLedger['status'] =
     rows.length === 0
       ? 'none'
@@ -197,7 +198,15 @@ export async function paymentLedger(reader: Reader, paymentId: string): Promise<
           ? refundedMinor >= capturedMinor
             ? 'refunded'
             : 'captured'
-          : 'voided'
+          : // Nothing open, nothing captured: a void, or a payment of zero, which only its
+            // entries' kinds tell apart.
+            kinds.has('refund')
+            ? 'refunded'
+            : kinds.has('capture')
+              ? 'captured'
+              : kinds.has('void')
+                ? 'voided'
+                : 'authorized'
   return { status, openAuthorizedMinor, capturedMinor, refundedMinor }
 }
 
