@@ -78,6 +78,8 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       lines: T.Array(PricedLine, { minItems: 1, maxItems: 100 }),
       totalMinor: AmountMinor,
       currency: Currency,
+      // Whether it ships express: asked for, and allowed by the express-shipping flag.
+      express: T.Optional(T.Boolean()),
     }),
   },
   // requestedBy: the subject of who asked (the customer, or a staff account); reason: theirs, if given.

@@ -13,6 +13,7 @@ import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import { partitionForKey } from '../../src/engines/stream/port.ts'
 import { getProduct } from '../../src/read/catalog/catalog-view.ts'
 import { readCustomer360 } from '../../src/read/customer-360/customer-360-view.ts'
+import { foldOrder, orderStepOf } from '../../src/read/order-status/order-document.ts'
 import type { ViewEvent } from '../../src/read/view.ts'
 import { openViews, type Views } from '../../src/read/views.ts'
 import { serverUrls, skipUnlessReachable } from '../support/servers.ts'
@@ -411,4 +412,40 @@ defineViewTests('PostgreSQL, order status in Redis', skipRedis, async () => {
       redis.disconnect()
     },
   }
+})
+
+test('an order shows express only when it ships express: asked for, and allowed at placing', () => {
+  const address = { name: 'A', line1: '1 St', city: 'C', postalCode: '1', country: 'US' }
+  const steps = [
+    createEvent({
+      type: 'order.requested',
+      subject: 'ord_x',
+      source: 'mercato/command-api',
+      data: {
+        orderId: 'ord_x',
+        customerId: 'cus_x',
+        lines: [{ sku: 'S', quantity: 1 }],
+        shippingAddress: address,
+        paymentMethodToken: 'tok_visa',
+        express: true,
+      },
+      time: new Date(1_000),
+    }),
+    createEvent({
+      type: 'order.placed',
+      subject: 'ord_x',
+      source: 'mercato/order',
+      data: {
+        orderId: 'ord_x',
+        customerId: 'cus_x',
+        lines: [{ sku: 'S', quantity: 1, unitPriceMinor: 100 }],
+        totalMinor: 100,
+        currency: 'USD',
+        express: false,
+      },
+      time: new Date(2_000),
+    }),
+  ].map((event) => orderStepOf(event)!.step)
+  assert.equal(foldOrder('ord_x', steps.slice(0, 1)).express, true, 'asked for')
+  assert.equal(foldOrder('ord_x', steps).express, false, 'the express-shipping flag was off')
 })

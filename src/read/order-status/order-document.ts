@@ -163,6 +163,7 @@ export function foldOrder(orderId: string, unsorted: OrderStep[]): OrderDocument
         }))
         doc.totalMinor = d.totalMinor
         doc.currency = d.currency
+        if (typeof d.express === 'boolean') doc.express = d.express
         break
       case 'payment.authorized':
       case 'payment.declined':

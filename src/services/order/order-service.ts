@@ -206,6 +206,7 @@ export async function startOrderService(service: Service, options: OrderServiceO
             lines: priced,
             totalMinor: total,
             currency: [...currencies][0],
+            express: Boolean(order.express),
           },
         })
       })
