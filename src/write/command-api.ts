@@ -428,6 +428,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('stock.adjust', 'Catalog', 'catalog'),
       keyRequired: true,
       newId: () => `adj_${randomUUID()}`,
+      // Where the adjustment shows: the product's stock.
+      location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
       events: async (_id, request) => {
         const { sku } = request.params as { sku: string }
         const body = request.body as { delta: number; reason: string }
