@@ -99,6 +99,12 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         'mercato-position',
         'mercato-staleness-ms',
         'mercato-stale',
+        'mercato-cache',
+        'idempotent-replayed',
+        'ratelimit-limit',
+        'ratelimit-remaining',
+        'ratelimit-reset',
+        'ratelimit-policy',
         'x-request-id',
       ],
       maxAge: 600,
@@ -126,6 +132,8 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     const verdict = await limiter.take(key, rule(perMinute))
     reply.header('ratelimit-limit', String(verdict.limit))
     reply.header('ratelimit-remaining', String(verdict.remaining))
+    reply.header('ratelimit-reset', String(verdict.resetSeconds))
+    reply.header('ratelimit-policy', `${verdict.limit};w=${minute / 1000}`)
     if (verdict.allowed) return
     refused.inc({ reason })
     reply.header('retry-after', String(verdict.retryAfterSeconds))

@@ -14,6 +14,8 @@ export interface RateVerdict {
   allowed: boolean
   limit: number
   remaining: number
+  /** Seconds until the current window ends (at least 1): when the quota comes back. */
+  resetSeconds: number
   /** When refused: seconds until a request would be allowed again (at least 1). */
   retryAfterSeconds: number
 }
@@ -53,6 +55,7 @@ export class RateLimiter {
       allowed,
       limit: rule.limit,
       remaining: Math.max(0, Math.floor(rule.limit - weighted)),
+      resetSeconds: Math.max(1, Math.ceil(((1 - elapsed) * rule.windowMs) / 1000)),
       retryAfterSeconds,
     }
   }

@@ -372,6 +372,10 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.ok(refused, 'refused past the limit')
       assert.ok(Number(refused.headers.get('retry-after')) >= 1)
       assert.equal(refused.body.status, 429)
+      assert.equal(refused.headers.get('ratelimit-remaining'), '0')
+      assert.ok(Number(refused.headers.get('ratelimit-reset')) >= 1)
+      assert.ok(Number(refused.headers.get('ratelimit-reset')) <= 60)
+      assert.equal(refused.headers.get('ratelimit-policy'), `${principalPerMinute};w=60`)
       const other = await call('GET', `/v1/customers/${alice}/orders`, {
         bearer: await tokenOf('customer', alice),
       })
