@@ -1,13 +1,47 @@
 // The bodies of the command API, in TypeBox: one definition gives the type, the validator
 // and the OpenAPI document. Unknown fields are refused everywhere.
 import { type Static, Type as T } from '@sinclair/typebox'
-import { Address, AmountMinor, Email, Id, Quantity, Sku } from './events.ts'
+import { AmountMinor, Email, Id, Quantity, Sku } from './events.ts'
 
 /** ISO 4217 codes the runtime knows; anything else is a bad currency. */
 export const currencies: string[] = Intl.supportedValuesOf('currency')
 
 const Currency = T.String({ enum: currencies, description: 'ISO 4217 currency code' })
 const strict = { additionalProperties: false } as const
+
+/**
+ * ISO 3166-1 alpha-2 codes the runtime can name, less groupings (EU, UN, …), test codes and
+ * withdrawn ones: anything else is a bad country.
+ */
+export const countries: string[] = (() => {
+  const names = new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' })
+  const notCountries = new Set('EU EZ QO UN XA XB ZZ AN BU CS DD FX NT SU TP YD YU ZR'.split(' '))
+  const letters = [...'ABCDEFGHIJKLMNOPQRSTUVWXYZ']
+  return letters
+    .flatMap((a) => letters.map((b) => a + b))
+    .filter((code) => !notCountries.has(code) && names.of(code) !== undefined)
+})()
+
+/** Text a person types: not blank, and free of control characters, lone surrogates and bidi overrides. */
+const PersonText = (minLength: number, maxLength: number) =>
+  T.String({
+    minLength,
+    maxLength,
+    pattern: `^${minLength > 0 ? '(?!\\s*$)' : ''}[^\\p{Cc}\\p{Cs}\\u202A-\\u202E\\u2066-\\u2069]*$`,
+  })
+
+/** A postal address as the API takes it: stricter than the events' (which must stay as published). */
+const PostalAddress = T.Object(
+  {
+    name: PersonText(1, 200),
+    line1: PersonText(1, 200),
+    line2: T.Optional(PersonText(0, 200)),
+    city: PersonText(1, 100),
+    postalCode: PersonText(1, 20),
+    country: T.String({ enum: countries, description: 'ISO 3166-1 alpha-2 country code' }),
+  },
+  strict,
+)
 
 export const PlaceOrder = T.Object(
   {
@@ -16,7 +50,7 @@ export const PlaceOrder = T.Object(
       description: 'the customer is the one signed in; when sent, it must be that customer',
     }),
     lines: T.Array(T.Object({ sku: Sku, quantity: Quantity }, strict), { minItems: 1, maxItems: 100 }),
-    shippingAddress: Address,
+    shippingAddress: PostalAddress,
     paymentMethodToken: Id,
     express: T.Optional(T.Boolean()),
   },
@@ -29,10 +63,10 @@ export const CancelOrder = T.Object({ reason: T.Optional(T.String({ maxLength: 5
 export const RegisterCustomer = T.Object(
   {
     email: Email,
-    givenName: T.String({ minLength: 1, maxLength: 100 }),
-    familyName: T.String({ maxLength: 100 }),
+    givenName: PersonText(1, 100),
+    familyName: PersonText(0, 100),
     password: T.Optional(T.String({ minLength: 10, maxLength: 200 })),
-    addresses: T.Optional(T.Array(Address, { maxItems: 20 })),
+    addresses: T.Optional(T.Array(PostalAddress, { maxItems: 20 })),
   },
   strict,
 )

@@ -84,6 +84,26 @@ describe('the command API', () => {
       [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/shippingAddress', '/paymentMethodToken']],
       // 150 emoji: 150 characters, 300 UTF-16 code units, which is what the event's bound counts.
       [{ ...order(), shippingAddress: { ...address, name: '😀'.repeat(150) } }, ['/shippingAddress/name']],
+      // Blank, control characters, a bidi override, a lone surrogate, a country that is none.
+      [
+        {
+          ...order(),
+          shippingAddress: {
+            name: '   ',
+            line1: 'a\u0000b',
+            city: 'x\u202Ey',
+            postalCode: '\ud800',
+            country: 'XX',
+          },
+        },
+        [
+          '/shippingAddress/name',
+          '/shippingAddress/line1',
+          '/shippingAddress/city',
+          '/shippingAddress/postalCode',
+          '/shippingAddress/country',
+        ],
+      ],
     ]
     const before = await appended(shop)
     for (const [body, fields] of cases) {
