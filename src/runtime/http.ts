@@ -55,6 +55,16 @@ export function createHttpServer(
         allErrors: true,
         verbose: true,
         unicode: false,
+        // ajv calls `unicode: false` deprecated, and says so at every start: that one line is
+        // left out; its other warnings go to the log.
+        logger: {
+          log: () => {},
+          warn: (...args: unknown[]) => {
+            const message = args.map(String).join(' ')
+            if (!message.startsWith('DEPRECATED: option unicode')) log.warn({ component: 'ajv' }, message)
+          },
+          error: (...args: unknown[]) => log.error({ component: 'ajv' }, args.map(String).join(' ')),
+        },
       },
     },
     // The router's own refusals (a path parameter too long, a malformed URL, bad
