@@ -114,6 +114,9 @@ export class Freshness {
   /** Waits until `view` has applied the event at `token`, at most `timeoutMs`; resolves whether it had. */
   async waitFor(view: ViewName, token: RecordPosition, timeoutMs: number): Promise<boolean> {
     if (!this.follows(view, token)) return true
+    // A position the stream has not reached is no write's: answer at once, not after the
+    // whole wait (a forged token must not hold a request, and its slot, that long).
+    if (await this.#pastEnd(view, token)) return false
     const deadline = Date.now() + timeoutMs
     for (;;) {
       if (Freshness.reaches(await this.positions(view), token)) return true
@@ -121,6 +124,18 @@ export class Freshness {
       if (left <= 0 || this.#stopping.signal.aborted) return false
       await this.#nextApplied(view, Math.min(left, 20))
     }
+  }
+
+  /** Whether `token` names a position at or past the end of its partition. */
+  async #pastEnd(view: ViewName, token: RecordPosition): Promise<boolean> {
+    const sampled = this.#samples.get(view)?.partitions.get(partitionKey(token.topic, token.partition))
+    if (sampled && token.offset < sampled.end) return false
+    // The sample may predate the write: ask the stream itself.
+    const ends = await this.#stream.engine.lag(this.#stream.group(groupOf(view, this.generation(view))), [
+      token.topic,
+    ])
+    const end = ends.find((p) => p.partition === token.partition)?.end ?? 0
+    return token.offset >= end
   }
 
   /** Resolves after the next batch applied in this process, or after `ms` (another process may apply). */
