@@ -41,7 +41,7 @@ export interface GatewayOptions {
   /** Components that run in this process (their routes are served here, not forwarded). */
   running: string[]
   /** Where the user service answers: this process's URL in the all-in-one mode. */
-  userUrl: () => string
+  userUrl: () => string | Promise<string>
   limits: {
     principalPerMinute: number
     addressPerMinute: number
@@ -313,7 +313,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     async (request, reply) => {
       await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address')
       const { username, password } = request.body as { username: string; password: string }
-      const verified = await fetch(`${options.userUrl()}/internal/v1/credentials/verify`, {
+      const verified = await fetch(`${await options.userUrl()}/internal/v1/credentials/verify`, {
         method: 'POST',
         headers: {
           'content-type': 'application/json',

@@ -30,8 +30,12 @@ import { type Answer, complete, idempotencyMigrations, release, requestHash, res
 const prefix = '/provider/v1'
 /** How long a lost answer is held back: far past any caller's timeout. */
 const holdMs = 30_000
-/** A reservation older than this, still unanswered, belongs to a process that died. */
-const leaseMs = 120_000
+/**
+ * A reservation older than this, still unanswered, belongs to a process that died: longer
+ * than any request takes (the dialled latency, plus a margin), and no longer, so a crash
+ * holds a key only for a moment.
+ */
+const leaseMsFor = (dials: Dials) => dials.latencyMs + 15_000
 
 const IdempotencyHeaders = T.Object({ 'idempotency-key': T.String({ minLength: 1, maxLength: 255 }) })
 const ChargeParams = T.Object({ id: T.String({ minLength: 1, maxLength: 64 }) })
@@ -93,7 +97,7 @@ export async function startPaymentProvider(
     }
     let reservation: Awaited<ReturnType<typeof reserve>>
     try {
-      reservation = await reserve(store, key, requestHash(operation, target, body), leaseMs)
+      reservation = await reserve(store, key, requestHash(operation, target, body), leaseMsFor(current))
     } catch (error) {
       if (error instanceof MercatoError) requests.inc({ operation, outcome: error.code })
       throw error

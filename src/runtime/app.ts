@@ -1,6 +1,7 @@
 // Starts the components of the configured targets on one HTTP server, and stops them:
 // SIGTERM stops taking requests, lets in-flight work finish, commits offsets, closes
 // stores, all within `shutdownTimeoutMs`.
+import type { AddressInfo } from 'node:net'
 import { errorMessage } from '../platform/errors.ts'
 import type { Logger } from '../platform/logger.ts'
 import { Metrics } from '../platform/metrics.ts'
@@ -16,6 +17,8 @@ export class App {
   readonly #table: Record<string, Component>
   readonly #running: { name: string; running: Running }[] = []
   #stopping: Promise<void> | undefined
+  /** Resolves with this process's URL once it listens. */
+  readonly #listening = Promise.withResolvers<string>()
 
   constructor(config: Config, log: Logger, table: Record<string, Component> = components) {
     installTracing()
@@ -31,13 +34,11 @@ export class App {
       metrics,
       http,
       running: this.names,
-      selfUrl: () => {
-        const address = http.server.address()
-        if (!address || typeof address === 'string') throw new Error('this process is not listening yet')
-        const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
-        return `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`
-      },
+      selfUrl: () => this.#listening.promise,
     }
+    // A component may ask before the process listens (a consumer calling this process's own
+    // payment provider right after a restart): it waits, and is refused if the process stops first.
+    this.#listening.promise.catch(() => {})
   }
 
   /** Starts every component in dependency order, then listens. Resolves with the address. */
@@ -56,11 +57,13 @@ export class App {
       log.info({ component: name, ms: Math.round(performance.now() - started) }, 'component started')
     }
     const address = await http.listen({ host: config.host, port: config.port })
+    this.#listening.resolve(urlOf(http.server.address()))
     log.info({ address, components: this.names }, 'mercato is up')
     return address
   }
 
   stop(): Promise<void> {
+    this.#listening.reject(new Error('this process stopped before it listened'))
     this.#stopping ??= this.#stop()
     return this.#stopping
   }
@@ -81,4 +84,11 @@ export class App {
     await http.close()
     this.#running.length = 0
   }
+}
+
+/** The URL this process answers at, for calls to itself. */
+function urlOf(address: AddressInfo | string | null): string {
+  if (!address || typeof address === 'string') throw new Error('the HTTP server has no TCP address')
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
+  return `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${address.port}`
 }

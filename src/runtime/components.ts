@@ -63,8 +63,8 @@ export interface Context {
   policy?: PolicyEngine
   /** Set by the `identity` component: tokens and the policy. */
   identity?: Identity & { ring: KeyRing }
-  /** This process's own base URL, known once it listens (for in-process defaults such as the provider URL). */
-  selfUrl: () => string
+  /** This process's own base URL, once it listens (for in-process defaults such as the provider URL). */
+  selfUrl: () => Promise<string>
   /** The components this process runs. */
   running: string[]
 }
@@ -169,7 +169,7 @@ async function serviceFor(context: Context, name: string): Promise<Service> {
 }
 
 /** The payment provider's URL: configured, or this process when it runs the stand-in. */
-function providerUrl(context: Context): () => string {
+function providerUrl(context: Context): () => string | Promise<string> {
   const configured = context.config.paymentProviderUrl
   if (configured) return () => configured
   if (!context.running.includes('payment-provider')) {
@@ -178,7 +178,7 @@ function providerUrl(context: Context): () => string {
       'is required when the payment-provider component does not run in this process',
     )
   }
-  return () => `${context.selfUrl()}`
+  return () => context.selfUrl()
 }
 
 Object.assign(components, {

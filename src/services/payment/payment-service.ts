@@ -27,7 +27,7 @@ import { reconcile } from './reconcile.ts'
 
 export interface PaymentServiceOptions {
   /** The provider's base URL. */
-  providerUrl: () => string
+  providerUrl: () => string | Promise<string>
   /** The provider's API key, sent as a bearer token. */
   apiKey?: string
   timeoutMs: number
@@ -36,6 +36,8 @@ export interface PaymentServiceOptions {
   backoffBaseMs: number
   /** How long the circuit to the provider stays open before a call may try again (default 5 s). */
   circuitHalfOpenAfterMs?: number
+  /** How long a call waits for a key the provider still holds from a cut-short attempt (default 30 s). */
+  inFlightPatienceMs?: number
 }
 
 interface PaymentRequested {

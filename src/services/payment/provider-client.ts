@@ -26,13 +26,13 @@ import {
 } from 'cockatiel'
 import { request as httpRequest, errors as undiciErrors } from 'undici'
 import { errorMessage } from '../../platform/errors.ts'
-import { backoffMs } from '../../platform/limits.ts'
+import { backoffMs, sleep } from '../../platform/limits.ts'
 import type { Logger } from '../../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../../platform/metrics.ts'
 
 export interface ProviderClientOptions {
   /** The provider's base URL (its API lives under /provider/v1). */
-  providerUrl: () => string
+  providerUrl: () => string | Promise<string>
   /** The provider's API key, sent as a bearer token. */
   apiKey?: string
   timeoutMs: number
@@ -42,6 +42,8 @@ export interface ProviderClientOptions {
   backoffBaseMs: number
   /** How long the circuit stays open before one call may try again (default 5 s). */
   circuitHalfOpenAfterMs?: number
+  /** How long a call waits for a key the provider still holds from a cut-short attempt (default 30 s). */
+  inFlightPatienceMs?: number
   log: Logger
   metrics: Metrics
 }
@@ -75,6 +77,9 @@ export class ProviderError extends Error {
     this.retryable = retryable
   }
 }
+
+/** How long a call waits for an idempotency key the provider still holds (its lease is 15 s at no latency). */
+const inFlightPatienceDefaultMs = 30_000
 
 /** Consecutive failed attempts that open the circuit: many, so a flaky provider is retried, a down one is not. */
 const circuitFailuresMax = 10
@@ -132,8 +137,15 @@ export class ProviderClient {
         ? halfOpenAfter
         : backoffMs(context.attempt, base, backoffMaxMs),
     )
+    // A full bulkhead, or a key still in flight at the provider (its answer to a request
+    // whose first attempt a crash cut short), says nothing of the provider's health.
     this.#breaker = circuitBreaker(
-      handleWhen((error) => transient(error) && !(error instanceof BulkheadRejectedError)),
+      handleWhen(
+        (error) =>
+          transient(error) &&
+          !(error instanceof BulkheadRejectedError) &&
+          !(error instanceof ProviderError && error.status === 409),
+      ),
       { halfOpenAfter, breaker: new ConsecutiveBreaker(circuitFailuresMax) },
     )
     const perAttempt = [
@@ -242,12 +254,23 @@ export class ProviderClient {
   }
 
   async #call(operation: string, request: ProviderRequest): Promise<Answer> {
-    const url = `${apiBase(this.#options.providerUrl())}${request.path}`
+    const url = `${apiBase(await this.#options.providerUrl())}${request.path}`
     const policy = request.patient ? this.#patientPolicy : this.#policy
+    const patientUntil = Date.now() + (this.#options.inFlightPatienceMs ?? inFlightPatienceDefaultMs)
     try {
-      const answer = await policy.execute(({ signal }) => this.#attempt(operation, url, request, signal))
-      this.#calls.inc({ operation, outcome: String(answer.status) })
-      return answer
+      for (;;) {
+        try {
+          const answer = await policy.execute(({ signal }) => this.#attempt(operation, url, request, signal))
+          this.#calls.inc({ operation, outcome: String(answer.status) })
+          return answer
+        } catch (error) {
+          // The key is still held by an attempt a crash cut short: the provider frees it once
+          // its lease runs out, so wait for that rather than give the step up.
+          const held = error instanceof ProviderError && error.status === 409 && error.retryable
+          if (!held || Date.now() >= patientUntil) throw error
+          await sleep(1_000)
+        }
+      }
     } catch (error) {
       const outcome =
         error instanceof BrokenCircuitError

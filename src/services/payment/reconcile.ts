@@ -39,7 +39,7 @@ const concurrency = 8
 
 export async function reconcile(
   service: Service,
-  providerUrl: string | (() => string),
+  providerUrl: string | (() => string | Promise<string>),
   client: ProviderClient = new ProviderClient({
     providerUrl: typeof providerUrl === 'string' ? () => providerUrl : providerUrl,
     timeoutMs: 5_000,

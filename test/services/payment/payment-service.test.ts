@@ -56,6 +56,8 @@ describe('the payment service', () => {
         concurrencyMax: 8,
         backoffBaseMs: 10,
         circuitHalfOpenAfterMs: 1_500,
+        // These tests make the service give a slow authorization up (a stray one follows).
+        inFlightPatienceMs: 0,
       },
       flags,
     )
@@ -152,6 +154,33 @@ describe('the payment service', () => {
       await answer(orderId, 'payment.authorized')
     } finally {
       await dials({ timeoutRate: 0 })
+    }
+    assert.equal((await chargesOf(orderId)).length, 1)
+  })
+
+  it('waits for a key the provider still holds from a cut-short attempt, and authorizes once', async () => {
+    // Every attempt times out while the first is still at work; the retries find its key
+    // held (409) until it ends, and then get its answer.
+    const client = new ProviderClient({
+      providerUrl: () => providerUrl,
+      timeoutMs: 250,
+      attemptsMax: 3,
+      concurrencyMax: 4,
+      backoffBaseMs: 10,
+      inFlightPatienceMs: 10_000,
+      log: silentLogger(),
+      metrics: new Metrics(),
+    })
+    const orderId = newOrder()
+    await dials({ latencyMs: 1_500 })
+    try {
+      const authorization = await client.authorize(
+        { amountMinor: 1_000, currency: 'EUR', paymentMethodToken: 'tok_visa', reference: orderId },
+        `${orderId}:authorize`,
+      )
+      assert.equal(authorization.outcome, 'authorized')
+    } finally {
+      await dials({ latencyMs: 0 })
     }
     assert.equal((await chargesOf(orderId)).length, 1)
   })
