@@ -45,6 +45,18 @@ export const CancelReason = T.Union([
   T.Literal('operator-cancelled'),
 ])
 
+/**
+ * Cancellations whose `detail` is meant for the customer (what was wrong with the order, why the
+ * card was declined, what was said when it was cancelled); the others' (a payment failure, a deadline) is for operators.
+ */
+export const cancelDetailsForCustomers: ReadonlySet<string> = new Set([
+  'invalid-order',
+  'out-of-stock',
+  'payment-declined',
+  'customer-cancelled',
+  'operator-cancelled',
+])
+
 /** An order's states, in the order the saga moves through them, then the one it may end in instead. */
 export const orderStates = [
   'PENDING',

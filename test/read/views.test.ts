@@ -449,3 +449,39 @@ test('an order shows express only when it ships express: asked for, and allowed 
   assert.equal(foldOrder('ord_x', steps.slice(0, 1)).express, true, 'asked for')
   assert.equal(foldOrder('ord_x', steps).express, false, 'the express-shipping flag was off')
 })
+
+test('a cancel reads in order: the request before the cancellation it caused, and a late step after it moves nothing', () => {
+  const at = new Date(5_000)
+  const step = (id: string, type: string, data: Record<string, unknown>, time = at) =>
+    orderStepOf(createEvent({ id, type, subject: 'ord_y', source: 'mercato/test', data, time }))!.step
+  const steps = [
+    // Ids that sort against the causal order, at one millisecond.
+    step('evt_a', 'order.cancelled', {
+      orderId: 'ord_y',
+      reason: 'payment-failed',
+      detail: 'payment provider authorize failed: the circuit is open',
+    }),
+    step('evt_b', 'order.cancel-requested', { orderId: 'ord_y', requestedBy: 'cus_y' }),
+    step(
+      'evt_c',
+      'payment.authorized',
+      { orderId: 'ord_y', paymentId: 'pay_y', amountMinor: 100, currency: 'USD' },
+      new Date(6_000),
+    ),
+  ]
+  const doc = foldOrder('ord_y', steps)
+  assert.deepEqual(
+    doc.timeline.map((t) => [t.event, t.status]),
+    [
+      ['order.cancel-requested', null],
+      ['order.cancelled', 'CANCELLED'],
+      ['payment.authorized', null],
+    ],
+  )
+  assert.equal(doc.status, 'CANCELLED')
+  assert.deepEqual(
+    doc.cancellation,
+    { reason: 'payment-failed', detail: null },
+    'the provider error is not shown',
+  )
+})

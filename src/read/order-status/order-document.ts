@@ -2,7 +2,7 @@
 // order's events (a small, append-only set) and folds them when read, so events of the
 // order's different topics may arrive in any order and the result is the same.
 import type { CloudEvent } from '../../contracts/envelope.ts'
-import { type OrderState, orderStates } from '../../contracts/events.ts'
+import { cancelDetailsForCustomers, type OrderState, orderStates } from '../../contracts/events.ts'
 
 /** What the view keeps of one event: enough to fold the document and show the timeline. */
 export interface OrderStep {
@@ -112,10 +112,19 @@ const statusRank: OrderStatus[] = orderStates.filter((state) => state !== 'CANCE
 const paymentRank = ['declined', 'failed', 'authorized', 'voided', 'captured', 'refunded'] as const
 const shipmentRank = ['scheduled', 'cancelled', 'shipped', 'delivered'] as const
 
-/** Steps in the order they happened: by time, then id (deterministic for equal times). */
+/**
+ * Steps in the order they happened: by time; at the same millisecond a request before what
+ * it caused and the cancellation after the rest; then by id (deterministic).
+ */
 export function sortSteps(steps: OrderStep[]): OrderStep[] {
+  const tieRank = (step: OrderStep) =>
+    step.type === 'order.cancelled' ? 1 : /[.-]requested$/.test(step.type) ? -1 : 0
   return [...steps].sort((a, b) =>
-    a.time < b.time ? -1 : a.time > b.time ? 1 : a.id < b.id ? -1 : a.id > b.id ? 1 : 0,
+    a.time < b.time
+      ? -1
+      : a.time > b.time
+        ? 1
+        : tieRank(a) - tieRank(b) || (a.id < b.id ? -1 : a.id > b.id ? 1 : 0),
   )
 }
 
@@ -141,9 +150,10 @@ export function foldOrder(orderId: string, unsorted: OrderStep[]): OrderDocument
   let rank = 0
   for (const step of steps) {
     const d = step.data as Record<string, any>
-    const status = statusOfStep[step.type] ?? null
+    // A step that comes after the cancellation (a late answer, then undone) moves nothing.
+    const status = doc.cancellation ? null : (statusOfStep[step.type] ?? null)
     if (status === 'CANCELLED') {
-      doc.cancellation = { reason: d.reason, detail: d.detail ?? null }
+      doc.cancellation = { reason: d.reason, detail: customerDetailOf(d) }
     } else if (status) rank = Math.max(rank, statusRank.indexOf(status))
     switch (step.type) {
       case 'order.requested':
@@ -219,8 +229,10 @@ export function summaryOf(doc: OrderDocument): OrderSummary {
 function detailOf(step: OrderStep): string | null {
   const d = step.data as Record<string, any>
   switch (step.type) {
-    case 'order.cancelled':
-      return d.detail ? `${d.reason}: ${d.detail}` : d.reason
+    case 'order.cancelled': {
+      const detail = customerDetailOf(d)
+      return detail ? `${d.reason}: ${detail}` : d.reason
+    }
     case 'inventory.rejected':
       return (d.shortages as { sku: string; requested: number; available: number }[])
         .map((s) => `${s.sku}: ${s.requested} requested, ${s.available} available`)
@@ -230,8 +242,10 @@ function detailOf(step: OrderStep): string | null {
     case 'inventory.released':
       return d.reason
     case 'payment.declined':
-    case 'payment.failed':
       return d.reason
+    case 'payment.failed':
+      // Its reason is the provider's or the network's error: for operators, in the logs.
+      return 'the payment could not be processed'
     case 'shipment.scheduled':
       return `${d.carrier} ${d.trackingNumber}`
     default:
@@ -245,4 +259,9 @@ export function orderCacheKey(orderId: string): string {
 
 export function customerOrdersCacheKey(customerId: string): string {
   return `customer-orders:${customerId}`
+}
+
+/** A cancellation's detail where it is meant for the customer (see cancelDetailsForCustomers). */
+function customerDetailOf(d: { reason?: string; detail?: string }): string | null {
+  return d.detail && cancelDetailsForCustomers.has(String(d.reason)) ? d.detail : null
 }

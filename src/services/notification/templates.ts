@@ -1,5 +1,6 @@
 // What the customer is told at each step, as plain-text e-mail. Templates are rendered
 // when the message is sent, from the event's data and the customer's name as then known.
+import { cancelDetailsForCustomers } from '../../contracts/events.ts'
 
 /** The template of each customer-facing event type. */
 export const templateOf: Record<string, string> = {
@@ -92,7 +93,8 @@ export function renderEmail(template: string, data: Record<string, unknown>, to:
       }
     case 'order-cancelled': {
       const reason = cancelReasons[str(data.reason)] ?? 'it could not be completed'
-      const detail = data.detail ? `\n\n${str(data.detail)}` : ''
+      const told = cancelDetailsForCustomers.has(str(data.reason)) && data.detail
+      const detail = told ? `\n\n${str(data.detail)}` : ''
       return {
         subject: `Your order ${orderId} has been cancelled`,
         text:

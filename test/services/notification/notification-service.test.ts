@@ -367,6 +367,18 @@ describe('e-mail rendering and the sink parser', () => {
       assert.ok(subject.length > 0 && text.startsWith('Hello Ada,'), template)
     }
     assert.match(renderEmail('payment-refunded', data, {}).subject, /¥1,999/)
+    const cancelled = (reason: string, detail: string) =>
+      renderEmail('order-cancelled', { ...data, reason, detail }, {}).text
+    assert.match(cancelled('invalid-order', 'no product NOPE-1'), /no product NOPE-1/)
+    assert.match(
+      cancelled('operator-cancelled', 'suspected fraud'),
+      /our team cancelled it\.\n\nsuspected fraud/,
+    )
+    assert.doesNotMatch(cancelled('payment-failed', 'provider answered 500: the circuit is open'), /circuit/)
+    assert.doesNotMatch(
+      cancelled('deadline-passed', 'no answer while STOCK_RESERVED within 30000 ms'),
+      /30000/,
+    )
   })
 
   it('decodes encoded headers and quoted-printable bodies', () => {
