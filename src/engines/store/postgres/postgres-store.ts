@@ -128,12 +128,20 @@ export class PostgresStore implements Store {
     return this.#connections.run(async () => {
       const client = await this.#pool.connect()
       let broken: Error | undefined
+      // A connection lost while checked out is an 'error' event on the client (the pool
+      // listens only to idle ones): unheard, it would end the process. Its query fails, and
+      // the connection is thrown away on release.
+      const lost = (error: Error) => {
+        broken = error
+      }
+      client.on('error', lost)
       try {
         return await work(client)
       } catch (error) {
-        broken = error instanceof Error && /terminat|Connection/i.test(error.message) ? error : undefined
+        broken ??= error instanceof Error && /terminat|Connection/i.test(error.message) ? error : undefined
         throw error
       } finally {
+        client.off('error', lost)
         client.release(broken)
       }
     })
