@@ -66,6 +66,33 @@ export class UnreachableError extends MercatoError {
   }
 }
 
+/** Codes of a connection that failed or was refused: the other side is down or away. */
+const connectionCodes = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'EAI_AGAIN',
+  'SQLITE_BUSY',
+])
+
+/**
+ * Whether `error` says a dependency (a store, the cache, the stream) is down or full for
+ * now, rather than anything about the work at hand: worth waiting out, never a reason to
+ * give the work up (a dead letter, a 500).
+ */
+export function isOutage(error: unknown): boolean {
+  if (error instanceof OverloadedError || error instanceof TimeoutError || error instanceof UnreachableError)
+    return true
+  const code = (error as { code?: unknown } | undefined)?.code
+  if (typeof code === 'string' && connectionCodes.has(code)) return true
+  const message = errorMessage(error)
+  // ioredis while the connection is down; pg when the server goes away mid-query.
+  return /Stream isn't writeable|Connection is closed|Connection terminated|database is locked/.test(message)
+}
+
 export function toProblem(error: unknown, instance?: string): ProblemDetails {
   if (error instanceof MercatoError) {
     return {

@@ -8,7 +8,7 @@ import Fastify, {
   type FastifyReply,
   LogController,
 } from 'fastify'
-import { MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
+import { errorMessage, isOutage, MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
@@ -188,6 +188,14 @@ export function createHttpServer(
         detail: status === 415 ? 'send the body as application/json' : (error as Error).message,
         instance: instanceOf(request.url),
       }
+    } else if (isOutage(error)) {
+      // A store or the cache down for now: the client may come back, as for any 503.
+      request.log.warn({ err: errorMessage(error) }, 'request failed: a dependency is down')
+      problem = toProblem(
+        new MercatoError('unavailable', 503, 'a store or the cache is unreachable for now; retry later'),
+        instanceOf(request.url),
+      )
+      reply.header('retry-after', '1')
     } else {
       request.log.error({ err: error }, 'request failed')
       problem = toProblem(error, instanceOf(request.url))

@@ -61,7 +61,14 @@ describe('the HTTP base', () => {
       throw new MercatoError('out-of-stock', 409, 'sku A is out of stock')
     })
     app.post('/echo', async (request) => request.body)
+    app.get('/cache-down', async () => {
+      throw new Error("Stream isn't writeable and enableOfflineQueue options is false")
+    })
     try {
+      const down = await app.inject({ url: '/cache-down' })
+      assert.equal(down.statusCode, 503, 'a dependency down is a 503, not a 500')
+      assert.equal(down.headers['retry-after'], '1')
+      assert.doesNotMatch(down.body, /enableOfflineQueue/)
       const boom = await app.inject({ url: '/boom' })
       assert.equal(boom.statusCode, 500)
       assert.match(String(boom.headers['content-type']), /^application\/problem\+json/)

@@ -6,7 +6,7 @@
 // the DLQ at once: it never reaches a handler.
 import { type CloudEvent, decodeEvent, encodeEvent } from '../../contracts/envelope.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
-import { errorMessage, InvalidEventError } from '../../platform/errors.ts'
+import { errorMessage, InvalidEventError, isOutage } from '../../platform/errors.ts'
 import { backoffMs, sleep } from '../../platform/limits.ts'
 import type { Logger } from '../../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../../platform/metrics.ts'
@@ -236,7 +236,7 @@ export class EventStream {
     }
     const invalid = skip.size
     if (events.length === 0) return { handled: 0, invalid }
-    for (let attempt = 1; attempt <= retry.attemptsMax; attempt++) {
+    for (let attempt = 1, outages = 0; attempt <= retry.attemptsMax; attempt++) {
       try {
         await inSpan(
           `${options.group} handle ${events.length} events`,
@@ -246,6 +246,11 @@ export class EventStream {
         return { handled: events.length, invalid }
       } catch (error) {
         if (stopped.aborted) throw error
+        if (isOutage(error)) {
+          await this.#waitOutOutage(options.group, error, ++outages, retry, stopped)
+          attempt--
+          continue
+        }
         this.#log.debug({ group: options.group, attempt, err: errorMessage(error) }, 'retrying a batch')
         if (attempt < retry.attemptsMax)
           await sleep(backoffMs(attempt, retry.backoffBaseMs, retry.backoffMaxMs), stopped)
@@ -273,6 +278,7 @@ export class EventStream {
       return 'invalid'
     }
     const position = { topic: record.topic, partition: record.partition, offset: record.offset }
+    let outages = 0
     for (let attempt = 1; ; attempt++) {
       try {
         await inSpan(
@@ -290,6 +296,11 @@ export class EventStream {
         return 'ok'
       } catch (error) {
         if (stopped.aborted) throw error
+        if (isOutage(error)) {
+          await this.#waitOutOutage(options.group, error, ++outages, retry, stopped)
+          attempt--
+          continue
+        }
         if (attempt >= retry.attemptsMax) {
           this.#log.warn(
             { group: options.group, eventId: event.id, type: event.type, attempt, err: errorMessage(error) },
@@ -305,6 +316,29 @@ export class EventStream {
         await sleep(backoffMs(attempt, retry.backoffBaseMs, retry.backoffMaxMs), stopped)
       }
     }
+  }
+
+  /**
+   * A dependency is down (the cache, a store): not the event's fault, so no attempt is
+   * spent and nothing is dead-lettered; the group waits, backing off to a few seconds, and
+   * says so now and then, until the dependency is back or the group stops.
+   */
+  async #waitOutOutage(
+    group: string,
+    error: unknown,
+    outages: number,
+    retry: RetryPolicy,
+    stopped: AbortSignal,
+  ): Promise<void> {
+    if (outages === 1 || outages % 20 === 0)
+      this.#log.warn({ group, outages, err: errorMessage(error) }, 'a dependency is down: waiting it out')
+    this.#metrics
+      .counter('mercato_stream_outage_waits_total', 'Handler runs put off because a dependency was down.', [
+        'group',
+      ])
+      .inc({ group })
+    const baseMs = Math.max(retry.backoffBaseMs, 100)
+    await sleep(backoffMs(Math.min(outages, 10), baseMs, Math.max(retry.backoffMaxMs, 5_000)), stopped)
   }
 
   /** Decodes a record into an event its producer may emit; throws InvalidEventError otherwise. */

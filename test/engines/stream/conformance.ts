@@ -264,6 +264,33 @@ export function defineStreamConformance(
       await subscription.stop()
     })
 
+    it('waits out a dependency that is down, however many tries it takes, and dead-letters nothing', async () => {
+      const stream = await freshStream()
+      const events = [productEvent('outage', 0), productEvent('outage', 1)]
+      let refusals = 0
+      const handled: string[] = []
+      const subscription = await stream.subscribe({
+        group: 'outage',
+        topics: ['products'],
+        handle: async (event) => {
+          // More refusals than the retry policy's attempts: the cache or a store, down a while.
+          if (refusals < 6) {
+            refusals++
+            throw Object.assign(new Error('connect ECONNREFUSED 127.0.0.1:6379'), { code: 'ECONNREFUSED' })
+          }
+          handled.push(event.id)
+        },
+      })
+      await stream.publish(events)
+      await waitFor('both events handled once the dependency is back', () => handled.length === 2, 30_000)
+      assert.deepEqual(
+        handled,
+        events.map((e) => e.id),
+      )
+      assert.deepEqual(await stream.deadLetters('products'), [])
+      await subscription.stop()
+    })
+
     it('replays a group from an offset and from a time', async () => {
       const stream = await freshStream()
       const events = Array.from({ length: 10 }, (_, i) => productEvent('replay', i))
