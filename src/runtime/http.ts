@@ -41,6 +41,10 @@ export function createHttpServer(
       return typeof given === 'string' && requestIdPattern.test(given) ? given : randomUUID()
     },
     requestTimeout: config.httpRequestTimeoutMs,
+    // A client that goes quiet mid-request (half a body, then nothing) is cut off after the
+    // same time: Node checks requestTimeout only every 30 s, and such a request would hold
+    // its in-flight slot, and a drain, for as long as the client likes.
+    connectionTimeout: config.httpRequestTimeoutMs,
     return503OnClosing: true,
     forceCloseConnections: 'idle',
     // Validation refuses what it does not know rather than quietly dropping or coercing it,

@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict'
+import { once } from 'node:events'
+import { connect } from 'node:net'
 import { describe, it } from 'node:test'
 import { MercatoError } from '../../src/platform/errors.ts'
 import { silentLogger } from '../../src/platform/logger.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { loadConfig } from '../../src/runtime/config.ts'
 import { createHttpServer } from '../../src/runtime/http.ts'
+import { waitFor } from '../support/wait.ts'
 
 describe('the HTTP base', () => {
   it('sheds load past its in-flight bound with 503 and Retry-After, while health and metrics still answer', async () => {
@@ -115,6 +118,31 @@ describe('the HTTP base', () => {
       assert.equal(missing.statusCode, 404)
       assert.equal(missing.json().instance, '/nothing', 'the query is not echoed')
       assert.doesNotMatch(missing.body, /secret/)
+    } finally {
+      await app.close()
+    }
+  })
+
+  it('cuts off a client that goes quiet mid-request, and frees its in-flight slot', async () => {
+    const app = createHttpServer(
+      loadConfig({ MERCATO_HTTP_IN_FLIGHT_MAX: '1', MERCATO_HTTP_REQUEST_TIMEOUT_MS: '300' }),
+      silentLogger(),
+      new Metrics(),
+      () => [],
+    )
+    app.post('/echo', async (request) => request.body)
+    app.get('/hello', async () => ({ ok: true }))
+    const address = await app.listen({ port: 0, host: '127.0.0.1' })
+    const { port } = new URL(address)
+    try {
+      const quiet = connect(Number(port), '127.0.0.1')
+      quiet.on('error', () => {})
+      const closed = once(quiet, 'close')
+      quiet.write(
+        'POST /echo HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{"a":',
+      )
+      await closed
+      await waitFor('the slot to be free again', async () => (await fetch(`${address}/hello`)).status === 200)
     } finally {
       await app.close()
     }
