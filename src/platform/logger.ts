@@ -1,9 +1,9 @@
 import { type Logger, pino } from 'pino'
-import { currentTraceId } from './tracing.ts'
+import { currentCorrelationId, currentTraceId } from './tracing.ts'
 
 export type { Logger }
 
-/** JSON logs; every line written inside a span carries its trace id. */
+/** JSON logs; every line written inside a span carries its trace id, and the correlation id of its work. */
 export function createLogger(options: { level?: string; name?: string } = {}): Logger {
   return pino({
     name: options.name ?? 'mercato',
@@ -11,7 +11,11 @@ export function createLogger(options: { level?: string; name?: string } = {}): L
     base: { pid: process.pid },
     mixin() {
       const traceId = currentTraceId()
-      return traceId ? { trace_id: traceId } : {}
+      const correlationId = currentCorrelationId()
+      return {
+        ...(traceId ? { trace_id: traceId } : {}),
+        ...(correlationId ? { correlation_id: correlationId } : {}),
+      }
     },
   })
 }

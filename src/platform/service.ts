@@ -11,7 +11,7 @@ import { errorMessage } from './errors.ts'
 import { sleep } from './limits.ts'
 import type { Logger } from './logger.ts'
 import type { Metrics } from './metrics.ts'
-import { currentTraceparent } from './tracing.ts'
+import { currentTraceparent, inSpan, SpanKind } from './tracing.ts'
 
 /** An event to emit: the source, cause and trace are filled in by the service. */
 export type Emit = (event: Omit<NewEvent, 'source' | 'cause'>) => void
@@ -131,9 +131,16 @@ export class Service {
       const outbox: CloudEvent[] = []
       for (const { event } of wanted) {
         if (!(await recordHandled(tx, group, event.id))) continue // redelivered
-        await handlers[event.type](event, {
-          transact: (work) => this.#inSavepoint(tx, event, outbox, work),
-        })
+        // Each event in a span of its own, child of its producer's: what it emits continues
+        // its trace, and what is logged carries its correlation id.
+        await inSpan(
+          `${group} handle ${event.type}`,
+          { traceparent: event.traceparent, kind: SpanKind.CONSUMER, correlationId: event.correlationid },
+          () =>
+            handlers[event.type](event, {
+              transact: (work) => this.#inSavepoint(tx, event, outbox, work),
+            }),
+        )
       }
       if (outbox.length > 0) await addToOutbox(this.store, tx, outbox)
     })
@@ -152,7 +159,7 @@ export class Service {
     await tx.execute('SAVEPOINT handler')
     let result: T
     try {
-      result = await work(inner, this.#emitter(events, cause))
+      result = await work(inner, this.#emitter(events, cause, 'handling'))
     } catch (error) {
       await tx.execute('ROLLBACK TO SAVEPOINT handler')
       await tx.execute('RELEASE SAVEPOINT handler')
@@ -164,9 +171,13 @@ export class Service {
     return result
   }
 
-  /** Runs `work` in a transaction of the store; emitted events go to the outbox in it. */
+  /**
+   * Runs `work` in a transaction of the store; emitted events go to the outbox in it. A
+   * `cause` (an order's earlier event, for a job acting on it) gives them its correlation id
+   * and trace.
+   */
   transact<T>(work: (tx: Tx, emit: Emit) => Promise<T>, cause?: NewEvent['cause']): Promise<T> {
-    return this.store.transaction((tx) => this.#withOutbox(tx, cause, work))
+    return this.store.transaction((tx) => this.#withOutbox(tx, cause, work, 'job'))
   }
 
   async #transactOnce<T>(
@@ -176,7 +187,7 @@ export class Service {
   ): Promise<T | undefined> {
     let result: T | undefined
     await handleOnce(this.store, group, event.id, async (tx) => {
-      result = await this.#withOutbox(tx, event, work)
+      result = await this.#withOutbox(tx, event, work, 'handling')
     })
     return result
   }
@@ -186,24 +197,31 @@ export class Service {
     tx: Tx,
     cause: NewEvent['cause'] | undefined,
     work: (tx: Tx, emit: Emit) => Promise<T>,
+    by: 'handling' | 'job',
   ): Promise<T> {
     const events: CloudEvent[] = []
-    const result = await work(tx, this.#emitter(events, cause))
+    const result = await work(tx, this.#emitter(events, cause, by))
     if (events.length > 0) await addToOutbox(this.store, tx, events)
     return result
   }
 
-  #emitter(into: CloudEvent[], cause: NewEvent['cause'] | undefined): Emit {
+  /**
+   * Events emitted while handling an event continue the handler's span (a child of the
+   * cause's); those of a job, its cause's trace, since a job's own context is no order's.
+   */
+  #emitter(into: CloudEvent[], cause: NewEvent['cause'] | undefined, by: 'handling' | 'job'): Emit {
     return (event) => {
-      const traceparent = (cause && 'traceparent' in cause ? cause.traceparent : undefined) as
+      const causeTrace = (cause && 'traceparent' in cause ? cause.traceparent : undefined) as
         | string
         | undefined
+      const traceparent =
+        by === 'handling' ? (currentTraceparent() ?? causeTrace) : (causeTrace ?? currentTraceparent())
       into.push(
         createEvent({
           ...event,
           source: this.source,
           cause,
-          traceparent: event.traceparent ?? traceparent ?? currentTraceparent(),
+          traceparent: event.traceparent ?? traceparent,
         }),
       )
     }
@@ -234,6 +252,19 @@ export class Service {
     await Promise.all(this.#jobs)
     await this.#relay.stop()
   }
+}
+
+/**
+ * An event as the cause a job later acts under (stored beside the row it created), so that
+ * what the job emits keeps the order's correlation id and trace.
+ */
+export function storedCause(event: CloudEvent): string {
+  return JSON.stringify({ id: event.id, correlationid: event.correlationid, traceparent: event.traceparent })
+}
+
+/** The cause stored by storedCause; undefined for a row written before causes were kept. */
+export function causeFrom(stored: string | null | undefined): NewEvent['cause'] | undefined {
+  return stored ? (JSON.parse(stored) as NewEvent['cause']) : undefined
 }
 
 /** How often to look for rows due within `periodMs`: a few times per period, at least once a second. */

@@ -1,3 +1,4 @@
+import { AsyncLocalStorage } from 'node:async_hooks'
 import {
   type Context,
   context,
@@ -39,15 +40,30 @@ export function currentTraceId(): string | undefined {
   return spanContext && trace.isSpanContextValid(spanContext) ? spanContext.traceId : undefined
 }
 
+/** The correlation id of the work in progress (the order's, for every step of its saga). */
+const correlation = new AsyncLocalStorage<string>()
+
+export function currentCorrelationId(): string | undefined {
+  return correlation.getStore()
+}
+
 function parentFrom(traceparent: string | undefined): Context {
   if (!traceparent) return context.active()
   return propagation.extract(context.active(), { traceparent })
 }
 
-/** Runs `work` in a new span, child of `traceparent` when given (a consumed event continues its producer's trace). */
+/**
+ * Runs `work` in a new span, child of `traceparent` when given (a consumed event continues its
+ * producer's trace), under `correlationId` when given (logs written in it carry it).
+ */
 export async function inSpan<T>(
   name: string,
-  options: { traceparent?: string; kind?: SpanKind; attributes?: Record<string, string | number> },
+  options: {
+    traceparent?: string
+    kind?: SpanKind
+    attributes?: Record<string, string | number>
+    correlationId?: string
+  },
   work: (span: Span) => Promise<T>,
 ): Promise<T> {
   const parent = parentFrom(options.traceparent)
@@ -57,7 +73,8 @@ export async function inSpan<T>(
     parent,
   )
   try {
-    return await context.with(trace.setSpan(parent, span), () => work(span))
+    const run = () => context.with(trace.setSpan(parent, span), () => work(span))
+    return await (options.correlationId ? correlation.run(options.correlationId, run) : run())
   } catch (error) {
     span.setStatus({ code: SpanStatusCode.ERROR, message: errorMessage(error) })
     throw error

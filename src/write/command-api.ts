@@ -28,7 +28,7 @@ import type { Metrics } from '../platform/metrics.ts'
 import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
-import { currentTraceparent } from '../platform/tracing.ts'
+import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
 
@@ -165,18 +165,32 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     }
     let answer: { status: number; body: Record<string, unknown>; headers: Record<string, string> }
     try {
-      const traceparent = currentTraceparent()
-      const events = (await spec.events(id, request)).map((event, i) =>
-        createEvent({
-          ...event,
-          source,
-          // The first event's id is the command's id, so a retried command is the same event.
-          id: i === 0 ? id : `${id}:${i}`,
-          cause: { requestId: request.id },
-          ...(traceparent ? { traceparent } : {}),
-        }),
+      // The command's span continues the caller's trace (a W3C traceparent header) or starts
+      // one; its events carry it, so one trace follows the order from the request on.
+      const header = request.headers.traceparent
+      const { events, position } = await inSpan(
+        `${request.method} ${request.routeOptions.url}`,
+        {
+          traceparent: typeof header === 'string' ? header : undefined,
+          kind: SpanKind.SERVER,
+          correlationId: request.id,
+        },
+        async () => {
+          const traceparent = currentTraceparent()
+          const events = (await spec.events(id, request)).map((event, i) =>
+            createEvent({
+              ...event,
+              source,
+              // The first event's id is the command's id, so a retried command is the same event.
+              id: i === 0 ? id : `${id}:${i}`,
+              cause: { requestId: request.id },
+              ...(traceparent ? { traceparent } : {}),
+            }),
+          )
+          const [position] = await stream.publish(events)
+          return { events, position }
+        },
       )
-      const [position] = await stream.publish(events)
       const token = encodeConsistencyToken(position)
       const headers: Record<string, string> = { 'mercato-consistency-token': token }
       if (spec.location) headers.location = spec.location(id, request)

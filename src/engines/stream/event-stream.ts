@@ -287,6 +287,7 @@ export class EventStream {
             traceparent: event.traceparent,
             kind: SpanKind.CONSUMER,
             attributes: { 'messaging.consumer.group.name': options.group, 'cloudevents.event_id': event.id },
+            correlationId: event.correlationid,
           },
           () =>
             options.handleBatch

@@ -4,7 +4,14 @@
 // itself refuses negative stock and any row where on-hand is not available + reserved.
 import { sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
-import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
+import {
+  causeFrom,
+  type Emit,
+  type Handler,
+  type Service,
+  storedCause,
+  sweepIntervalFor,
+} from '../../platform/service.ts'
 
 export const inventoryMigrations = [
   {
@@ -18,6 +25,8 @@ export const inventoryMigrations = [
         status TEXT NOT NULL, expires_at BIGINT NOT NULL, updated_at TEXT NOT NULL);
       CREATE INDEX IF NOT EXISTS reservations_held ON reservations (expires_at) WHERE status = 'held'`,
   },
+  // The event that asked for the reservation: its expiry's release carries its correlation and trace.
+  { id: 'inventory-0002-cause', sql: 'ALTER TABLE reservations ADD COLUMN cause TEXT' },
 ]
 
 interface Line {
@@ -126,9 +135,16 @@ export async function startInventoryService(service: Service, options: { reserva
           const expiresAt = Date.now() + options.reservationTtlMs
           const reservationId = `res_${orderId}`
           await tx.execute(
-            `INSERT INTO reservations (order_id, reservation_id, lines, status, expires_at, updated_at)
-             VALUES ($1, $2, $3, 'held', $4, $5)`,
-            [orderId, reservationId, JSON.stringify(plain), expiresAt, new Date().toISOString()],
+            `INSERT INTO reservations (order_id, reservation_id, lines, status, expires_at, updated_at, cause)
+             VALUES ($1, $2, $3, 'held', $4, $5, $6)`,
+            [
+              orderId,
+              reservationId,
+              JSON.stringify(plain),
+              expiresAt,
+              new Date().toISOString(),
+              storedCause(event),
+            ],
           )
           emit({
             type: 'inventory.reserved',
@@ -233,15 +249,15 @@ export async function startInventoryService(service: Service, options: { reserva
   await service.consume(sagaConsumers.inventory, handlers)
 
   service.every('reservation expiry', sweepIntervalFor(options.reservationTtlMs), async () => {
-    const expired = await service.store.query<{ order_id: string }>(
-      "SELECT order_id FROM reservations WHERE status = 'held' AND expires_at < $1 LIMIT 200",
+    const expired = await service.store.query<{ order_id: string; cause: string | null }>(
+      "SELECT order_id, cause FROM reservations WHERE status = 'held' AND expires_at < $1 LIMIT 200",
       [Date.now()],
     )
-    for (const { order_id } of expired) {
+    for (const { order_id, cause } of expired) {
       await service.transact(async (tx, emit) => {
         const row = await reservation(tx, order_id)
         if (row?.status === 'held') await release(tx, emit, row, 'expired')
-      })
+      }, causeFrom(cause))
     }
   })
 

@@ -7,7 +7,14 @@ import type { CloudEvent } from '../../contracts/envelope.ts'
 import { type OrderState, sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import type { FlagReader } from '../../platform/flags.ts'
-import { type Emit, type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
+import {
+  causeFrom,
+  type Emit,
+  type Handler,
+  type Service,
+  storedCause,
+  sweepIntervalFor,
+} from '../../platform/service.ts'
 
 /** States in which the saga still waits for a step, each with a deadline. */
 const waiting: OrderState[] = ['PENDING', 'STOCK_RESERVED', 'PAYMENT_AUTHORIZED']
@@ -28,6 +35,8 @@ export const orderMigrations = [
       CREATE TABLE IF NOT EXISTS prices (
         sku TEXT PRIMARY KEY, price_minor BIGINT NOT NULL, currency TEXT NOT NULL)`,
   },
+  // The order's request: a cancellation by the deadline job carries its correlation and trace.
+  { id: 'order-0002-cause', sql: 'ALTER TABLE orders ADD COLUMN cause TEXT' },
 ]
 
 export interface OrderRow {
@@ -175,8 +184,8 @@ export async function startOrderService(service: Service, options: OrderServiceO
         const now = new Date().toISOString()
         await tx.execute(
           `INSERT INTO orders (order_id, customer_id, state, lines, total_minor, currency, shipping_address,
-             payment_method_token, express, deadline_at, created_at, updated_at)
-           VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, $8, $9, $10, $10)`,
+             payment_method_token, express, deadline_at, created_at, updated_at, cause)
+           VALUES ($1, $2, 'PENDING', $3, $4, $5, $6, $7, $8, $9, $10, $10, $11)`,
           [
             data.orderId,
             data.customerId,
@@ -188,6 +197,7 @@ export async function startOrderService(service: Service, options: OrderServiceO
             Boolean(data.express && expressAllowed),
             deadlineIn(),
             now,
+            storedCause(event),
           ],
         )
         await tx.execute('INSERT INTO order_steps (order_id, state, at) VALUES ($1, $2, $3)', [
@@ -318,11 +328,11 @@ export async function startOrderService(service: Service, options: OrderServiceO
 
   // Deadlines: an order that waits too long on a step is cancelled, which compensates.
   service.every('order deadlines', sweepIntervalFor(options.stepTimeoutMs), async () => {
-    const overdue = await service.store.query<{ order_id: string }>(
-      'SELECT order_id FROM orders WHERE deadline_at IS NOT NULL AND deadline_at < $1 ORDER BY deadline_at LIMIT 200',
+    const overdue = await service.store.query<{ order_id: string; cause: string | null }>(
+      'SELECT order_id, cause FROM orders WHERE deadline_at IS NOT NULL AND deadline_at < $1 ORDER BY deadline_at LIMIT 200',
       [Date.now()],
     )
-    for (const { order_id } of overdue) {
+    for (const { order_id, cause } of overdue) {
       await service.transact(async (tx, emit) => {
         const order = await load(tx, order_id)
         if (
@@ -339,7 +349,7 @@ export async function startOrderService(service: Service, options: OrderServiceO
             `no answer while ${order.state} within ${options.stepTimeoutMs} ms`,
           )
         }
-      })
+      }, causeFrom(cause))
     }
   })
 

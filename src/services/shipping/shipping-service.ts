@@ -4,7 +4,13 @@
 import { createHash } from 'node:crypto'
 import { sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
-import { type Handler, type Service, sweepIntervalFor } from '../../platform/service.ts'
+import {
+  causeFrom,
+  type Handler,
+  type Service,
+  storedCause,
+  sweepIntervalFor,
+} from '../../platform/service.ts'
 
 export const shippingMigrations = [
   {
@@ -15,6 +21,8 @@ export const shippingMigrations = [
         address TEXT NOT NULL, lines TEXT NOT NULL, updated_at TEXT NOT NULL);
       CREATE INDEX IF NOT EXISTS shipments_due ON shipments (next_step_at) WHERE next_step_at IS NOT NULL`,
   },
+  // The event that asked for the shipment: the carrier clock's events carry its correlation and trace.
+  { id: 'shipping-0002-cause', sql: 'ALTER TABLE shipments ADD COLUMN cause TEXT' },
 ]
 
 type Status = 'scheduled' | 'ready' | 'shipped' | 'delivered' | 'cancelled'
@@ -24,6 +32,7 @@ interface ShipmentRow {
   shipment_id: string
   status: Status
   next_step_at: number | null
+  cause: string | null
 }
 
 export async function startShippingService(service: Service, options: { carrierStepMs: number }) {
@@ -61,8 +70,8 @@ export async function startShippingService(service: Service, options: { carrierS
         const carrier = data.express ? 'express-courier' : 'standard-post'
         const trackingNumber = `TRK${createHash('sha256').update(shipmentId).digest('hex').slice(0, 16).toUpperCase()}`
         await tx.execute(
-          `INSERT INTO shipments (order_id, shipment_id, carrier, tracking_number, status, address, lines, updated_at)
-           VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7)`,
+          `INSERT INTO shipments (order_id, shipment_id, carrier, tracking_number, status, address, lines, updated_at, cause)
+           VALUES ($1, $2, $3, $4, 'scheduled', $5, $6, $7, $8)`,
           [
             data.orderId,
             shipmentId,
@@ -71,6 +80,7 @@ export async function startShippingService(service: Service, options: { carrierS
             JSON.stringify(data.shippingAddress),
             JSON.stringify(data.lines),
             new Date().toISOString(),
+            storedCause(event),
           ],
         )
         emit({
@@ -109,11 +119,11 @@ export async function startShippingService(service: Service, options: { carrierS
 
   // The carrier clock: ready → shipped → delivered, one step every carrierStepMs.
   service.every('carrier clock', sweepIntervalFor(options.carrierStepMs), async () => {
-    const due = await service.store.query<{ order_id: string }>(
-      'SELECT order_id FROM shipments WHERE next_step_at IS NOT NULL AND next_step_at <= $1 ORDER BY next_step_at LIMIT 500',
+    const due = await service.store.query<{ order_id: string; cause: string | null }>(
+      'SELECT order_id, cause FROM shipments WHERE next_step_at IS NOT NULL AND next_step_at <= $1 ORDER BY next_step_at LIMIT 500',
       [Date.now()],
     )
-    for (const { order_id } of due) {
+    for (const { order_id, cause } of due) {
       await service.transact(async (tx, emit) => {
         const row = await shipment(tx, order_id)
         if (!row || row.next_step_at === null || Number(row.next_step_at) > Date.now()) return
@@ -125,7 +135,7 @@ export async function startShippingService(service: Service, options: { carrierS
           await setStatus(tx, row, 'delivered', null)
           emit({ type: 'shipment.delivered', subject: order_id, data })
         }
-      })
+      }, causeFrom(cause))
     }
   })
 
