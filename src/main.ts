@@ -70,7 +70,20 @@ withEngineFlags(program.command('start'))
     }
     process.on('SIGTERM', () => shutdown('SIGTERM'))
     process.on('SIGINT', () => shutdown('SIGINT'))
-    await app.start()
+    try {
+      await app.start()
+    } catch (error) {
+      // Where to listen is the setting at fault when listening fails: say which.
+      const code = (error as NodeJS.ErrnoException).code
+      if (code === 'EADDRINUSE' || code === 'EACCES')
+        throw new ConfigError(
+          'MERCATO_PORT',
+          `cannot listen on ${config.host}:${config.port}: ${errorMessage(error)}`,
+        )
+      if (code === 'ENOTFOUND' || code === 'EADDRNOTAVAIL' || code === 'EAI_AGAIN')
+        throw new ConfigError('MERCATO_HOST', `cannot listen on ${config.host}: ${errorMessage(error)}`)
+      throw error
+    }
   })
 
 withEngineFlags(program.command('replay'))

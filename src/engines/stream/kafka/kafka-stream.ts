@@ -205,12 +205,21 @@ export class KafkaStream implements StreamEngine {
       const found = await this.#listOffsets(topic, indexes, BigInt(target.timestampMs))
       offsets = found.map((offset, p) => (offset < 0n ? ends[p] : offset))
     }
-    await this.#admin.alterConsumerGroupOffsets({
-      groupId: group,
-      topics: [
-        { name: topic, partitionOffsets: offsets.map((offset, partition) => ({ partition, offset })) },
-      ],
-    })
+    try {
+      await this.#admin.alterConsumerGroupOffsets({
+        groupId: group,
+        topics: [
+          { name: topic, partitionOffsets: offsets.map((offset, partition) => ({ partition, offset })) },
+        ],
+      })
+    } catch (error) {
+      // Kafka moves a group's offsets only while no member is connected.
+      if (/not aware of this member|UNKNOWN_MEMBER_ID|NON_EMPTY_GROUP/i.test(String(errorMessage(error))))
+        throw new Error(
+          `group ${group} has members connected: stop the processes that consume as it, then replay`,
+        )
+      throw error
+    }
   }
 
   async #listOffsets(topic: string, partitions: number[], timestamp: bigint): Promise<bigint[]> {
