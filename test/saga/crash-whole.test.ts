@@ -6,15 +6,7 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { describe, it } from 'node:test'
-import { storeLimitDefaults } from '../../src/engines/store/port.ts'
-import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
-import { silentLogger } from '../../src/platform/logger.ts'
-import { Metrics } from '../../src/platform/metrics.ts'
-import { loadConfig } from '../../src/runtime/config.ts'
-import { openEventStream } from '../../src/runtime/engines.ts'
-import { OrderWatcher } from '../../src/runtime/load.ts'
-import { testIdentity } from '../support/identity.ts'
-import { processesOnOneDataDir } from '../support/processes.ts'
+import { processesOnOneDataDir, watchAndSignIn } from '../support/processes.ts'
 import { waitFor } from '../support/wait.ts'
 
 const { dir, start } = processesOnOneDataDir({
@@ -41,24 +33,7 @@ async function send(url: string, method: string, path: string, body: unknown, be
 describe('a whole shop killed with SIGKILL while the provider has authorizations in flight', () => {
   it('confirms every order after it starts again, each authorized and captured once', async () => {
     let running = await start(shop)
-    const stream = await openEventStream(
-      loadConfig({ MERCATO_DATA_DIR: dir, MERCATO_LOG_LEVEL: 'silent' }),
-      silentLogger(),
-      new Metrics(),
-    )
-    const watcher = new OrderWatcher()
-    await watcher.start(stream)
-    const identityStore = new SqliteStore(`${dir}/stores`, 'identity', storeLimitDefaults)
-    const { tokens, ring } = await testIdentity(identityStore)
-    const admin = (await tokens.issueAccess({ kind: 'user', subject: 'stf_admin', role: 'admin' })).token
-    const customer = (
-      await tokens.issueAccess({
-        kind: 'user',
-        subject: 'cus_whole',
-        role: 'customer',
-        customerId: 'cus_whole',
-      })
-    ).token
+    const { watcher, admin, customer, close } = await watchAndSignIn(dir, 'cus_whole')
     try {
       const product = { name: 'Whole', description: '', category: 'test', priceMinor: 500, currency: 'USD' }
       await send(running.url, 'PUT', '/v1/products/WHOLE-1', product, admin)
@@ -103,10 +78,7 @@ describe('a whole shop killed with SIGKILL while the provider has authorizations
         })
       }
     } finally {
-      ring.close()
-      await identityStore.close()
-      await watcher.stop()
-      await stream.close()
+      await close()
     }
   })
 })

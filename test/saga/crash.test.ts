@@ -7,13 +7,7 @@ import { once } from 'node:events'
 import { describe, it } from 'node:test'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
-import { silentLogger } from '../../src/platform/logger.ts'
-import { Metrics } from '../../src/platform/metrics.ts'
-import { loadConfig } from '../../src/runtime/config.ts'
-import { openEventStream } from '../../src/runtime/engines.ts'
-import { OrderWatcher } from '../../src/runtime/load.ts'
-import { testIdentity } from '../support/identity.ts'
-import { processesOnOneDataDir } from '../support/processes.ts'
+import { processesOnOneDataDir, watchAndSignIn } from '../support/processes.ts'
 import { waitFor } from '../support/wait.ts'
 
 const { dir, start } = processesOnOneDataDir({ MERCATO_CARRIER_STEP_MS: '60000' })
@@ -45,25 +39,7 @@ describe('a services process killed with SIGKILL mid-saga', () => {
     const front = await start('gateway,user,command-api,payment-provider', {})
     const servicesEnv = { MERCATO_PAYMENT_PROVIDER_URL: front.url }
     let services = await start('order,inventory,payment,shipping', servicesEnv)
-    const stream = await openEventStream(
-      loadConfig({ MERCATO_DATA_DIR: dir, MERCATO_LOG_LEVEL: 'silent' }),
-      silentLogger(),
-      new Metrics(),
-    )
-    const watcher = new OrderWatcher()
-    await watcher.start(stream)
-    // Tokens signed by the deployment's own key ring, which lives in the shared data directory.
-    const identityStore = new SqliteStore(`${dir}/stores`, 'identity', storeLimitDefaults)
-    const { tokens, ring } = await testIdentity(identityStore)
-    const admin = (await tokens.issueAccess({ kind: 'user', subject: 'stf_admin', role: 'admin' })).token
-    const customer = (
-      await tokens.issueAccess({
-        kind: 'user',
-        subject: 'cus_crash',
-        role: 'customer',
-        customerId: 'cus_crash',
-      })
-    ).token
+    const { watcher, admin, customer, close } = await watchAndSignIn(dir, 'cus_crash')
     try {
       const product = { name: 'Crash', description: '', category: 'test', priceMinor: 700, currency: 'USD' }
       await call(front.url, 'PUT', '/v1/products/CRASH-1', product, admin)
@@ -125,10 +101,7 @@ describe('a services process killed with SIGKILL mid-saga', () => {
         await inventory.close()
       }
     } finally {
-      ring.close()
-      await identityStore.close()
-      await watcher.stop()
-      await stream.close()
+      await close()
     }
   })
 })

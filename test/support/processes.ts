@@ -3,6 +3,14 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import { after } from 'node:test'
+import { storeLimitDefaults } from '../../src/engines/store/port.ts'
+import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
+import { silentLogger } from '../../src/platform/logger.ts'
+import { Metrics } from '../../src/platform/metrics.ts'
+import { loadConfig } from '../../src/runtime/config.ts'
+import { openEventStream } from '../../src/runtime/engines.ts'
+import { OrderWatcher } from '../../src/runtime/load.ts'
+import { testIdentity } from './identity.ts'
 import { tempDir } from './wait.ts'
 
 export interface Started {
@@ -40,4 +48,35 @@ export function processesOnOneDataDir(baseEnv: Record<string, string> = {}) {
     })
   }
   return { dir: dir.path, start }
+}
+
+/**
+ * What a test outside the processes needs of their shared data directory: an OrderWatcher
+ * on its stream, and an admin's and a customer's tokens signed by its own key ring.
+ */
+export async function watchAndSignIn(dir: string, customerId: string) {
+  const stream = await openEventStream(
+    loadConfig({ MERCATO_DATA_DIR: dir, MERCATO_LOG_LEVEL: 'silent' }),
+    silentLogger(),
+    new Metrics(),
+  )
+  const watcher = new OrderWatcher()
+  await watcher.start(stream)
+  const identityStore = new SqliteStore(`${dir}/stores`, 'identity', storeLimitDefaults)
+  const { tokens, ring } = await testIdentity(identityStore)
+  const admin = (await tokens.issueAccess({ kind: 'user', subject: 'stf_admin', role: 'admin' })).token
+  const customer = (
+    await tokens.issueAccess({ kind: 'user', subject: customerId, role: 'customer', customerId })
+  ).token
+  return {
+    watcher,
+    admin,
+    customer,
+    async close() {
+      ring.close()
+      await identityStore.close()
+      await watcher.stop()
+      await stream.close()
+    },
+  }
 }
