@@ -257,8 +257,20 @@ export async function startPaymentService(
     { oneAtATime: true },
   )
 
+  // Reconciliation has a client of its own: its calls neither trip nor wait on the saga's circuit.
+  const reconcileClient = new ProviderClient({
+    providerUrl: options.providerUrl,
+    apiKey: options.apiKey,
+    name: 'reconciliation',
+    timeoutMs: 5_000,
+    attemptsMax: 2,
+    concurrencyMax: 8,
+    backoffBaseMs: 100,
+    log,
+    metrics: service.metrics,
+  })
   service.every('payment-reconciliation', reconcileEveryMs, async () => {
-    const mismatches = await reconcile(service, options.providerUrl, client)
+    const mismatches = await reconcile(service, options.providerUrl, reconcileClient)
     if (mismatches.length > 0) {
       log.warn(
         { count: mismatches.length, first: mismatches.slice(0, 5) },

@@ -44,6 +44,8 @@ export interface ProviderClientOptions {
   circuitHalfOpenAfterMs?: number
   /** How long a call waits for a key the provider still holds from a cut-short attempt (default 30 s). */
   inFlightPatienceMs?: number
+  /** Who calls (a metric label): each client has its own circuit. Default `saga`. */
+  name?: string
   log: Logger
   metrics: Metrics
 }
@@ -175,10 +177,12 @@ export class ProviderClient {
     )
     const circuit = options.metrics.gauge(
       'mercato_payment_provider_circuit_open',
-      '1 while the circuit to the payment provider is open.',
+      "1 while a client's circuit to the payment provider is open.",
+      ['client'],
     )
+    const client = { client: options.name ?? 'saga' }
     this.#breaker.onStateChange((state) => {
-      circuit.set(state === CircuitState.Open ? 1 : 0)
+      circuit.set(client, state === CircuitState.Open ? 1 : 0)
       if (state === CircuitState.Open) options.log.warn('payment provider circuit opened: calls fail fast')
       if (state === CircuitState.Closed) options.log.info('payment provider circuit closed again')
     })

@@ -16,6 +16,7 @@ export interface Mismatch {
     | 'provider-amount'
     | 'missing-at-provider'
     | 'untracked-charge'
+    | 'stale-authorization'
   orderId?: string
   paymentId?: string
   chargeId?: string
@@ -23,6 +24,13 @@ export interface Mismatch {
   provider?: string | number
   detail: string
 }
+
+/**
+ * An authorization neither captured nor voided for this long is left behind: a capture or
+ * a void that never happened (dead-lettered, say). The saga settles one within minutes,
+ * even with capture on shipment.
+ */
+const authorizationOpenMaxMs = 3_600_000
 
 /** The ledger's view of a payment in each status ('none': no entries). */
 const ledgerStatusOf: Record<PaymentStatus, string> = {
@@ -84,6 +92,15 @@ async function check(service: Service, client: ProviderClient, payment: PaymentR
       ...ids,
       ours: payment.status,
       detail: `payment is ${payment.status} but its ledger entries say ${ledger.status}`,
+    })
+  }
+  const openForMs = Date.now() - Date.parse(payment.updated_at)
+  if (payment.status === 'authorized' && openForMs > authorizationOpenMaxMs) {
+    found.push({
+      kind: 'stale-authorization',
+      ...ids,
+      ours: payment.status,
+      detail: `authorized ${Math.round(openForMs / 60_000)} min ago, and neither captured nor voided since`,
     })
   }
   if (ledger.capturedMinor !== payment.captured_minor || ledger.refundedMinor !== payment.refunded_minor) {

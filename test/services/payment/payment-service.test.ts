@@ -328,6 +328,23 @@ describe('the payment service', () => {
     assert.deepEqual(await reconcile(service, providerUrl), [])
   })
 
+  it('reports an authorization left open for over an hour, neither captured nor voided', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId)
+    await answer(orderId, 'payment.authorized')
+    const twoHoursAgo = new Date(Date.now() - 7_200_000).toISOString()
+    await service.store.execute('UPDATE payments SET updated_at = $1 WHERE order_id = $2', [
+      twoHoursAgo,
+      orderId,
+    ])
+    const found = (await reconcile(service, providerUrl)).filter((m) => m.orderId === orderId)
+    assert.deepEqual(
+      found.map((m) => m.kind),
+      ['stale-authorization'],
+    )
+    assert.match(found[0].detail, /authorized 120 min ago/)
+  })
+
   it('dead-letters a capture the provider keeps refusing, without a captured event', async () => {
     const orderId = newOrder()
     await requestPayment(orderId)
