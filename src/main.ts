@@ -9,6 +9,7 @@
 //   mercato load --orders N --rate R  place orders as clients would, and summarize
 import { existsSync } from 'node:fs'
 import { Command, Option } from 'commander'
+import { eventRegistry } from './contracts/registry.ts'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { KeyRing } from './platform/identity/key-ring.ts'
 import { createLogger } from './platform/logger.ts'
@@ -169,6 +170,13 @@ async function replayView(options: Record<string, string | undefined>): Promise<
 
 const dlq = program.command('dlq').description('inspect and replay dead-letter topics')
 
+/** Throws unless `topic` is one of the contracts' topics (a typo must not read as "no dead letters"). */
+function knownTopic(topic: string): void {
+  const topics = eventRegistry.topics()
+  if (!topics.includes(topic))
+    throw new ConfigError('--topic', `no topic "${topic}"; the topics are ${topics.join(', ')}`)
+}
+
 withEngineFlags(dlq.command('list'))
   .description("list the records on a topic's dead-letter topic")
   .requiredOption('--topic <topic>', 'the original topic (its DLQ is <topic>.dlq)')
@@ -176,6 +184,7 @@ withEngineFlags(dlq.command('list'))
   .option('--json', 'one JSON object per line')
   .action(async (options) => {
     const config = configFrom(options)
+    knownTopic(options.topic)
     const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
     try {
       const letters = await stream.deadLetters(options.topic, Number(options.limit))
@@ -203,6 +212,7 @@ withEngineFlags(dlq.command('replay'))
   .option('--limit <n>', 'records to replay', '1000')
   .action(async (options) => {
     const config = configFrom(options)
+    knownTopic(options.topic)
     const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
     try {
       const letters = await stream.deadLetters(options.topic, Number(options.limit))
