@@ -45,54 +45,69 @@ const flagValueRules: Record<string, (value: unknown) => string | undefined> = {
   'express-shipping': (value) => (typeof value === 'boolean' ? undefined : 'must be true or false'),
 }
 
-/** The reason a flagd flag definition is invalid, or undefined when it is valid. */
-export function validateFlagDefinition(definition: unknown, key = 'flag'): string | undefined {
+/** Why a flag definition is refused, and the field of the definition (a JSON pointer) at fault. */
+export interface FlagDefinitionProblem {
+  field: string
+  reason: string
+}
+
+/** What is wrong with a flagd flag definition, or undefined when it is valid. */
+export function validateFlagDefinition(definition: unknown, key = 'flag'): FlagDefinitionProblem | undefined {
+  const problem = (field: string, reason: string) => ({ field, reason })
   if (!definition || typeof definition !== 'object' || Array.isArray(definition))
-    return 'a flag definition must be a JSON object'
+    return problem('/', 'a flag definition must be a JSON object')
   let text: string
   try {
     text = JSON.stringify({ flags: { [key]: definition } })
   } catch (error) {
-    return `not serializable as JSON: ${errorMessage(error)}`
+    return problem('/', `not serializable as JSON: ${errorMessage(error)}`)
   }
   if (Buffer.byteLength(text) > definitionBytesMax)
-    return `the definition is larger than ${definitionBytesMax} bytes`
+    return problem('/', `the definition is larger than ${definitionBytesMax} bytes`)
   const def = definition as Record<string, unknown>
-  if (def.state !== 'ENABLED' && def.state !== 'DISABLED') return 'state must be "ENABLED" or "DISABLED"'
+  if (def.state !== 'ENABLED' && def.state !== 'DISABLED')
+    return problem('/state', 'state must be "ENABLED" or "DISABLED"')
   const variants = def.variants
   if (!variants || typeof variants !== 'object' || Array.isArray(variants))
-    return 'variants must be an object of named values'
+    return problem('/variants', 'variants must be an object of named values')
   const values = Object.values(variants)
-  if (values.length === 0) return 'variants must name at least one value'
+  if (values.length === 0) return problem('/variants', 'variants must name at least one value')
   const kinds = new Set(
     values.map((value) => (value === null ? 'null' : Array.isArray(value) ? 'array' : typeof value)),
   )
-  if (kinds.size > 1) return `every variant must have the same type (found ${[...kinds].join(', ')})`
+  if (kinds.size > 1)
+    return problem('/variants', `every variant must have the same type (found ${[...kinds].join(', ')})`)
   const [kind] = kinds
   if (!['boolean', 'string', 'number', 'object'].includes(kind))
-    return `variants must be booleans, strings, numbers or objects (found ${kind})`
+    return problem('/variants', `variants must be booleans, strings, numbers or objects (found ${kind})`)
   const rule = flagValueRules[key]
   for (const [name, value] of Object.entries(variants)) {
     const wrong = rule?.(value)
-    if (wrong) return `variant "${name}" of ${key} ${wrong}`
+    if (wrong) return problem(`/variants/${name}`, `variant "${name}" of ${key} ${wrong}`)
   }
   if (
     def.defaultVariant !== undefined &&
     def.defaultVariant !== null &&
     !Object.hasOwn(variants, String(def.defaultVariant))
   )
-    return `defaultVariant "${String(def.defaultVariant)}" is not one of the variants`
+    return problem(
+      '/defaultVariant',
+      `defaultVariant "${String(def.defaultVariant)}" is not one of the variants`,
+    )
   // flagd's own schema (strict), its structural checks, and its targeting parser.
   const storage = new MemoryStorage(quietLogger)
   try {
     storage.setConfigurations(text, true)
   } catch (error) {
-    return `not a valid flagd definition: ${flagdReason(error)}`
+    // flagd points into its whole document (/flags/<key>/…): point into the definition.
+    const reason = flagdReason(error).replaceAll(`/flags/${key}`, '')
+    return problem(/^(\/\w+)/.exec(reason)?.[1] ?? '/', `not a valid flagd definition: ${reason}`)
   }
   const flag = storage.getFlag(key)
-  if (!flag) return 'not a valid flagd definition'
+  if (!flag) return problem('/', 'not a valid flagd definition')
   const probe = flag.evaluate({}, quietLogger)
-  if (probe.errorCode === 'PARSE_ERROR') return probe.errorMessage ?? 'the targeting rule cannot be parsed'
+  if (probe.errorCode === 'PARSE_ERROR')
+    return problem('/targeting', probe.errorMessage ?? 'the targeting rule cannot be parsed')
   return undefined
 }
 

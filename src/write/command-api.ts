@@ -482,7 +482,16 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         const definition = request.body as Record<string, unknown>
         // The flags service applies only what passes this same check; refuse the rest here.
         const invalid = validateFlagDefinition(definition, key)
-        if (invalid) throw flagDefinitionError(invalid.replaceAll(`/flags/${key}`, ''))
+        if (invalid) {
+          throw new MercatoError(
+            'invalid-request',
+            400,
+            `the flag definition is invalid: ${invalid.reason}`,
+            {
+              errors: [{ in: 'body', field: invalid.field, message: invalid.reason }],
+            },
+          )
+        }
         return [{ type: 'flag.changed', subject: key, data: { key, definition } }]
       },
     },
@@ -568,25 +577,6 @@ function checkWebhookUrl(raw: string, allowPrivate: boolean): void {
   const reason = privateAddressReason(host)
   if (reason && !reason.endsWith('is not an IP address'))
     refuse(`must not name a loopback, link-local or private address (${host} is one)`)
-}
-
-/** A 400 for a flag definition the flags service would not apply, naming the field the reason is about. */
-function flagDefinitionError(reason: string): MercatoError {
-  const fieldOfFirstWord = new Map([
-    ['state', '/state'],
-    ['variants', '/variants'],
-    ['every', '/variants'],
-    ['defaultVariant', '/defaultVariant'],
-  ])
-  // flagd's own reasons carry a JSON pointer ("…: /targeting must …"); the others start with the field.
-  const variant = /^variant "([^"]+)"/.exec(reason)?.[1]
-  const field =
-    /: (\/\w+)/.exec(reason)?.[1] ??
-    (variant !== undefined ? `/variants/${variant}` : fieldOfFirstWord.get(reason.split(' ')[0])) ??
-    '/'
-  return new MercatoError('invalid-request', 400, `the flag definition is invalid: ${reason}`, {
-    errors: [{ in: 'body', field, message: reason }],
-  })
 }
 
 const eventTypes = Object.keys(eventSchemas)

@@ -81,7 +81,7 @@ function documentOf(flags: FlagDefinitions): string {
 export async function writeFlagDefinition(cache: Cache, key: string, definition: Record<string, unknown>) {
   if (!flagKeyPattern.test(key)) throw new Error(`invalid flag key ${JSON.stringify(key)}`)
   const invalid = validateFlagDefinition(definition, key)
-  if (invalid) throw new Error(`invalid definition of flag ${key}: ${invalid}`)
+  if (invalid) throw new Error(`invalid definition of flag ${key}: ${invalid.reason}`)
   for (let attempt = 0; attempt < 100; attempt++) {
     const current = await cache.get(flagDefinitionsKey)
     let flags: FlagDefinitions = { ...defaultFlagDefinitions }
@@ -167,7 +167,10 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     for (const [key, definition] of Object.entries(flags)) {
       const invalid = validateFlagDefinition(definition, key)
       if (invalid)
-        log.warn({ flag: key, reason: invalid }, 'flag definition in the key-value store is invalid; ignored')
+        log.warn(
+          { flag: key, reason: invalid.reason },
+          'flag definition in the key-value store is invalid; ignored',
+        )
       else valid[key] = definition
     }
     const changed = core.setConfigurations(documentOf(valid))
@@ -201,7 +204,9 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     if (event.type !== 'flag.changed') return
     const key = String(event.data.key)
     const definition = event.data.definition as Record<string, unknown>
-    const invalid = flagKeyPattern.test(key) ? validateFlagDefinition(definition, key) : 'invalid flag key'
+    const invalid = flagKeyPattern.test(key)
+      ? validateFlagDefinition(definition, key)?.reason
+      : 'invalid flag key'
     if (invalid) {
       log.warn(
         { flag: key, eventId: event.id, reason: invalid },

@@ -35,8 +35,8 @@ describe('validateFlagDefinition', () => {
     )
   })
 
-  it('gives the reason a definition is invalid', () => {
-    const reasons = [
+  it('gives the reason a definition is invalid, and the field it is about', () => {
+    const problems = [
       validateFlagDefinition({ state: 'ENABLED', variants: { on: true }, defaultVariant: 'missing' }),
       validateFlagDefinition({ state: 'ON', variants: { on: true }, defaultVariant: 'on' }),
       validateFlagDefinition({ state: 'ENABLED', variants: { on: true, n: 1 }, defaultVariant: 'on' }),
@@ -45,8 +45,12 @@ describe('validateFlagDefinition', () => {
       validateFlagDefinition([]),
       validateFlagDefinition('on'),
     ]
-    for (const reason of reasons) assert.equal(typeof reason, 'string', String(reason))
-    assert.match(reasons[0]!, /defaultVariant/)
+    for (const problem of problems) assert.equal(typeof problem?.reason, 'string', JSON.stringify(problem))
+    assert.deepEqual(
+      problems.map((problem) => problem?.field),
+      ['/defaultVariant', '/state', '/variants', '/variants', '/targeting', '/', '/'],
+    )
+    assert.match(problems[0]!.reason, /defaultVariant/)
   })
 })
 
