@@ -23,7 +23,7 @@ import {
   paymentMigrations,
 } from './payments.ts'
 import { type Authorization, ProviderClient } from './provider-client.ts'
-import { reconcile } from './reconcile.ts'
+import { reconcile, reconciliationClient } from './reconcile.ts'
 
 export interface PaymentServiceOptions {
   /** The provider's base URL. */
@@ -257,20 +257,9 @@ export async function startPaymentService(
     { oneAtATime: true },
   )
 
-  // Reconciliation has a client of its own: its calls neither trip nor wait on the saga's circuit.
-  const reconcileClient = new ProviderClient({
-    providerUrl: options.providerUrl,
-    apiKey: options.apiKey,
-    name: 'reconciliation',
-    timeoutMs: 5_000,
-    attemptsMax: 2,
-    concurrencyMax: 8,
-    backoffBaseMs: 100,
-    log,
-    metrics: service.metrics,
-  })
+  const reconcileClient = reconciliationClient(service, options.providerUrl, options.apiKey)
   service.every('payment-reconciliation', reconcileEveryMs, async () => {
-    const mismatches = await reconcile(service, options.providerUrl, reconcileClient)
+    const mismatches = await reconcile(service, reconcileClient)
     if (mismatches.length > 0) {
       log.warn(
         { count: mismatches.length, first: mismatches.slice(0, 5) },
@@ -298,5 +287,3 @@ function chargeOf(payment: PaymentRow): string {
     throw new Error(`payment ${payment.payment_id} is ${payment.status} without a charge`)
   return payment.charge_id
 }
-
-export { reconcile }

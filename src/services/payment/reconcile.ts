@@ -45,19 +45,29 @@ const ledgerStatusOf: Record<PaymentStatus, string> = {
 const pageSize = 200
 const concurrency = 8
 
-export async function reconcile(
+/**
+ * The provider client reconciliation calls through: its own, so its calls neither trip nor
+ * wait on the saga's circuit.
+ */
+export function reconciliationClient(
   service: Service,
-  providerUrl: string | (() => string | Promise<string>),
-  client: ProviderClient = new ProviderClient({
-    providerUrl: typeof providerUrl === 'string' ? () => providerUrl : providerUrl,
+  providerUrl: () => string | Promise<string>,
+  apiKey?: string,
+): ProviderClient {
+  return new ProviderClient({
+    providerUrl,
+    apiKey,
+    name: 'reconciliation',
     timeoutMs: 5_000,
     attemptsMax: 2,
     concurrencyMax: concurrency,
     backoffBaseMs: 100,
     log: service.log,
     metrics: service.metrics,
-  }),
-): Promise<Mismatch[]> {
+  })
+}
+
+export async function reconcile(service: Service, client: ProviderClient): Promise<Mismatch[]> {
   const mismatches: Mismatch[] = (await unbalancedEntries(service.store)).map((entry) => ({
     kind: 'unbalanced-entry',
     ours: entry.sumMinor,

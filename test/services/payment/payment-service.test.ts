@@ -15,8 +15,9 @@ import { startPaymentProvider } from '../../../src/provider/payment-provider.ts'
 import { loadConfig } from '../../../src/runtime/config.ts'
 import { createHttpServer } from '../../../src/runtime/http.ts'
 import { trialBalance, unbalancedEntries } from '../../../src/services/payment/ledger.ts'
-import { reconcile, startPaymentService } from '../../../src/services/payment/payment-service.ts'
+import { startPaymentService } from '../../../src/services/payment/payment-service.ts'
 import { ProviderClient, ProviderError } from '../../../src/services/payment/provider-client.ts'
+import { reconcile, reconciliationClient } from '../../../src/services/payment/reconcile.ts'
 import { tempDir, uniqueName, waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness } from '../notification/harness.ts'
 
@@ -274,7 +275,10 @@ describe('the payment service', () => {
 
   it('voids an authorization left behind by answers that never came, once the order is cancelled', async () => {
     const orderId = await leaveStrayAuthorization()
-    const before = await reconcile(service, providerUrl)
+    const before = await reconcile(
+      service,
+      reconciliationClient(service, () => providerUrl),
+    )
     assert.deepEqual(
       before.filter((m) => m.orderId === orderId).map((m) => m.kind),
       ['untracked-charge'],
@@ -325,7 +329,13 @@ describe('the payment service', () => {
     assert.deepEqual(await unbalancedEntries(service.store), [])
     const total = (await trialBalance(service.store)).reduce((sum, a) => sum + a.balanceMinor, 0)
     assert.equal(total, 0)
-    assert.deepEqual(await reconcile(service, providerUrl), [])
+    assert.deepEqual(
+      await reconcile(
+        service,
+        reconciliationClient(service, () => providerUrl),
+      ),
+      [],
+    )
   })
 
   it('reports an authorization left open for over an hour, neither captured nor voided', async () => {
@@ -337,7 +347,12 @@ describe('the payment service', () => {
       twoHoursAgo,
       orderId,
     ])
-    const found = (await reconcile(service, providerUrl)).filter((m) => m.orderId === orderId)
+    const found = (
+      await reconcile(
+        service,
+        reconciliationClient(service, () => providerUrl),
+      )
+    ).filter((m) => m.orderId === orderId)
     assert.deepEqual(
       found.map((m) => m.kind),
       ['stale-authorization'],
