@@ -75,7 +75,6 @@ const connectionCodes = new Set([
   'EHOSTUNREACH',
   'ENETUNREACH',
   'EAI_AGAIN',
-  'SQLITE_BUSY',
 ])
 
 /**
@@ -89,7 +88,8 @@ export function isOutage(error: unknown): boolean {
   const code = (error as { code?: unknown } | undefined)?.code
   if (typeof code === 'string' && connectionCodes.has(code)) return true
   const message = errorMessage(error)
-  // ioredis while the connection is down; pg when the server goes away mid-query.
+  // ioredis while the connection is down; pg when the server goes away mid-query; SQLite
+  // when another process holds the file past the busy timeout (node:sqlite says so only in words).
   return /Stream isn't writeable|Connection is closed|Connection terminated|database is locked/.test(message)
 }
 

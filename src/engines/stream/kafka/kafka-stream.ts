@@ -214,7 +214,7 @@ export class KafkaStream implements StreamEngine {
       })
     } catch (error) {
       // Kafka moves a group's offsets only while no member is connected.
-      if (/not aware of this member|UNKNOWN_MEMBER_ID|NON_EMPTY_GROUP/i.test(String(errorMessage(error))))
+      if (/not aware of this member|UNKNOWN_MEMBER_ID|NON_EMPTY_GROUP/i.test(errorMessage(error)))
         throw new Error(
           `group ${group} has members connected: stop the processes that consume as it, then replay`,
         )
