@@ -197,20 +197,16 @@ function mergedLines(lines: Line[]): [string, number][] {
   return [...bySku].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
 }
 
-/** The later of the stored time and the event's. */
-const laterTime = (P: string) =>
-  `CASE WHEN ${P}.updated_at IS NULL OR excluded.updated_at > ${P}.updated_at THEN excluded.updated_at ELSE ${P}.updated_at END`
-
-/** The earlier of the stored listing time and the event's. */
-const earlierListing = (P: string) =>
-  `CASE WHEN ${P}.listed_at IS NULL OR excluded.listed_at < ${P}.listed_at THEN excluded.listed_at ELSE ${P}.listed_at END`
+/** Of the stored time in `column` and the event's, the later (`>`) or the earlier (`<`). */
+const keptTime = (P: string, column: string, keep: '>' | '<') =>
+  `CASE WHEN ${P}.${column} IS NULL OR excluded.${column} ${keep} ${P}.${column} THEN excluded.${column} ELSE ${P}.${column} END`
 
 async function addStock(tx: Tx, g: number, sku: string, onHand: number, available: number, time: string) {
   const P = productsTable(g)
   const [row] = await tx.query<{ category: string | null; available: number | bigint }>(
     `INSERT INTO ${P} (sku, on_hand, available, updated_at) VALUES ($1, $2, $3, $4)
      ON CONFLICT (sku) DO UPDATE SET on_hand = ${P}.on_hand + excluded.on_hand,
-       available = ${P}.available + excluded.available, updated_at = ${laterTime(P)}
+       available = ${P}.available + excluded.available, updated_at = ${keptTime(P, 'updated_at', '>')}
      RETURNING category, available`,
     [sku, onHand, available, time],
   )
@@ -254,8 +250,8 @@ async function upsertProduct(tx: Tx, kind: Store['kind'], g: number, product: Pr
     time,
   ]
   const set = `name = excluded.name, name_key = excluded.name_key, category = excluded.category,
-    price_minor = excluded.price_minor, currency = excluded.currency, updated_at = ${laterTime(P)},
-    listed_at = ${earlierListing(P)}`
+    price_minor = excluded.price_minor, currency = excluded.currency, updated_at = ${keptTime(P, 'updated_at', '>')},
+    listed_at = ${keptTime(P, 'listed_at', '<')}`
   let id: number | undefined
   if (kind === 'postgres') {
     const search = tsVectorOf([
