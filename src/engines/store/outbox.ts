@@ -1,6 +1,9 @@
 // The transactional outbox: a service writes the events it emits into its own store, in
 // the same transaction as its state change; the relay publishes them and marks them sent.
 // A crash between publish and mark publishes again; the consumer's inbox absorbs it.
+// Rows committed in this process are handed to its relay as they commit, so a relay that
+// keeps up never reads the table back; it reads it at start, after a failure, and on its
+// poll, for rows committed elsewhere or not handed over.
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
 import { errorMessage } from '../../platform/errors.ts'
@@ -13,20 +16,23 @@ import type { Store, Tx } from './port.ts'
 /** Rows looked at by one prune statement. */
 const pruneBatchSize = 1_000
 
-const wakers = new WeakMap<object, Set<() => void>>()
+/** Per store, the relays of this process, each told of the rows a commit added. */
+const listeners = new WeakMap<object, Set<(rows: OutboxRow[]) => void>>()
 
 /** Adds events to the outbox inside `tx`; they are validated now, so a bad event rolls the transaction back. */
 export async function addToOutbox(store: Store, tx: Tx, events: CloudEvent[]): Promise<void> {
   const now = new Date().toISOString()
+  const rows: OutboxRow[] = []
   for (const event of events) {
     eventRegistry.assertValid(event)
-    await tx.execute('INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2)', [
-      JSON.stringify(event),
-      now,
-    ])
+    const [row] = await tx.query<{ id: number }>(
+      'INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2) RETURNING id',
+      [JSON.stringify(event), now],
+    )
+    rows.push({ id: Number(row.id), event })
   }
   tx.afterCommit(() => {
-    for (const wake of wakers.get(store) ?? []) wake()
+    for (const listen of listeners.get(store) ?? []) listen(rows)
   })
 }
 
@@ -51,6 +57,13 @@ export class OutboxRelay {
   #wake: (() => void) | undefined
   #running: Promise<void> | undefined
   #lastPruneMs = 0
+  /** Rows committed in this process and not yet relayed, in commit order. */
+  #handed: OutboxRow[] = []
+  /** The table may hold unsent rows that were not handed over: read it next. */
+  #mustRead = true
+  /** Ids the last read of the table found: a commit handed over after that read is not relayed twice. */
+  #lastRead = new Set<number>()
+  #lastReadMs = 0
 
   constructor(store: Store, stream: EventStream, options: OutboxRelayOptions, log: Logger, metrics: Metrics) {
     this.#store = store
@@ -61,13 +74,20 @@ export class OutboxRelay {
   }
 
   start(): void {
-    let set = wakers.get(this.#store)
-    if (!set) wakers.set(this.#store, (set = new Set()))
-    set.add(this.#onWrite)
+    let set = listeners.get(this.#store)
+    if (!set) listeners.set(this.#store, (set = new Set()))
+    set.add(this.#onCommit)
     this.#running = this.#loop()
   }
 
-  readonly #onWrite = () => this.#wake?.()
+  readonly #onCommit = (rows: OutboxRow[]) => {
+    // A relay far behind lets go of what it was handed and reads the table instead.
+    if (this.#handed.length + rows.length > this.#options.batchSizeMax * 10) {
+      this.#handed = []
+      this.#mustRead = true
+    } else for (const row of rows) if (!this.#lastRead.has(row.id)) this.#handed.push(row)
+    this.#wake?.()
+  }
 
   async #loop(): Promise<void> {
     while (!this.#stop.signal.aborted) {
@@ -80,9 +100,11 @@ export class OutboxRelay {
           { store: this.#store.service, err: errorMessage(error) },
           'outbox relay failed; will retry',
         )
+        this.#handed = []
+        this.#mustRead = true
         await sleep(this.#options.pollIntervalMs * 10, this.#stop.signal)
       }
-      if (relayed === 0) {
+      if (relayed === 0 && this.#handed.length === 0) {
         // Woken by a commit that added events, or by stop(); the timer is a safety net.
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, this.#options.pollIntervalMs)
@@ -98,11 +120,25 @@ export class OutboxRelay {
 
   /** Publishes one batch of unsent events and marks them sent; resolves with how many. */
   async relayOnce(): Promise<number> {
-    const rows = await this.pending()
+    // The table is read at least once a poll interval, for rows another process committed.
+    const readDue = this.#mustRead || Date.now() - this.#lastReadMs >= this.#options.pollIntervalMs
+    const rows = readDue ? await this.#readTable() : this.#handed.splice(0, this.#options.batchSizeMax)
     if (rows.length === 0) return 0
     await this.publish(rows)
     await this.markSent(rows)
     return rows.length
+  }
+
+  /** Reads the unsent rows; those handed over meanwhile are in it, or come after it. */
+  async #readTable(): Promise<OutboxRow[]> {
+    this.#mustRead = false
+    this.#lastReadMs = Date.now()
+    const rows = await this.pending()
+    this.#lastRead = new Set(rows.map((row) => row.id))
+    this.#handed = this.#handed.filter((row) => !this.#lastRead.has(row.id))
+    // A full batch may have left unsent rows behind: the next round reads again.
+    if (rows.length === this.#options.batchSizeMax) this.#mustRead = true
+    return rows
   }
 
   async pending(): Promise<OutboxRow[]> {
@@ -159,7 +195,7 @@ export class OutboxRelay {
   async stop(): Promise<void> {
     this.#stop.abort()
     this.#wake?.()
-    wakers.get(this.#store)?.delete(this.#onWrite)
+    listeners.get(this.#store)?.delete(this.#onCommit)
     await this.#running
   }
 }

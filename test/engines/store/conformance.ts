@@ -225,6 +225,47 @@ export function defineStoreConformance(
       )
     })
 
+    it("relays every committed event once: this process hands its rows over, another process's are read on the poll", async () => {
+      const store = await newStore()
+      const subject = uniqueName('handed')
+      const received: string[] = []
+      const subscription = await stream.subscribe({
+        group: uniqueName('handed-consumer'),
+        topics: ['products'],
+        handle: async (event) => {
+          if (event.subject.startsWith(subject)) received.push(event.id)
+        },
+      })
+      const relay = new OutboxRelay(
+        store,
+        stream,
+        { batchSizeMax: 4, pollIntervalMs: 20, sentRetentionMs: 60_000 },
+        silentLogger(),
+        new Metrics(),
+      )
+      relay.start()
+      const events = Array.from({ length: 30 }, (_, i) => productEvent(`${subject}-${i % 3}`, i))
+      // Transactions of this process, side by side, some with two events.
+      await Promise.all(
+        [0, 2, 4, 6, 8, 10, 12, 14, 16, 18].map((i) =>
+          store.transaction((tx) => addToOutbox(store, tx, events.slice(i, i + 2))),
+        ),
+      )
+      // Rows of another process (written past this process's outbox code), between more of ours.
+      for (const event of events.slice(20, 25))
+        await store.execute('INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2)', [
+          JSON.stringify(event),
+          new Date().toISOString(),
+        ])
+      await store.transaction((tx) => addToOutbox(store, tx, events.slice(25)))
+      await waitFor('every event', () => received.length >= events.length)
+      await new Promise((resolve) => setTimeout(resolve, 150)) // polls that must find nothing new
+      await relay.stop()
+      await subscription.stop()
+      assert.deepEqual([...received].sort(), events.map((e) => e.id).sort())
+      assert.deepEqual(await relay.pending(), [])
+    })
+
     it('prunes the rows sent before the retention, batch after batch, and keeps the recent and the unsent', async () => {
       const store = await newStore()
       const hourAgo = new Date(Date.now() - 3_600_000).toISOString()
