@@ -11,7 +11,7 @@ import Fastify, {
 import { errorMessage, isOutage, MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
-import type { Metrics } from '../platform/metrics.ts'
+import { latencyBucketsSeconds, type Metrics } from '../platform/metrics.ts'
 import type { Config } from './config.ts'
 
 const unshed = new Set(['/healthz', '/readyz', '/metrics'])
@@ -145,6 +145,28 @@ export function createHttpServer(
     'Requests refused with 503 because the process was full.',
   )
   const inFlightGauge = metrics.gauge('mercato_http_in_flight', 'Requests being handled.')
+  // By route template (never the raw path: ids would make a series per order), method and
+  // status; a path no route matches counts as "unmatched".
+  const answered = metrics.counter('mercato_http_requests_total', 'HTTP requests answered.', [
+    'method',
+    'route',
+    'status',
+  ])
+  const duration = metrics.histogram(
+    'mercato_http_request_duration_seconds',
+    'Time from a request to the end of its answer, by route and status class.',
+    ['method', 'route', 'status_class'],
+    latencyBucketsSeconds,
+  )
+  app.addHook('onResponse', async (request, reply) => {
+    const route = request.routeOptions.url ?? 'unmatched'
+    const status = reply.statusCode
+    answered.inc({ method: request.method, route, status })
+    duration.observe(
+      { method: request.method, route, status_class: `${Math.floor(status / 100)}xx` },
+      reply.elapsedTime / 1000,
+    )
+  })
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)

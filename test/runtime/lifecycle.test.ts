@@ -57,8 +57,20 @@ describe('the mercato program', () => {
     assert.deepEqual(await (await fetch(`${address}/healthz`)).json(), { status: 'ok' })
     const ready = await fetch(`${address}/readyz`)
     assert.equal(ready.status, 200)
+    await fetch(`${address}/v1/orders/ord_nobody`)
     const metrics = await (await fetch(`${address}/metrics`)).text()
     assert.match(metrics, /# TYPE mercato_http_in_flight gauge/)
+    // Requests are counted by route template and status, never by raw path.
+    assert.match(metrics, /mercato_http_requests_total\{method="GET",route="\/healthz",status="200"\} 1/)
+    assert.match(
+      metrics,
+      /mercato_http_requests_total\{method="GET",route="\/v1\/orders\/:id",status="401"\} 1/,
+    )
+    assert.match(
+      metrics,
+      /mercato_http_request_duration_seconds_count\{method="GET",route="\/readyz",status_class="2xx"\} 1/,
+    )
+    assert.doesNotMatch(metrics, /ord_nobody/)
     assert.match(metrics, /mercato_process_cpu_seconds_total/)
     child.kill('SIGTERM')
     const [code] = (await once(child, 'exit')) as [number]
