@@ -18,7 +18,7 @@ import { rebuildView } from './read/projector.ts'
 import { type ViewName, viewNames } from './read/view.ts'
 import { openViews } from './read/views.ts'
 import { App } from './runtime/app.ts'
-import { type Config, intSettings, loadConfig, settingsHelp } from './runtime/config.ts'
+import { type Config, intSettings, loadConfig, settingsHelp, unknownSettings } from './runtime/config.ts'
 import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
 import { openEventStream, storeOpener, viewsRedisOf } from './runtime/engines.ts'
 import { OrderWatcher, runLoad } from './runtime/load.ts'
@@ -54,6 +54,13 @@ withEngineFlags(program.command('start'))
   .action(async (options) => {
     const config = configFrom(options)
     const log = createLogger({ level: config.logLevel })
+    for (const { name, nearest } of unknownSettings(process.env))
+      log.warn(
+        { setting: name, ...(nearest ? { nearest } : {}) },
+        nearest
+          ? `unknown setting ${name}: did you mean ${nearest}?`
+          : `unknown setting ${name}: no setting has this name; it is ignored`,
+      )
     const app = new App(config, log)
     let signalled = false
     const shutdown = async (signal: string) => {

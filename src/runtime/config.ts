@@ -431,19 +431,74 @@ const logLevels = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']
  */
 export function loadConfig(env: Source = process.env, flags: Source = {}): Config {
   const given = Object.fromEntries(Object.entries(flags).filter(([, v]) => v !== undefined))
+  // A flag given with no value is a mistake, not a wish for the default (`--port ""`).
+  for (const [setting, value] of Object.entries(given))
+    if (value === '') throw new ConfigError(setting, 'is empty', flagOf(setting))
   try {
     return readConfig({ ...env, ...given })
   } catch (error) {
     // A bad value that came from a flag names the flag too: MERCATO_DATA_DIR is --data-dir.
     if (error instanceof ConfigError && Object.hasOwn(given, error.setting)) {
-      const flag = `--${error.setting
-        .replace(/^MERCATO_/, '')
-        .toLowerCase()
-        .replaceAll('_', '-')}`
-      throw new ConfigError(error.setting, error.problem, flag)
+      throw new ConfigError(error.setting, error.problem, flagOf(error.setting))
     }
     throw error
   }
+}
+
+function flagOf(setting: string): string {
+  return `--${setting
+    .replace(/^MERCATO_/, '')
+    .toLowerCase()
+    .replaceAll('_', '-')}`
+}
+
+/** Every MERCATO_* setting the configuration reads (it reads each one, whatever is set). */
+export function knownSettings(): string[] {
+  const read = new Set<string>()
+  readConfig(
+    new Proxy({} as Source, {
+      get(_target, name) {
+        if (typeof name === 'string') read.add(name)
+        return undefined
+      },
+    }),
+  )
+  return [...read].filter((name) => name.startsWith('MERCATO_')).sort()
+}
+
+/**
+ * The MERCATO_* variables of `env` that no setting reads (most likely misspelled), each with
+ * the known setting nearest to it when one is close. MERCATO_TEST_* and MERCATO_BENCH_*
+ * belong to the tests and benchmarks.
+ */
+export function unknownSettings(env: Source): { name: string; nearest?: string }[] {
+  const known = knownSettings()
+  return Object.keys(env)
+    .filter(
+      (name) => name.startsWith('MERCATO_') && !known.includes(name) && !/^MERCATO_(TEST|BENCH)_/.test(name),
+    )
+    .map((name) => {
+      const [nearest] = known
+        .map((setting) => ({ setting, distance: editDistance(name, setting) }))
+        .filter(({ distance }) => distance <= 3)
+        .sort((a, b) => a.distance - b.distance)
+      return nearest ? { name, nearest: nearest.setting } : { name }
+    })
+}
+
+function editDistance(a: string, b: string): number {
+  let previous = Array.from({ length: b.length + 1 }, (_, j) => j)
+  for (let i = 1; i <= a.length; i++) {
+    const current = [i]
+    for (let j = 1; j <= b.length; j++)
+      current[j] = Math.min(
+        previous[j] + 1,
+        current[j - 1] + 1,
+        previous[j - 1] + (a[i - 1] === b[j - 1] ? 0 : 1),
+      )
+    previous = current
+  }
+  return previous[b.length]
 }
 
 function readConfig(source: Source): Config {

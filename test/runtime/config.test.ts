@@ -3,7 +3,7 @@ import { spawnSync } from 'node:child_process'
 import { describe, it } from 'node:test'
 import { ConfigError } from '../../src/platform/errors.ts'
 import { resolveTargets } from '../../src/runtime/components.ts'
-import { loadConfig } from '../../src/runtime/config.ts'
+import { knownSettings, loadConfig, unknownSettings } from '../../src/runtime/config.ts'
 
 describe('configuration', () => {
   it('runs embedded engines under ./data when nothing is set', () => {
@@ -84,26 +84,30 @@ describe('configuration', () => {
 
   it('mercato start --help lists every setting the code reads', () => {
     const help = spawnSync(process.execPath, ['src/main.ts', 'start', '--help'], { encoding: 'utf8' }).stdout
-    for (const name of [
-      'MERCATO_CORS_ORIGINS',
-      'MERCATO_ADMIN_EMAIL',
-      'MERCATO_ADMIN_PASSWORD',
-      'MERCATO_SUPPORT_EMAIL',
-      'MERCATO_SUPPORT_PASSWORD',
-      'MERCATO_POLICY_DIR',
-      'MERCATO_TOKEN_ISSUER',
-      'MERCATO_TOKEN_AUDIENCE',
-      'MERCATO_OIDC_ISSUER',
-      'MERCATO_OIDC_JWKS_URL',
-      'MERCATO_OIDC_AUDIENCE',
-      'MERCATO_OIDC_ALGORITHMS',
-      'MERCATO_COMMAND_API_URLS',
-      'MERCATO_QUERY_API_URLS',
-      'MERCATO_USER_URL',
-      'MERCATO_WEBHOOK_ALLOW_PRIVATE_HOSTS',
-      'MERCATO_PORT',
-    ])
-      assert.match(help, new RegExp(`^  ${name} `, 'm'), name)
+    const known = knownSettings()
+    for (const name of ['MERCATO_CORS_ORIGINS', 'MERCATO_OIDC_JWKS_URL', 'MERCATO_PORT', 'MERCATO_STREAM'])
+      assert.ok(known.includes(name), name)
+    for (const name of known) assert.match(help, new RegExp(`^  ${name} `, 'm'), name)
+  })
+
+  it('names the MERCATO_ variables no setting reads, with the setting nearest to each', () => {
+    assert.deepEqual(
+      unknownSettings({
+        MERCATO_PROT: '9000',
+        MERCATO_DATA_DIR: '/x',
+        MERCATO_FROBNICATE: '1',
+        MERCATO_TEST_KAFKA: 'k:9092',
+        PATH: '/bin',
+      }),
+      [{ name: 'MERCATO_PROT', nearest: 'MERCATO_PORT' }, { name: 'MERCATO_FROBNICATE' }],
+    )
+  })
+
+  it('refuses a flag given with an empty value instead of falling back to the default', () => {
+    assert.throws(
+      () => loadConfig({}, { MERCATO_PORT: '' }),
+      (error: Error) => error instanceof ConfigError && error.message === 'MERCATO_PORT (--port): is empty',
+    )
   })
 
   it('resolves targets with their dependencies, and names the known ones for an unknown target', () => {
