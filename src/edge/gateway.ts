@@ -4,10 +4,11 @@
 // this process and the gateway's hook runs in front of them; otherwise the gateway
 // forwards them over pooled HTTP to the upstream instances, with a service token, a
 // timeout, a circuit breaker and a bulkhead per upstream.
+import type { IncomingMessage, ServerResponse } from 'node:http'
 import cors from '@fastify/cors'
-import helmet from '@fastify/helmet'
 import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import helmet from 'helmet'
 import type { Cache } from '../engines/cache/port.ts'
 import type { Store } from '../engines/store/port.ts'
 import { MercatoError, OverloadedError } from '../platform/errors.ts'
@@ -78,7 +79,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     ['reason'],
   )
 
-  await http.register(helmet, { contentSecurityPolicy: false, global: true })
+  const security = securityHeaders()
+  http.addHook('onRequest', async (_request, reply) => {
+    reply.headers(security)
+  })
   if (options.config.corsOrigins.length > 0) {
     const origins = options.config.corsOrigins
     await http.register(cors, {
@@ -410,4 +414,25 @@ function isPublicApi(url: string): boolean {
 /** The customer a route's path names, for the policy to compare with the caller. */
 function customerIdOf(url: string, params: Record<string, string>): string | undefined {
   return url.startsWith('/v1/customers/:id') ? params.id : undefined
+}
+
+/**
+ * Helmet's security headers (without a CSP: the API answers JSON), worked out once. They are
+ * the same for every answer, so setting them is all a request pays; running helmet's
+ * middleware chain per request cost the cached read path about a quarter of its throughput.
+ */
+function securityHeaders(): Record<string, string> {
+  const headers: Record<string, string> = {}
+  const collect = {
+    setHeader: (name: string, value: string) => {
+      headers[name.toLowerCase()] = value
+    },
+    removeHeader: () => {},
+  }
+  helmet({ contentSecurityPolicy: false })(
+    {} as IncomingMessage,
+    collect as unknown as ServerResponse,
+    () => {},
+  )
+  return headers
 }

@@ -521,6 +521,16 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         assert.equal(answer.headers.get('x-powered-by'), null)
         assert.equal(answer.headers.get('x-content-type-options'), 'nosniff')
       }
+      const ok = await call('GET', '/v1/products')
+      assert.equal(ok.status, 200)
+      for (const [name, value] of Object.entries({
+        'x-content-type-options': 'nosniff',
+        'x-frame-options': 'SAMEORIGIN',
+        'strict-transport-security': 'max-age=31536000; includeSubDomains',
+        'referrer-policy': 'no-referrer',
+        'cross-origin-resource-policy': 'same-origin',
+      }))
+        assert.equal(ok.headers.get(name), value, name)
     })
   })
 
