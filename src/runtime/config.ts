@@ -452,7 +452,10 @@ function flagOf(setting: string): string {
     .replaceAll('_', '-')}`
 }
 
-/** Every MERCATO_* setting the configuration reads (it reads each one, whatever is set). */
+/**
+ * Every MERCATO_* setting the configuration reads. readConfig reads each one whatever else is
+ * set (no read behind a condition), so reading it once with nothing set finds them all.
+ */
 export function knownSettings(): string[] {
   const read = new Set<string>()
   readConfig(
@@ -811,16 +814,18 @@ function parseAuth(source: Source): AuthConfig {
     }
     return { email: source[`MERCATO_${role}_EMAIL`] || email, ...(password ? { password } : {}) }
   }
+  const audience = source.MERCATO_TOKEN_AUDIENCE || 'mercato-api'
+  const oidcAudience = source.MERCATO_OIDC_AUDIENCE || audience
   return {
     issuer: source.MERCATO_TOKEN_ISSUER || 'mercato',
-    audience: source.MERCATO_TOKEN_AUDIENCE || 'mercato-api',
+    audience,
     policyDir: source.MERCATO_POLICY_DIR ? resolve(source.MERCATO_POLICY_DIR) : undefined,
     external:
       oidcIssuer && oidcJwks
         ? {
             issuer: oidcIssuer,
             jwksUrl: oidcJwks,
-            audience: source.MERCATO_OIDC_AUDIENCE || source.MERCATO_TOKEN_AUDIENCE || 'mercato-api',
+            audience: oidcAudience,
             algorithms,
           }
         : undefined,
