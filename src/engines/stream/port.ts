@@ -72,6 +72,8 @@ export interface StreamEngine {
   /** Moves a group's committed offsets on every partition of a topic (for replay). The group must be stopped. */
   seek(group: string, topic: string, target: SeekTarget): Promise<void>
   lag(group: string, topics: string[]): Promise<PartitionLag[]>
+  /** Forgets a group: its committed offsets and its membership. The group must be stopped; an unknown group is no error. */
+  deleteGroup(group: string): Promise<void>
   /** Reads records from a partition without a group (inspection, DLQ listing). */
   read(topic: string, partition: number, fromOffset: number, countMax: number): Promise<StreamRecord[]>
   ping(): Promise<void>

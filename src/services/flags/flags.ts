@@ -251,6 +251,11 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     stop: async () => {
       clearInterval(timer)
       await subscription.stop()
+      // The group is this process's own (it reads every flag change from the start at each
+      // start): left behind, one more would pile up in the stream with every start.
+      await stream.engine.deleteGroup(stream.group(group)).catch((error) => {
+        log.warn({ group, err: errorMessage(error) }, 'flags consumer group not deleted')
+      })
       // Unbind this domain's provider; the domain name is unique, so nothing else used it.
       await OpenFeature.setProviderAndWait(domain, { ...noopProvider })
     },

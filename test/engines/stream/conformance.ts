@@ -316,6 +316,36 @@ export function defineStreamConformance(
       await subscription.stop()
     })
 
+    it('deletes a stopped group: it starts again as a new group would; an unknown group is no error', async () => {
+      const stream = await freshStream()
+      await stream.publish(Array.from({ length: 5 }, (_, i) => productEvent('forget', i)))
+      const seen: number[] = []
+      const handle = async (event: CloudEvent) => {
+        seen.push(seqOf(event))
+      }
+      const subscribe = () =>
+        stream.subscribe({ group: 'forget', topics: ['products'], startAt: 'earliest', handle })
+      let subscription = await subscribe()
+      await waitFor('the first pass', () => seen.length === 5, 30_000)
+      await subscription.stop()
+      const group = stream.group('forget')
+      assert.deepEqual(
+        (await fixture.engine.lag(group, [stream.topic('products')])).reduce(
+          (sum, p) => sum + p.committed,
+          0,
+        ),
+        5,
+      )
+      await fixture.engine.deleteGroup(group)
+      // Its offsets are gone: the group reads from the start again, as a new one would.
+      subscription = await subscribe()
+      await waitFor('the second pass', () => seen.length === 10, 30_000)
+      await subscription.stop()
+      assert.deepEqual(seen.sort(), [0, 0, 1, 1, 2, 2, 3, 3, 4, 4])
+      await fixture.engine.deleteGroup(group)
+      await fixture.engine.deleteGroup(stream.group('never-was'))
+    })
+
     it('refuses an oversize or invalid event at publish, appending nothing', async () => {
       const stream = await freshStream()
       const ends = async () =>

@@ -171,4 +171,18 @@ describe('flags', { concurrency: false }, () => {
     )
     assert.equal(await running.flags.string('capture-on', ''), 'shipment')
   })
+
+  it('deletes its consumer group when it stops, so starts do not pile groups up', async () => {
+    const group = 'flags-stopping'
+    const other = await startFlags({ stream: harness.stream, cache, log: silentLogger(), group })
+    await other.ready()
+    const committed = async () =>
+      (await harness.stream.engine.lag(harness.stream.group(group), [harness.stream.topic('flags')])).reduce(
+        (sum, p) => sum + p.committed,
+        0,
+      )
+    await waitFor('the group to read the flag changes', async () => (await committed()) > 0)
+    await other.stop()
+    assert.equal(await committed(), 0)
+  })
 })

@@ -161,6 +161,9 @@ export class SqliteLog implements StreamEngine {
         'DELETE FROM partition_owners WHERE grp = ? AND topic = ? AND partition = ? AND member = ?',
       ),
       dataVersion: prepare('PRAGMA data_version'),
+      deleteOffsets: prepare('DELETE FROM group_offsets WHERE grp = ?'),
+      deleteOwners: prepare('DELETE FROM partition_owners WHERE grp = ?'),
+      deleteMembers: prepare('DELETE FROM group_members WHERE grp = ?'),
       heads: prepare('SELECT topic, partition, next_offset FROM heads'),
       topicHeads: prepare('SELECT partition, next_offset FROM heads WHERE topic = ?'),
       topicCommits: prepare('SELECT partition, committed FROM group_offsets WHERE grp = ? AND topic = ?'),
@@ -254,6 +257,16 @@ export class SqliteLog implements StreamEngine {
         }
         this.#sql.commit.run(group, topic, p, offset)
       }
+    })
+  }
+
+  async deleteGroup(group: string): Promise<void> {
+    if ([...this.#members].some((member) => member.group === group))
+      throw new Error(`group ${group} has members in this process: stop them first`)
+    this.#transaction(() => {
+      this.#sql.deleteOffsets.run(group)
+      this.#sql.deleteOwners.run(group)
+      this.#sql.deleteMembers.run(group)
     })
   }
 

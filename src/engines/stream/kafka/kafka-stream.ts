@@ -232,6 +232,18 @@ export class KafkaStream implements StreamEngine {
     return partitions.map((partition) => byPartition.get(partition) ?? -1n)
   }
 
+  async deleteGroup(group: string): Promise<void> {
+    try {
+      await this.#admin.deleteGroups({ groups: [group] })
+    } catch (error) {
+      const message = errorMessage(error)
+      if (/GROUP_ID_NOT_FOUND|does not exist/i.test(message)) return
+      if (/NON_EMPTY_GROUP/i.test(message))
+        throw new Error(`group ${group} has members connected: stop the processes that consume as it first`)
+      throw error
+    }
+  }
+
   async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
     const counts = await Promise.all(topics.map((topic) => this.partitionsOf(topic)))
     // Two requests whatever the number of topics: the group's offsets, and every topic's ends
