@@ -117,6 +117,11 @@ export class Projector {
       const retiredFor = g.switchedAt ? Date.now() - Date.parse(g.switchedAt) : 0
       if (g.state === 'retired' && retiredFor > this.#options.retiredKeepMs) {
         await definition.storage.drop(g.generation)
+        // Its consumer group goes too; one a projector elsewhere still holds is left to Kafka's expiry.
+        const group = this.#deps.stream.group(groupOf(definition.name, g.generation))
+        await this.#deps.stream.engine.deleteGroup(group).catch((error) => {
+          this.#deps.log.warn({ group, err: errorMessage(error) }, 'retired generation group not deleted')
+        })
         await views.registry.forget(definition.name, g.generation)
         this.#deps.log.info({ view: definition.name, generation: g.generation }, 'retired generation dropped')
       }

@@ -1,0 +1,47 @@
+import assert from 'node:assert/strict'
+import { describe, it } from 'node:test'
+import { silentLogger } from '../../src/platform/logger.ts'
+import { Metrics } from '../../src/platform/metrics.ts'
+import { Projector, rebuildView } from '../../src/read/projector.ts'
+import { groupOf, openViews } from '../../src/read/views.ts'
+import { loadConfig } from '../../src/runtime/config.ts'
+import { openCache, openEventStream, storeOpener } from '../../src/runtime/engines.ts'
+import { productEvent } from '../engines/stream/conformance.ts'
+import { tempDir, waitFor } from '../support/wait.ts'
+
+describe('the projector', () => {
+  it('drops a retired generation, with its consumer group, once its keep time is over', async () => {
+    const dir = tempDir()
+    const config = loadConfig({ MERCATO_DATA_DIR: dir.path, MERCATO_LOG_LEVEL: 'silent' })
+    const log = silentLogger()
+    const metrics = new Metrics()
+    const stream = await openEventStream(config, log, metrics)
+    const store = await storeOpener(config)('views')
+    const views = await openViews({ store })
+    const projector = new Projector(
+      { views, stream, cache: await openCache(config), log, metrics },
+      { pollIntervalMs: 20, retiredKeepMs: 0, invalidationTtlMs: 1_000 },
+    )
+    await projector.start()
+    try {
+      await stream.publish([productEvent('RETIRE-1', 1)])
+      const first = (await views.registry.live('catalog'))!.generation
+      const group = stream.group(groupOf('catalog', first))
+      const committed = async () =>
+        (await stream.engine.lag(group, [stream.topic('products')])).reduce((sum, p) => sum + p.committed, 0)
+      await waitFor('the live generation to fold the event', async () => (await committed()) > 0)
+      const rebuilt = await rebuildView({ views, stream, metrics }, 'catalog')
+      assert.equal(rebuilt, first + 1)
+      await waitFor(
+        'the retired generation to be dropped',
+        async () => !(await views.registry.all('catalog')).some((g) => g.generation === first),
+      )
+      assert.equal(await committed(), 0, 'the retired generation has no consumer group left')
+    } finally {
+      await projector.stop()
+      await stream.close()
+      await store.close()
+      dir.remove()
+    }
+  })
+})
