@@ -687,6 +687,10 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
         assert.ok(two.items.length > 0)
         assert.deepEqual(skus(two.items).sort(), skus(reference.matches({ q: 'head goe' })).sort())
         assert.ok(two.items.length < head.items.length)
+        // The word being typed is a prefix from its first letter: "head g" holds "head goe"'s.
+        const typing = await allPages(store, 1, { q: 'head g', limit: 100 })
+        assert.ok(skus(two.items).every((sku) => skus(typing.items).includes(sku)))
+        assert.deepEqual(skus(typing.items).sort(), skus(reference.matches({ q: 'head g' })).sort())
         // Diacritics and compatibility forms fold: "creme" finds "Crème", "ｃｒèｍｅ" too.
         const creme = reference.matches({ q: 'crème' }).length
         assert.ok(creme > 0)
@@ -925,4 +929,19 @@ defineCatalogTests('PostgreSQL (tsvector)', skipPostgres, async () => {
       await client.end()
     },
   }
+})
+
+describe('the words of a query', () => {
+  test('matches every word as a prefix; a one-letter word beside longer ones whole, unless it is the one being typed', () => {
+    assert.deepEqual(queryTermsOf('Red K'), [
+      { word: 'red', prefix: true },
+      { word: 'k', prefix: true },
+    ])
+    assert.deepEqual(queryTermsOf('usb c charger'), [
+      { word: 'usb', prefix: true },
+      { word: 'c', prefix: false },
+      { word: 'charger', prefix: true },
+    ])
+    assert.deepEqual(queryTermsOf('k'), [{ word: 'k', prefix: true }])
+  })
 })

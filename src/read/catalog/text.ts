@@ -7,10 +7,11 @@
 // ("runn" is a prefix of "running" but not of its stem "run"), and product names are
 // full of brands and model numbers no language's stemmer knows.
 //
-// One exception: a word of one character beside longer words ("usb-c", "vitamin c") is
-// matched whole. As a prefix it would match nearly every product (every word starting
-// with "c"), which finds nothing the shopper meant and costs a scan of the whole index.
-// Alone it stays a prefix: a shopper's first keystroke.
+// One exception: a word of one character beside longer words ("usb c charger") is matched
+// whole, unless it ends the query. As a prefix it would match nearly every product (every
+// word starting with "c") and cost a scan of the whole index, for nothing the shopper
+// meant. At the end it stays a prefix: the first keystroke of the word being typed ("red k"
+// finds the red kettle), and one such scan narrowed by the other words.
 
 /** Words longer than this are cut (PostgreSQL refuses lexemes over 2 KB). */
 const wordLengthMax = 100
@@ -37,7 +38,8 @@ export function queryTermsOf(q: string | undefined): QueryTerm[] {
   const words = [...new Set(wordsOf(q ?? ''))].slice(0, queryWordsMax)
   const short = (word: string) => [...word].length === 1
   const whole = words.some((word) => !short(word))
-  return words.map((word) => ({ word, prefix: !(whole && short(word)) }))
+  const last = words.length - 1
+  return words.map((word, i) => ({ word, prefix: i === last || !(whole && short(word)) }))
 }
 
 /**
