@@ -95,6 +95,17 @@ export class Freshness {
     return worst
   }
 
+  /**
+   * Whether `view` had applied, at the last sample, anything past `positions` (the view's
+   * when an answer was read): then the answer may be out of date.
+   */
+  movedPast(view: ViewName, positions: Record<string, number>): boolean {
+    const sample = this.#samples.get(view)
+    if (!sample) return true
+    for (const [key, p] of sample.partitions) if (p.nextOffset > (positions[key] ?? 0)) return true
+    return false
+  }
+
   /** Whether `positions` (the view's, when an answer was read) include the event at `token`. */
   static reaches(positions: Record<string, number>, token: RecordPosition): boolean {
     return (positions[partitionKey(token.topic, token.partition)] ?? 0) > token.offset

@@ -34,7 +34,10 @@ export type AppliedListener = (view: ViewName) => void
 export class Projector {
   readonly #deps: ProjectorDeps
   readonly #options: ProjectorOptions
-  readonly #running = new Map<ViewName, { generation: number; subscription: Subscription }>()
+  readonly #running = new Map<
+    ViewName,
+    { generation: number; subscription: Subscription; partitions: number }
+  >()
   readonly #listeners = new Set<AppliedListener>()
   readonly #stopping = new AbortController()
   readonly #background: Promise<unknown>[] = []
@@ -65,6 +68,16 @@ export class Projector {
     this.#background.push(this.#watchRegistry())
   }
 
+  /**
+   * Whether this process applies every batch of `view` (its consumer owns all the view's
+   * partitions), so its cache invalidations cover every change. Another projector process
+   * in the group takes partitions, and their changes are invalidated in that process only.
+   */
+  appliesAll(view: ViewName): boolean {
+    const running = this.#running.get(view)
+    return running !== undefined && running.subscription.assignment().length >= running.partitions
+  }
+
   /** Calls `listener` after every batch a view applies (readers waiting for a position). */
   onApplied(listener: AppliedListener): () => void {
     this.#listeners.add(listener)
@@ -82,7 +95,10 @@ export class Projector {
       )
       for (const listener of this.#listeners) listener(definition.name)
     })
-    this.#running.set(definition.name, { generation, subscription })
+    const { stream } = this.#deps
+    const counts = await Promise.all(definition.topics.map((t) => stream.engine.partitionsOf(stream.topic(t))))
+    const partitions = counts.reduce((sum, count) => sum + count, 0)
+    this.#running.set(definition.name, { generation, subscription, partitions })
   }
 
   async #watchRegistry(): Promise<void> {

@@ -28,6 +28,12 @@ export interface QueryApiOptions {
   metrics: Metrics
   /** Longest wait for a consistency token. */
   readWaitMs: number
+  /**
+   * Whether every change to `view` invalidates its entries in this process's cache (a shared
+   * cache, or this process's projector applying all of the view). When not, a cached answer
+   * is served only while the view has not moved past it.
+   */
+  invalidatedHere: (view: ViewName) => boolean
 }
 
 const strict = { additionalProperties: false }
@@ -115,8 +121,13 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     if (cacheKey) {
       const found = await queryCache.lookup(cacheKey)
       previous = found.raw
-      // An entry read before the token's write is not good enough for this reader.
-      if (found.answer && (!token || !reached || Freshness.reaches(found.answer.positions, token)))
+      // An entry read before the token's write is not good enough for this reader; nor one
+      // the view has moved past when the change's invalidation may not reach this cache.
+      if (
+        found.answer &&
+        (!token || !reached || Freshness.reaches(found.answer.positions, token)) &&
+        (options.invalidatedHere(spec.view) || !freshness.movedPast(spec.view, found.answer.positions))
+      )
         cached = found.answer
     }
     if (!cached) {

@@ -400,6 +400,10 @@ Object.assign(components, {
         queryCache: new QueryCache(need(context.cache, 'cache'), context.config.queryCacheTtlMs),
         metrics: context.metrics,
         readWaitMs: context.config.readWaitMs,
+        // Redis is every process's cache: any projector's invalidations reach it. The
+        // in-process cache hears only this process's projector.
+        invalidatedHere: (view) =>
+          context.config.cache.kind === 'redis' || (context.projector?.appliesAll(view) ?? false),
       })
       return {
         stop: async () => {
