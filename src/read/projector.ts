@@ -96,7 +96,9 @@ export class Projector {
       for (const listener of this.#listeners) listener(definition.name)
     })
     const { stream } = this.#deps
-    const counts = await Promise.all(definition.topics.map((t) => stream.engine.partitionsOf(stream.topic(t))))
+    const counts = await Promise.all(
+      definition.topics.map((t) => stream.engine.partitionsOf(stream.topic(t))),
+    )
     const partitions = counts.reduce((sum, count) => sum + count, 0)
     this.#running.set(definition.name, { generation, subscription, partitions })
   }
