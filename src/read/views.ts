@@ -25,7 +25,8 @@ export interface ViewDefinition {
 
 export const viewSchemaVersions: Record<ViewName, number> = {
   catalog: 3,
-  'order-status': 1,
+  // 2: a failed payment's reason is the customer's sentence, not the provider's error.
+  'order-status': 2,
   'customer-360': 1,
 }
 

@@ -187,6 +187,13 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
       const down = await shop.placeOrder([{ sku: 'SAGA-A', quantity: 1 }])
       const outcome = await shop.watcher.waitFor(down, 30_000)
       assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'payment-failed'])
+      // The customer's view says the payment failed, never what the provider answered.
+      await waitFor('the failure in the order status', async () => {
+        return (await shop.get(`/v1/orders/${down}`)).body?.payment?.state === 'failed'
+      })
+      const { body } = await shop.get(`/v1/orders/${down}`)
+      assert.equal(body.payment.reason, 'the payment could not be processed')
+      assert.doesNotMatch(JSON.stringify(body), /provider|dialled/)
       await dials(shop, {})
       await waitForQuiet(shop, [...flaky, down])
       await assertInvariants(shop, [...flaky, down], skus)

@@ -188,7 +188,9 @@ export function foldOrder(orderId: string, unsorted: OrderStep[]): OrderDocument
             paymentId: d.paymentId ?? doc.payment?.paymentId ?? null,
             amountMinor: d.amountMinor ?? doc.payment?.amountMinor ?? null,
             currency: d.currency ?? doc.payment?.currency ?? null,
-            reason: d.reason ?? null,
+            // A failure's reason is the provider's or the network's error: the customer gets
+            // the timeline's sentence, operators the logs.
+            reason: state === 'failed' ? detailOf(step) : (d.reason ?? null),
           }
         }
         break
