@@ -12,7 +12,7 @@ import { Command, Option } from 'commander'
 import { eventRegistry } from './contracts/registry.ts'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { KeyRing } from './platform/identity/key-ring.ts'
-import { createLogger } from './platform/logger.ts'
+import { createLogger, type Logger } from './platform/logger.ts'
 import { Metrics } from './platform/metrics.ts'
 import { rebuildView } from './read/projector.ts'
 import { type ViewName, viewNames } from './read/view.ts'
@@ -44,6 +44,20 @@ function configFrom(options: Record<string, string | undefined>): Config {
     MERCATO_STORE: options.store,
     MERCATO_CACHE: options.cache,
   })
+}
+
+/**
+ * The stream of a Mercato that exists: an operator's tool must not make an empty embedded
+ * log where a mistyped --data-dir points, and then report on nothing as if all were well.
+ */
+async function openExistingStream(config: Config, log: Logger, metrics: Metrics, why: string) {
+  if (config.stream.kind === 'embedded' && !existsSync(config.stream.path)) {
+    throw new ConfigError(
+      '--data-dir',
+      `no event stream at ${config.stream.path}: give the data directory (or --stream) of the Mercato ${why}`,
+    )
+  }
+  return openEventStream(config, log, metrics)
 }
 
 withEngineFlags(program.command('start'))
@@ -131,7 +145,7 @@ withEngineFlags(program.command('replay'))
     } else target = options.earliest ? 'earliest' : 'latest'
     const config = configFrom(options)
     const log = createLogger({ level: 'warn' })
-    const stream = await openEventStream(config, log, new Metrics())
+    const stream = await openExistingStream(config, log, new Metrics(), 'whose group to move')
     try {
       await stream.engine.seek(stream.group(options.group), stream.topic(options.topic), target)
       const lag = await stream.engine.lag(stream.group(options.group), [stream.topic(options.topic)])
@@ -149,7 +163,7 @@ async function replayView(options: Record<string, string | undefined>): Promise<
   const config = configFrom(options)
   const log = createLogger({ level: 'warn' })
   const metrics = new Metrics()
-  const stream = await openEventStream(config, log, metrics)
+  const stream = await openExistingStream(config, log, metrics, 'whose view to rebuild')
   const store = await storeOpener(config)('views')
   const views = await openViews({
     store,
@@ -192,7 +206,12 @@ withEngineFlags(dlq.command('list'))
   .action(async (options) => {
     const config = configFrom(options)
     knownTopic(options.topic)
-    const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
+    const stream = await openExistingStream(
+      config,
+      createLogger({ level: 'warn' }),
+      new Metrics(),
+      'whose dead letters to read',
+    )
     try {
       const letters = await stream.deadLetters(options.topic, Number(options.limit))
       for (const letter of letters) {
@@ -220,7 +239,12 @@ withEngineFlags(dlq.command('replay'))
   .action(async (options) => {
     const config = configFrom(options)
     knownTopic(options.topic)
-    const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
+    const stream = await openExistingStream(
+      config,
+      createLogger({ level: 'warn' }),
+      new Metrics(),
+      'whose dead letters to read',
+    )
     try {
       const letters = await stream.deadLetters(options.topic, Number(options.limit))
       const positions = await stream.replayDeadLetters(letters)
@@ -285,13 +309,12 @@ withEngineFlags(program.command('load'))
       : demoCustomers.map((c) => ({ username: c.email, password: c.password }))
     // Orders are followed on the shop's own stream: an embedded one must already be there,
     // or every order would wait for an end it is never seen to reach.
-    if (config.stream.kind === 'embedded' && !existsSync(config.stream.path)) {
-      throw new ConfigError(
-        '--data-dir',
-        `no event stream at ${config.stream.path}: give the data directory (or --stream) of the Mercato at ${url}, whose stream load follows each order on`,
-      )
-    }
-    const stream = await openEventStream(config, createLogger({ level: 'warn' }), new Metrics())
+    const stream = await openExistingStream(
+      config,
+      createLogger({ level: 'warn' }),
+      new Metrics(),
+      `at ${url}, whose stream load follows each order on`,
+    )
     const watcher = new OrderWatcher()
     let last = { answered: 0, ms: 0 }
     try {

@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict'
 import { spawnSync } from 'node:child_process'
+import { existsSync } from 'node:fs'
+import { tmpdir } from 'node:os'
 import { describe, it } from 'node:test'
 import { ConfigError } from '../../src/platform/errors.ts'
 import { resolveTargets } from '../../src/runtime/components.ts'
@@ -102,6 +104,24 @@ describe('configuration', () => {
       }),
       [{ name: 'MERCATO_PROT', nearest: 'MERCATO_PORT' }, { name: 'MERCATO_FROBNICATE' }],
     )
+  })
+
+  it('operator commands refuse a data directory with no stream instead of making an empty one', () => {
+    const missing = `${tmpdir()}/mercato-no-such-${process.pid}`
+    for (const args of [
+      ['replay', '--view', 'catalog'],
+      ['replay', '--group', 'order', '--topic', 'orders', '--earliest'],
+      ['dlq', 'list', '--topic', 'orders'],
+      ['load', '--orders', '1'],
+    ]) {
+      const result = spawnSync(process.execPath, ['src/main.ts', ...args, '--data-dir', missing], {
+        encoding: 'utf8',
+        timeout: 30_000,
+      })
+      assert.equal(result.status, 2, args.join(' '))
+      assert.match(result.stderr, /--data-dir: no event stream at /, args.join(' '))
+      assert.equal(existsSync(missing), false, args.join(' '))
+    }
   })
 
   it('refuses a flag given with an empty value instead of falling back to the default', () => {
