@@ -221,12 +221,13 @@ export function createHttpServer(
         new MercatoError('unavailable', 503, 'a store or the cache is unreachable for now; retry later'),
         instanceOf(request.url),
       )
-      reply.header('retry-after', '1')
     } else {
       request.log.error({ err: error }, 'request failed')
       problem = toProblem(error, instanceOf(request.url))
     }
     if (error instanceof OverloadedError) reply.header('retry-after', String(error.retryAfterSeconds))
+    // Every 503 is for now (overload, a dependency down, a view not built yet): say when to come back.
+    else if (problem.status === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', '1')
     // RFC 6750: a 401 says how to authenticate, and why a token was refused.
     if (problem.status === 401 && !reply.hasHeader('www-authenticate')) {
       const invalid = error instanceof MercatoError && error.code === 'invalid-token'

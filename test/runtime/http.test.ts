@@ -67,7 +67,12 @@ describe('the HTTP base', () => {
     app.get('/cache-down', async () => {
       throw new Error("Stream isn't writeable and enableOfflineQueue options is false")
     })
+    app.get('/not-yet', async () => {
+      throw new MercatoError('view-unavailable', 503, 'the catalog view has not been built yet')
+    })
     try {
+      // Every 503 says when to come back.
+      assert.equal((await app.inject({ url: '/not-yet' })).headers['retry-after'], '1')
       const down = await app.inject({ url: '/cache-down' })
       assert.equal(down.statusCode, 503, 'a dependency down is a 503, not a 500')
       assert.equal(down.headers['retry-after'], '1')
