@@ -48,10 +48,17 @@ const meanings: Record<number, string> = {
  * optional) and the success answers of a handler that sends its body already serialized
  * (documented here, not in the route's schema, which would not apply to a string anyway).
  */
+/** Answers that say when to come back. */
+const retryAfter = {
+  'retry-after': { type: 'string', description: 'seconds to wait before trying again' },
+}
+const withRetryAfter = new Set([409, 429, 503])
+
 export function problemDocs(
   statuses: number[],
   requiredHeaders: string[] = [],
   answers: Record<number, object> = {},
+  successHeaders: Record<string, { type: 'string'; description: string }> = {},
 ): { swaggerTransform: SwaggerTransform } {
   return {
     swaggerTransform: ({ schema, url, ...document }) => {
@@ -64,7 +71,19 @@ export function problemDocs(
       const errors = Object.fromEntries(
         statuses.map((status) => [
           status,
-          { description: meanings[status], content: { 'application/problem+json': { schema: problem } } },
+          {
+            description: meanings[status],
+            content: { 'application/problem+json': { schema: problem } },
+            ...(withRetryAfter.has(status) ? { headers: retryAfter } : {}),
+          },
+        ]),
+      )
+      const successes = Object.fromEntries(
+        Object.entries({ ...(schema.response as object), ...answers }).map(([status, answer]) => [
+          status,
+          status.startsWith('2') && Object.keys(successHeaders).length > 0
+            ? { ...answer, headers: successHeaders }
+            : answer,
         ]),
       )
       const headers = schema.headers as { required?: string[] } | undefined
@@ -75,7 +94,7 @@ export function problemDocs(
           ...(headers && requiredHeaders.length > 0
             ? { headers: { ...headers, required: [...(headers.required ?? []), ...requiredHeaders] } }
             : {}),
-          response: { ...(schema.response as object), ...answers, ...errors },
+          response: { ...successes, ...errors },
         },
       }
     },

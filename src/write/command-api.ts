@@ -247,6 +247,20 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       config: problemDocs(
         notFound ? [...problems, 404].sort((a, b) => a - b) : problems,
         spec.keyRequired ? ['idempotency-key'] : [],
+        {},
+        {
+          ...(spec.location
+            ? { location: { type: 'string', description: 'where the resource will be read' } }
+            : {}),
+          'mercato-consistency-token': {
+            type: 'string',
+            description: 'the stream position of this write: send it with a read to see the write',
+          },
+          'idempotent-replayed': {
+            type: 'string',
+            description: '"true" when this is the stored answer of an earlier request with the same key',
+          },
+        },
       ),
       handler: (request, reply) => handle(name, spec, request, reply),
     })

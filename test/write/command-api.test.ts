@@ -382,6 +382,11 @@ describe('the command API', () => {
     assert.deepEqual(problemStatuses('/v1/orders/{id}/cancel', 'post'), [...commandProblems, 404].sort())
     assert.deepEqual(problemStatuses('/v1/orders/{id}', 'get'), [400, 401, 403, 404, 429, 503])
     assert.deepEqual(problemStatuses('/v1/products', 'get'), [400, 401, 404, 429, 503])
+    // What a 202 carries, and when to come back after a 409 or a 503.
+    const placed = answer.body.paths['/v1/orders'].post.responses
+    for (const header of ['location', 'mercato-consistency-token', 'idempotent-replayed'])
+      assert.ok(placed['202'].headers[header], `202 ${header}`)
+    for (const status of ['409', '429', '503']) assert.ok(placed[status].headers['retry-after'], status)
     // The read answers: their body and the freshness headers every answer carries.
     for (const [path, field] of [
       ['/v1/products', 'facets'],
