@@ -12,7 +12,11 @@ import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { answerSchemas, readAnswers } from './answer-docs.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
-import { customer360CacheKey, readCustomer360 } from './customer-360/customer-360-view.ts'
+import {
+  customer360CacheKey,
+  readCustomer360,
+  registrationRejection,
+} from './customer-360/customer-360-view.ts'
 import { Freshness } from './freshness.ts'
 import { customerOrdersCacheKey, orderCacheKey } from './order-status/order-document.ts'
 import { type CachedAnswer, etagOf, type QueryCache, queryCacheKey } from './query-cache.ts'
@@ -314,7 +318,19 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       return answer(request, reply, {
         view: 'customer-360',
         key: customer360CacheKey(id),
-        read: (g) => readCustomer360(views.store, g, id),
+        read: async (g) => {
+          const document = await readCustomer360(views.store, g, id)
+          if (document) return document
+          // The id of a registration that was refused: say so, not only "no customer".
+          const rejected = await registrationRejection(views.store, g, id)
+          if (rejected)
+            throw new MercatoError(
+              'registration-rejected',
+              404,
+              `the registration of ${id} was refused: ${rejected}`,
+            )
+          return undefined
+        },
         notFound: `no customer ${id}`,
       })
     },

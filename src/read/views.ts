@@ -27,7 +27,8 @@ export const viewSchemaVersions: Record<ViewName, number> = {
   catalog: 3,
   // 2: a failed payment's reason is the customer's sentence, not the provider's error.
   'order-status': 2,
-  'customer-360': 1,
+  // 2: refused registrations are kept, so their id answers why.
+  'customer-360': 2,
 }
 
 export interface Views {

@@ -308,6 +308,13 @@ describe('the command API', () => {
     }
     await waitFor('the staff address rejected', rejected)
     assert.equal((await signIn('admin@mercato.local', staff.password)).status, 401)
+    // Its Location says the registration was refused, and why.
+    const location = squatter.headers.get('location')!
+    const refusal = 'https://mercato.dev/problems/registration-rejected'
+    await waitFor('the refusal at its Location', async () => (await shop.get(location)).body.type === refusal)
+    const refused = await shop.get(location)
+    assert.equal(refused.status, 404)
+    assert.match(refused.body.detail, new RegExp(`registration of ${squatter.body.id} was refused: .+`))
   })
 
   it('replays the stored answer for the same key and body; 422 for another body; 409 while in flight', async () => {

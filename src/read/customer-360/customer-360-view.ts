@@ -40,6 +40,8 @@ const profiles = (g: number) => `c360_g${g}_profiles`
 const addresses = (g: number) => `c360_g${g}_addresses`
 const orders = (g: number) => `c360_g${g}_orders`
 const notifications = (g: number) => `c360_g${g}_notifications`
+/** Registrations the user service refused (an e-mail already registered): no document, but a reason. */
+const rejections = (g: number) => `c360_g${g}_rejections`
 
 export const customer360Fold: SqlFold = {
   createSql: (_kind, g) => [
@@ -53,8 +55,9 @@ export const customer360Fold: SqlFold = {
     `CREATE INDEX IF NOT EXISTS ${orders(g)}_customer ON ${orders(g)} (customer_id, placed_at)`,
     `CREATE TABLE IF NOT EXISTS ${notifications(g)} (customer_id TEXT PRIMARY KEY, sent BIGINT NOT NULL,
       last_sent_at TEXT NOT NULL)`,
+    `CREATE TABLE IF NOT EXISTS ${rejections(g)} (customer_id TEXT PRIMARY KEY, reason TEXT NOT NULL)`,
   ],
-  tables: (g) => [profiles(g), addresses(g), orders(g), notifications(g)],
+  tables: (g) => [profiles(g), addresses(g), orders(g), notifications(g), rejections(g)],
   async apply(tx, _kind, g, { event }, changed) {
     const d = event.data as Record<string, any>
     let customerId: string | undefined = d.customerId
@@ -65,6 +68,12 @@ export const customer360Fold: SqlFold = {
            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (customer_id) DO UPDATE SET email = excluded.email,
            given_name = excluded.given_name, family_name = excluded.family_name`,
           [d.customerId, d.email, d.givenName, d.familyName, event.time],
+        )
+        break
+      case 'customer.registration-rejected':
+        await tx.execute(
+          `INSERT INTO ${rejections(g)} (customer_id, reason) VALUES ($1, $2) ON CONFLICT (customer_id) DO NOTHING`,
+          [d.customerId, d.reason],
         )
         break
       case 'customer.address-added':
@@ -167,6 +176,19 @@ async function customerOfOrder(tx: Tx, g: number, orderId: string): Promise<stri
     [orderId],
   )
   return row?.customer_id ?? undefined
+}
+
+/** Why the registration of `customerId` was refused, when it was. */
+export async function registrationRejection(
+  store: Store,
+  g: number,
+  customerId: string,
+): Promise<string | undefined> {
+  const [row] = await store.query<{ reason: string }>(
+    `SELECT reason FROM ${rejections(g)} WHERE customer_id = $1`,
+    [customerId],
+  )
+  return row?.reason
 }
 
 /** Assembles a customer's document; undefined when the view knows nothing of them. */
