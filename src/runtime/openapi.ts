@@ -46,6 +46,7 @@ export async function registerOpenApi(http: FastifyInstance): Promise<void> {
         const part = await source().catch(() => undefined)
         if (part) merge(document, part)
       }
+      markOptionalBodies(document)
       return document
     },
   )
@@ -73,6 +74,23 @@ export function addOpenApiSource(
   source: () => Promise<OpenApiDocument | undefined>,
 ): void {
   sourcesOf(http).push(source)
+}
+
+/**
+ * A route schema extension: its body may be left out. @fastify/swagger marks every request
+ * body required; an operation carrying this says otherwise.
+ */
+export const bodyOptional = 'x-mercato-body-optional'
+
+function markOptionalBodies(document: OpenApiDocument): void {
+  for (const operations of Object.values(document.paths ?? {})) {
+    for (const operation of Object.values(operations) as Record<string, unknown>[]) {
+      if (!operation?.[bodyOptional]) continue
+      delete operation[bodyOptional]
+      const body = operation.requestBody as { required?: boolean } | undefined
+      if (body) body.required = false
+    }
+  }
 }
 
 function merge(into: OpenApiDocument, part: OpenApiDocument): void {

@@ -29,6 +29,7 @@ import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
+import { bodyOptional } from '../runtime/openapi.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
 
@@ -238,7 +239,14 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       method,
       url,
       onRequest,
-      schema: { ...schema, headers: idempotencyHeader },
+      schema: {
+        ...schema,
+        headers: idempotencyHeader,
+        // A body that requires nothing may be left out (see preValidation): said in the document.
+        ...((schema.body as { required?: string[] } | undefined)?.required?.length
+          ? {}
+          : { [bodyOptional]: true }),
+      },
       // No body at all is read as an empty one: validation then names what is missing (and a
       // cancel, whose every field is optional, needs none).
       preValidation: async (request) => {

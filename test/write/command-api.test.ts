@@ -394,6 +394,10 @@ describe('the command API', () => {
     for (const header of ['location', 'mercato-consistency-token', 'idempotent-replayed'])
       assert.ok(placed['202'].headers[header], `202 ${header}`)
     for (const status of ['409', '429', '503']) assert.ok(placed[status].headers['retry-after'], status)
+    // A cancel's body (reason, all optional) may be left out; an order's may not.
+    assert.equal(answer.body.paths['/v1/orders/{id}/cancel'].post.requestBody.required, false)
+    assert.equal(answer.body.paths['/v1/orders'].post.requestBody.required, true)
+    assert.doesNotMatch(JSON.stringify(answer.body), /x-mercato/)
     // The read answers: their body and the freshness headers every answer carries.
     for (const [path, field] of [
       ['/v1/products', 'facets'],
