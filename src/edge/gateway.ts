@@ -20,11 +20,11 @@ import {
   setCaller,
 } from '../platform/identity/guard.ts'
 import type { KeyRing } from '../platform/identity/key-ring.ts'
-import type { Principal } from '../platform/identity/tokens.ts'
+import { anonymous, type Principal } from '../platform/identity/tokens.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
-import { addOpenApiSource } from '../runtime/openapi.ts'
+import { addOpenApiFinisher, addOpenApiSource } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
 import { openApiPath, type UpstreamName, upstreamRoutes } from './routes.ts'
@@ -233,6 +233,21 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       }),
     )
   }
+  // Each operation says whether it needs a bearer token: what the policy lets an anonymous caller do.
+  addOpenApiFinisher(options.http, (document) => {
+    for (const [path, operations] of Object.entries(document.paths ?? {})) {
+      if (!isPublicApi(path)) continue
+      for (const [method, operation] of Object.entries(operations) as [string, Record<string, unknown>][]) {
+        const route = `${method === 'head' ? 'GET' : method.toUpperCase()} ${path}`
+        const open = identity.policy.isAllowed({
+          principal: principalEntity(anonymous),
+          action: 'call',
+          resource: { type: 'Route', id: route, attrs: { route } },
+        }).allowed
+        operation.security = open ? [{ bearerAuth: [] }, {}] : [{ bearerAuth: [] }]
+      }
+    }
+  })
   for (const upstream of upstreams.values()) {
     let cached: { document: unknown; until: number } | undefined
     addOpenApiSource(options.http, async () => {

@@ -47,12 +47,13 @@ export async function registerOpenApi(http: FastifyInstance): Promise<void> {
         if (part) merge(document, part)
       }
       markOptionalBodies(document)
+      for (const finish of finishersOf(http)) finish(document)
       return document
     },
   )
 }
 
-interface OpenApiDocument {
+export interface OpenApiDocument {
   paths?: Record<string, Record<string, unknown>>
   components?: { schemas?: Record<string, unknown> }
 }
@@ -74,6 +75,19 @@ export function addOpenApiSource(
   source: () => Promise<OpenApiDocument | undefined>,
 ): void {
   sourcesOf(http).push(source)
+}
+
+const finishers = new WeakMap<FastifyInstance, ((document: OpenApiDocument) => void)[]>()
+
+function finishersOf(http: FastifyInstance) {
+  let list = finishers.get(http)
+  if (!list) finishers.set(http, (list = []))
+  return list
+}
+
+/** Adds a last change to this process's /v1/openapi.json, made on the whole merged document. */
+export function addOpenApiFinisher(http: FastifyInstance, finish: (document: OpenApiDocument) => void): void {
+  finishersOf(http).push(finish)
 }
 
 /**

@@ -398,6 +398,10 @@ describe('the command API', () => {
     assert.equal(answer.body.paths['/v1/orders/{id}/cancel'].post.requestBody.required, false)
     assert.equal(answer.body.paths['/v1/orders'].post.requestBody.required, true)
     assert.doesNotMatch(JSON.stringify(answer.body), /x-mercato/)
+    // Each operation says whether it needs a token, as the gateway's policy decides.
+    assert.deepEqual(answer.body.paths['/v1/orders'].post.security, [{ bearerAuth: [] }])
+    assert.deepEqual(answer.body.paths['/v1/products'].get.security, [{ bearerAuth: [] }, {}])
+    assert.deepEqual(answer.body.paths['/v1/customers'].post.security, [{ bearerAuth: [] }, {}])
     // The read answers: their body and the freshness headers every answer carries.
     for (const [path, field] of [
       ['/v1/products', 'facets'],
