@@ -69,13 +69,15 @@ export class Projector {
   }
 
   /**
-   * Whether this process applies every batch of `view` (its consumer owns all the view's
-   * partitions), so its cache invalidations cover every change. Another projector process
-   * in the group takes partitions, and their changes are invalidated in that process only.
+   * Whether this process applies every batch of `generation` of `view` (its consumer owns all
+   * the view's partitions), so its cache invalidations cover every change. Another projector
+   * process in the group takes partitions, and their changes are invalidated there only.
    */
-  appliesAll(view: ViewName): boolean {
+  appliesAll(view: ViewName, generation: number): boolean {
     const running = this.#running.get(view)
-    return running !== undefined && running.subscription.assignment().length >= running.partitions
+    return (
+      running?.generation === generation && running.subscription.assignment().length >= running.partitions
+    )
   }
 
   /** Calls `listener` after every batch a view applies (readers waiting for a position). */

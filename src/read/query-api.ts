@@ -33,11 +33,11 @@ export interface QueryApiOptions {
   /** Longest wait for a consistency token. */
   readWaitMs: number
   /**
-   * Whether every change to `view` invalidates its entries in this process's cache (a shared
-   * cache, or this process's projector applying all of the view). When not, a cached answer
+   * Whether every change to `generation` of `view` invalidates its entries in this process's
+   * cache (a shared cache, or this process's projector applying all of it). When not, a cached answer
    * is served only while the view has not moved past it.
    */
-  invalidatedHere: (view: ViewName) => boolean
+  invalidatedHere: (view: ViewName, generation: number) => boolean
 }
 
 const strict = { additionalProperties: false }
@@ -130,7 +130,8 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       if (
         found.answer &&
         (!token || !reached || Freshness.reaches(found.answer.positions, token)) &&
-        (options.invalidatedHere(spec.view) || !freshness.movedPast(spec.view, found.answer.positions))
+        (options.invalidatedHere(spec.view, generation) ||
+          !freshness.movedPast(spec.view, found.answer.positions))
       )
         cached = found.answer
     }

@@ -402,8 +402,8 @@ Object.assign(components, {
         readWaitMs: context.config.readWaitMs,
         // Redis is every process's cache: any projector's invalidations reach it. The
         // in-process cache hears only this process's projector.
-        invalidatedHere: (view) =>
-          context.config.cache.kind === 'redis' || (context.projector?.appliesAll(view) ?? false),
+        invalidatedHere: (view, generation) =>
+          context.config.cache.kind === 'redis' || (context.projector?.appliesAll(view, generation) ?? false),
       })
       return {
         stop: async () => {
