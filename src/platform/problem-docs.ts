@@ -42,18 +42,19 @@ const meanings: Record<number, string> = {
   503: 'Overloaded, or a dependency is unreachable; retry after Retry-After',
 }
 
-/**
- * A route config documenting `statuses` as problem details and, optionally, headers the
- * handler requires (checked there, with its own problem, so the validated schema leaves them
- * optional) and the success answers of a handler that sends its body already serialized
- * (documented here, not in the route's schema, which would not apply to a string anyway).
- */
 /** Answers that say when to come back. */
 const retryAfter = {
   'retry-after': { type: 'string', description: 'seconds to wait before trying again' },
 }
 const withRetryAfter = new Set([409, 429, 503])
 
+/**
+ * A route config documenting `statuses` as problem details and, optionally, headers the
+ * handler requires (checked there, with its own problem, so the validated schema leaves them
+ * optional), the success answers of a handler that sends its body already serialized
+ * (documented here, not in the route's schema, which would not apply to a string anyway),
+ * and the headers every success answer carries.
+ */
 export function problemDocs(
   statuses: number[],
   requiredHeaders: string[] = [],
