@@ -43,3 +43,22 @@ export async function skipUnlessReachable(
     appendFileSync(process.env.MERCATO_TEST_SKIPS_FILE, `${suite}: ${reason}\n`)
   return reason
 }
+
+/**
+ * Deletes the Kafka topics whose names start with `prefix` (a test's own, with their DLQs),
+ * so test runs do not pile partitions up on a long-lived broker and slow it down for
+ * everything after them. Best effort: a test's result never depends on it.
+ */
+export async function deleteKafkaTopics(prefix: string): Promise<void> {
+  if (!prefix) throw new Error('a prefix is required: the broker is shared')
+  const { Admin } = await import('@platformatic/kafka')
+  const admin = new Admin({ clientId: 'mercato-test-cleanup', bootstrapBrokers: [serverUrls.kafka] })
+  try {
+    const topics = (await admin.listTopics()).filter((topic) => topic.startsWith(prefix))
+    if (topics.length > 0) await admin.deleteTopics({ topics })
+  } catch {
+    // Left for the next fresh broker.
+  } finally {
+    await admin.close().catch(() => {})
+  }
+}

@@ -10,6 +10,7 @@ import type { StreamEngine } from '../../../src/engines/stream/port.ts'
 import { InvalidEventError, OverloadedError } from '../../../src/platform/errors.ts'
 import { silentLogger } from '../../../src/platform/logger.ts'
 import { Metrics } from '../../../src/platform/metrics.ts'
+import { deleteKafkaTopics } from '../../support/servers.ts'
 import { tempDir, uniqueName, waitFor } from '../../support/wait.ts'
 
 export interface EngineFixture {
@@ -49,8 +50,10 @@ export function defineStreamConformance(
     let stream: EventStream
     const dir = tempDir()
 
-    const newStream = (prefix = uniqueName('t')) =>
-      new EventStream(
+    const prefixes: string[] = []
+    const newStream = (prefix = uniqueName('t')) => {
+      prefixes.push(prefix)
+      return new EventStream(
         fixture.engine,
         {
           topicPrefix: `${prefix}.`,
@@ -63,6 +66,7 @@ export function defineStreamConformance(
         silentLogger(),
         new Metrics(),
       )
+    }
 
     before(async () => {
       fixture = await open({})
@@ -70,6 +74,8 @@ export function defineStreamConformance(
     after(async () => {
       await fixture.engine.close()
       dir.remove()
+      if (fixture.engine.kind === 'kafka')
+        for (const prefix of prefixes) await deleteKafkaTopics(`${prefix}.`)
     })
 
     async function freshStream(): Promise<EventStream> {
