@@ -6,6 +6,7 @@ import Fastify, {
   type FastifyBaseLogger,
   type FastifyInstance,
   type FastifyReply,
+  type FastifyRequest,
   LogController,
 } from 'fastify'
 import { errorMessage, isOutage, MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
@@ -203,6 +204,7 @@ export function createHttpServer(
         validation,
         (error as { validationContext?: string }).validationContext ?? 'body',
         instanceOf(request.url),
+        laterIssues.get(request),
       )
     } else if (error instanceof MercatoError) problem = toProblem(error, instanceOf(request.url))
     else if (status && status >= 400 && status < 500) {
@@ -363,13 +365,37 @@ function withChoicesMerged(issues: ValidationIssue[]): ValidationIssue[] {
 }
 
 /** A 400 naming each bad field as a JSON pointer into the part of the request it is in. */
-export function validationProblem(issues: ValidationIssue[], part: string, instance: string) {
-  const errors = withChoicesMerged(issues).map((issue) => {
+/** A bad field of a request, as problem details name it. */
+export interface FieldIssue {
+  in: string
+  field: string
+  message: string
+}
+
+/** Per request, what a route's own checks found before the schema's validation ran. */
+const laterIssues = new WeakMap<FastifyRequest, FieldIssue[]>()
+
+/**
+ * Records an issue a route's handler will refuse the request for (a header it checks itself),
+ * so that a request the schema refuses first names it too: every bad field at once.
+ */
+export function reportWithValidation(request: FastifyRequest, issue: FieldIssue): void {
+  laterIssues.set(request, [...(laterIssues.get(request) ?? []), issue])
+}
+
+export function validationProblem(
+  issues: ValidationIssue[],
+  part: string,
+  instance: string,
+  more: FieldIssue[] = [],
+) {
+  const errors: FieldIssue[] = withChoicesMerged(issues).map((issue) => {
     let pointer = issue.instancePath
     if (issue.keyword === 'required') pointer += `/${String(issue.params.missingProperty)}`
     if (issue.keyword === 'additionalProperties') pointer += `/${String(issue.params.additionalProperty)}`
     return { in: part, field: pointer || '/', message: messageOf(issue) }
   })
+  errors.push(...more)
   return {
     type: 'https://mercato.dev/problems/invalid-request',
     title: 'Invalid request',

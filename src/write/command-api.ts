@@ -29,6 +29,7 @@ import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
+import { type FieldIssue, reportWithValidation } from '../runtime/http.ts'
 import { bodyOptional } from '../runtime/openapi.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
@@ -105,26 +106,9 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   async function handle(name: string, spec: CommandSpec, request: FastifyRequest, reply: FastifyReply) {
     await spec.authorize(request)
     const scope = scopeOf(request)
-    const key = request.headers['idempotency-key']
-    if (Array.isArray(key)) throw new MercatoError('invalid-idempotency-key', 400, 'send one Idempotency-Key')
-    if (key === undefined && spec.keyRequired) {
-      throw new MercatoError(
-        'idempotency-key-required',
-        400,
-        'this request needs an Idempotency-Key header',
-        {
-          errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is required' }],
-        },
-      )
-    }
-    if (key !== undefined && !keyPattern.test(key)) {
-      throw new MercatoError(
-        'invalid-idempotency-key',
-        400,
-        'Idempotency-Key must be 1 to 255 visible ASCII characters',
-        { errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is invalid' }] },
-      )
-    }
+    const keyError = keyErrorOf(request, spec.keyRequired)
+    if (keyError) throw keyError
+    const key = request.headers['idempotency-key'] as string | undefined
     if (key === undefined) spec.admit?.()
     let id = spec.newId()
     if (key !== undefined) {
@@ -248,9 +232,13 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
           : { [bodyOptional]: true }),
       },
       // No body at all is read as an empty one: validation then names what is missing (and a
-      // cancel, whose every field is optional, needs none).
+      // cancel, whose every field is optional, needs none). A bad Idempotency-Key is named
+      // with the body's bad fields when the body is refused first.
       preValidation: async (request) => {
         request.body ??= {}
+        const keyError = keyErrorOf(request, spec.keyRequired)
+        for (const issue of (keyError?.extensions?.errors as FieldIssue[] | undefined) ?? [])
+          reportWithValidation(request, issue)
       },
       config: problemDocs(
         notFound ? [...problems, 404].sort((a, b) => a - b) : problems,
@@ -619,6 +607,27 @@ function checkWebhookEvents(events: string[]): void {
   if (errors.length > 0) {
     throw new MercatoError('invalid-request', 400, errors.map((e) => e.message).join('; '), { errors })
   }
+}
+
+/** What is wrong with a request's Idempotency-Key header, as the error to answer; undefined when nothing is. */
+function keyErrorOf(request: FastifyRequest, required: boolean): MercatoError | undefined {
+  const key = request.headers['idempotency-key']
+  if (Array.isArray(key))
+    return new MercatoError('invalid-idempotency-key', 400, 'send one Idempotency-Key', {
+      errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is sent more than once' }],
+    })
+  if (key === undefined && required)
+    return new MercatoError('idempotency-key-required', 400, 'this request needs an Idempotency-Key header', {
+      errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is required' }],
+    })
+  if (key !== undefined && !keyPattern.test(key))
+    return new MercatoError(
+      'invalid-idempotency-key',
+      400,
+      'Idempotency-Key must be 1 to 255 visible ASCII characters',
+      { errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is invalid' }] },
+    )
+  return undefined
 }
 
 async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number): Promise<void> {

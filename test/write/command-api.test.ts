@@ -267,6 +267,19 @@ describe('the command API', () => {
         { in: 'header', field: 'Idempotency-Key', message: 'is required' },
       ])
     }
+    // With a bad body too, every bad field is named at once, the header among them.
+    const both = await shop.post('/v1/orders', { ...order(), lines: [] })
+    assert.equal(both.status, 400)
+    assert.deepEqual(
+      both.body.errors.map((e: { in: string; field: string }) => `${e.in} ${e.field}`),
+      ['body /lines', 'header Idempotency-Key'],
+    )
+    const badKey = await shop.post('/v1/orders', { ...order(), lines: [] }, { 'idempotency-key': 'a b' })
+    assert.deepEqual(badKey.body.errors.at(-1), {
+      in: 'header',
+      field: 'Idempotency-Key',
+      message: 'is invalid',
+    })
   })
 
   it('registers a customer who can then sign in and read their 360 at the Location; a staff address is refused', async () => {
