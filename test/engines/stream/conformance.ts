@@ -333,8 +333,10 @@ export function defineStreamConformance(
         stream.subscribe({ group: 'forget', topics: ['products'], startAt: 'earliest', handle })
       let subscription = await subscribe()
       await waitFor('the first pass', () => seen.length === 5, 30_000)
-      await subscription.stop()
       const group = stream.group('forget')
+      // Not while a member consumes as it.
+      await assert.rejects(fixture.engine.deleteGroup(group), /has members connected/)
+      await subscription.stop()
       assert.deepEqual(
         (await fixture.engine.lag(group, [stream.topic('products')])).reduce(
           (sum, p) => sum + p.committed,

@@ -238,7 +238,7 @@ export class KafkaStream implements StreamEngine {
     } catch (error) {
       const message = errorMessage(error)
       if (/GROUP_ID_NOT_FOUND|does not exist/i.test(message)) return
-      if (/NON_EMPTY_GROUP/i.test(message))
+      if (/NON_EMPTY_GROUP|group is not empty/i.test(message))
         throw new Error(`group ${group} has members connected: stop the processes that consume as it first`)
       throw error
     }
