@@ -36,7 +36,13 @@ export class Projector {
   readonly #options: ProjectorOptions
   readonly #running = new Map<
     ViewName,
-    { generation: number; subscription: Subscription; partitions: number }
+    {
+      generation: number
+      subscription: Subscription
+      partitions: number
+      appliesAll: boolean
+      checkedAt: number
+    }
   >()
   readonly #listeners = new Set<AppliedListener>()
   readonly #stopping = new AbortController()
@@ -75,9 +81,15 @@ export class Projector {
    */
   appliesAll(view: ViewName, generation: number): boolean {
     const running = this.#running.get(view)
-    return (
-      running?.generation === generation && running.subscription.assignment().length >= running.partitions
-    )
+    if (running?.generation !== generation) return false
+    // Asked on every cache hit: the assignment (a sorted list) is looked at a few times a
+    // second at most; a rebalance is rare, and the answer is that much late.
+    const now = Date.now()
+    if (now - running.checkedAt >= 100) {
+      running.appliesAll = running.subscription.assignment().length >= running.partitions
+      running.checkedAt = now
+    }
+    return running.appliesAll
   }
 
   /** Calls `listener` after every batch a view applies (readers waiting for a position). */
@@ -102,7 +114,13 @@ export class Projector {
       definition.topics.map((t) => stream.engine.partitionsOf(stream.topic(t))),
     )
     const partitions = counts.reduce((sum, count) => sum + count, 0)
-    this.#running.set(definition.name, { generation, subscription, partitions })
+    this.#running.set(definition.name, {
+      generation,
+      subscription,
+      partitions,
+      appliesAll: false,
+      checkedAt: 0,
+    })
   }
 
   async #watchRegistry(): Promise<void> {
