@@ -198,20 +198,25 @@ function knownTopic(topic: string): void {
     throw new ConfigError('--topic', `no topic "${topic}"; the topics are ${topics.join(', ')}`)
 }
 
+/** The stream of the Mercato whose dead letters of `--topic` a dlq command reads. */
+function openDeadLetters(options: Record<string, string | undefined> & { topic: string }) {
+  const config = configFrom(options)
+  knownTopic(options.topic)
+  return openExistingStream(
+    config,
+    createLogger({ level: 'warn' }),
+    new Metrics(),
+    'whose dead letters to read',
+  )
+}
+
 withEngineFlags(dlq.command('list'))
   .description("list the records on a topic's dead-letter topic")
   .requiredOption('--topic <topic>', 'the original topic (its DLQ is <topic>.dlq)')
   .option('--limit <n>', 'records to show', '100')
   .option('--json', 'one JSON object per line')
   .action(async (options) => {
-    const config = configFrom(options)
-    knownTopic(options.topic)
-    const stream = await openExistingStream(
-      config,
-      createLogger({ level: 'warn' }),
-      new Metrics(),
-      'whose dead letters to read',
-    )
+    const stream = await openDeadLetters(options)
     try {
       const letters = await stream.deadLetters(options.topic, Number(options.limit))
       for (const letter of letters) {
@@ -237,14 +242,7 @@ withEngineFlags(dlq.command('replay'))
   .requiredOption('--topic <topic>', 'the original topic')
   .option('--limit <n>', 'records to replay', '1000')
   .action(async (options) => {
-    const config = configFrom(options)
-    knownTopic(options.topic)
-    const stream = await openExistingStream(
-      config,
-      createLogger({ level: 'warn' }),
-      new Metrics(),
-      'whose dead letters to read',
-    )
+    const stream = await openDeadLetters(options)
     try {
       const letters = await stream.deadLetters(options.topic, Number(options.limit))
       const positions = await stream.replayDeadLetters(letters)
