@@ -3,10 +3,9 @@
 // and captured once. The provider frees the keys of the cut-short calls once their lease
 // runs out; the payment service waits for that instead of failing the orders.
 import assert from 'node:assert/strict'
-import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { describe, it } from 'node:test'
-import { processesOnOneDataDir, watchAndSignIn } from '../support/processes.ts'
+import { processesOnOneDataDir, send, stockProduct, watchAndSignIn } from '../support/processes.ts'
 import { waitFor } from '../support/wait.ts'
 
 const { dir, start } = processesOnOneDataDir({
@@ -15,35 +14,12 @@ const { dir, start } = processesOnOneDataDir({
 })
 const shop = 'gateway,user,command-api,payment-provider,order,inventory,payment,shipping'
 
-async function send(url: string, method: string, path: string, body: unknown, bearer?: string) {
-  const response = await fetch(`${url}${path}`, {
-    method,
-    headers: {
-      'content-type': 'application/json',
-      'idempotency-key': randomUUID(),
-      ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
-    },
-    body: JSON.stringify(body),
-  })
-  const text = await response.text()
-  assert.ok(response.status < 300, `${method} ${path}: ${response.status} ${text}`)
-  return JSON.parse(text) as { id: string }
-}
-
 describe('a whole shop killed with SIGKILL while the provider has authorizations in flight', () => {
   it('confirms every order after it starts again, each authorized and captured once', async () => {
     let running = await start(shop)
     const { watcher, admin, customer, close } = await watchAndSignIn(dir, 'cus_whole')
     try {
-      const product = { name: 'Whole', description: '', category: 'test', priceMinor: 500, currency: 'USD' }
-      await send(running.url, 'PUT', '/v1/products/WHOLE-1', product, admin)
-      await send(
-        running.url,
-        'POST',
-        '/v1/inventory/WHOLE-1/adjustments',
-        { delta: 100, reason: 'restock' },
-        admin,
-      )
+      await stockProduct(running.url, admin, 'WHOLE-1', 500, 100)
       const order = {
         lines: [{ sku: 'WHOLE-1', quantity: 1 }],
         shippingAddress: { name: 'W', line1: '1 Whole Rd', city: 'X', postalCode: '1', country: 'US' },

@@ -2,37 +2,14 @@
 // SIGKILL while orders are in flight and started again. Every order still ends, and
 // nothing happens twice: the provider's own record shows one capture per confirmed order.
 import assert from 'node:assert/strict'
-import { randomUUID } from 'node:crypto'
 import { once } from 'node:events'
 import { describe, it } from 'node:test'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
-import { processesOnOneDataDir, watchAndSignIn } from '../support/processes.ts'
+import { processesOnOneDataDir, send, stockProduct, watchAndSignIn } from '../support/processes.ts'
 import { waitFor } from '../support/wait.ts'
 
 const { dir, start } = processesOnOneDataDir({ MERCATO_CARRIER_STEP_MS: '60000' })
-
-async function call(
-  url: string,
-  method: string,
-  path: string,
-  body: unknown,
-  bearer: string,
-  key = randomUUID(),
-) {
-  const response = await fetch(`${url}${path}`, {
-    method,
-    headers: {
-      'content-type': 'application/json',
-      'idempotency-key': key,
-      authorization: `Bearer ${bearer}`,
-    },
-    body: JSON.stringify(body),
-  })
-  const text = await response.text()
-  assert.equal(response.status, 202, text)
-  return JSON.parse(text) as { id: string }
-}
 
 describe('a services process killed with SIGKILL mid-saga', () => {
   it('finishes every order after it starts again, with no duplicate effect', async () => {
@@ -41,15 +18,7 @@ describe('a services process killed with SIGKILL mid-saga', () => {
     let services = await start('order,inventory,payment,shipping', servicesEnv)
     const { watcher, admin, customer, close } = await watchAndSignIn(dir, 'cus_crash')
     try {
-      const product = { name: 'Crash', description: '', category: 'test', priceMinor: 700, currency: 'USD' }
-      await call(front.url, 'PUT', '/v1/products/CRASH-1', product, admin)
-      await call(
-        front.url,
-        'POST',
-        '/v1/inventory/CRASH-1/adjustments',
-        { delta: 1_000, reason: 'restock' },
-        admin,
-      )
+      await stockProduct(front.url, admin, 'CRASH-1', 700, 1_000)
       const order = {
         customerId: 'cus_crash',
         lines: [{ sku: 'CRASH-1', quantity: 1 }],
@@ -57,12 +26,12 @@ describe('a services process killed with SIGKILL mid-saga', () => {
         paymentMethodToken: 'tok_visa',
       }
       // The first order proves prices and stock have arrived.
-      const first = await call(front.url, 'POST', '/v1/orders', order, customer)
+      const first = await send(front.url, 'POST', '/v1/orders', order, customer)
       assert.equal((await watcher.waitFor(first.id, 30_000))?.state, 'CONFIRMED')
 
       const ids: string[] = []
       for (let i = 0; i < 60; i++) {
-        ids.push((await call(front.url, 'POST', '/v1/orders', order, customer)).id)
+        ids.push((await send(front.url, 'POST', '/v1/orders', order, customer)).id)
         if (i === 20) {
           services.child.kill('SIGKILL')
           await once(services.child, 'exit')

@@ -1,6 +1,8 @@
 // `mercato start` in child processes that share one data directory, as a deployment of
 // several processes runs: started until they listen, and never left running after a test.
+import assert from 'node:assert/strict'
 import { type ChildProcess, spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
 import { createInterface } from 'node:readline'
 import { after } from 'node:test'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
@@ -79,4 +81,37 @@ export async function watchAndSignIn(dir: string, customerId: string) {
       await stream.close()
     },
   }
+}
+
+/**
+ * A JSON request as a client sends it, with a fresh Idempotency-Key: a command (a /v1/ path)
+ * must be answered 202, anything else 2xx.
+ */
+export async function send(url: string, method: string, path: string, body: unknown, bearer?: string) {
+  const response = await fetch(`${url}${path}`, {
+    method,
+    headers: {
+      'content-type': 'application/json',
+      'idempotency-key': randomUUID(),
+      ...(bearer ? { authorization: `Bearer ${bearer}` } : {}),
+    },
+    body: JSON.stringify(body),
+  })
+  const text = await response.text()
+  if (path.startsWith('/v1/')) assert.equal(response.status, 202, `${method} ${path}: ${text}`)
+  else assert.ok(response.status < 300, `${method} ${path}: ${response.status} ${text}`)
+  return JSON.parse(text) as { id: string }
+}
+
+/** Lists `sku` at `priceMinor` USD and restocks `units` of it, as the admin. */
+export async function stockProduct(
+  url: string,
+  admin: string,
+  sku: string,
+  priceMinor: number,
+  units: number,
+) {
+  const product = { name: sku, description: '', category: 'test', priceMinor, currency: 'USD' }
+  await send(url, 'PUT', `/v1/products/${sku}`, product, admin)
+  await send(url, 'POST', `/v1/inventory/${sku}/adjustments`, { delta: units, reason: 'restock' }, admin)
 }
