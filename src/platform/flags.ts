@@ -105,10 +105,31 @@ export function validateFlagDefinition(definition: unknown, key = 'flag'): FlagD
   }
   const flag = storage.getFlag(key)
   if (!flag) return problem('/', 'not a valid flagd definition')
+  const unknown = variantsReturnedBy(def.targeting).find((name) => !Object.hasOwn(variants, name))
+  if (unknown !== undefined)
+    return problem('/targeting', `the targeting rule returns "${unknown}", which is not one of the variants`)
   const probe = flag.evaluate({}, quietLogger)
   if (probe.errorCode === 'PARSE_ERROR')
     return problem('/targeting', probe.errorMessage ?? 'the targeting rule cannot be parsed')
   return undefined
+}
+
+/**
+ * The variant names a targeting rule can return as literals: the branches of `if` and the
+ * buckets of `fractional`, however deeply nested. (A name computed at run time, say with
+ * `cat`, cannot be known here; flagd then falls back to the default variant.)
+ */
+function variantsReturnedBy(rule: unknown): string[] {
+  if (typeof rule === 'string') return [rule]
+  if (!rule || typeof rule !== 'object' || Array.isArray(rule)) return []
+  const { if: branches, fractional: buckets } = rule as { if?: unknown; fractional?: unknown }
+  if (Array.isArray(branches))
+    return branches.flatMap((branch, i) =>
+      i % 2 === 1 || i === branches.length - 1 ? variantsReturnedBy(branch) : [],
+    )
+  if (Array.isArray(buckets))
+    return buckets.flatMap((bucket) => (Array.isArray(bucket) ? variantsReturnedBy(bucket[0]) : []))
+  return []
 }
 
 function flagdReason(error: unknown): string {

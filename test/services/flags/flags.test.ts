@@ -42,15 +42,43 @@ describe('validateFlagDefinition', () => {
       validateFlagDefinition({ state: 'ENABLED', variants: { on: true, n: 1 }, defaultVariant: 'on' }),
       validateFlagDefinition({ state: 'ENABLED', variants: {}, defaultVariant: 'on' }),
       validateFlagDefinition({ ...express('on'), targeting: { 'no-such-operator': [1, 2] } }),
+      validateFlagDefinition({ ...express('on'), targeting: { if: [{ var: 'vip' }, 'turbo', 'off'] } }),
+      validateFlagDefinition({
+        ...express('on'),
+        targeting: {
+          if: [
+            { var: 'vip' },
+            'on',
+            {
+              fractional: [
+                ['off', 50],
+                ['maybe', 50],
+              ],
+            },
+          ],
+        },
+      }),
       validateFlagDefinition([]),
       validateFlagDefinition('on'),
     ]
     for (const problem of problems) assert.equal(typeof problem?.reason, 'string', JSON.stringify(problem))
     assert.deepEqual(
       problems.map((problem) => problem?.field),
-      ['/defaultVariant', '/state', '/variants', '/variants', '/targeting', '/', '/'],
+      [
+        '/defaultVariant',
+        '/state',
+        '/variants',
+        '/variants',
+        '/targeting',
+        '/targeting',
+        '/targeting',
+        '/',
+        '/',
+      ],
     )
     assert.match(problems[0]!.reason, /defaultVariant/)
+    assert.match(problems[5]!.reason, /"turbo"/)
+    assert.match(problems[6]!.reason, /"maybe"/)
   })
 })
 
