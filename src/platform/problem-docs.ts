@@ -36,6 +36,7 @@ const meanings: Record<number, string> = {
   404: 'Not found (or not the caller’s to see)',
   409: 'A request with this Idempotency-Key is in progress; retry after Retry-After',
   413: 'The body is larger than the limit',
+  414: 'A path parameter is longer than the router accepts',
   415: 'The body is not application/json',
   422: 'This Idempotency-Key was used for another request',
   429: 'Too many requests from this caller or address; retry after Retry-After',
@@ -69,8 +70,10 @@ export function problemDocs(
         components.schemas.Problem ??= ProblemSchema as never
       }
       const problem = { $ref: '#/components/schemas/Problem' }
+      // The router refuses an over-long path parameter itself, before any route runs.
+      const refused = url.includes(':') ? [...statuses, 414].sort((a, b) => a - b) : statuses
       const errors = Object.fromEntries(
-        statuses.map((status) => [
+        refused.map((status) => [
           status,
           {
             description: meanings[status],
