@@ -3,10 +3,11 @@
 // and emits events in one local transaction, recorded in the inbox under the event's id,
 // so a redelivered event has no second effect and an emitted event is never lost.
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { handleOnce, markHandled, recordHandled, wasHandled } from '../engines/store/inbox.ts'
+import { handleOnce, markHandled, recordAllHandled, wasHandled } from '../engines/store/inbox.ts'
 import { addToOutbox, OutboxRelay } from '../engines/store/outbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import type { EventStream, PositionedEvent, Subscription } from '../engines/stream/event-stream.ts'
+import { joinBatches } from './batch-joiner.ts'
 import { errorMessage } from './errors.ts'
 import { sleep } from './limits.ts'
 import type { Logger } from './logger.ts'
@@ -34,6 +35,9 @@ export interface ServiceDeps {
   log: Logger
   metrics: Metrics
 }
+
+/** The most events one batch transaction holds: a run takes whole partition batches up to it. */
+const batchEventsMax = 500
 
 export class Service {
   readonly name: string
@@ -73,14 +77,18 @@ export class Service {
    * Consumes `topics` as the service's consumer group; events of types without a handler are
    * passed over undecoded.
    *
-   * On SQLite (one writer, and a commit costs more than the work in it) a partition's batch
-   * of events is handled in one transaction, each event's `transact` in a savepoint of it. A
-   * batch that fails is retried, then handed over one event at a time (see EventStream), so
-   * a bad event costs only itself. On PostgreSQL each event has transactions of its own, so
-   * the partitions' transactions run side by side on the pool, and a conflict on one order
-   * rolls back only that order's event. `oneAtATime` asks for the same on every store: it is
-   * for handlers that call out of the store (payment's provider) between their reads and
-   * their transaction, since a batch must not hold the store across a network call.
+   * A commit costs more than the work in it (an fsync, and round trips on PostgreSQL), so
+   * events are handled in batches, one transaction for many: the batches the partitions
+   * hand in while a transaction runs are joined into the next (see joinBatches), and runs
+   * never overlap, so partitions never lock each other's rows. When a batch's transaction
+   * fails (a handler's transaction threw, even if the handler caught it), its events are
+   * handled again one at a time, each in transactions of its own, so an event that fails
+   * costs only itself and a handler that recovers from a failed transaction (inventory's
+   * shortage) works as it would alone.
+   *
+   * `oneAtATime` asks for transactions of their own for every event, side by side on the
+   * pool: it is for handlers that call out of the store (payment's provider) between their
+   * reads and their transaction, since a batch must not hold the store across a network call.
    */
   async consume(
     topics: string[],
@@ -90,14 +98,21 @@ export class Service {
     const group = options.group ?? this.name
     const types = Object.keys(handlers)
     const subscription = await this.stream.subscribe(
-      options.oneAtATime || this.store.kind !== 'sqlite'
-        ? {
+      options.oneAtATime
+        ? { group, topics, types, handle: (event) => this.#handleAlone(group, handlers, event, true) }
+        : {
             group,
             topics,
             types,
-            handle: (event) => this.#handleAlone(group, handlers, event, options.oneAtATime === true),
-          }
-        : { group, topics, types, handleBatch: (events) => this.#handleBatch(group, handlers, events) },
+            handleBatch: joinBatches({
+              run: (batch) => this.#handleBatch(group, handlers, batch),
+              runAlone: async (batch) => {
+                for (const { event } of batch)
+                  await inEventSpan(group, event, () => this.#handleAlone(group, handlers, event, false))
+              },
+              itemsMax: batchEventsMax,
+            }),
+          },
     )
     this.#subscriptions.push(subscription)
   }
@@ -124,51 +139,36 @@ export class Service {
     if (!transacted) await markHandled(this.store, group, event.id)
   }
 
+  /** Handles `batch` in one transaction; throws (rolling it all back) if any handler's transaction threw. */
   async #handleBatch(group: string, handlers: Record<string, Handler>, batch: PositionedEvent[]) {
     const wanted = batch.filter(({ event }) => handlers[event.type])
     if (wanted.length === 0) return
     await this.store.transaction(async (tx) => {
+      const fresh = await recordAllHandled(
+        tx,
+        group,
+        wanted.map(({ event }) => event.id),
+      )
       const outbox: CloudEvent[] = []
+      let failed: { error: unknown } | undefined
       for (const { event } of wanted) {
-        if (!(await recordHandled(tx, group, event.id))) continue // redelivered
-        // Each event in a span of its own, child of its producer's: what it emits continues
-        // its trace, and what is logged carries its correlation id.
-        await inSpan(
-          `${group} handle ${event.type}`,
-          { traceparent: event.traceparent, kind: SpanKind.CONSUMER, correlationId: event.correlationid },
-          () =>
-            handlers[event.type](event, {
-              transact: (work) => this.#inSavepoint(tx, event, outbox, work),
-            }),
+        if (!fresh.delete(event.id)) continue // redelivered
+        await inEventSpan(group, event, () =>
+          handlers[event.type](event, {
+            transact: async (work) => {
+              try {
+                return await work(tx, this.#emitter(outbox, event, 'handling'))
+              } catch (error) {
+                failed ??= { error }
+                throw error
+              }
+            },
+          }),
         )
       }
+      if (failed) throw failed.error
       if (outbox.length > 0) await addToOutbox(this.store, tx, outbox)
     })
-  }
-
-  /** Runs `work` in a savepoint of `tx`: if it throws, its writes, events and callbacks are undone. */
-  async #inSavepoint<T>(
-    tx: Tx,
-    cause: CloudEvent,
-    outbox: CloudEvent[],
-    work: (tx: Tx, emit: Emit) => Promise<T>,
-  ): Promise<T> {
-    const events: CloudEvent[] = []
-    const callbacks: (() => void)[] = []
-    const inner: Tx = { ...tx, afterCommit: (callback) => callbacks.push(callback) }
-    await tx.execute('SAVEPOINT handler')
-    let result: T
-    try {
-      result = await work(inner, this.#emitter(events, cause, 'handling'))
-    } catch (error) {
-      await tx.execute('ROLLBACK TO SAVEPOINT handler')
-      await tx.execute('RELEASE SAVEPOINT handler')
-      throw error
-    }
-    await tx.execute('RELEASE SAVEPOINT handler')
-    outbox.push(...events)
-    for (const callback of callbacks) tx.afterCommit(callback)
-    return result
   }
 
   /**
@@ -252,6 +252,18 @@ export class Service {
     await Promise.all(this.#jobs)
     await this.#relay.stop()
   }
+}
+
+/**
+ * Handles an event of a batch in a span of its own, child of its producer's: what it emits
+ * continues its trace, and what is logged carries its correlation id.
+ */
+function inEventSpan<T>(group: string, event: CloudEvent, handle: () => Promise<T>): Promise<T> {
+  return inSpan(
+    `${group} handle ${event.type}`,
+    { traceparent: event.traceparent, kind: SpanKind.CONSUMER, correlationId: event.correlationid },
+    handle,
+  )
 }
 
 /**

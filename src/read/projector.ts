@@ -4,6 +4,7 @@
 // process) makes a new generation live, it moves its consumer to that generation.
 import type { Cache } from '../engines/cache/port.ts'
 import type { EventStream, PositionedEvent, Subscription } from '../engines/stream/event-stream.ts'
+import { joinBatches } from '../platform/batch-joiner.ts'
 import { errorMessage } from '../platform/errors.ts'
 import { sleep } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
@@ -187,18 +188,19 @@ async function subscribeView(
     ['view'],
     latencyBucketsSeconds,
   )
-  // One batch at a time per view: partitions of different topics touch the same rows (an
-  // order's payment and its order events), and concurrent transactions would deadlock.
-  let turn: Promise<unknown> = Promise.resolve()
-  const apply = async (events: PositionedEvent[]) => {
-    const mine = turn.then(() => definition.storage.apply(generation, events))
-    turn = mine.catch(() => {})
-    const changed = await mine
-    const now = Date.now()
-    for (const { timestampMs } of events)
-      lag.observe({ view: definition.name }, Math.max(0, now - timestampMs) / 1000)
-    await afterApply(changed)
-  }
+  // One run at a time per view: partitions of different topics touch the same rows (an
+  // order's payment and its order events), and concurrent transactions would deadlock. The
+  // batches that arrive meanwhile share the next run's transaction.
+  const apply = joinBatches<PositionedEvent>({
+    run: async (events) => {
+      const changed = await definition.storage.apply(generation, events)
+      const now = Date.now()
+      for (const { timestampMs } of events)
+        lag.observe({ view: definition.name }, Math.max(0, now - timestampMs) / 1000)
+      await afterApply(changed)
+    },
+    itemsMax: 1_000,
+  })
   return deps.stream.subscribe({
     group: groupOf(definition.name, generation),
     topics: definition.topics,

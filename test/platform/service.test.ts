@@ -1,6 +1,6 @@
-// The service kit on each store: a partition's batch of events (SQLite: one transaction,
-// each event's work in a savepoint; PostgreSQL: a transaction per event) must give the same
-// effects as handling the events one by one, exactly once, redelivery included.
+// The service kit on each store: a batch of events is handled in one transaction, and
+// again one event at a time when a handler's transaction failed in it; either way the
+// effects must be those of handling the events one by one, exactly once, redelivery included.
 import assert from 'node:assert/strict'
 import { after, describe, it } from 'node:test'
 import { createEvent } from '../../src/contracts/envelope.ts'

@@ -27,6 +27,20 @@ export async function recordHandled(tx: Tx, consumer: string, eventId: string): 
   return inserted > 0
 }
 
+/**
+ * Records in `tx` that `consumer` handles each of `eventIds` (one statement for all); resolves
+ * with those it had not handled before. An id given twice is recorded once.
+ */
+export async function recordAllHandled(tx: Tx, consumer: string, eventIds: string[]): Promise<Set<string>> {
+  const rows = await tx.query<{ event_id: string }>(
+    `INSERT INTO mercato_inbox (consumer, event_id, handled_at)
+     VALUES ${eventIds.map((_, i) => `($1, $${i + 3}, $2)`).join(', ')}
+     ON CONFLICT DO NOTHING RETURNING event_id`,
+    [consumer, new Date().toISOString(), ...eventIds],
+  )
+  return new Set(rows.map((row) => row.event_id))
+}
+
 /** Whether `consumer` has handled `eventId` already (its effects, if any, are done). */
 export async function wasHandled(store: Store, consumer: string, eventId: string): Promise<boolean> {
   const rows = await store.query('SELECT 1 FROM mercato_inbox WHERE consumer = $1 AND event_id = $2', [
