@@ -31,7 +31,7 @@ import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
 import { type FieldIssue, reportWithValidation } from '../runtime/http.ts'
 import { bodyOptional } from '../runtime/openapi.ts'
-import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from './idempotency.ts'
+import { fingerprintOf, IdempotencyKeys, idempotencyMigrations, type KeyClaim } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
 
 export interface CommandApiOptions {
@@ -112,18 +112,28 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     if (key === undefined) spec.admit?.()
     let id = spec.newId()
     if (key !== undefined) {
-      const claim = await keys.claim(
-        scope,
-        key,
-        fingerprintOf(request.method, request.url, request.body),
-        () => id,
-        // Admission is asked only of a claim that starts work: a replay is still answered.
-        // A refusal throws inside the claim's transaction, so the key stays unclaimed.
-        async (tx, resourceId) => {
-          spec.admit?.()
-          await spec.onClaimed?.(tx, resourceId, request)
-        },
-      )
+      const fingerprint = fingerprintOf(request.method, request.url, request.body)
+      // Admission refuses only a request that would start work: a replay is still answered.
+      // Refused now, the key is only looked at (one read); admitted, it is claimed, and a
+      // refusal in the claim's transaction (the backlog grew meanwhile) leaves it unclaimed.
+      const refusal = refusalOf(spec)
+      let claim: KeyClaim
+      if (refusal) {
+        const taken = await keys.peek(scope, key, fingerprint)
+        if (!taken) throw refusal
+        claim = taken
+      } else {
+        claim = await keys.claim(
+          scope,
+          key,
+          fingerprint,
+          () => id,
+          async (tx, resourceId) => {
+            spec.admit?.()
+            await spec.onClaimed?.(tx, resourceId, request)
+          },
+        )
+      }
       if (claim.kind === 'other-request') {
         accepted.inc({ command: name, outcome: 'key-reused' })
         throw new MercatoError(
@@ -557,6 +567,16 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
 }
 
 /** Who is calling: the scope of idempotency keys. */
+/** What admission would throw now, if it refuses. */
+function refusalOf(spec: CommandSpec): unknown {
+  try {
+    spec.admit?.()
+  } catch (error) {
+    return error
+  }
+  return undefined
+}
+
 function scopeOf(request: FastifyRequest): string {
   const principal = principalOf(request)
   return principal.kind === 'user' ? principal.subject : 'anonymous'

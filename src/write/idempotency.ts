@@ -33,6 +33,28 @@ interface KeyRow {
   expires_at: number
 }
 
+const selectKey =
+  'SELECT fingerprint, resource_id, status, body, headers, locked_until, expires_at FROM idempotency_keys WHERE scope = $1 AND idem_key = $2'
+
+/** What a live key row means for a request with `fingerprint`; undefined when a retry may take it over. */
+function takenBy(
+  row: KeyRow,
+  fingerprint: string,
+  now: number,
+): Exclude<KeyClaim, { kind: 'owned' }> | undefined {
+  if (row.fingerprint !== fingerprint) return { kind: 'other-request' }
+  if (row.status !== null) {
+    return {
+      kind: 'replay',
+      status: Number(row.status),
+      body: JSON.parse(row.body ?? 'null'),
+      headers: JSON.parse(row.headers ?? '{}'),
+    }
+  }
+  if (Number(row.locked_until) > now) return { kind: 'in-flight' }
+  return undefined
+}
+
 export class IdempotencyKeys {
   readonly #store: Store
   readonly #ttlMs: number
@@ -59,10 +81,7 @@ export class IdempotencyKeys {
   ): Promise<KeyClaim> {
     return this.#store.transaction(async (tx) => {
       const now = Date.now()
-      const [row] = await tx.query<KeyRow>(
-        'SELECT fingerprint, resource_id, status, body, headers, locked_until, expires_at FROM idempotency_keys WHERE scope = $1 AND idem_key = $2',
-        [scope, key],
-      )
+      const [row] = await tx.query<KeyRow>(selectKey, [scope, key])
       if (!row || Number(row.expires_at) <= now) {
         const resourceId = newResourceId()
         if (row)
@@ -75,16 +94,8 @@ export class IdempotencyKeys {
         await onOwned?.(tx, resourceId)
         return { kind: 'owned', resourceId }
       }
-      if (row.fingerprint !== fingerprint) return { kind: 'other-request' }
-      if (row.status !== null) {
-        return {
-          kind: 'replay',
-          status: Number(row.status),
-          body: JSON.parse(row.body ?? 'null'),
-          headers: JSON.parse(row.headers ?? '{}'),
-        }
-      }
-      if (Number(row.locked_until) > now) return { kind: 'in-flight' }
+      const taken = takenBy(row, fingerprint, now)
+      if (taken) return taken
       await tx.execute('UPDATE idempotency_keys SET locked_until = $1 WHERE scope = $2 AND idem_key = $3', [
         now + this.#lockMs,
         scope,
@@ -93,6 +104,22 @@ export class IdempotencyKeys {
       await onOwned?.(tx, row.resource_id)
       return { kind: 'owned', resourceId: row.resource_id }
     })
+  }
+
+  /**
+   * What a claim of `key` would find, without claiming it (one read, no transaction):
+   * undefined when the caller would own it. For a request refused before it starts work,
+   * which still gets its replay.
+   */
+  async peek(
+    scope: string,
+    key: string,
+    fingerprint: string,
+  ): Promise<Exclude<KeyClaim, { kind: 'owned' }> | undefined> {
+    const now = Date.now()
+    const [row] = await this.#store.query<KeyRow>(selectKey, [scope, key])
+    if (!row || Number(row.expires_at) <= now) return undefined
+    return takenBy(row, fingerprint, now)
   }
 
   /** Stores the answer; later requests with the key get it back. */

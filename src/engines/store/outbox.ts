@@ -19,17 +19,24 @@ const pruneBatchSize = 1_000
 /** Per store, the relays of this process, each told of the rows a commit added. */
 const listeners = new WeakMap<object, Set<(rows: OutboxRow[]) => void>>()
 
+/** Rows per INSERT statement: well within both stores' limit on parameters. */
+const insertRowsMax = 500
+
 /** Adds events to the outbox inside `tx`; they are validated now, so a bad event rolls the transaction back. */
 export async function addToOutbox(store: Store, tx: Tx, events: CloudEvent[]): Promise<void> {
   const now = new Date().toISOString()
+  for (const event of events) eventRegistry.assertValid(event)
   const rows: OutboxRow[] = []
-  for (const event of events) {
-    eventRegistry.assertValid(event)
-    const [row] = await tx.query<{ id: number }>(
-      'INSERT INTO mercato_outbox (event, created_at) VALUES ($1, $2) RETURNING id',
-      [JSON.stringify(event), now],
+  for (let start = 0; start < events.length; start += insertRowsMax) {
+    const chunk = events.slice(start, start + insertRowsMax)
+    const inserted = await tx.query<{ id: number }>(
+      `INSERT INTO mercato_outbox (event, created_at)
+       VALUES ${chunk.map((_, i) => `($${i + 2}, $1)`).join(', ')} RETURNING id`,
+      [now, ...chunk.map((event) => JSON.stringify(event))],
     )
-    rows.push({ id: Number(row.id), event })
+    // One statement takes its ids in the order of its rows; RETURNING need not list them so.
+    const ids = inserted.map((row) => Number(row.id)).sort((a, b) => a - b)
+    rows.push(...chunk.map((event, i) => ({ id: ids[i], event })))
   }
   tx.afterCommit(() => {
     for (const listen of listeners.get(store) ?? []) listen(rows)
