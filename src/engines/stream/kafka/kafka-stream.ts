@@ -355,10 +355,6 @@ interface PartitionQueue {
   draining: Promise<void> | undefined
   /** The offset after the last record queued or handled, to drop what a re-fetch brings again. */
   next: number
-  /** The newest offset handled and not yet committed; commits run one at a time, newest wins. */
-  toCommit: bigint
-  committed: bigint
-  committing: Promise<void> | undefined
 }
 
 class KafkaMember implements ConsumerHandle {
@@ -368,6 +364,12 @@ class KafkaMember implements ConsumerHandle {
   readonly #consumer: Consumer<string, Buffer, string, string>
   readonly #queues = new Map<string, PartitionQueue>()
   readonly #forget: () => void
+  /** Per partition, the offset after the last batch handled, not yet committed. */
+  readonly #toCommit = new Map<
+    string,
+    { topic: string; partition: number; offset: bigint; leaderEpoch: number }
+  >()
+  #committing: Promise<void> | undefined
   #stream: MessagesStream<string, Buffer, string, string> | undefined
   #buffered = 0
   #stopping = false
@@ -433,9 +435,6 @@ class KafkaMember implements ConsumerHandle {
         leaderEpoch: 0,
         draining: undefined,
         next: 0,
-        toCommit: -1n,
-        committed: -1n,
-        committing: undefined,
       }
       this.#queues.set(key, queue)
     }
@@ -464,9 +463,14 @@ class KafkaMember implements ConsumerHandle {
         }
       }
       if (this.#abandoned) break
-      queue.toCommit = BigInt(records[records.length - 1].offset + 1)
       // Handling goes on while the commit travels: the next batch never waits on it.
-      queue.committing ??= this.#commit(queue)
+      this.#toCommit.set(`${queue.topic}/${queue.partition}`, {
+        topic: queue.topic,
+        partition: queue.partition,
+        offset: BigInt(records[records.length - 1].offset + 1),
+        leaderEpoch: queue.leaderEpoch,
+      })
+      this.#committing ??= this.#commit()
     }
     queue.draining = undefined
   }
@@ -477,22 +481,25 @@ class KafkaMember implements ConsumerHandle {
     )
   }
 
-  async #commit(queue: PartitionQueue): Promise<void> {
-    while (queue.toCommit > queue.committed && !this.#abandoned) {
-      const offset = queue.toCommit
+  /**
+   * Commits the member's handled offsets, one request at a time: the partitions handled
+   * while a request travels go together in the next, so under load one request carries
+   * many partitions' offsets, and at rest a batch's commit leaves at once.
+   */
+  async #commit(): Promise<void> {
+    while (this.#toCommit.size > 0 && !this.#abandoned) {
+      // A partition a rebalance took is left out: its refusal would fail the whole request.
+      const offsets = [...this.#toCommit.values()].filter((o) => this.#owns(o.topic, o.partition))
+      this.#toCommit.clear()
+      if (offsets.length === 0) continue
       try {
-        await this.#consumer.commit({
-          offsets: [
-            { topic: queue.topic, partition: queue.partition, offset, leaderEpoch: queue.leaderEpoch },
-          ],
-        })
+        await this.#consumer.commit({ offsets })
       } catch {
-        // A rebalance took the partition: its next owner starts from the last commit, and the
+        // A rebalance took a partition: its next owner starts from the last commit, and the
         // consumer's inbox absorbs what it sees twice.
       }
-      queue.committed = offset
     }
-    queue.committing = undefined
+    this.#committing = undefined
   }
 
   #resumeIfRoom(): void {
@@ -510,7 +517,7 @@ class KafkaMember implements ConsumerHandle {
     this.#stopping = true
     this.#stream?.pause()
     await Promise.all([...this.#queues.values()].map((queue) => queue.draining))
-    await Promise.all([...this.#queues.values()].map((queue) => queue.committing))
+    await this.#committing
     await this.#close(false)
   }
 
