@@ -64,7 +64,7 @@ export async function openViews(options: ViewsOptions): Promise<Views> {
     orderStatusStorage = redis
     orderStatus = redis
   } else {
-    orderStatusStorage = new SqlViewStorage('order-status', store, orderStatusSqlFold)
+    orderStatusStorage = new SqlViewStorage('order-status', store, orderStatusSqlFold())
     orderStatus = new SqlOrderStatusReader(store)
   }
   return {

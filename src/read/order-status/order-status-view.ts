@@ -44,45 +44,80 @@ export interface OrderStatusReader {
 const steps = (g: number) => `orderstatus_g${g}_steps`
 const customers = (g: number) => `orderstatus_g${g}_customers`
 
-export const orderStatusSqlFold: SqlFold = {
-  createSql: (_kind, g) => [
-    `CREATE TABLE IF NOT EXISTS ${steps(g)} (order_id TEXT NOT NULL, step_id TEXT NOT NULL, step TEXT NOT NULL,
-      PRIMARY KEY (order_id, step_id))`,
-    `CREATE TABLE IF NOT EXISTS ${customers(g)} (customer_id TEXT NOT NULL, order_id TEXT NOT NULL,
-      placed_at TEXT NOT NULL, PRIMARY KEY (customer_id, order_id))`,
-    `CREATE INDEX IF NOT EXISTS ${customers(g)}_newest ON ${customers(g)} (customer_id, placed_at, order_id)`,
-    `CREATE INDEX IF NOT EXISTS ${customers(g)}_order ON ${customers(g)} (order_id)`,
-  ],
-  tables: (g) => [steps(g), customers(g)],
-  async apply(tx, _kind, g, { event }, changed) {
-    const found = orderStepOf(event)
-    if (!found) return
-    const { orderId, step } = found
-    await tx.execute(
-      `INSERT INTO ${steps(g)} (order_id, step_id, step) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-      [orderId, step.id, JSON.stringify(step)],
-    )
-    changed.add(orderCacheKey(orderId))
-    const customerId = customerOf(step)
-    if (customerId) {
+/**
+ * The customer of each order seen lately: an order's customer never changes, so the view
+ * need not read it back for every step (it is read when an order's placing came first to
+ * another process, or was forgotten).
+ */
+class RecentCustomers {
+  readonly #byOrder = new Map<string, string>()
+  readonly #sizeMax: number
+
+  constructor(sizeMax: number) {
+    this.#sizeMax = sizeMax
+  }
+
+  get(orderId: string): string | undefined {
+    return this.#byOrder.get(orderId)
+  }
+
+  set(orderId: string, customerId: string): void {
+    if (this.#byOrder.has(orderId)) return
+    if (this.#byOrder.size >= this.#sizeMax) this.#byOrder.delete(this.#byOrder.keys().next().value!)
+    this.#byOrder.set(orderId, customerId)
+  }
+}
+
+/** The order-status fold for one views store, with its own memory of orders' customers. */
+export function orderStatusSqlFold(): SqlFold {
+  const knownCustomers = new RecentCustomers(50_000)
+  return {
+    createSql: (_kind, g) => [
+      `CREATE TABLE IF NOT EXISTS ${steps(g)} (order_id TEXT NOT NULL, step_id TEXT NOT NULL, step TEXT NOT NULL,
+        PRIMARY KEY (order_id, step_id))`,
+      `CREATE TABLE IF NOT EXISTS ${customers(g)} (customer_id TEXT NOT NULL, order_id TEXT NOT NULL,
+        placed_at TEXT NOT NULL, PRIMARY KEY (customer_id, order_id))`,
+      `CREATE INDEX IF NOT EXISTS ${customers(g)}_newest ON ${customers(g)} (customer_id, placed_at, order_id)`,
+      `CREATE INDEX IF NOT EXISTS ${customers(g)}_order ON ${customers(g)} (order_id)`,
+    ],
+    tables: (g) => [steps(g), customers(g)],
+    async apply(tx, _kind, g, { event }, changed) {
+      const found = orderStepOf(event)
+      if (!found) return
+      const { orderId, step } = found
       await tx.execute(
-        `INSERT INTO ${customers(g)} (customer_id, order_id, placed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
-        [customerId, orderId, step.time],
+        `INSERT INTO ${steps(g)} (order_id, step_id, step) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+        [orderId, step.id, JSON.stringify(step)],
       )
-    }
-    for (const row of await tx.query<{ customer_id: string }>(
-      `SELECT customer_id FROM ${customers(g)} WHERE order_id = $1`,
-      [orderId],
-    )) {
-      changed.add(customerOrdersCacheKey(row.customer_id))
-    }
-  },
-  async dump(store, g) {
-    const rows = await store.query<{ order_id: string; step: string }>(
-      `SELECT order_id, step FROM ${steps(g)} ORDER BY order_id, step_id`,
-    )
-    return documentsOf(rows.map((r) => [r.order_id, JSON.parse(r.step) as OrderStep]))
-  },
+      changed.add(orderCacheKey(orderId))
+      const customerId = customerOf(step)
+      if (customerId) {
+        await tx.execute(
+          `INSERT INTO ${customers(g)} (customer_id, order_id, placed_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING`,
+          [customerId, orderId, step.time],
+        )
+        knownCustomers.set(orderId, customerId)
+      }
+      const known = customerId ?? knownCustomers.get(orderId)
+      if (known) {
+        changed.add(customerOrdersCacheKey(known))
+        return
+      }
+      for (const row of await tx.query<{ customer_id: string }>(
+        `SELECT customer_id FROM ${customers(g)} WHERE order_id = $1`,
+        [orderId],
+      )) {
+        knownCustomers.set(orderId, row.customer_id)
+        changed.add(customerOrdersCacheKey(row.customer_id))
+      }
+    },
+    async dump(store, g) {
+      const rows = await store.query<{ order_id: string; step: string }>(
+        `SELECT order_id, step FROM ${steps(g)} ORDER BY order_id, step_id`,
+      )
+      return documentsOf(rows.map((r) => [r.order_id, JSON.parse(r.step) as OrderStep]))
+    },
+  }
 }
 
 /** Reads the SQL order-status view. */

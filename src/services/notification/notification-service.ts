@@ -278,6 +278,7 @@ export async function startNotificationService(
             now,
           ],
         )
+        endpointsOfTx.delete(tx)
         return
     }
   }
@@ -327,12 +328,28 @@ export async function startNotificationService(
     return JSON.stringify({ ...event, data })
   }
 
+  /**
+   * The enabled endpoints, read once per transaction: a batch's events share it, and an
+   * endpoint set in the batch is seen by the events after it.
+   */
+  const endpointsOfTx = new WeakMap<Tx, { endpoint_id: string; events: string[] }[]>()
+  async function enabledEndpoints(tx: Tx): Promise<{ endpoint_id: string; events: string[] }[]> {
+    let endpoints = endpointsOfTx.get(tx)
+    if (!endpoints) {
+      const rows = await tx.query<{ endpoint_id: string; events: string }>(
+        'SELECT endpoint_id, events FROM notification_webhook_endpoints WHERE enabled = 1',
+      )
+      endpoints = rows.map((row) => ({ endpoint_id: row.endpoint_id, events: JSON.parse(row.events) }))
+      endpointsOfTx.set(tx, endpoints)
+    }
+    return endpoints
+  }
+
   async function recordWebhooks(tx: Tx, event: CloudEvent): Promise<void> {
     if (undeliverable.has(event.type) || event.type.startsWith('webhook.')) return
-    const endpoints = await tx.query<{ endpoint_id: string; events: string }>(
-      'SELECT endpoint_id, events FROM notification_webhook_endpoints WHERE enabled = 1',
+    const wanting = (await enabledEndpoints(tx)).filter((endpoint) =>
+      endpointWants(endpoint.events, event.type),
     )
-    const wanting = endpoints.filter((endpoint) => endpointWants(JSON.parse(endpoint.events), event.type))
     if (wanting.length === 0) return
     const orderId = text(event.data.orderId)
     const customerId = text(event.data.customerId) ?? (await customerOfOrder(tx, orderId))

@@ -138,13 +138,11 @@ export async function appendEntry(tx: Tx, entry: NewEntry): Promise<string> {
      VALUES ($1, $2, $3, $4, $5, $6)`,
     [id, entry.paymentId, entry.orderId, entry.kind, entry.currency, new Date().toISOString()],
   )
-  for (const [index, line] of entry.lines.entries()) {
-    await tx.execute(
-      `INSERT INTO ledger_lines (entry_id, line_no, account, amount_minor, currency)
-       VALUES ($1, $2, $3, $4, $5)`,
-      [id, index + 1, line.account, line.amountMinor, entry.currency],
-    )
-  }
+  await tx.execute(
+    `INSERT INTO ledger_lines (entry_id, line_no, account, amount_minor, currency)
+     VALUES ${entry.lines.map((_, i) => `($1, $${3 * i + 3}, $${3 * i + 4}, $${3 * i + 5}, $2)`).join(', ')}`,
+    [id, entry.currency, ...entry.lines.flatMap((line, i) => [i + 1, line.account, line.amountMinor])],
+  )
   return id
 }
 
