@@ -66,18 +66,21 @@ export class SqlViewStorage implements ViewStorage {
   async apply(generation: number, events: ViewEvent[]): Promise<string[]> {
     const changed = new Set<string>()
     await this.store.transaction(async (tx) => {
-      const fresh = unapplied(events, await positionMap(tx, this.view, generation, events))
+      const fresh = unapplied(events, await positionMap(tx, this.view, generation))
       if (fresh.length === 0) return
       for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
-      for (const p of positionsAfter(fresh)) {
-        await tx.execute(
-          `INSERT INTO view_positions (view, generation, topic, part, next_offset, last_event_ms)
-           VALUES ($1, $2, $3, $4, $5, $6)
-           ON CONFLICT (view, generation, topic, part)
-           DO UPDATE SET next_offset = excluded.next_offset, last_event_ms = excluded.last_event_ms`,
-          [this.view, generation, p.topic, p.partition, p.nextOffset, p.lastEventMs],
-        )
-      }
+      const reached = positionsAfter(fresh)
+      await tx.execute(
+        `INSERT INTO view_positions (view, generation, topic, part, next_offset, last_event_ms)
+         VALUES ${reached.map((_, i) => `($1, $2, $${4 * i + 3}, $${4 * i + 4}, $${4 * i + 5}, $${4 * i + 6})`).join(', ')}
+         ON CONFLICT (view, generation, topic, part)
+         DO UPDATE SET next_offset = excluded.next_offset, last_event_ms = excluded.last_event_ms`,
+        [
+          this.view,
+          generation,
+          ...reached.flatMap((p) => [p.topic, p.partition, p.nextOffset, p.lastEventMs]),
+        ],
+      )
     })
     return [...changed]
   }
@@ -115,22 +118,11 @@ export class SqlViewStorage implements ViewStorage {
   }
 }
 
-/** The stored positions of the partitions `events` come from (a batch is usually one partition's). */
-async function positionMap(
-  tx: Tx,
-  view: string,
-  generation: number,
-  events: ViewEvent[],
-): Promise<Map<string, number>> {
-  const positions = new Map<string, number>()
-  for (const { position } of events) {
-    const key = partitionKey(position.topic, position.partition)
-    if (positions.has(key)) continue
-    const rows = await tx.query<{ next_offset: number }>(
-      'SELECT next_offset FROM view_positions WHERE view = $1 AND generation = $2 AND topic = $3 AND part = $4',
-      [view, generation, position.topic, position.partition],
-    )
-    positions.set(key, rows.length > 0 ? Number(rows[0].next_offset) : 0)
-  }
-  return positions
+/** The stored position of every partition the view has applied events of, in one read. */
+async function positionMap(tx: Tx, view: string, generation: number): Promise<Map<string, number>> {
+  const rows = await tx.query<{ topic: string; part: number; next_offset: number }>(
+    'SELECT topic, part, next_offset FROM view_positions WHERE view = $1 AND generation = $2',
+    [view, generation],
+  )
+  return new Map(rows.map((row) => [partitionKey(row.topic, Number(row.part)), Number(row.next_offset)]))
 }
