@@ -566,7 +566,6 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   }
 }
 
-/** Who is calling: the scope of idempotency keys. */
 /** What admission would throw now, if it refuses. */
 function refusalOf(spec: CommandSpec): unknown {
   try {
@@ -577,6 +576,7 @@ function refusalOf(spec: CommandSpec): unknown {
   return undefined
 }
 
+/** Who is calling: the scope of idempotency keys. */
 function scopeOf(request: FastifyRequest): string {
   const principal = principalOf(request)
   return principal.kind === 'user' ? principal.subject : 'anonymous'
