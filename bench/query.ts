@@ -17,7 +17,7 @@ import { openViews } from '../src/read/views.ts'
 import { loadConfig } from '../src/runtime/config.ts'
 import { demoProducts } from '../src/runtime/demo-data.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
-import { deleteKafkaTopics } from '../test/support/servers.ts'
+import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
 import { drive, withBearer } from './drive.ts'
 import { startProcess } from './mercato-process.ts'
@@ -239,6 +239,9 @@ async function benchProjectionLag(engine: string, options: QueryBenchOptions): P
     await cache.close()
     await stream.close()
     dir.remove()
-    if (engine === 'kafka') await deleteKafkaTopics(`${prefix}.`)
+    if (engine === 'kafka') {
+      await deleteKafkaTopics(`${prefix}.`)
+      await dropPostgresSchemas(`${prefix.replaceAll('-', '_')}_`)
+    }
   }
 }

@@ -10,7 +10,7 @@ import { Metrics } from '../src/platform/metrics.ts'
 import { loadConfig } from '../src/runtime/config.ts'
 import { openEventStream } from '../src/runtime/engines.ts'
 import { type LoadSummary, OrderWatcher, runLoad } from '../src/runtime/load.ts'
-import { deleteKafkaTopics } from '../test/support/servers.ts'
+import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
 import { startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
@@ -162,7 +162,10 @@ export async function benchSaga(options: {
       await stream.close()
       await mercato.stop()
       dir.remove()
-      if (engine === 'kafka') await deleteKafkaTopics(`${name}.`)
+      if (engine === 'kafka') {
+        await deleteKafkaTopics(`${name}.`)
+        await dropPostgresSchemas(`${name}_`)
+      }
     }
   }
   return rows

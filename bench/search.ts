@@ -89,7 +89,8 @@ async function measure(
   }
   const buildSeconds = (performance.now() - buildStarted) / 1000
   // What autovacuum would do soon after 100,000 inserts; the planner needs the statistics.
-  if (store.kind === 'postgres') await store.query('ANALYZE')
+  if (store.kind === 'postgres')
+    for (const table of catalogFold.tables(generation)) await store.query(`ANALYZE ${table}`)
   const listed = (await searchCatalog(store, generation, { limit: 1 })).total
   if (listed !== catalog.skus.length)
     throw new Error(`the view lists ${listed} products, not ${catalog.skus.length}`)

@@ -2,6 +2,7 @@
 // batches that arrive wait, then go together: under load many partitions' events share one
 // transaction (one commit, one position write), and at rest a batch runs at once, alone.
 // Runs never overlap, so two partitions' transactions never lock each other's rows.
+import { isOutage } from './errors.ts'
 
 export interface JoinOptions<T> {
   /** Handles the items of one or more batches, in the order they were handed in. */
@@ -45,8 +46,10 @@ export function joinBatches<T>(options: JoinOptions<T>): (batch: T[]) => Promise
         for (const w of run) w.resolve()
         continue
       } catch (error) {
-        if (run.length === 1 && !options.runAlone) {
-          run[0].reject(error)
+        // An outage (the store unreachable, its pool full) is no batch's fault: running the
+        // batches again alone would only add to the load. Each partition waits it out.
+        if ((run.length === 1 && !options.runAlone) || isOutage(error)) {
+          for (const w of run) w.reject(error)
           continue
         }
       }

@@ -62,3 +62,22 @@ export async function deleteKafkaTopics(prefix: string): Promise<void> {
     await admin.close().catch(() => {})
   }
 }
+
+/** Drops every PostgreSQL schema named with `prefix` (a test's or benchmark's stores); the server is shared. */
+export async function dropPostgresSchemas(prefix: string): Promise<void> {
+  if (!/^[a-z][a-z0-9_]{2,}$/.test(prefix)) throw new Error(`not a schema prefix of a test: ${prefix}`)
+  const { default: pg } = await import('pg')
+  const client = new pg.Client(serverUrls.postgres)
+  try {
+    await client.connect()
+    const { rows } = await client.query<{ name: string }>(
+      'SELECT nspname AS name FROM pg_namespace WHERE starts_with(nspname, $1)',
+      [prefix],
+    )
+    for (const { name } of rows) await client.query(`DROP SCHEMA IF EXISTS "${name}" CASCADE`)
+  } catch {
+    // Left behind: harmless, only space.
+  } finally {
+    await client.end().catch(() => {})
+  }
+}

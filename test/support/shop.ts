@@ -6,7 +6,7 @@ import { silentLogger } from '../../src/platform/logger.ts'
 import { App } from '../../src/runtime/app.ts'
 import { loadConfig } from '../../src/runtime/config.ts'
 import { OrderWatcher } from '../../src/runtime/load.ts'
-import { deleteKafkaTopics, serverUrls } from './servers.ts'
+import { deleteKafkaTopics, dropPostgresSchemas, serverUrls } from './servers.ts'
 import { tempDir, uniqueName } from './wait.ts'
 
 /** The customer the shop's orders are placed for. */
@@ -183,6 +183,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
       dir.remove()
       if (config.stream.kind === 'kafka' && config.streamTopicPrefix)
         await deleteKafkaTopics(config.streamTopicPrefix)
+      if (config.store.kind === 'postgres') await dropPostgresSchemas(config.storeSchemaPrefix)
     },
   }
   return shop

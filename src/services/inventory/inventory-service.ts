@@ -41,13 +41,7 @@ interface ReservationRow {
   status: 'held' | 'committed' | 'released'
 }
 
-class Shortage extends Error {
-  readonly shortages: { sku: string; requested: number; available: number }[]
-  constructor(shortages: { sku: string; requested: number; available: number }[]) {
-    super('not enough stock')
-    this.shortages = shortages
-  }
-}
+type Shortages = { sku: string; requested: number; available: number }[]
 
 /** Lines merged per product and sorted, so concurrent reservations lock rows in one order. */
 function merged(lines: Line[]): Line[] {
@@ -79,24 +73,34 @@ export async function startInventoryService(service: Service, options: { reserva
     if (moved !== 1) throw new Error(`reservation of ${row.order_id} left ${row.status} meanwhile`)
   }
 
-  /** Takes every line from available stock, or throws Shortage having changed nothing that will commit. */
-  async function take(tx: Tx, lines: Line[], into: 'reserved' | 'sold'): Promise<void> {
-    const shortages: Shortage['shortages'] = []
-    for (const line of merged(lines)) {
+  /**
+   * Takes every line from available stock, or none: resolves with the shortages, having
+   * changed nothing, when some line is short. The check reads every line first, so a
+   * shortage (routine in a sell-out) leaves no partial update to undo.
+   */
+  async function take(tx: Tx, lines: Line[], into: 'reserved' | 'sold'): Promise<Shortages> {
+    const wanted = merged(lines)
+    const rows = await tx.query<{ sku: string; available: number }>(
+      `SELECT sku, available FROM stock WHERE sku IN (${wanted.map((_, i) => `$${i + 1}`).join(', ')})`,
+      wanted.map((line) => line.sku),
+    )
+    const available = new Map(rows.map((row) => [row.sku, Number(row.available)]))
+    const shortages = wanted
+      .filter((line) => (available.get(line.sku) ?? 0) < line.quantity)
+      .map((line) => ({ sku: line.sku, requested: line.quantity, available: available.get(line.sku) ?? 0 }))
+    if (shortages.length > 0) return shortages
+    for (const line of wanted) {
       const changed = await tx.execute(
         into === 'reserved'
           ? 'UPDATE stock SET available = available - $1, reserved = reserved + $1 WHERE sku = $2 AND available >= $1'
           : 'UPDATE stock SET available = available - $1, on_hand = on_hand - $1 WHERE sku = $2 AND available >= $1',
         [line.quantity, line.sku],
       )
-      if (changed === 0) {
-        const [row] = await tx.query<{ available: number }>('SELECT available FROM stock WHERE sku = $1', [
-          line.sku,
-        ])
-        shortages.push({ sku: line.sku, requested: line.quantity, available: Number(row?.available ?? 0) })
-      }
+      // Another writer took the stock between the read and this update (PostgreSQL, under
+      // READ COMMITTED): the transaction fails whole, and its retry reads the stock again.
+      if (changed === 0) throw new Error(`stock of ${line.sku} changed while it was taken; trying again`)
     }
-    if (shortages.length > 0) throw new Shortage(shortages)
+    return []
   }
 
   async function release(
@@ -128,41 +132,33 @@ export async function startInventoryService(service: Service, options: { reserva
         lines: (Line & { unitPriceMinor: number })[]
       }
       const plain = lines.map(({ sku, quantity }) => ({ sku, quantity }))
-      try {
-        await tools.transact(async (tx, emit) => {
-          if (await reservation(tx, orderId)) return
-          await take(tx, plain, 'reserved')
-          const expiresAt = Date.now() + options.reservationTtlMs
-          const reservationId = `res_${orderId}`
-          await tx.execute(
-            `INSERT INTO reservations (order_id, reservation_id, lines, status, expires_at, updated_at, cause)
-             VALUES ($1, $2, $3, 'held', $4, $5, $6)`,
-            [
-              orderId,
-              reservationId,
-              JSON.stringify(plain),
-              expiresAt,
-              new Date().toISOString(),
-              storedCause(event),
-            ],
-          )
-          emit({
-            type: 'inventory.reserved',
-            subject: orderId,
-            data: { orderId, reservationId, lines: plain, expiresAt: new Date(expiresAt).toISOString() },
-          })
+      await tools.transact(async (tx, emit) => {
+        if (await reservation(tx, orderId)) return
+        const shortages = await take(tx, plain, 'reserved')
+        if (shortages.length > 0) {
+          emit({ type: 'inventory.rejected', subject: orderId, data: { orderId, shortages } })
+          return
+        }
+        const expiresAt = Date.now() + options.reservationTtlMs
+        const reservationId = `res_${orderId}`
+        await tx.execute(
+          `INSERT INTO reservations (order_id, reservation_id, lines, status, expires_at, updated_at, cause)
+           VALUES ($1, $2, $3, 'held', $4, $5, $6)`,
+          [
+            orderId,
+            reservationId,
+            JSON.stringify(plain),
+            expiresAt,
+            new Date().toISOString(),
+            storedCause(event),
+          ],
+        )
+        emit({
+          type: 'inventory.reserved',
+          subject: orderId,
+          data: { orderId, reservationId, lines: plain, expiresAt: new Date(expiresAt).toISOString() },
         })
-      } catch (error) {
-        if (!(error instanceof Shortage)) throw error
-        // The reservation rolled back whole; record the rejection in a transaction of its own.
-        await tools.transact(async (_tx, emit) => {
-          emit({
-            type: 'inventory.rejected',
-            subject: orderId,
-            data: { orderId, shortages: error.shortages },
-          })
-        })
-      }
+      })
     },
 
     'order.confirmed': async (event, tools) => {
@@ -179,17 +175,14 @@ export async function startInventoryService(service: Service, options: { reserva
           }
         } else {
           // Released on expiry before the confirmation arrived: sell from available stock again.
-          try {
-            await take(tx, JSON.parse(row.lines), 'sold')
-          } catch (error) {
-            if (!(error instanceof Shortage)) throw error
-            service.log.error(
-              { orderId, shortages: error.shortages },
-              'a confirmed order lost its expired reservation',
-            )
-            service.metrics
-              .counter('mercato_inventory_oversold_total', 'Confirmed orders whose stock was gone.')
-              .inc()
+          const shortages = await take(tx, JSON.parse(row.lines), 'sold')
+          if (shortages.length > 0) {
+            tx.afterCommit(() => {
+              service.log.error({ orderId, shortages }, 'a confirmed order lost its expired reservation')
+              service.metrics
+                .counter('mercato_inventory_oversold_total', 'Confirmed orders whose stock was gone.')
+                .inc()
+            })
             return
           }
         }

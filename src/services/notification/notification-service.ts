@@ -315,11 +315,13 @@ export async function startNotificationService(
       ],
     )
     if (inserted > 0 && !recipient) {
-      tx.afterCommit(() => count('email', 'no-recipient'))
-      log.info(
-        { eventId: event.id, type: event.type, customerId, orderId },
-        'no e-mail address known yet for this notification; recorded as no-recipient',
-      )
+      tx.afterCommit(() => {
+        count('email', 'no-recipient')
+        log.info(
+          { eventId: event.id, type: event.type, customerId, orderId },
+          'no e-mail address known yet for this notification; recorded as no-recipient',
+        )
+      })
     }
   }
 

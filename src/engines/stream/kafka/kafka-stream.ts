@@ -77,6 +77,9 @@ export const deserializers = {
   headerValue: (data?: Buffer) => stringDeserializer(data) ?? '',
 }
 
+/** The pause before offsets a commit request had refused go again. */
+const commitRetryMs = 500
+
 const LATEST = -1n
 const EARLIEST = -2n
 
@@ -470,7 +473,7 @@ class KafkaMember implements ConsumerHandle {
         offset: BigInt(records[records.length - 1].offset + 1),
         leaderEpoch: queue.leaderEpoch,
       })
-      this.#committing ??= this.#commit()
+      this.#scheduleCommit()
     }
     queue.draining = undefined
   }
@@ -486,20 +489,33 @@ class KafkaMember implements ConsumerHandle {
    * while a request travels go together in the next, so under load one request carries
    * many partitions' offsets, and at rest a batch's commit leaves at once.
    */
+  #scheduleCommit(): void {
+    if (this.#committing || this.#abandoned || this.#toCommit.size === 0) return
+    this.#committing = this.#commit().finally(() => {
+      this.#committing = undefined
+      this.#scheduleCommit()
+    })
+  }
+
   async #commit(): Promise<void> {
-    while (this.#toCommit.size > 0 && !this.#abandoned) {
-      // A partition a rebalance took is left out: its refusal would fail the whole request.
-      const offsets = [...this.#toCommit.values()].filter((o) => this.#owns(o.topic, o.partition))
-      this.#toCommit.clear()
-      if (offsets.length === 0) continue
-      try {
-        await this.#consumer.commit({ offsets })
-      } catch {
-        // A rebalance took a partition: its next owner starts from the last commit, and the
-        // consumer's inbox absorbs what it sees twice.
+    // A partition a rebalance took is left out: its refusal would fail the whole request.
+    const offsets = [...this.#toCommit.values()].filter((o) => this.#owns(o.topic, o.partition))
+    this.#toCommit.clear()
+    if (offsets.length === 0) return
+    try {
+      await this.#consumer.commit({ offsets })
+    } catch {
+      // Refused (a rebalance under way, the broker away): the offsets go again in the next
+      // request, a moment later, unless a newer one has come. One of a partition given away
+      // meanwhile is left out then; its next owner starts from the last commit, and the
+      // inbox absorbs what it sees twice. A member that stops tries once more, no more.
+      if (this.#stopping) return
+      for (const o of offsets) {
+        const key = `${o.topic}/${o.partition}`
+        if (!this.#toCommit.has(key)) this.#toCommit.set(key, o)
       }
+      await sleep(commitRetryMs)
     }
-    this.#committing = undefined
   }
 
   #resumeIfRoom(): void {
@@ -517,7 +533,8 @@ class KafkaMember implements ConsumerHandle {
     this.#stopping = true
     this.#stream?.pause()
     await Promise.all([...this.#queues.values()].map((queue) => queue.draining))
-    await this.#committing
+    // The last commit: one more try if it had been refused (stopping skips the pause).
+    while (this.#committing) await this.#committing
     await this.#close(false)
   }
 
