@@ -89,8 +89,12 @@ async function measure(
   }
   const buildSeconds = (performance.now() - buildStarted) / 1000
   // What autovacuum would do soon after 100,000 inserts; the planner needs the statistics.
-  if (store.kind === 'postgres')
-    for (const table of catalogFold.tables(generation)) await store.query(`ANALYZE ${table}`)
+  if (store.kind === 'postgres') {
+    const tables = await store.query<{ name: string }>(
+      'SELECT tablename AS name FROM pg_tables WHERE schemaname = current_schema()',
+    )
+    for (const { name } of tables) await store.query(`ANALYZE ${name}`)
+  }
   const listed = (await searchCatalog(store, generation, { limit: 1 })).total
   if (listed !== catalog.skus.length)
     throw new Error(`the view lists ${listed} products, not ${catalog.skus.length}`)

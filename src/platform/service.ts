@@ -8,7 +8,7 @@ import { addToOutbox, OutboxRelay } from '../engines/store/outbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import type { EventStream, PositionedEvent, Subscription } from '../engines/stream/event-stream.ts'
 import { joinBatches } from './batch-joiner.ts'
-import { errorMessage } from './errors.ts'
+import { errorMessage, isOutage } from './errors.ts'
 import { sleep } from './limits.ts'
 import type { Logger } from './logger.ts'
 import type { Metrics } from './metrics.ts'
@@ -78,9 +78,10 @@ export class Service {
    * passed over undecoded.
    *
    * A commit costs more than the work in it (an fsync, and round trips on PostgreSQL), so
-   * events are handled in batches, one transaction for many: the batches the partitions
-   * hand in while a transaction runs are joined into the next (see joinBatches), and runs
-   * never overlap, so partitions never lock each other's rows. When a batch's transaction
+   * events are handled in batches, one transaction for many. On PostgreSQL the batches the
+   * partitions hand in while a transaction runs are joined into the next (see joinBatches),
+   * and runs never overlap, so partitions never lock each other's rows; on SQLite the store
+   * itself joins the transactions of one turn into one commit. When a batch's transaction
    * fails (a handler's transaction threw, even if the handler caught it), its events are
    * handled again one at a time, each in transactions of its own, so an event that fails
    * costs only itself and a handler that recovers from a failed transaction (inventory's
@@ -97,6 +98,11 @@ export class Service {
   ): Promise<void> {
     const group = options.group ?? this.name
     const types = Object.keys(handlers)
+    const run = (batch: PositionedEvent[]) => this.#handleBatch(group, handlers, batch)
+    const runAlone = async (batch: PositionedEvent[]) => {
+      for (const { event } of batch)
+        await inEventSpan(group, event, () => this.#handleAlone(group, handlers, event, false))
+    }
     const subscription = await this.stream.subscribe(
       options.oneAtATime
         ? { group, topics, types, handle: (event) => this.#handleAlone(group, handlers, event, true) }
@@ -104,14 +110,20 @@ export class Service {
             group,
             topics,
             types,
-            handleBatch: joinBatches({
-              run: (batch) => this.#handleBatch(group, handlers, batch),
-              runAlone: async (batch) => {
-                for (const { event } of batch)
-                  await inEventSpan(group, event, () => this.#handleAlone(group, handlers, event, false))
-              },
-              itemsMax: batchEventsMax,
-            }),
+            handleBatch:
+              this.store.kind === 'sqlite'
+                ? // SQLite's store joins the transactions of one turn of the event loop into
+                  // one commit already: the partitions' batches go side by side, and a run
+                  // never waits for the commit of the one before.
+                  async (batch) => {
+                    try {
+                      await run(batch)
+                    } catch (error) {
+                      if (isOutage(error)) throw error
+                      await runAlone(batch)
+                    }
+                  }
+                : joinBatches({ run, runAlone, itemsMax: batchEventsMax }),
           },
     )
     this.#subscriptions.push(subscription)
