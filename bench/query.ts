@@ -241,7 +241,7 @@ async function benchProjectionLag(engine: string, options: QueryBenchOptions): P
     dir.remove()
     if (engine === 'kafka') {
       await deleteKafkaTopics(`${prefix}.`)
-      await dropPostgresSchemas(`${prefix.replaceAll('-', '_')}_`)
+      await dropPostgresSchemas(`${prefix.replaceAll('-', '_')}_`, options.postgres)
     }
   }
 }

@@ -164,7 +164,7 @@ export async function benchSaga(options: {
       dir.remove()
       if (engine === 'kafka') {
         await deleteKafkaTopics(`${name}.`)
-        await dropPostgresSchemas(`${name}_`)
+        await dropPostgresSchemas(`${name}_`, options.postgres)
       }
     }
   }

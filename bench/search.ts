@@ -15,7 +15,6 @@
 // on top. A LIKE scan would be no baseline (it is the slow thing full-text search
 // replaces), and a query without the view's tables would not measure the same path.
 import { performance } from 'node:perf_hooks'
-import pg from 'pg'
 import { createEvent } from '../src/contracts/envelope.ts'
 import { type Store, storeLimitDefaults } from '../src/engines/store/port.ts'
 import { PostgresStore } from '../src/engines/store/postgres/postgres-store.ts'
@@ -29,6 +28,7 @@ import {
 } from '../src/read/catalog/catalog-view.ts'
 import { SqlViewStorage, viewStoreMigrations } from '../src/read/sql-view.ts'
 import type { ViewEvent } from '../src/read/view.ts'
+import { dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir, uniqueName } from '../test/support/wait.ts'
 import { percentile, progress, type Row, row } from './rows.ts'
 
@@ -59,10 +59,7 @@ export async function benchSearch(options: { products: number; postgres?: string
       rows.push(...(await measure(postgres, 'postgres', scenario, catalog, queries)))
     } finally {
       await postgres.close().catch(() => {})
-      const client = new pg.Client(options.postgres)
-      await client.connect()
-      await client.query(`DROP SCHEMA IF EXISTS ${schema} CASCADE`)
-      await client.end()
+      await dropPostgresSchemas(schema, options.postgres)
     }
   }
   return rows

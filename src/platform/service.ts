@@ -103,28 +103,23 @@ export class Service {
       for (const { event } of batch)
         await inEventSpan(group, event, () => this.#handleAlone(group, handlers, event, false))
     }
+    // SQLite's store joins the transactions of one turn of the event loop into one commit
+    // already: there the partitions' batches go side by side, and a run never waits for the
+    // commit of the one before.
+    const runOrEachAlone = async (batch: PositionedEvent[]) => {
+      try {
+        await run(batch)
+      } catch (error) {
+        if (isOutage(error)) throw error
+        await runAlone(batch)
+      }
+    }
+    const handleBatch =
+      this.store.kind === 'sqlite' ? runOrEachAlone : joinBatches({ run, runAlone, itemsMax: batchEventsMax })
     const subscription = await this.stream.subscribe(
       options.oneAtATime
         ? { group, topics, types, handle: (event) => this.#handleAlone(group, handlers, event, true) }
-        : {
-            group,
-            topics,
-            types,
-            handleBatch:
-              this.store.kind === 'sqlite'
-                ? // SQLite's store joins the transactions of one turn of the event loop into
-                  // one commit already: the partitions' batches go side by side, and a run
-                  // never waits for the commit of the one before.
-                  async (batch) => {
-                    try {
-                      await run(batch)
-                    } catch (error) {
-                      if (isOutage(error)) throw error
-                      await runAlone(batch)
-                    }
-                  }
-                : joinBatches({ run, runAlone, itemsMax: batchEventsMax }),
-          },
+        : { group, topics, types, handleBatch },
     )
     this.#subscriptions.push(subscription)
   }

@@ -64,10 +64,10 @@ export async function deleteKafkaTopics(prefix: string): Promise<void> {
 }
 
 /** Drops every PostgreSQL schema named with `prefix` (a test's or benchmark's stores); the server is shared. */
-export async function dropPostgresSchemas(prefix: string): Promise<void> {
+export async function dropPostgresSchemas(prefix: string, url = serverUrls.postgres): Promise<void> {
   if (!/^[a-z][a-z0-9_]{2,}$/.test(prefix)) throw new Error(`not a schema prefix of a test: ${prefix}`)
   const { default: pg } = await import('pg')
-  const client = new pg.Client(serverUrls.postgres)
+  const client = new pg.Client(url)
   try {
     await client.connect()
     const { rows } = await client.query<{ name: string }>(
