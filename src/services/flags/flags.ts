@@ -158,6 +158,11 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
   const core = new FlagdCore(undefined, openFeatureLogger(log))
   const provider = new FlagdCoreProvider(core)
   let applied: string | undefined
+  // A flag without targeting rules, asked without a context, has one value until the
+  // definitions change: the SDK evaluates it once per change, not once per request.
+  const fixedValues = new Map<string, unknown>()
+  let targeted = new Set<string>()
+  let definitionsVersion = 0
 
   /** Loads a document into the evaluator when it differs from the one loaded; invalid flags are dropped. */
   const apply = (text: string) => {
@@ -175,6 +180,9 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     }
     const changed = core.setConfigurations(documentOf(valid))
     applied = text
+    definitionsVersion++
+    fixedValues.clear()
+    targeted = new Set(Object.keys(valid).filter((key) => valid[key].targeting !== undefined))
     if (changed.length > 0) {
       log.info({ flags: changed }, 'flag definitions applied')
       provider.changed(changed)
@@ -239,10 +247,28 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
   }, refreshIntervalMs)
   timer.unref()
 
+  const evaluate = async <T>(
+    kind: string,
+    key: string,
+    fallback: T,
+    context: Record<string, string | number | boolean> | undefined,
+    viaSdk: () => Promise<T>,
+  ): Promise<T> => {
+    if (context || targeted.has(key)) return viaSdk()
+    const memoKey = `${kind}\0${key}\0${fallback}`
+    if (fixedValues.has(memoKey)) return fixedValues.get(memoKey) as T
+    const version = definitionsVersion
+    const value = await viaSdk()
+    if (version === definitionsVersion) fixedValues.set(memoKey, value)
+    return value
+  }
   const flags: FlagReader = {
-    boolean: (key, fallback, context) => client.getBooleanValue(key, fallback, context),
-    number: (key, fallback, context) => client.getNumberValue(key, fallback, context),
-    string: (key, fallback, context) => client.getStringValue(key, fallback, context),
+    boolean: (key, fallback, context) =>
+      evaluate('boolean', key, fallback, context, () => client.getBooleanValue(key, fallback, context)),
+    number: (key, fallback, context) =>
+      evaluate('number', key, fallback, context, () => client.getNumberValue(key, fallback, context)),
+    string: (key, fallback, context) =>
+      evaluate('string', key, fallback, context, () => client.getStringValue(key, fallback, context)),
   }
 
   return {
