@@ -2,7 +2,7 @@
 // Stripe's practice. A key belongs to a caller (its scope) and remembers a fingerprint of
 // the request and, once the request is done, its answer. The record lives in the store,
 // so every command-api process sees the same keys.
-import { createHash } from 'node:crypto'
+import { hash } from 'node:crypto'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 
 export const idempotencyMigrations: Migration[] = [
@@ -152,9 +152,7 @@ export class IdempotencyKeys {
 
 /** The fingerprint of a request: method, path and the body in a canonical form. */
 export function fingerprintOf(method: string, path: string, body: unknown): string {
-  return createHash('sha256')
-    .update(`${method} ${path}\n${canonicalJson(body)}`)
-    .digest('base64url')
+  return hash('sha256', `${method} ${path}\n${canonicalJson(body)}`, 'base64url')
 }
 
 function canonicalJson(value: unknown): string {
