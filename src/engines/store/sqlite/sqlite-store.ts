@@ -210,7 +210,7 @@ export class SqliteStore implements Store {
 }
 
 /** Transactions that share one commit at most: bounds how long the first waits for the last. */
-const groupSizeMax = 16
+const groupSizeMax = 64
 
 /** Prepares once per connection; $1, $2 … become SQLite's ?1, ?2 …. */
 function prepare(db: DatabaseSync, cache: Map<string, StatementSync>, sql: string): StatementSync {
