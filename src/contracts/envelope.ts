@@ -1,7 +1,7 @@
 // The CloudEvents 1.0 envelope, and its Kafka binary binding (attributes as `ce_` headers,
 // data as the record value). Both stream engines use the same binding.
-import { randomUUID } from 'node:crypto'
 import { InvalidEventError } from '../platform/errors.ts'
+import { uuidv7 } from '../platform/ids.ts'
 import { eventRegistry } from './registry.ts'
 
 export interface CloudEvent<Data = Record<string, unknown>> {
@@ -44,7 +44,7 @@ export interface NewEvent<Data = Record<string, unknown>> {
 }
 
 export function createEvent<Data extends Record<string, unknown>>(input: NewEvent<Data>): CloudEvent<Data> {
-  const id = input.id ?? randomUUID()
+  const id = input.id ?? uuidv7()
   const cause = input.cause
   const causationid = !cause ? id : 'requestId' in cause ? cause.requestId : cause.id
   const correlationid = !cause ? id : 'requestId' in cause ? cause.requestId : cause.correlationid

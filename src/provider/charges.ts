@@ -1,9 +1,9 @@
 // The provider's durable record: every charge and every operation on it. State changes
 // are conditional updates (`WHERE status = …`), so two concurrent operations on one charge
 // cannot both succeed; a refused operation is answered as a problem, and changes nothing.
-import { randomUUID } from 'node:crypto'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import { MercatoError, toProblem } from '../platform/errors.ts'
+import { uuidv7 } from '../platform/ids.ts'
 import type { Answer } from './idempotency.ts'
 
 export type ChargeStatus = 'authorized' | 'declined' | 'captured' | 'voided' | 'refunded'
@@ -74,7 +74,7 @@ export async function authorize(
   key: string,
   declineReason: string | undefined,
 ): Promise<Answer> {
-  const chargeId = `ch_${randomUUID()}`
+  const chargeId = `ch_${uuidv7()}`
   const now = new Date().toISOString()
   const status: ChargeStatus = declineReason ? 'declined' : 'authorized'
   await tx.execute(
@@ -218,7 +218,7 @@ async function recordOperation(
   await tx.execute(
     `INSERT INTO provider_operations (id, charge_id, seq, kind, amount_minor, idempotency_key, created_at)
      VALUES ($1, $2, (SELECT COUNT(*) + 1 FROM provider_operations WHERE charge_id = $2), $3, $4, $5, $6)`,
-    [`op_${randomUUID()}`, chargeId, kind, amountMinor, key, at],
+    [`op_${uuidv7()}`, chargeId, kind, amountMinor, key, at],
   )
 }
 

@@ -1,6 +1,6 @@
 // The write path: validate (statelessly), make idempotent, append one event, answer 202
 // with the id, its Location and a consistency token naming the stream position.
-import { randomBytes, randomUUID } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import {
   Accepted,
@@ -23,6 +23,7 @@ import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
 import { type FlagReader, validateFlagDefinition } from '../platform/flags.ts'
 import { authorize, type Identity, principalOf, requireVerifiedCaller } from '../platform/identity/guard.ts'
+import { uuidv7 } from '../platform/ids.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { privateAddressReason } from '../platform/outbound-url.ts'
@@ -309,7 +310,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
             [orderId, customerIdOf(request)],
           )
           .then(() => undefined),
-      newId: () => `ord_${randomUUID()}`,
+      newId: () => `ord_${uuidv7()}`,
       location: (id) => `/v1/orders/${id}`,
       events: async (orderId, request) => {
         const body = request.body as PlaceOrder
@@ -361,7 +362,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         authorize(identity, request, 'order.cancel', order)
       },
       keyRequired: false,
-      newId: () => `cxl_${randomUUID()}`,
+      newId: () => `cxl_${uuidv7()}`,
       location: (_id, request) => `/v1/orders/${(request.params as { id: string }).id}`,
       events: async (_id, request) => {
         const orderId = (request.params as { id: string }).id
@@ -390,7 +391,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('customer.register', 'Customer', 'new'),
       keyRequired: true,
-      newId: () => `cus_${randomUUID()}`,
+      newId: () => `cus_${uuidv7()}`,
       location: (id) => `/v1/customers/${id}/360`,
       events: async (customerId, request) => {
         const body = request.body as {
@@ -432,7 +433,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('catalog.write', 'Catalog', 'catalog'),
       keyRequired: false,
-      newId: () => `prd_${randomUUID()}`,
+      newId: () => `prd_${uuidv7()}`,
       location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
       events: async (_id, request) => {
         const { sku } = request.params as { sku: string }
@@ -461,7 +462,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('stock.adjust', 'Catalog', 'catalog'),
       keyRequired: true,
-      newId: () => `adj_${randomUUID()}`,
+      newId: () => `adj_${uuidv7()}`,
       // Where the adjustment shows: the product's stock.
       location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
       events: async (_id, request) => {
@@ -496,7 +497,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('flag.write', 'Flags', 'flags'),
       keyRequired: false,
-      newId: () => `flg_${randomUUID()}`,
+      newId: () => `flg_${uuidv7()}`,
       events: async (_id, request) => {
         const { key } = request.params as { key: string }
         const definition = request.body as Record<string, unknown>
@@ -530,7 +531,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('webhook.register', 'Webhooks', 'webhooks'),
       keyRequired: true,
-      newId: () => `whe_${randomUUID()}`,
+      newId: () => `whe_${uuidv7()}`,
       events: async (endpointId, request) => {
         const body = request.body as { url: string; events: string[]; enabled?: boolean }
         checkWebhookUrl(body.url, options.webhookAllowPrivateHosts)

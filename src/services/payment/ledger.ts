@@ -10,8 +10,8 @@
 //   refund:    Dr sales                       Cr provider_receivable
 // So authorizations_receivable holds what is authorized and not yet captured or voided,
 // and provider_receivable what was captured and not refunded.
-import { randomUUID } from 'node:crypto'
 import type { Migration, Tx } from '../../engines/store/port.ts'
+import { uuidv7 } from '../../platform/ids.ts'
 
 export const accounts = {
   authorizationsReceivable: 'authorizations_receivable',
@@ -132,7 +132,7 @@ export async function appendEntry(tx: Tx, entry: NewEntry): Promise<string> {
   }
   const sum = entry.lines.reduce((total, line) => total + line.amountMinor, 0)
   if (sum !== 0) throw new Error(`ledger entry ${entry.kind} for ${entry.paymentId} does not balance: ${sum}`)
-  const id = entry.id ?? randomUUID()
+  const id = entry.id ?? uuidv7()
   await tx.execute(
     `INSERT INTO ledger_entries (id, payment_id, order_id, kind, currency, created_at)
      VALUES ($1, $2, $3, $4, $5, $6)`,

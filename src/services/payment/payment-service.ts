@@ -7,11 +7,11 @@
 // An authorization always gets an answer (authorized, declined or failed): the saga waits
 // on it. A capture, void or refund that cannot be done throws instead, so the stream
 // retries the event with backoff and finally dead-letters it: money is never dropped silently.
-import { randomUUID } from 'node:crypto'
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import { sagaConsumers } from '../../contracts/events.ts'
 import { errorMessage } from '../../platform/errors.ts'
 import type { FlagReader } from '../../platform/flags.ts'
+import { uuidv7 } from '../../platform/ids.ts'
 import type { Emit, Handler, HandlerTools, Service } from '../../platform/service.ts'
 import { post } from './ledger.ts'
 import {
@@ -116,7 +116,7 @@ export async function startPaymentService(
     await tools.transact(async (tx, emit) => {
       const payment: PaymentRow = {
         order_id: request.orderId,
-        payment_id: `pay_${randomUUID()}`,
+        payment_id: `pay_${uuidv7()}`,
         customer_id: request.customerId,
         charge_id: result.outcome === 'failed' ? null : (result.chargeId ?? null),
         status: result.outcome,
