@@ -14,7 +14,9 @@ export async function startProcess(
   env: Record<string, string>,
   ready: RegExp,
 ): Promise<Started> {
-  const child = spawn(process.execPath, args, {
+  // MERCATO_BENCH_NODE_FLAGS (say `--cpu-prof`) go to every process under test, for profiling.
+  const flags = process.env.MERCATO_BENCH_NODE_FLAGS?.split(' ').filter(Boolean) ?? []
+  const child = spawn(process.execPath, [...flags, ...args], {
     env: { ...process.env, MERCATO_LOG_LEVEL: 'info', ...env },
     stdio: ['ignore', 'pipe', 'inherit'],
   })
