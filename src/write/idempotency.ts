@@ -81,18 +81,24 @@ export class IdempotencyKeys {
   ): Promise<KeyClaim> {
     return this.#store.transaction(async (tx) => {
       const now = Date.now()
-      const [row] = await tx.query<KeyRow>(selectKey, [scope, key])
-      if (!row || Number(row.expires_at) <= now) {
-        const resourceId = newResourceId()
-        if (row)
-          await tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2', [scope, key])
-        await tx.execute(
+      const resourceId = newResourceId()
+      const insert = () =>
+        tx.execute(
           `INSERT INTO idempotency_keys (scope, idem_key, fingerprint, resource_id, locked_until, expires_at)
-           VALUES ($1, $2, $3, $4, $5, $6)`,
+           VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (scope, idem_key) DO NOTHING`,
           [scope, key, fingerprint, resourceId, now + this.#lockMs, now + this.#ttlMs],
         )
-        await onOwned?.(tx, resourceId)
-        return { kind: 'owned', resourceId }
+      const owned = async (id: string): Promise<KeyClaim> => {
+        await onOwned?.(tx, id)
+        return { kind: 'owned', resourceId: id }
+      }
+      // A new key (the usual case) is one statement; only a key seen before is read.
+      if ((await insert()) === 1) return owned(resourceId)
+      const [row] = await tx.query<KeyRow>(selectKey, [scope, key])
+      if (!row || Number(row.expires_at) <= now) {
+        await tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2', [scope, key])
+        await insert()
+        return owned(resourceId)
       }
       const taken = takenBy(row, fingerprint, now)
       if (taken) return taken
@@ -101,8 +107,7 @@ export class IdempotencyKeys {
         scope,
         key,
       ])
-      await onOwned?.(tx, row.resource_id)
-      return { kind: 'owned', resourceId: row.resource_id }
+      return owned(row.resource_id)
     })
   }
 

@@ -4,6 +4,7 @@ import { after, before, describe, it } from 'node:test'
 import fc from 'fast-check'
 import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
+import { PostgresStore } from '../../src/engines/store/postgres/postgres-store.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
 import type { EventStream } from '../../src/engines/stream/event-stream.ts'
 import type { PartitionLag } from '../../src/engines/stream/port.ts'
@@ -12,8 +13,10 @@ import { silentLogger } from '../../src/platform/logger.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations } from '../../src/write/idempotency.ts'
 import { SagaBacklog } from '../../src/write/saga-backlog.ts'
+import { storeKinds } from '../services/notification/harness.ts'
+import { dropPostgresSchemas, serverUrls } from '../support/servers.ts'
 import { type Shop, startShop, testCustomerId } from '../support/shop.ts'
-import { tempDir, waitFor } from '../support/wait.ts'
+import { tempDir, uniqueName, waitFor } from '../support/wait.ts'
 
 const address = { name: 'A', line1: '1 St', city: 'C', postalCode: '1', country: 'US' }
 const order = (lines: unknown = [{ sku: 'CMD-1', quantity: 1 }]) => ({
@@ -473,30 +476,79 @@ describe('the command API', () => {
   })
 })
 
-describe('idempotency keys', () => {
-  it('expire after their time, so the key can be used afresh', async () => {
-    const dir = tempDir()
-    const store = new SqliteStore(dir.path, 'commands', storeLimitDefaults)
-    try {
-      await store.migrate(idempotencyMigrations)
-      const keys = new IdempotencyKeys(store, { ttlMs: 20, lockMs: 10 })
-      assert.deepEqual(await keys.claim('a', 'k', 'f1', () => 'r1'), { kind: 'owned', resourceId: 'r1' })
-      await keys.complete('a', 'k', 202, { id: 'r1' }, {})
-      assert.equal((await keys.claim('a', 'k', 'f1', () => 'r2')).kind, 'replay')
-      assert.equal(
-        (await keys.claim('b', 'k', 'f2', () => 'r3')).kind,
-        'owned',
-        'keys are scoped to the caller',
-      )
-      await new Promise((resolve) => setTimeout(resolve, 30))
-      assert.deepEqual(await keys.claim('a', 'k', 'f2', () => 'r4'), { kind: 'owned', resourceId: 'r4' })
-      assert.ok((await keys.prune()) >= 1)
-    } finally {
-      await store.close()
-      dir.remove()
+for (const { kind, skip } of await storeKinds('idempotency keys')) {
+  describe(`idempotency keys on ${kind}`, { skip }, () => {
+    async function withKeys(
+      options: { ttlMs: number; lockMs: number },
+      test: (keys: IdempotencyKeys) => Promise<void>,
+    ): Promise<void> {
+      const dir = tempDir()
+      const service = uniqueName('commands').toLowerCase()
+      const store =
+        kind === 'sqlite'
+          ? new SqliteStore(dir.path, service, storeLimitDefaults)
+          : new PostgresStore(serverUrls.postgres, service, storeLimitDefaults)
+      try {
+        await store.migrate(idempotencyMigrations)
+        await test(new IdempotencyKeys(store, options))
+      } finally {
+        await store.close()
+        if (kind === 'postgres') await dropPostgresSchemas(service)
+        dir.remove()
+      }
     }
+
+    it('expire after their time, so the key can be used afresh', () =>
+      withKeys({ ttlMs: 20, lockMs: 10 }, async (keys) => {
+        assert.deepEqual(await keys.claim('a', 'k', 'f1', () => 'r1'), { kind: 'owned', resourceId: 'r1' })
+        await keys.complete('a', 'k', 202, { id: 'r1' }, {})
+        assert.equal((await keys.claim('a', 'k', 'f1', () => 'r2')).kind, 'replay')
+        assert.equal(
+          (await keys.claim('b', 'k', 'f2', () => 'r3')).kind,
+          'owned',
+          'keys are scoped to the caller',
+        )
+        await new Promise((resolve) => setTimeout(resolve, 30))
+        assert.deepEqual(await keys.claim('a', 'k', 'f2', () => 'r4'), { kind: 'owned', resourceId: 'r4' })
+        assert.ok((await keys.prune()) >= 1)
+      }))
+
+    it('are held while in flight, refused to another request, and taken over with the same id once the lock lapses', () =>
+      withKeys({ ttlMs: 60_000, lockMs: 50 }, async (keys) => {
+        let claimedIn = ''
+        const first = await keys.claim(
+          'a',
+          'k',
+          'f1',
+          () => 'r1',
+          async (_tx, id) => {
+            claimedIn = id
+          },
+        )
+        assert.deepEqual(first, { kind: 'owned', resourceId: 'r1' })
+        assert.equal(claimedIn, 'r1', 'onOwned ran in the claim')
+        assert.deepEqual(await keys.claim('a', 'k', 'f1', () => 'r2'), { kind: 'in-flight' })
+        assert.deepEqual(await keys.claim('a', 'k', 'f2', () => 'r3'), { kind: 'other-request' })
+        assert.deepEqual(await keys.peek('a', 'k', 'f1'), { kind: 'in-flight' })
+        await new Promise((resolve) => setTimeout(resolve, 80))
+        assert.equal(await keys.peek('a', 'k', 'f1'), undefined, 'a lapsed lock may be taken over')
+        assert.deepEqual(
+          await keys.claim('a', 'k', 'f1', () => 'r4'),
+          { kind: 'owned', resourceId: 'r1' },
+          'a retry after the lock lapsed names the same resource',
+        )
+        await keys.complete('a', 'k', 202, { id: 'r1' }, { location: '/r1' })
+        assert.deepEqual(await keys.claim('a', 'k', 'f1', () => 'r5'), {
+          kind: 'replay',
+          status: 202,
+          body: { id: 'r1' },
+          headers: { location: '/r1' },
+        })
+        await keys.release('a', 'k')
+        assert.equal((await keys.claim('a', 'k', 'f1', () => 'r6')).kind, 'replay', 'a completed key is kept')
+      }))
   })
-})
+}
 
 describe('admission of new orders', () => {
   it('refuses new orders with 503, Retry-After and problem details while the saga is behind, and publishes nothing', async () => {
