@@ -25,7 +25,7 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
 import { addOpenApiFinisher, addOpenApiSource } from '../runtime/openapi.ts'
-import type { RateLimiter, RateRule } from './rate-limit.ts'
+import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
 import { openApiPath, type UpstreamName, upstreamRoutes } from './routes.ts'
 import { Upstream } from './upstream.ts'
@@ -127,19 +127,17 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   )
 
   const rule = (perMinute: number): RateRule => ({ limit: perMinute, windowMs: minute })
+  /** Counts one request against `key`; over the limit, refuses it with 429 and the quota's headers. */
   async function throttle(
     key: string,
     perMinute: number,
     reply: FastifyReply,
     reason: string,
-  ): Promise<void> {
+  ): Promise<RateVerdict> {
     const verdict = await limiter.take(key, rule(perMinute))
-    reply.header('ratelimit-limit', String(verdict.limit))
-    reply.header('ratelimit-remaining', String(verdict.remaining))
-    reply.header('ratelimit-reset', String(verdict.resetSeconds))
-    reply.header('ratelimit-policy', `${verdict.limit};w=${minute / 1000}`)
-    if (verdict.allowed) return
+    if (verdict.allowed) return verdict
     refused.inc({ reason })
+    showQuota(reply, verdict)
     reply.header('retry-after', String(verdict.retryAfterSeconds))
     throw new MercatoError(
       'rate-limited',
@@ -149,6 +147,12 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         retryAfterSeconds: verdict.retryAfterSeconds,
       },
     )
+  }
+  function showQuota(reply: FastifyReply, verdict: RateVerdict): void {
+    reply.header('ratelimit-limit', String(verdict.limit))
+    reply.header('ratelimit-remaining', String(verdict.remaining))
+    reply.header('ratelimit-reset', String(verdict.resetSeconds))
+    reply.header('ratelimit-policy', `${verdict.limit};w=${minute / 1000}`)
   }
 
   // Queries and commands each get their own share of this process, so a slow query path
@@ -169,10 +173,19 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   async function guard(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const url = request.routeOptions.url
     if (url === undefined || !isPublicApi(url)) return
-    await throttle(`address:${request.ip}`, limits.addressPerMinute, reply, 'from one address')
+    const byAddress = await throttle(
+      `address:${request.ip}`,
+      limits.addressPerMinute,
+      reply,
+      'from one address',
+    )
     const principal = await authenticateUser(identity.tokens, request)
-    if (principal.kind === 'user')
-      await throttle(`user:${principal.subject}`, limits.principalPerMinute, reply, 'for one user')
+    const byUser =
+      principal.kind === 'user'
+        ? await throttle(`user:${principal.subject}`, limits.principalPerMinute, reply, 'for one user')
+        : undefined
+    // The quota closer to running out is the one a client should pace itself by.
+    showQuota(reply, byUser && byUser.remaining <= byAddress.remaining ? byUser : byAddress)
     // HEAD is GET without the body (RFC 9110): the same route, the same rules.
     const method = request.method === 'HEAD' ? 'GET' : request.method
     const route = `${method} ${openApiPath(url)}`
@@ -330,7 +343,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       },
     },
     async (request, reply) => {
-      await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address')
+      showQuota(
+        reply,
+        await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address'),
+      )
       const { username, password } = request.body as { username: string; password: string }
       const verified = await fetch(`${await options.userUrl()}/internal/v1/credentials/verify`, {
         method: 'POST',
@@ -384,7 +400,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       },
     },
     async (request, reply) => {
-      await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address')
+      showQuota(
+        reply,
+        await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address'),
+      )
       const { refresh_token: token } = request.body as { refresh_token: string }
       const outcome = await refreshTokens.rotate(token)
       if (!outcome.ok) {
