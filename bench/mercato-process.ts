@@ -1,12 +1,26 @@
 // Starts `mercato start` (or any script) as a child process for a benchmark, and waits
 // until it listens, so the process under test never shares a thread with the load.
 import { type ChildProcess, spawn } from 'node:child_process'
+import { readFileSync } from 'node:fs'
 import { createInterface } from 'node:readline'
 
 export interface Started {
   url: string
   child: ChildProcess
+  /** CPU time the process has used so far, every thread, user and system (Linux's /proc), in ms. */
+  cpuMs(): number
   stop(): Promise<void>
+}
+
+/** Runs `work` and says how many µs of `process`'s CPU each of its `count()` requests took. */
+export async function cpuPerRequest<T>(
+  process: Started,
+  work: () => Promise<T>,
+  count: (result: T) => number,
+): Promise<{ result: T; cpuUs: number }> {
+  const before = process.cpuMs()
+  const result = await work()
+  return { result, cpuUs: ((process.cpuMs() - before) * 1000) / Math.max(1, count(result)) }
 }
 
 export async function startProcess(
@@ -33,6 +47,11 @@ export async function startProcess(
   return {
     url,
     child,
+    cpuMs: () => {
+      // Fields 14 and 15 of /proc/<pid>/stat, after the parenthesized command name: utime, stime.
+      const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1].split(' ')
+      return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond
+    },
     stop: async () => {
       if (child.exitCode !== null) return
       const exited = new Promise((resolve) => child.once('exit', resolve))
@@ -41,3 +60,6 @@ export async function startProcess(
     },
   }
 }
+
+/** Linux's USER_HZ, which /proc reports CPU times in: 100 on every common architecture. */
+const clockTicksPerSecond = 100

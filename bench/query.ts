@@ -19,8 +19,8 @@ import { demoProducts } from '../src/runtime/demo-data.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
 import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
-import { drive, withBearer } from './drive.ts'
-import { startProcess } from './mercato-process.ts'
+import { type Driven, drive, withBearer } from './drive.ts'
+import { cpuPerRequest, startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchSearch } from './search.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
@@ -117,14 +117,24 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
     )
     await drive(bare.url, 2, options.connections, getOrders(ids))
     await drive(mercato.url, 2, options.connections, getOrders(ids, bearer))
-    const baseline = await drive(bare.url, options.seconds, options.connections, getOrders(ids))
-    const subject = await drive(mercato.url, options.seconds, options.connections, getOrders(ids, bearer))
-    console.error({ baseline, subject })
+    const answered = (driven: Driven) => driven.perSecond * options.seconds
+    const { result: baseline, cpuUs: baselineCpuUs } = await cpuPerRequest(
+      bare,
+      () => drive(bare!.url, options.seconds, options.connections, getOrders(ids)),
+      answered,
+    )
+    const { result: subject, cpuUs } = await cpuPerRequest(
+      mercato,
+      () => drive(mercato.url, options.seconds, options.connections, getOrders(ids, bearer)),
+      answered,
+    )
+    console.error({ baseline, subject, cpuUs, baselineCpuUs })
     const scenario = `cached GET /v1/orders/{id}, ${options.connections} connections`
     return [
       row(scenario, 'embedded', 'throughput', subject.perSecond, 'answers/s', baseline.perSecond),
       row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
       row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
+      row(scenario, 'embedded', 'cpu', cpuUs, 'µs CPU/request', baselineCpuUs),
     ]
   } finally {
     await tokens.close()

@@ -2,7 +2,7 @@
 export interface Row {
   scenario: string
   engine: string
-  metric: 'throughput' | 'p50' | 'p99'
+  metric: 'throughput' | 'p50' | 'p99' | 'cpu'
   value: number
   unit: string
   baseline: number

@@ -2,8 +2,8 @@
 // in the store, append to the stream) beside a bare fastify server that only validates
 // the same body, under the same autocannon settings, in the same run.
 import { tempDir } from '../test/support/wait.ts'
-import { drive, withBearer } from './drive.ts'
-import { startProcess } from './mercato-process.ts'
+import { type Driven, drive, withBearer } from './drive.ts'
+import { cpuPerRequest, startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
 
@@ -47,14 +47,24 @@ export async function benchWrite(options: { seconds: number; connections: number
   try {
     await drive(bare.url, 2, options.connections, post()) // warm-up
     await drive(mercato.url, 2, options.connections, post(bearer))
-    const baseline = await drive(bare.url, options.seconds, options.connections, post())
-    const subject = await drive(mercato.url, options.seconds, options.connections, post(bearer))
-    console.error({ baseline, subject })
+    const accepted = (driven: Driven) => driven.perSecond * options.seconds
+    const { result: baseline, cpuUs: baselineCpuUs } = await cpuPerRequest(
+      bare,
+      () => drive(bare.url, options.seconds, options.connections, post()),
+      accepted,
+    )
+    const { result: subject, cpuUs } = await cpuPerRequest(
+      mercato,
+      () => drive(mercato.url, options.seconds, options.connections, post(bearer)),
+      accepted,
+    )
+    console.error({ baseline, subject, cpuUs, baselineCpuUs })
     const scenario = `POST /v1/orders, ${options.connections} connections`
     return [
       row(scenario, 'embedded', 'throughput', subject.perSecond, 'accepted/s', baseline.perSecond),
       row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
       row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
+      row(scenario, 'embedded', 'cpu', cpuUs, 'µs CPU/request', baselineCpuUs),
     ]
   } finally {
     await tokens.close()
