@@ -12,7 +12,7 @@ import { openEventStream } from '../src/runtime/engines.ts'
 import { type LoadSummary, OrderWatcher, runLoad } from '../src/runtime/load.ts'
 import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
-import { startProcess } from './mercato-process.ts'
+import { cpuPerRequest, startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
 
@@ -113,21 +113,32 @@ export async function benchSaga(options: {
       // Warm-up, and proof that prices and stock have arrived everywhere.
       await runLoad({ ...base, orders: 50, rate: 50, concurrency: 16 }, watcher)
       const target = targets[engine]
-      const carried = await runLoad(
-        { ...base, orders: target.carriedRate * options.seconds, rate: target.carriedRate, concurrency: 512 },
-        watcher,
-      )
-      report(`${engine} fixed ${target.carriedRate}/s`, carried)
-      const fixed = await runLoad(
-        { ...base, orders: target.rate * options.seconds, rate: target.rate, concurrency: 512 },
-        watcher,
-      )
-      report(`${engine} fixed ${target.rate}/s`, fixed)
-      const saturated = await runLoad(
-        { ...base, orders: target.completedPerSecond * options.seconds, rate: 0, concurrency: 256 },
-        watcher,
-      )
-      report(`${engine} saturation`, saturated)
+      // Each phase also reports the CPU Mercato's process spent per confirmed order during it
+      // (work left over from the phase before included): steadier than throughput on a shared machine.
+      const phase = async (label: string, load: Omit<Parameters<typeof runLoad>[0], keyof typeof base>) => {
+        const { result, cpuUs } = await cpuPerRequest(
+          mercato,
+          () => runLoad({ ...base, ...load }, watcher),
+          (summary) => summary.confirmed,
+        )
+        report(`${engine} ${label}`, result, cpuUs)
+        return result
+      }
+      const carried = await phase(`fixed ${target.carriedRate}/s`, {
+        orders: target.carriedRate * options.seconds,
+        rate: target.carriedRate,
+        concurrency: 512,
+      })
+      const fixed = await phase(`fixed ${target.rate}/s`, {
+        orders: target.rate * options.seconds,
+        rate: target.rate,
+        concurrency: 512,
+      })
+      const saturated = await phase('saturation', {
+        orders: target.completedPerSecond * options.seconds,
+        rate: 0,
+        concurrency: 256,
+      })
       const atRate = (rate: number, summary: LoadSummary) => {
         const scenario = `saga at ${rate} orders/s offered`
         return [
@@ -171,11 +182,11 @@ export async function benchSaga(options: {
   return rows
 }
 
-function report(label: string, summary: LoadSummary) {
+function report(label: string, summary: LoadSummary, cpuUs: number) {
   console.error(
     `${label}: answers by status ${JSON.stringify(summary.byStatus)}, accepted ${summary.accepted}, confirmed ${summary.confirmed}, ` +
       `cancelled ${JSON.stringify(summary.cancelled)}, unfinished ${summary.unfinished}, ` +
       `POST p50/p99 ${summary.requestMs.p50}/${summary.requestMs.p99} ms, 202→CONFIRMED p50/p99 ${summary.confirmMs.p50}/${summary.confirmMs.p99} ms, ` +
-      `${summary.completedPerSecond.toFixed(0)} confirmed/s`,
+      `${summary.completedPerSecond.toFixed(0)} confirmed/s, ${(cpuUs / 1000).toFixed(1)} ms of Mercato's CPU per confirmed order`,
   )
 }

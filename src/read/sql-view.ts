@@ -64,9 +64,10 @@ export class SqlViewStorage implements ViewStorage {
   }
 
   async apply(generation: number, events: ViewEvent[]): Promise<string[]> {
+    if (events.length === 0) return []
     const changed = new Set<string>()
     await this.store.transaction(async (tx) => {
-      const fresh = unapplied(events, await positionMap(tx, this.view, generation))
+      const fresh = unapplied(events, await positionMap(tx, this.view, generation, events))
       if (fresh.length === 0) return
       for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
       const reached = positionsAfter(fresh)
@@ -118,11 +119,22 @@ export class SqlViewStorage implements ViewStorage {
   }
 }
 
-/** The stored position of every partition the view has applied events of, in one read. */
-async function positionMap(tx: Tx, view: string, generation: number): Promise<Map<string, number>> {
+/** The stored positions of the partitions `events` come from, in one read. */
+async function positionMap(
+  tx: Tx,
+  view: string,
+  generation: number,
+  events: ViewEvent[],
+): Promise<Map<string, number>> {
+  const partitions = [
+    ...new Map(
+      events.map(({ position }) => [partitionKey(position.topic, position.partition), position]),
+    ).values(),
+  ]
   const rows = await tx.query<{ topic: string; part: number; next_offset: number }>(
-    'SELECT topic, part, next_offset FROM view_positions WHERE view = $1 AND generation = $2',
-    [view, generation],
+    `SELECT topic, part, next_offset FROM view_positions WHERE view = $1 AND generation = $2
+     AND (${partitions.map((_, i) => `(topic = $${2 * i + 3} AND part = $${2 * i + 4})`).join(' OR ')})`,
+    [view, generation, ...partitions.flatMap((p) => [p.topic, p.partition])],
   )
   return new Map(rows.map((row) => [partitionKey(row.topic, Number(row.part)), Number(row.next_offset)]))
 }
