@@ -152,7 +152,9 @@ export class ProviderClient {
     )
     const perAttempt = [
       this.#breaker,
-      timeout(options.timeoutMs, TimeoutStrategy.Aggressive),
+      // An attempt reads its whole answer before it returns, so there is nothing left to abort
+      // then; aborting anyway built a DOMException (with its stack) for every call.
+      timeout(options.timeoutMs, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false }),
       bulkhead(options.concurrencyMax, options.concurrencyMax),
     ] as const
     const maxAttempts = options.attemptsMax - 1
