@@ -94,20 +94,31 @@ export class IdempotencyKeys {
       }
       // A new key (the usual case) is one statement; only a key seen before is read.
       if ((await insert()) === 1) return owned(resourceId)
+      // Each takeover below is conditional: when a concurrent claim changed the row first
+      // (PostgreSQL runs claims side by side), this one finds what that claim left.
+      const lostRace = async (): Promise<KeyClaim> => {
+        const [winner] = await tx.query<KeyRow>(selectKey, [scope, key])
+        return (winner && takenBy(winner, fingerprint, now)) ?? { kind: 'in-flight' }
+      }
       const [row] = await tx.query<KeyRow>(selectKey, [scope, key])
-      if (!row || Number(row.expires_at) <= now) {
-        await tx.execute('DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2', [scope, key])
-        await insert()
-        return owned(resourceId)
+      if (!row) return (await insert()) === 1 ? owned(resourceId) : lostRace()
+      if (Number(row.expires_at) <= now) {
+        const took = await tx.execute(
+          `UPDATE idempotency_keys SET fingerprint = $1, resource_id = $2, status = NULL, body = NULL,
+             headers = NULL, locked_until = $3, expires_at = $4
+           WHERE scope = $5 AND idem_key = $6 AND expires_at <= $7`,
+          [fingerprint, resourceId, now + this.#lockMs, now + this.#ttlMs, scope, key, now],
+        )
+        return took === 1 ? owned(resourceId) : lostRace()
       }
       const taken = takenBy(row, fingerprint, now)
       if (taken) return taken
-      await tx.execute('UPDATE idempotency_keys SET locked_until = $1 WHERE scope = $2 AND idem_key = $3', [
-        now + this.#lockMs,
-        scope,
-        key,
-      ])
-      return owned(row.resource_id)
+      const took = await tx.execute(
+        `UPDATE idempotency_keys SET locked_until = $1
+         WHERE scope = $2 AND idem_key = $3 AND status IS NULL AND locked_until <= $4`,
+        [now + this.#lockMs, scope, key, now],
+      )
+      return took === 1 ? owned(row.resource_id) : lostRace()
     })
   }
 

@@ -547,6 +547,23 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
         await keys.release('a', 'k')
         assert.equal((await keys.claim('a', 'k', 'f1', () => 'r6')).kind, 'replay', 'a completed key is kept')
       }))
+
+    it('give one owner to claims that race for an expired key or a lapsed lock', () =>
+      withKeys({ ttlMs: 40, lockMs: 20 }, async (keys) => {
+        for (let round = 0; round < 5; round++) {
+          const key = `k${round}`
+          await keys.claim('a', key, 'f', () => 'first')
+          // The lock lapses first (a retry of the same request takes the key over), then the key expires.
+          for (const waitMs of [25, 50]) {
+            await new Promise((resolve) => setTimeout(resolve, waitMs))
+            const claims = await Promise.all(
+              ['r1', 'r2', 'r3'].map((id) => keys.claim('a', key, 'f', () => `${id}-${waitMs}`)),
+            )
+            const owners = claims.filter((claim) => claim.kind === 'owned')
+            assert.equal(owners.length, 1, `one owner among ${JSON.stringify(claims)}`)
+          }
+        }
+      }))
   })
 }
 
