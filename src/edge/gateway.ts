@@ -173,19 +173,24 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   async function guard(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const url = request.routeOptions.url
     if (url === undefined || !isPublicApi(url)) return
+    // The quota closer to running out is the one a client should pace itself by.
     const byAddress = await throttle(
       `address:${request.ip}`,
       limits.addressPerMinute,
       reply,
       'from one address',
     )
+    showQuota(reply, byAddress)
     const principal = await authenticateUser(identity.tokens, request)
-    const byUser =
-      principal.kind === 'user'
-        ? await throttle(`user:${principal.subject}`, limits.principalPerMinute, reply, 'for one user')
-        : undefined
-    // The quota closer to running out is the one a client should pace itself by.
-    showQuota(reply, byUser && byUser.remaining <= byAddress.remaining ? byUser : byAddress)
+    if (principal.kind === 'user') {
+      const byUser = await throttle(
+        `user:${principal.subject}`,
+        limits.principalPerMinute,
+        reply,
+        'for one user',
+      )
+      if (byUser.remaining < byAddress.remaining) showQuota(reply, byUser)
+    }
     // HEAD is GET without the body (RFC 9110): the same route, the same rules.
     const method = request.method === 'HEAD' ? 'GET' : request.method
     const route = `${method} ${openApiPath(url)}`
