@@ -49,7 +49,8 @@ export async function startProcess(
     child,
     cpuMs: () => {
       // Fields 14 and 15 of /proc/<pid>/stat, after the parenthesized command name: utime, stime.
-      const fields = readFileSync(`/proc/${child.pid}/stat`, 'utf8').split(') ')[1].split(' ')
+      const stat = readFileSync(`/proc/${child.pid}/stat`, 'utf8')
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ')
       return ((Number(fields[11]) + Number(fields[12])) * 1000) / clockTicksPerSecond
     },
     stop: async () => {

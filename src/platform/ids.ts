@@ -8,7 +8,8 @@ const hex = Array.from({ length: 256 }, (_, byte) => byte.toString(16).padStart(
 const pool = new Uint8Array(10 * 256)
 let poolAt = pool.length
 
-export function uuidv7(timeMs = Date.now()): string {
+export function uuidv7(at = Date.now()): string {
+  const timeMs = Math.trunc(at)
   if (poolAt === pool.length) {
     randomFillSync(pool)
     poolAt = 0
