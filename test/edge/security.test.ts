@@ -253,6 +253,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         assert.equal(answer.status, 401, name)
         assert.match(answer.headers.get('www-authenticate') ?? '', /^Bearer .*error="invalid_token"/)
         assert.equal(answer.headers.get('content-type'), 'application/problem+json; charset=utf-8')
+        assert.ok(answer.headers.get('ratelimit-remaining'), `${name}: the address's quota is shown`)
       }
     })
 
