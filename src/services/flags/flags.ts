@@ -163,6 +163,7 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
   const fixedValues = new Map<string, unknown>()
   let targeted = new Set<string>()
   let definitionsVersion = 0
+  let stopped = false
 
   /** Loads a document into the evaluator when it differs from the one loaded; invalid flags are dropped. */
   const apply = (text: string) => {
@@ -254,7 +255,7 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     context: Record<string, string | number | boolean> | undefined,
     viaSdk: () => Promise<T>,
   ): Promise<T> => {
-    if (context || targeted.has(key)) return viaSdk()
+    if (stopped || context || targeted.has(key)) return viaSdk()
     const memoKey = `${kind}\0${key}\0${fallback}`
     if (fixedValues.has(memoKey)) return fixedValues.get(memoKey) as T
     const version = definitionsVersion
@@ -275,6 +276,9 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     flags,
     ready: () => cache.ping(),
     stop: async () => {
+      // Stopped, every evaluation goes to the SDK again, whose provider is then unbound.
+      stopped = true
+      fixedValues.clear()
       clearInterval(timer)
       await subscription.stop()
       // The group is this process's own (it reads every flag change from the start at each

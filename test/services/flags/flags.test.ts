@@ -210,7 +210,13 @@ describe('flags', { concurrency: false }, () => {
         0,
       )
     await waitFor('the group to read the flag changes', async () => (await committed()) > 0)
+    assert.equal(await other.flags.string('capture-on', 'fallback'), 'shipment', 'evaluated (and remembered)')
     await other.stop()
     assert.equal(await committed(), 0)
+    assert.equal(
+      await other.flags.string('capture-on', 'fallback'),
+      'fallback',
+      'stopped, it answers with the fallback, as the unbound SDK does',
+    )
   })
 })
