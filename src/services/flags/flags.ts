@@ -258,6 +258,7 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     if (stopped || context || targeted.has(key)) return viaSdk()
     const memoKey = `${kind}\0${key}\0${fallback}`
     if (fixedValues.has(memoKey)) return fixedValues.get(memoKey) as T
+    // Remembered only if the definitions did not change while it was evaluated.
     const version = definitionsVersion
     const value = await viaSdk()
     if (version === definitionsVersion) fixedValues.set(memoKey, value)
@@ -278,7 +279,6 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     stop: async () => {
       // Stopped, every evaluation goes to the SDK again, whose provider is then unbound.
       stopped = true
-      fixedValues.clear()
       clearInterval(timer)
       await subscription.stop()
       // The group is this process's own (it reads every flag change from the start at each
