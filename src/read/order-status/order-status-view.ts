@@ -3,6 +3,7 @@
 // distributed deployment in Redis, where positions are written in the same MULTI as the steps.
 import { Redis } from 'ioredis'
 import type { Store } from '../../engines/store/port.ts'
+import { oldestKeys } from '../../platform/oldest-keys.ts'
 import type { SqlFold } from '../sql-view.ts'
 import {
   dumpText,
@@ -51,6 +52,7 @@ const customers = (g: number) => `orderstatus_g${g}_customers`
  */
 class RecentCustomers {
   readonly #byOrder = new Map<string, string>()
+  readonly #oldest = oldestKeys(this.#byOrder)
   readonly #sizeMax: number
 
   constructor(sizeMax: number) {
@@ -63,7 +65,7 @@ class RecentCustomers {
 
   set(orderId: string, customerId: string): void {
     if (this.#byOrder.has(orderId)) return
-    if (this.#byOrder.size >= this.#sizeMax) this.#byOrder.delete(this.#byOrder.keys().next().value!)
+    if (this.#byOrder.size >= this.#sizeMax) this.#byOrder.delete(this.#oldest()!)
     this.#byOrder.set(orderId, customerId)
   }
 }

@@ -1,3 +1,4 @@
+import { oldestKeys } from '../../../platform/oldest-keys.ts'
 import { assertValueSize, type Cache, type CacheLimits } from '../port.ts'
 
 interface Entry {
@@ -9,6 +10,7 @@ interface Entry {
 export class LruCache implements Cache {
   readonly kind = 'memory' as const
   readonly #entries = new Map<string, Entry>()
+  readonly #leastRecentlyUsed = oldestKeys(this.#entries)
   readonly #limits: CacheLimits
   readonly #now: () => number
 
@@ -83,7 +85,7 @@ export class LruCache implements Cache {
     this.#entries.delete(key)
     this.#entries.set(key, { value, expiresAtMs })
     while (this.#entries.size > this.#limits.entriesMax) {
-      this.#entries.delete(this.#entries.keys().next().value!)
+      this.#entries.delete(this.#leastRecentlyUsed()!)
     }
   }
 
