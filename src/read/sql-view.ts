@@ -50,6 +50,13 @@ export class SqlViewStorage implements ViewStorage {
   readonly view: ViewName
   readonly store: Store
   readonly fold: SqlFold
+  /**
+   * The position of each partition ("generation topic/partition") as this process last
+   * stored or read it. A batch of one partition found here does not read it back: its
+   * write asserts it instead (an UPDATE that must find it), so a position another process
+   * has moved meanwhile fails the batch, which is then applied from a fresh read.
+   */
+  readonly #lastStored = new Map<string, number>()
 
   constructor(view: ViewName, store: Store, fold: SqlFold) {
     this.view = view
@@ -65,25 +72,77 @@ export class SqlViewStorage implements ViewStorage {
 
   async apply(generation: number, events: ViewEvent[]): Promise<string[]> {
     if (events.length === 0) return []
+    try {
+      return await this.#apply(generation, events, this.#remembered(generation, events))
+    } catch (error) {
+      if (!(error instanceof PositionMoved)) throw error
+      return this.#apply(generation, events, undefined)
+    }
+  }
+
+  /**
+   * Applies `events` in one transaction, with their partitions' positions as `remembered`
+   * (then asserted by the write) or, when undefined, as read in the transaction.
+   */
+  async #apply(
+    generation: number,
+    events: ViewEvent[],
+    remembered: Map<string, number> | undefined,
+  ): Promise<string[]> {
     const changed = new Set<string>()
+    let known = new Map<string, number>()
     await this.store.transaction(async (tx) => {
-      const fresh = unapplied(events, await positionMap(tx, this.view, generation, events))
+      known = remembered ?? (await positionMap(tx, this.view, generation, events))
+      const fresh = unapplied(events, known)
       if (fresh.length === 0) return
       for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
       const reached = positionsAfter(fresh)
-      await tx.execute(
-        `INSERT INTO view_positions (view, generation, topic, part, next_offset, last_event_ms)
-         VALUES ${reached.map((_, i) => `($1, $2, $${4 * i + 3}, $${4 * i + 4}, $${4 * i + 5}, $${4 * i + 6})`).join(', ')}
-         ON CONFLICT (view, generation, topic, part)
-         DO UPDATE SET next_offset = excluded.next_offset, last_event_ms = excluded.last_event_ms`,
-        [
-          this.view,
-          generation,
-          ...reached.flatMap((p) => [p.topic, p.partition, p.nextOffset, p.lastEventMs]),
-        ],
-      )
+      if (remembered) await this.#move(tx, generation, reached, remembered)
+      else await this.#store(tx, generation, reached)
+      for (const p of reached) known.set(partitionKey(p.topic, p.partition), p.nextOffset)
     })
+    for (const [key, nextOffset] of known) this.#lastStored.set(`${generation} ${key}`, nextOffset)
     return [...changed]
+  }
+
+  /**
+   * For a batch of one partition, its position as this process last stored or read it;
+   * undefined when that is not known, or the batch spans several partitions (one read of
+   * them all costs less than an assertion per partition): then the batch reads them.
+   */
+  #remembered(generation: number, events: ViewEvent[]): Map<string, number> | undefined {
+    const { topic, partition } = events[0].position
+    if (events.some(({ position }) => position.topic !== topic || position.partition !== partition))
+      return undefined
+    const key = partitionKey(topic, partition)
+    const nextOffset = this.#lastStored.get(`${generation} ${key}`)
+    return nextOffset === undefined ? undefined : new Map([[key, nextOffset]])
+  }
+
+  /** Moves each partition's stored position from the remembered one; throws PositionMoved if it was not that. */
+  async #move(tx: Tx, generation: number, reached: PartitionPosition[], remembered: Map<string, number>) {
+    for (const p of reached) {
+      const key = partitionKey(p.topic, p.partition)
+      const moved = await tx.execute(
+        `UPDATE view_positions SET next_offset = $1, last_event_ms = $2
+          WHERE view = $3 AND generation = $4 AND topic = $5 AND part = $6 AND next_offset = $7`,
+        [p.nextOffset, p.lastEventMs, this.view, generation, p.topic, p.partition, remembered.get(key)!],
+      )
+      if (moved !== 1) {
+        for (const stale of remembered.keys()) this.#lastStored.delete(`${generation} ${stale}`)
+        throw new PositionMoved()
+      }
+    }
+  }
+
+  async #store(tx: Tx, generation: number, reached: PartitionPosition[]): Promise<void> {
+    await tx.execute(
+      `INSERT INTO view_positions (view, generation, topic, part, next_offset, last_event_ms)
+       VALUES ${reached.map((_, i) => `($1, $2, $${4 * i + 3}, $${4 * i + 4}, $${4 * i + 5}, $${4 * i + 6})`).join(', ')}
+       ON CONFLICT (view, generation, topic, part)
+       DO UPDATE SET next_offset = excluded.next_offset, last_event_ms = excluded.last_event_ms`,
+      [this.view, generation, ...reached.flatMap((p) => [p.topic, p.partition, p.nextOffset, p.lastEventMs])],
+    )
   }
 
   async positions(generation: number): Promise<PartitionPosition[]> {
@@ -109,6 +168,8 @@ export class SqlViewStorage implements ViewStorage {
   }
 
   async drop(generation: number): Promise<void> {
+    for (const key of this.#lastStored.keys())
+      if (key.startsWith(`${generation} `)) this.#lastStored.delete(key)
     await this.store.transaction(async (tx) => {
       for (const table of this.fold.tables(generation)) await tx.execute(`DROP TABLE IF EXISTS ${table}`)
       await tx.execute('DELETE FROM view_positions WHERE view = $1 AND generation = $2', [
@@ -118,6 +179,9 @@ export class SqlViewStorage implements ViewStorage {
     })
   }
 }
+
+/** A partition's stored position was not the one this process remembered: another process moved it. */
+class PositionMoved extends Error {}
 
 /** The stored positions of the partitions `events` come from, in one read. */
 async function positionMap(

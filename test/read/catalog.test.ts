@@ -600,6 +600,30 @@ function defineCatalogTests(name: string, skip: string | undefined, open: () => 
         assert.deepEqual(await getProduct(store, g, sku), expectedLamp)
       })
 
+      test('two processes taking turns on a partition apply every event once', async () => {
+        // Each process remembers the positions it stored; the other moves them meanwhile,
+        // as when a partition changes hands and comes back with its events redelivered.
+        const other = new SqlViewStorage('catalog', store, catalogFold)
+        const { g } = await build([])
+        const once = await build([history.events])
+        // The events of the busiest partition, in three parts; the others' go first.
+        const byPartition = Map.groupBy(history.events, (e) => `${e.position.topic}/${e.position.partition}`)
+        const busiest = [...byPartition.values()].sort((a, b) => b.length - a.length)[0]
+        assert.ok(busiest.length >= 3)
+        const [first, second, third] = [busiest.slice(0, 1), busiest.slice(1, 2), busiest.slice(2)]
+        await storage.apply(
+          g,
+          history.events.filter((e) => !busiest.includes(e)),
+        )
+        await storage.apply(g, first)
+        await other.apply(g, [...first, ...second])
+        await storage.apply(g, [...second, ...third])
+        await other.apply(g, third)
+        assert.equal(await storage.dump(g), await storage.dump(once.g))
+        assert.deepEqual(await storage.positions(g), await storage.positions(once.g))
+        assert.deepEqual(await getProduct(store, g, sku), expectedLamp)
+      })
+
       test('newest sorts by listing time: a sale, a restock or a new price does not move a product', async () => {
         const h = new History()
         const product = (sku: string, priceMinor: number, ms: number) =>
