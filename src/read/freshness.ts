@@ -4,13 +4,13 @@
 // the view may be missing, bounded by the last time it was caught up and by the append
 // time of the last event it applied. Readers holding a consistency token wait here.
 import type { EventStream } from '../engines/stream/event-stream.ts'
-import type { RecordPosition } from '../engines/stream/port.ts'
+import type { PartitionEnd, RecordPosition } from '../engines/stream/port.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
 import { sleep } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { type PartitionPosition, partitionKey, type ViewName, viewNames } from './view.ts'
-import { groupOf, type Views } from './views.ts'
+import type { Views } from './views.ts'
 
 interface PartitionState {
   nextOffset: number
@@ -36,6 +36,8 @@ export class Freshness {
   readonly #stopping = new AbortController()
   readonly #startedAt = Date.now()
   #loop: Promise<void> | undefined
+  /** Every topic a view follows. */
+  readonly #topics: string[]
   readonly #lagGauge
   readonly #stalenessGauge
 
@@ -44,6 +46,11 @@ export class Freshness {
     this.#stream = deps.stream
     this.#log = deps.log
     this.#sampleMs = sampleMs
+    this.#topics = [
+      ...new Set(
+        viewNames.flatMap((view) => deps.views.definitions[view].topics.map((t) => deps.stream.topic(t))),
+      ),
+    ]
     this.#lagGauge = deps.metrics.gauge('mercato_view_lag_events', 'Events a view has not applied yet.', [
       'view',
     ])
@@ -142,9 +149,7 @@ export class Freshness {
     const sampled = this.#samples.get(view)?.partitions.get(partitionKey(token.topic, token.partition))
     if (sampled && token.offset < sampled.end) return false
     // The sample may predate the write: ask the stream itself.
-    const ends = await this.#stream.engine.lag(this.#stream.group(groupOf(view, this.generation(view))), [
-      token.topic,
-    ])
+    const ends = await this.#stream.engine.ends([token.topic])
     const end = ends.find((p) => p.partition === token.partition)?.end ?? 0
     return token.offset >= end
   }
@@ -165,22 +170,30 @@ export class Freshness {
   }
 
   async #sampleAll(): Promise<void> {
+    // The stream's ends are read once for every topic any view follows, not once per view.
+    let ends: PartitionEnd[]
+    try {
+      ends = await this.#stream.engine.ends(this.#topics)
+    } catch (error) {
+      this.#log.debug({ err: errorMessage(error) }, 'freshness not sampled')
+      return
+    }
     for (const view of viewNames) {
       try {
-        await this.#sample(view)
+        await this.#sample(view, ends)
       } catch (error) {
         this.#log.debug({ view, err: errorMessage(error) }, 'freshness not sampled')
       }
     }
   }
 
-  async #sample(view: ViewName): Promise<void> {
+  async #sample(view: ViewName, allEnds: PartitionEnd[]): Promise<void> {
     const definition = this.#views.definitions[view]
     const live = await this.#views.registry.live(view)
     if (!live) return
     const sampledAt = Date.now()
-    const topics = definition.topics.map((topic) => this.#stream.topic(topic))
-    const ends = await this.#stream.engine.lag(this.#stream.group(groupOf(view, live.generation)), topics)
+    const topics = new Set(definition.topics.map((topic) => this.#stream.topic(topic)))
+    const ends = allEnds.filter((p) => topics.has(p.topic))
     const applied = new Map(
       (await definition.storage.positions(live.generation)).map((p) => [
         partitionKey(p.topic, p.partition),

@@ -244,7 +244,7 @@ export async function rebuildView(
   const group = deps.stream.group(groupOf(view, generation))
   const topics = definition.topics.map((topic) => deps.stream.topic(topic))
   const ends = new Map(
-    (await deps.stream.engine.lag(group, topics)).map((p) => [`${p.topic}/${p.partition}`, p.end]),
+    (await deps.stream.engine.ends(topics)).map((p) => [`${p.topic}/${p.partition}`, p.end]),
   )
   const total = [...ends.values()].reduce((sum, end) => sum + end, 0)
   const subscription = await subscribeView(deps, definition, generation, async () => {})

@@ -52,11 +52,15 @@ export interface ConsumerHandle {
   abort(): Promise<void>
 }
 
-export interface PartitionLag {
+export interface PartitionEnd {
   topic: string
   partition: number
-  committed: number
+  /** The offset the partition's next record will get. */
   end: number
+}
+
+export interface PartitionLag extends PartitionEnd {
+  committed: number
   lag: number
 }
 
@@ -71,6 +75,9 @@ export interface StreamEngine {
   consume(options: ConsumeOptions): Promise<ConsumerHandle>
   /** Moves a group's committed offsets on every partition of a topic (for replay). The group must be stopped. */
   seek(group: string, topic: string, target: SeekTarget): Promise<void>
+  /** The end of every partition of `topics`, in one read however many topics there are. */
+  ends(topics: string[]): Promise<PartitionEnd[]>
+  /** The ends with `group`'s committed offsets beside them. */
   lag(group: string, topics: string[]): Promise<PartitionLag[]>
   /** Forgets a group: its committed offsets and its membership. The group must be stopped; an unknown group is no error. */
   deleteGroup(group: string): Promise<void>

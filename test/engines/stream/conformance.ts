@@ -447,6 +447,24 @@ export function defineStreamConformance(
         lag.filter((p) => p.topic === topic).reduce((sum, p) => sum + p.lag, 0)
       assert.deepEqual([waiting(topics[0]), waiting(topics[1])], [20, 3])
       assert.ok(lag.every((p) => p.committed === 0 && p.end === p.lag))
+      assert.deepEqual(
+        await fixture.engine.ends(topics),
+        lag.map(({ topic, partition, end }) => ({ topic, partition, end })),
+      )
+    })
+
+    it('reports the end of every partition: one past its last record, 0 when empty', async () => {
+      const stream = await freshStream()
+      await stream.ensureTopics(['customers'])
+      const positions = await stream.publish(Array.from({ length: 7 }, (_, i) => productEvent(`end-${i}`, i)))
+      const products = stream.topic('products')
+      const expected = new Map<number, number>()
+      for (const p of positions)
+        expected.set(p.partition, Math.max(expected.get(p.partition) ?? 0, p.offset + 1))
+      const ends = await fixture.engine.ends([products, stream.topic('customers')])
+      assert.equal(ends.length, 8)
+      for (const { topic, partition, end } of ends)
+        assert.equal(end, topic === products ? (expected.get(partition) ?? 0) : 0, `${topic}/${partition}`)
     })
 
     it('refuses a publish at once when the publish queue is at its bound', async () => {

@@ -14,6 +14,7 @@ import {
   type ConsumeOptions,
   type ConsumerHandle,
   type OutgoingRecord,
+  type PartitionEnd,
   type PartitionLag,
   partitionForKey,
   type RecordPosition,
@@ -272,28 +273,34 @@ export class SqliteLog implements StreamEngine {
     })
   }
 
-  async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
-    const lags: PartitionLag[] = []
+  async ends(topics: string[]): Promise<PartitionEnd[]> {
+    const ends: PartitionEnd[] = []
     for (const topic of topics) {
-      // Two reads a topic, not two a partition: admission control and the metrics ask often.
-      const ends = new Map(
+      const heads = new Map(
         (this.#sql.topicHeads.all(topic) as { partition: number; next_offset: number }[]).map((row) => [
           row.partition,
           row.next_offset,
         ]),
       )
-      const commits = new Map(
-        (this.#sql.topicCommits.all(group, topic) as { partition: number; committed: number }[]).map(
-          (row) => [row.partition, row.committed],
-        ),
-      )
-      for (let p = 0; p < this.#partitionCount(topic); p++) {
-        const end = ends.get(p) ?? 0
-        const committed = commits.get(p) ?? 0
-        lags.push({ topic, partition: p, committed, end, lag: Math.max(0, end - committed) })
-      }
+      for (let p = 0; p < this.#partitionCount(topic); p++)
+        ends.push({ topic, partition: p, end: heads.get(p) ?? 0 })
     }
-    return lags
+    return ends
+  }
+
+  async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
+    // Two reads a topic, not two a partition: admission control and the metrics ask often.
+    const commits = new Map<string, number>()
+    for (const topic of topics)
+      for (const row of this.#sql.topicCommits.all(group, topic) as {
+        partition: number
+        committed: number
+      }[])
+        commits.set(`${topic}/${row.partition}`, row.committed)
+    return (await this.ends(topics)).map(({ topic, partition, end }) => {
+      const committed = commits.get(`${topic}/${partition}`) ?? 0
+      return { topic, partition, committed, end, lag: Math.max(0, end - committed) }
+    })
   }
 
   async read(

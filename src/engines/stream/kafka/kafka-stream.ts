@@ -19,6 +19,7 @@ import {
   type ConsumeOptions,
   type ConsumerHandle,
   type OutgoingRecord,
+  type PartitionEnd,
   type PartitionLag,
   partitionForKey,
   type RecordPosition,
@@ -247,40 +248,46 @@ export class KafkaStream implements StreamEngine {
     }
   }
 
-  async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
+  async ends(topics: string[]): Promise<PartitionEnd[]> {
     const counts = await Promise.all(topics.map((topic) => this.partitionsOf(topic)))
-    // Two requests whatever the number of topics: the group's offsets, and every topic's ends
-    // in one ListOffsets (admission control asks about several topics four times a second).
-    const [[committed], listed] = await Promise.all([
-      this.#admin.listConsumerGroupOffsets({ groups: [group] }),
-      this.#admin.listOffsets({
-        topics: topics.map((name, i) => ({
-          name,
-          partitions: [...Array(counts[i]).keys()].map((partitionIndex) => ({
-            partitionIndex,
-            timestamp: LATEST,
-          })),
+    // One ListOffsets for every topic: freshness and admission control ask several times a second.
+    const listed = await this.#admin.listOffsets({
+      topics: topics.map((name, i) => ({
+        name,
+        partitions: [...Array(counts[i]).keys()].map((partitionIndex) => ({
+          partitionIndex,
+          timestamp: LATEST,
         })),
-      }),
-    ])
-    const lags: PartitionLag[] = []
-    topics.forEach((topic, i) => {
+      })),
+    })
+    return topics.flatMap((topic, i) => {
       const ends = new Map(
         listed.find((t) => t.name === topic)?.partitions.map((p) => [p.partitionIndex, p.offset]),
       )
-      const byPartition = new Map(
-        committed?.topics
-          .find((t) => t.name === topic)
-          ?.partitions.map((p) => [p.partitionIndex, p.committedOffset]),
-      )
-      for (let partition = 0; partition < counts[i]; partition++) {
-        const end = Number(ends.get(partition) ?? -1n)
-        const at = byPartition.get(partition) ?? -1n
-        const from = at < 0n ? 0 : Number(at)
-        lags.push({ topic, partition, committed: from, end, lag: Math.max(0, end - from) })
-      }
+      return [...Array(counts[i]).keys()].map((partition) => ({
+        topic,
+        partition,
+        end: Number(ends.get(partition) ?? -1n),
+      }))
     })
-    return lags
+  }
+
+  async lag(group: string, topics: string[]): Promise<PartitionLag[]> {
+    // Two requests whatever the number of topics: the group's offsets, and every topic's ends.
+    const [[committed], ends] = await Promise.all([
+      this.#admin.listConsumerGroupOffsets({ groups: [group] }),
+      this.ends(topics),
+    ])
+    const offsets = new Map(
+      committed?.topics.flatMap((t) =>
+        t.partitions.map((p) => [`${t.name}/${p.partitionIndex}`, p.committedOffset]),
+      ),
+    )
+    return ends.map(({ topic, partition, end }) => {
+      const at = offsets.get(`${topic}/${partition}`) ?? -1n
+      const from = at < 0n ? 0 : Number(at)
+      return { topic, partition, committed: from, end, lag: Math.max(0, end - from) }
+    })
   }
 
   /** Reads one partition from an offset with a throwaway consumer (no group offsets are committed). */
