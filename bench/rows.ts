@@ -6,7 +6,8 @@ export interface Row {
   value: number
   unit: string
   baseline: number
-  ratio: number
+  /** value / baseline; null when the baseline is 0 (a lag the baseline did not measure, say). */
+  ratio: number | null
 }
 
 const round = (n: number) => Math.round(n * 1000) / 1000
@@ -26,7 +27,7 @@ export function row(
     value: round(value),
     unit,
     baseline: round(baseline),
-    ratio: round(value / baseline),
+    ratio: baseline === 0 ? null : round(value / baseline),
   }
 }
 
