@@ -27,7 +27,7 @@ export function row(
     value: round(value),
     unit,
     baseline: round(baseline),
-    ratio: baseline === 0 ? null : round(value / baseline),
+    ratio: round(baseline) === 0 ? null : round(value / baseline),
   }
 }
 

@@ -170,7 +170,9 @@ export class Freshness {
   }
 
   async #sampleAll(): Promise<void> {
-    // The stream's ends are read once for every topic any view follows, not once per view.
+    // The stream's ends are read once for every topic any view follows, not once per view;
+    // a view caught up with them was caught up at least as late as just before they were read.
+    const sampledAt = Date.now()
     let ends: PartitionEnd[]
     try {
       ends = await this.#stream.engine.ends(this.#topics)
@@ -180,18 +182,17 @@ export class Freshness {
     }
     for (const view of viewNames) {
       try {
-        await this.#sample(view, ends)
+        await this.#sample(view, ends, sampledAt)
       } catch (error) {
         this.#log.debug({ view, err: errorMessage(error) }, 'freshness not sampled')
       }
     }
   }
 
-  async #sample(view: ViewName, allEnds: PartitionEnd[]): Promise<void> {
+  async #sample(view: ViewName, allEnds: PartitionEnd[], sampledAt: number): Promise<void> {
     const definition = this.#views.definitions[view]
     const live = await this.#views.registry.live(view)
     if (!live) return
-    const sampledAt = Date.now()
     const topics = new Set(definition.topics.map((topic) => this.#stream.topic(topic)))
     const ends = allEnds.filter((p) => topics.has(p.topic))
     const applied = new Map(

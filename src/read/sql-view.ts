@@ -72,12 +72,17 @@ export class SqlViewStorage implements ViewStorage {
 
   async apply(generation: number, events: ViewEvent[]): Promise<string[]> {
     if (events.length === 0) return []
-    try {
-      return await this.#apply(generation, events, this.#remembered(generation, events))
-    } catch (error) {
-      if (!(error instanceof PositionMoved)) throw error
-      return this.#apply(generation, events, undefined)
+    const remembered = this.#remembered(generation, events)
+    if (remembered) {
+      try {
+        return await this.#apply(generation, events, remembered)
+      } catch {
+        // The position may have moved elsewhere (PositionMoved, or a fold that failed on an
+        // event applied already): forget it, and apply the batch from a fresh read.
+        for (const key of remembered.keys()) this.#lastStored.delete(`${generation} ${key}`)
+      }
     }
+    return this.#apply(generation, events, undefined)
   }
 
   /**
@@ -92,7 +97,7 @@ export class SqlViewStorage implements ViewStorage {
     const changed = new Set<string>()
     let known = new Map<string, number>()
     await this.store.transaction(async (tx) => {
-      known = remembered ?? (await positionMap(tx, this.view, generation, events))
+      known = remembered ?? (await positionMap(tx, this.store.kind, this.view, generation, events))
       const fresh = unapplied(events, known)
       if (fresh.length === 0) return
       for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
@@ -128,10 +133,7 @@ export class SqlViewStorage implements ViewStorage {
           WHERE view = $3 AND generation = $4 AND topic = $5 AND part = $6 AND next_offset = $7`,
         [p.nextOffset, p.lastEventMs, this.view, generation, p.topic, p.partition, remembered.get(key)!],
       )
-      if (moved !== 1) {
-        for (const stale of remembered.keys()) this.#lastStored.delete(`${generation} ${stale}`)
-        throw new PositionMoved()
-      }
+      if (moved !== 1) throw new PositionMoved()
     }
   }
 
@@ -183,9 +185,15 @@ export class SqlViewStorage implements ViewStorage {
 /** A partition's stored position was not the one this process remembered: another process moved it. */
 class PositionMoved extends Error {}
 
-/** The stored positions of the partitions `events` come from, in one read. */
+/**
+ * The stored positions of the partitions `events` come from, in one read. On PostgreSQL the
+ * rows stay locked to the end of the transaction, so two processes applying one partition
+ * (a rebalance's overlap) take turns and the second reads what the first stored; SQLite has
+ * one writer at a time already.
+ */
 async function positionMap(
   tx: Tx,
+  kind: Store['kind'],
   view: string,
   generation: number,
   events: ViewEvent[],
@@ -197,7 +205,8 @@ async function positionMap(
   ]
   const rows = await tx.query<{ topic: string; part: number; next_offset: number }>(
     `SELECT topic, part, next_offset FROM view_positions WHERE view = $1 AND generation = $2
-     AND (${partitions.map((_, i) => `(topic = $${2 * i + 3} AND part = $${2 * i + 4})`).join(' OR ')})`,
+     AND (${partitions.map((_, i) => `(topic = $${2 * i + 3} AND part = $${2 * i + 4})`).join(' OR ')})
+     ${kind === 'postgres' ? 'FOR UPDATE' : ''}`,
     [view, generation, ...partitions.flatMap((p) => [p.topic, p.partition])],
   )
   return new Map(rows.map((row) => [partitionKey(row.topic, Number(row.part)), Number(row.next_offset)]))

@@ -75,7 +75,7 @@ export interface StreamEngine {
   consume(options: ConsumeOptions): Promise<ConsumerHandle>
   /** Moves a group's committed offsets on every partition of a topic (for replay). The group must be stopped. */
   seek(group: string, topic: string, target: SeekTarget): Promise<void>
-  /** The end of every partition of `topics`, in one read however many topics there are. */
+  /** The end of every partition of `topics` (on Kafka one ListOffsets request for all of them). */
   ends(topics: string[]): Promise<PartitionEnd[]>
   /** The ends with `group`'s committed offsets beside them. */
   lag(group: string, topics: string[]): Promise<PartitionLag[]>

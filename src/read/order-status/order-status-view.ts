@@ -3,7 +3,6 @@
 // distributed deployment in Redis, where positions are written in the same MULTI as the steps.
 import { Redis } from 'ioredis'
 import type { Store } from '../../engines/store/port.ts'
-import { oldestKeys } from '../../platform/oldest-keys.ts'
 import type { SqlFold } from '../sql-view.ts'
 import {
   dumpText,
@@ -52,8 +51,10 @@ const customers = (g: number) => `orderstatus_g${g}_customers`
  */
 class RecentCustomers {
   readonly #byOrder = new Map<string, string>()
-  readonly #oldest = oldestKeys(this.#byOrder)
+  /** The orders remembered, oldest first from `#next` once the ring is full. */
+  readonly #ring: string[] = []
   readonly #sizeMax: number
+  #next = 0
 
   constructor(sizeMax: number) {
     this.#sizeMax = sizeMax
@@ -65,7 +66,12 @@ class RecentCustomers {
 
   set(orderId: string, customerId: string): void {
     if (this.#byOrder.has(orderId)) return
-    if (this.#byOrder.size >= this.#sizeMax) this.#byOrder.delete(this.#oldest()!)
+    if (this.#ring.length < this.#sizeMax) this.#ring.push(orderId)
+    else {
+      this.#byOrder.delete(this.#ring[this.#next])
+      this.#ring[this.#next] = orderId
+      this.#next = (this.#next + 1) % this.#sizeMax
+    }
     this.#byOrder.set(orderId, customerId)
   }
 }
