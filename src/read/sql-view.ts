@@ -95,7 +95,7 @@ export class SqlViewStorage implements ViewStorage {
     remembered: Map<string, number> | undefined,
   ): Promise<string[]> {
     const changed = new Set<string>()
-    let known = new Map<string, number>()
+    let known: Map<string, number> | undefined
     await this.store.transaction(async (tx) => {
       known = remembered ?? (await positionMap(tx, this.store.kind, this.view, generation, events))
       const fresh = unapplied(events, known)
@@ -106,7 +106,7 @@ export class SqlViewStorage implements ViewStorage {
       else await this.#store(tx, generation, reached)
       for (const p of reached) known.set(partitionKey(p.topic, p.partition), p.nextOffset)
     })
-    for (const [key, nextOffset] of known) this.#lastStored.set(`${generation} ${key}`, nextOffset)
+    for (const [key, nextOffset] of known ?? []) this.#lastStored.set(`${generation} ${key}`, nextOffset)
     return [...changed]
   }
 
