@@ -3,7 +3,7 @@
 // and emits events in one local transaction, recorded in the inbox under the event's id,
 // so a redelivered event has no second effect and an emitted event is never lost.
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { handleOnce, markHandled, recordAllHandled, wasHandled } from '../engines/store/inbox.ts'
+import { handleOnce, markHandled, pruneInbox, recordAllHandled, wasHandled } from '../engines/store/inbox.ts'
 import { addToOutbox, OutboxRelay } from '../engines/store/outbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import type { EventStream, PositionedEvent, Subscription } from '../engines/stream/event-stream.ts'
@@ -34,7 +34,12 @@ export interface ServiceDeps {
   stream: EventStream
   log: Logger
   metrics: Metrics
+  /** How long the inbox remembers a handled event (see pruneInbox); kept for ever when unset. */
+  inboxRetentionMs?: number
 }
+
+/** How often a service deletes its inbox rows past the retention. */
+const inboxPruneIntervalMs = 60_000
 
 /** The most events one batch transaction holds: a run takes whole partition batches up to it. */
 const batchEventsMax = 500
@@ -50,6 +55,7 @@ export class Service {
   readonly #subscriptions: Subscription[] = []
   readonly #jobs: Promise<void>[] = []
   readonly #stopping = new AbortController()
+  readonly #inboxRetentionMs: number | undefined
 
   constructor(deps: ServiceDeps) {
     this.name = deps.name
@@ -58,6 +64,7 @@ export class Service {
     this.log = deps.log
     this.metrics = deps.metrics
     this.source = `mercato/${deps.name}`
+    this.#inboxRetentionMs = deps.inboxRetentionMs
     this.#relay = new OutboxRelay(
       deps.store,
       deps.stream,
@@ -67,10 +74,19 @@ export class Service {
     )
   }
 
-  /** Applies the service's migrations (the store adds the inbox and outbox), then starts the outbox relay. */
+  /**
+   * Applies the service's migrations (the store adds the inbox and outbox), then starts the
+   * outbox relay and, with a retention, the inbox's pruning.
+   */
   async start(migrations: Migration[]): Promise<void> {
     await this.store.migrate(migrations)
     this.#relay.start()
+    const retentionMs = this.#inboxRetentionMs
+    if (retentionMs !== undefined)
+      this.every('inbox-prune', inboxPruneIntervalMs, async () => {
+        const pruned = await pruneInbox(this.store, new Date(Date.now() - retentionMs), this.#stopping.signal)
+        if (pruned > 0) this.log.debug({ pruned }, 'forgot handled events past the inbox retention')
+      })
   }
 
   /**

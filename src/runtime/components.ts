@@ -165,6 +165,7 @@ async function serviceFor(context: Context, name: string): Promise<Service> {
     stream: need(context.stream, 'stream'),
     log: context.log.child({ component: name }),
     metrics: context.metrics,
+    inboxRetentionMs: context.config.inboxRetentionMs,
   })
 }
 

@@ -40,6 +40,7 @@ export interface Config {
   shutdownTimeoutMs: number
   idempotencyKeyTtlMs: number
   idempotencyLockMs: number
+  inboxRetentionMs: number
   orderLinesMax: number
   orderBacklogMax: number
   orderWaitMaxMs: number
@@ -247,6 +248,13 @@ export const intSettings = {
     default: 30_000,
     min: 100,
     max: 600_000,
+  },
+  inboxRetentionMs: {
+    env: 'MERCATO_INBOX_RETENTION_MS',
+    help: "how long a service remembers an event it handled, so a redelivery has no second effect (Kafka's default retention: 7 days)",
+    default: 604_800_000,
+    min: 60_000,
+    max: 31_536_000_000,
   },
   orderBacklogMax: {
     env: 'MERCATO_ORDER_BACKLOG_MAX',

@@ -61,3 +61,25 @@ export async function markHandled(store: Store, consumer: string, eventId: strin
     [consumer, eventId, new Date().toISOString()],
   )
 }
+
+/** Rows one prune statement deletes at most: a prune never holds the store for long. */
+const pruneBatchSize = 1_000
+
+/**
+ * Forgets the events handled before `before`, a batch at a time; resolves with how many.
+ * A redelivery of an event older than that would have its effect again: the retention must
+ * outlast any redelivery the stream can make (Kafka keeps events for 7 days by default).
+ */
+export async function pruneInbox(store: Store, before: Date, signal?: AbortSignal): Promise<number> {
+  let pruned = 0
+  while (!signal?.aborted) {
+    const deleted = await store.execute(
+      `DELETE FROM mercato_inbox WHERE (consumer, event_id) IN
+         (SELECT consumer, event_id FROM mercato_inbox WHERE handled_at < $1 LIMIT ${pruneBatchSize})`,
+      [before.toISOString()],
+    )
+    pruned += deleted
+    if (deleted < pruneBatchSize) break
+  }
+  return pruned
+}

@@ -68,6 +68,12 @@ export const coreMigrations: Migration[] = [
         CREATE INDEX IF NOT EXISTS mercato_outbox_unsent ON mercato_outbox (id) WHERE sent_at IS NULL`,
     },
   },
+  {
+    // The inbox is pruned by age (pruneInbox); rows are added in handled_at order, so this
+    // index grows at its right edge and costs a commit little.
+    id: 'mercato-0003-inbox-handled-at',
+    sql: 'CREATE INDEX IF NOT EXISTS mercato_inbox_handled_at ON mercato_inbox (handled_at)',
+  },
 ]
 
 /**

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict'
 import { join } from 'node:path'
 import { after, before, describe, it } from 'node:test'
 import type { CloudEvent } from '../../../src/contracts/envelope.ts'
-import { handleOnce } from '../../../src/engines/store/inbox.ts'
+import { handleOnce, pruneInbox } from '../../../src/engines/store/inbox.ts'
 import { addToOutbox, OutboxRelay } from '../../../src/engines/store/outbox.ts'
 import { type Store, type StoreLimits, storeLimitDefaults } from '../../../src/engines/store/port.ts'
 import { SqliteLog, sqliteLogDefaults } from '../../../src/engines/stream/embedded/sqlite-log.ts'
@@ -81,7 +81,13 @@ export function defineStoreConformance(
       const applied = await store.query<{ id: string }>('SELECT id FROM mercato_migrations ORDER BY id')
       assert.deepEqual(
         applied.map((r) => r.id),
-        ['0001-stock', '0002-stock-reserved', 'mercato-0001-inbox', 'mercato-0002-outbox'],
+        [
+          '0001-stock',
+          '0002-stock-reserved',
+          'mercato-0001-inbox',
+          'mercato-0002-outbox',
+          'mercato-0003-inbox-handled-at',
+        ],
       )
     })
 
@@ -177,6 +183,35 @@ export function defineStoreConformance(
       assert.equal(outcomes.filter(Boolean).length, 1)
       const [row] = await store.query<{ on_hand: number }>('SELECT on_hand FROM stock WHERE sku = $1', ['s'])
       assert.equal(row.on_hand, 10)
+    })
+
+    it('forgets handled events past the retention, batch after batch, and still absorbs a recent redelivery', async () => {
+      const store = await newStore()
+      const weekAgo = new Date(Date.now() - 7 * 86_400_000).toISOString()
+      // More old rows than one prune statement deletes, of two consumers.
+      await store.transaction(async (tx) => {
+        for (let i = 0; i < 2_300; i++)
+          await tx.execute('INSERT INTO mercato_inbox (consumer, event_id, handled_at) VALUES ($1, $2, $3)', [
+            i % 2 ? 'order' : 'payment',
+            `old-${i}`,
+            weekAgo,
+          ])
+      })
+      let effects = 0
+      const handle = (id: string) =>
+        handleOnce(store, 'order', id, async () => {
+          effects++
+        })
+      assert.equal(await handle('recent'), true)
+      assert.equal(await pruneInbox(store, new Date(Date.now() - 86_400_000)), 2_300)
+      const left = await store.query<{ event_id: string }>('SELECT event_id FROM mercato_inbox')
+      assert.deepEqual(
+        left.map((row) => row.event_id),
+        ['recent'],
+      )
+      assert.equal(await handle('recent'), false, 'a recent event is remembered')
+      assert.equal(await handle('old-1'), true, 'a forgotten one is handled again')
+      assert.equal(effects, 2)
     })
 
     it('relays the outbox; a crash between publish and mark publishes again, and the inbox absorbs it', async () => {
