@@ -27,6 +27,8 @@ export interface Store {
   query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]>
   /** Runs one statement in a transaction of its own; resolves with the number of rows it changed. */
   execute(sql: string, params?: SqlValue[]): Promise<number>
+  /** Runs one statement with a RETURNING clause in a transaction of its own; resolves with its rows. */
+  executeReturning<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]>
   ping(): Promise<void>
   close(): Promise<void>
 }

@@ -404,15 +404,24 @@ export async function startNotificationService(
     return rows.map((row) => ({ id: row.id, status: row.status, attempts: Number(row.attempts) }))
   }
 
-  /** Claims a row for one attempt (many senders, one winner); the lease covers the attempt. */
-  async function claim(table: string, row: DueRow, leaseMs: number): Promise<boolean> {
+  /**
+   * Claims a row for one attempt (many senders, one winner); the lease covers the attempt.
+   * Resolves with the `returning` columns of the claimed row, undefined when another won.
+   */
+  async function claim<Row>(
+    table: string,
+    row: DueRow,
+    leaseMs: number,
+    returning: string,
+  ): Promise<Row | undefined> {
     const now = nowIso()
-    const changed = await store.execute(
+    const [claimed] = await store.executeReturning<Row>(
       `UPDATE ${table} SET status = 'sending', attempts = attempts + 1, next_attempt_at = $1, updated_at = $2
-          WHERE id = $3 AND status = $4 AND attempts = $5 AND next_attempt_at <= $2`,
+          WHERE id = $3 AND status = $4 AND attempts = $5 AND next_attempt_at <= $2
+        RETURNING ${returning}`,
       [isoIn(leaseMs), now, row.id, row.status, row.attempts],
     )
-    return changed === 1
+    return claimed
   }
 
   /** After a failed attempt: try again later, or give up (dead) once the attempts are spent. */
@@ -450,34 +459,34 @@ export async function startNotificationService(
   }
 
   async function sendEmail(row: DueRow): Promise<void> {
-    if (!(await claim('notification_emails', row, smtpTimeoutMs * 3))) return
-    const attempt = row.attempts + 1
-    const [email] = await store.query<{
+    // The claim reads the e-mail and the customer's name back in the same statement.
+    const email = await claim<{
       template: string
       customer_id: string | null
       order_id: string | null
       recipient: string | null
       vars: string
       cause: string
+      given_name: string | null
+      family_name: string | null
     }>(
-      'SELECT template, customer_id, order_id, recipient, vars, cause FROM notification_emails WHERE id = $1',
-      [row.id],
+      'notification_emails',
+      row,
+      smtpTimeoutMs * 3,
+      `template, customer_id, order_id, recipient, vars, cause,
+       (SELECT given_name FROM notification_customers c WHERE c.customer_id = notification_emails.customer_id) AS given_name,
+       (SELECT family_name FROM notification_customers c WHERE c.customer_id = notification_emails.customer_id) AS family_name`,
     )
     if (!email) return
+    const attempt = row.attempts + 1
     if (!email.recipient) {
       await failed('notification_emails', 'email', row.id, emailAttemptsMax, emailAttemptsMax, 'no recipient')
       return
     }
-    const [customer] = email.customer_id
-      ? await store.query<{ given_name: string; family_name: string }>(
-          'SELECT given_name, family_name FROM notification_customers WHERE customer_id = $1',
-          [email.customer_id],
-        )
-      : []
     try {
       const rendered = renderEmail(email.template, JSON.parse(email.vars), {
-        givenName: customer?.given_name,
-        familyName: customer?.family_name,
+        givenName: email.given_name ?? undefined,
+        familyName: email.family_name ?? undefined,
       })
       await withTimeout(
         'sending an e-mail',
@@ -521,17 +530,8 @@ export async function startNotificationService(
 
   async function callWebhook(row: DueRow): Promise<void> {
     const lookupTimeoutMs = Math.max(1_000, options.webhookTimeoutMs)
-    if (
-      !(await claim(
-        'notification_webhook_deliveries',
-        row,
-        lookupTimeoutMs + options.webhookTimeoutMs + 30_000,
-      ))
-    )
-      return
-    const attempt = row.attempts + 1
     const table = 'notification_webhook_deliveries'
-    const [delivery] = await store.query<{
+    const delivery = await claim<{
       endpoint_id: string
       event_id: string
       event_type: string
@@ -540,11 +540,13 @@ export async function startNotificationService(
       payload: string
       cause: string
     }>(
-      `SELECT endpoint_id, event_id, event_type, customer_id, order_id, payload, cause
-         FROM ${table} WHERE id = $1`,
-      [row.id],
+      table,
+      row,
+      lookupTimeoutMs + options.webhookTimeoutMs + 30_000,
+      'endpoint_id, event_id, event_type, customer_id, order_id, payload, cause',
     )
     if (!delivery) return
+    const attempt = row.attempts + 1
     const [endpoint] = await store.query<{ url: string; secret: string; enabled: number }>(
       'SELECT url, secret, enabled FROM notification_webhook_endpoints WHERE endpoint_id = $1',
       [delivery.endpoint_id],

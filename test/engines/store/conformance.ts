@@ -91,6 +91,34 @@ export function defineStoreConformance(
       )
     })
 
+    it('runs a statement with RETURNING on its own and gives its rows; one that fails changes nothing', async () => {
+      const store = await newStore()
+      await store.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2), ($3, $4)', ['r1', 5, 'r2', 7])
+      const taken = await store.executeReturning<{ sku: string; on_hand: number }>(
+        'UPDATE stock SET on_hand = on_hand - $1 WHERE on_hand >= $1 RETURNING sku, on_hand',
+        [6],
+      )
+      assert.deepEqual(
+        taken.map((row) => ({ sku: row.sku, on_hand: Number(row.on_hand) })),
+        [{ sku: 'r2', on_hand: 1 }],
+      )
+      assert.deepEqual(
+        await store.executeReturning('UPDATE stock SET on_hand = 0 WHERE sku = $1 RETURNING sku', ['none']),
+        [],
+      )
+      await assert.rejects(store.executeReturning('UPDATE stock SET on_hand = on_hand - 6 RETURNING sku'))
+      const rows = await store.query<{ sku: string; on_hand: number }>(
+        'SELECT sku, on_hand FROM stock ORDER BY sku',
+      )
+      assert.deepEqual(
+        rows.map((row) => [row.sku, Number(row.on_hand)]),
+        [
+          ['r1', 5],
+          ['r2', 1],
+        ],
+      )
+    })
+
     it('commits a transaction that resolves and rolls back one that throws, with its after-commit callbacks', async () => {
       const store = await newStore()
       let committed = 0

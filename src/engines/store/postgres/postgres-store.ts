@@ -108,6 +108,10 @@ export class PostgresStore implements Store {
     return this.#withClient(async (client) => (await client.query(statement(sql, params))).rowCount ?? 0)
   }
 
+  executeReturning<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
+    return this.query<Row>(sql, params)
+  }
+
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
     return this.#withClient(async (client) => (await client.query(statement(sql, params))).rows as Row[])
   }

@@ -175,6 +175,10 @@ export class SqliteStore implements Store {
     return this.transaction((tx) => tx.execute(sql, params))
   }
 
+  executeReturning<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
+    return this.transaction((tx) => tx.query<Row>(sql, params))
+  }
+
   async query<Row = Record<string, unknown>>(sql: string, params?: SqlValue[]): Promise<Row[]> {
     return this.#all(this.#reader, this.#readStatements, sql, params) as Row[]
   }
