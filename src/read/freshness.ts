@@ -9,6 +9,7 @@ import { errorMessage, MercatoError } from '../platform/errors.ts'
 import { sleep } from '../platform/limits.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import type { Generation } from './generations.ts'
 import { type PartitionPosition, partitionKey, type ViewName, viewNames } from './view.ts'
 import type { Views } from './views.ts'
 
@@ -180,19 +181,25 @@ export class Freshness {
       this.#log.debug({ err: errorMessage(error) }, 'freshness not sampled')
       return
     }
+    let live: Map<ViewName, Generation>
+    try {
+      live = await this.#views.registry.liveAll()
+    } catch (error) {
+      this.#log.debug({ err: errorMessage(error) }, 'freshness not sampled')
+      return
+    }
     for (const view of viewNames) {
       try {
-        await this.#sample(view, ends, sampledAt)
+        const generation = live.get(view)
+        if (generation) await this.#sample(view, generation, ends, sampledAt)
       } catch (error) {
         this.#log.debug({ view, err: errorMessage(error) }, 'freshness not sampled')
       }
     }
   }
 
-  async #sample(view: ViewName, allEnds: PartitionEnd[], sampledAt: number): Promise<void> {
+  async #sample(view: ViewName, live: Generation, allEnds: PartitionEnd[], sampledAt: number): Promise<void> {
     const definition = this.#views.definitions[view]
-    const live = await this.#views.registry.live(view)
-    if (!live) return
     const topics = new Set(definition.topics.map((topic) => this.#stream.topic(topic)))
     const ends = allEnds.filter((p) => topics.has(p.topic))
     const applied = new Map(

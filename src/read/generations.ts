@@ -24,6 +24,12 @@ export class GenerationRegistry {
     return row
   }
 
+  /** The live generation of every view that has one, in one read. */
+  async liveAll(): Promise<Map<ViewName, Generation>> {
+    const rows = await this.#rows('WHERE state = $1', ['live'])
+    return new Map(rows.map((row) => [row.view, row]))
+  }
+
   async all(view: ViewName): Promise<Generation[]> {
     return this.#rows('WHERE view = $1 ORDER BY generation', [view])
   }
