@@ -102,11 +102,13 @@ export class IdempotencyKeys {
       }
       const [row] = await tx.query<KeyRow>(selectKey, [scope, key])
       if (!row) return (await insert()) === 1 ? owned(resourceId) : lostRace()
-      if (Number(row.expires_at) <= now) {
+      // An expired key is free for a new request, unless a request still holds it: one that
+      // took a lapsed lock over just before the key expired must not get a second owner.
+      if (Number(row.expires_at) <= now && (row.status !== null || Number(row.locked_until) <= now)) {
         const took = await tx.execute(
           `UPDATE idempotency_keys SET fingerprint = $1, resource_id = $2, status = NULL, body = NULL,
              headers = NULL, locked_until = $3, expires_at = $4
-           WHERE scope = $5 AND idem_key = $6 AND expires_at <= $7`,
+           WHERE scope = $5 AND idem_key = $6 AND expires_at <= $7 AND (status IS NOT NULL OR locked_until <= $7)`,
           [fingerprint, resourceId, now + this.#lockMs, now + this.#ttlMs, scope, key, now],
         )
         return took === 1 ? owned(resourceId) : lostRace()

@@ -548,6 +548,20 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
         assert.equal((await keys.claim('a', 'k', 'f1', () => 'r6')).kind, 'replay', 'a completed key is kept')
       }))
 
+    it('keep a key that expires while a request holds it for that request', () =>
+      withKeys({ ttlMs: 300, lockMs: 200 }, async (keys) => {
+        await keys.claim('a', 'k', 'f', () => 'first')
+        await new Promise((resolve) => setTimeout(resolve, 220))
+        assert.deepEqual(
+          await keys.claim('a', 'k', 'f', () => 'retry'),
+          { kind: 'owned', resourceId: 'first' },
+          'a retry takes the lapsed lock over',
+        )
+        // The key expires (at 300 ms) while the retry still holds it (until about 420 ms).
+        await new Promise((resolve) => setTimeout(resolve, 100))
+        assert.deepEqual(await keys.claim('a', 'k', 'f', () => 'late'), { kind: 'in-flight' })
+      }))
+
     it('give one owner to claims that race for an expired key or a lapsed lock', () =>
       withKeys({ ttlMs: 40, lockMs: 20 }, async (keys) => {
         for (let round = 0; round < 5; round++) {
