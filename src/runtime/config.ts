@@ -251,8 +251,8 @@ export const intSettings = {
   },
   inboxRetentionMs: {
     env: 'MERCATO_INBOX_RETENTION_MS',
-    help: "how long a service remembers an event it handled, so a redelivery has no second effect (Kafka's default retention: 7 days)",
-    default: 604_800_000,
+    help: 'how long a service remembers an event it handled, so a redelivery has no second effect (longer than the stream keeps events: Kafka, by default, 7 days and up to 7 more until the segment rolls)',
+    default: 1_209_600_000,
     min: 60_000,
     max: 31_536_000_000,
   },

@@ -55,6 +55,14 @@ function takenBy(
   return undefined
 }
 
+/**
+ * Whether a key is free for a new request: expired, and held by no request. A request that
+ * took a lapsed lock over just before its key expired keeps it until its own lock lapses.
+ */
+function isFree(row: KeyRow, now: number): boolean {
+  return Number(row.expires_at) <= now && (row.status !== null || Number(row.locked_until) <= now)
+}
+
 export class IdempotencyKeys {
   readonly #store: Store
   readonly #ttlMs: number
@@ -102,9 +110,7 @@ export class IdempotencyKeys {
       }
       const [row] = await tx.query<KeyRow>(selectKey, [scope, key])
       if (!row) return (await insert()) === 1 ? owned(resourceId) : lostRace()
-      // An expired key is free for a new request, unless a request still holds it: one that
-      // took a lapsed lock over just before the key expired must not get a second owner.
-      if (Number(row.expires_at) <= now && (row.status !== null || Number(row.locked_until) <= now)) {
+      if (isFree(row, now)) {
         const took = await tx.execute(
           `UPDATE idempotency_keys SET fingerprint = $1, resource_id = $2, status = NULL, body = NULL,
              headers = NULL, locked_until = $3, expires_at = $4
@@ -136,7 +142,7 @@ export class IdempotencyKeys {
   ): Promise<Exclude<KeyClaim, { kind: 'owned' }> | undefined> {
     const now = Date.now()
     const [row] = await this.#store.query<KeyRow>(selectKey, [scope, key])
-    if (!row || Number(row.expires_at) <= now) return undefined
+    if (!row || isFree(row, now)) return undefined
     return takenBy(row, fingerprint, now)
   }
 
@@ -162,9 +168,12 @@ export class IdempotencyKeys {
     )
   }
 
-  /** Deletes expired keys; resolves with how many. */
+  /** Deletes expired keys no request holds; resolves with how many. */
   prune(): Promise<number> {
-    return this.#store.execute('DELETE FROM idempotency_keys WHERE expires_at <= $1', [Date.now()])
+    return this.#store.execute(
+      'DELETE FROM idempotency_keys WHERE expires_at <= $1 AND (status IS NOT NULL OR locked_until <= $1)',
+      [Date.now()],
+    )
   }
 }
 

@@ -560,6 +560,9 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
         // The key expires (at 300 ms) while the retry still holds it (until about 420 ms).
         await new Promise((resolve) => setTimeout(resolve, 100))
         assert.deepEqual(await keys.claim('a', 'k', 'f', () => 'late'), { kind: 'in-flight' })
+        assert.deepEqual(await keys.peek('a', 'k', 'f'), { kind: 'in-flight' })
+        assert.equal(await keys.prune(), 0, 'the pruning keeps a key a request holds')
+        assert.deepEqual(await keys.claim('a', 'k', 'f', () => 'later'), { kind: 'in-flight' })
       }))
 
     it('give one owner to claims that race for an expired key or a lapsed lock', () =>

@@ -68,7 +68,8 @@ const pruneBatchSize = 1_000
 /**
  * Forgets the events handled before `before`, a batch at a time; resolves with how many.
  * A redelivery of an event older than that would have its effect again: the retention must
- * outlast any redelivery the stream can make (Kafka keeps events for 7 days by default).
+ * outlast any redelivery the stream can make (Kafka keeps a record 7 days by default, and
+ * up to 7 more until its segment rolls).
  */
 export async function pruneInbox(store: Store, before: Date, signal?: AbortSignal): Promise<number> {
   let pruned = 0

@@ -91,6 +91,20 @@ export function defineStoreConformance(
       )
     })
 
+    it('closes after the transaction in flight commits, and refuses work after', async () => {
+      const store = await newStore()
+      const inFlight = store.transaction(async (tx) => {
+        await tx.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['late', 1])
+        await new Promise((resolve) => setTimeout(resolve, 100))
+        return 'committed'
+      })
+      await new Promise((resolve) => setTimeout(resolve, 20))
+      await store.close()
+      assert.equal(await inFlight, 'committed')
+      await assert.rejects(store.query('SELECT 1'))
+      await assert.rejects(store.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2)', ['after', 1]))
+    })
+
     it('runs a statement with RETURNING on its own and gives its rows; one that fails changes nothing', async () => {
       const store = await newStore()
       await store.execute('INSERT INTO stock (sku, on_hand) VALUES ($1, $2), ($3, $4)', ['r1', 5, 'r2', 7])

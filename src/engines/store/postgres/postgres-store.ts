@@ -43,6 +43,9 @@ export class PostgresStore implements Store {
   readonly #broken = new WeakSet<pg.Client>()
   readonly #sweep: NodeJS.Timeout
   #closed = false
+  /** Callers holding (or opening) a connection; close() waits for them. */
+  #inUse = 0
+  #drained: (() => void) | undefined
   readonly #connections: Semaphore
   readonly #url: string
 
@@ -86,6 +89,8 @@ export class PostgresStore implements Store {
         await tx.query('SELECT pg_advisory_xact_lock(hashtext($1))', [`mercato-migrate-${this.schema}`])
         const done = await tx.query('SELECT 1 FROM mercato_migrations WHERE id = $1', [migration.id])
         if (done.length > 0) return
+        // A migration may build an index over a large table: no statement timeout for it.
+        await tx.execute('SET LOCAL statement_timeout = 0')
         await tx.execute(migrationSql(migration, 'postgres'))
         await tx.execute('INSERT INTO mercato_migrations (id, applied_at) VALUES ($1, $2)', [
           migration.id,
@@ -143,23 +148,31 @@ export class PostgresStore implements Store {
     }
   }
 
+  /** Refuses new work, waits for the work in flight, then closes every connection. */
   async close(): Promise<void> {
     this.#closed = true
     clearInterval(this.#sweep)
+    if (this.#inUse > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
     await Promise.all(this.#closeIdle(Number.POSITIVE_INFINITY))
   }
 
   async #withClient<T>(work: (client: pg.Client) => Promise<T>): Promise<T> {
     return this.#connections.run(async () => {
-      const client = this.#idle.pop()?.client ?? (await this.#connect())
+      if (this.#closed) throw new Error(`the ${this.service} store is closed`)
+      this.#inUse++
       try {
-        return await work(client)
-      } catch (error) {
-        if (error instanceof Error && /terminat|Connection/i.test(error.message)) this.#broken.add(client)
-        throw error
+        const client = this.#idle.pop()?.client ?? (await this.#connect())
+        try {
+          return await work(client)
+        } catch (error) {
+          if (error instanceof Error && /terminat|Connection/i.test(error.message)) this.#broken.add(client)
+          throw error
+        } finally {
+          if (this.#closed || this.#broken.has(client)) client.end().catch(() => {})
+          else this.#idle.push({ client, idleSince: Date.now() })
+        }
       } finally {
-        if (this.#closed || this.#broken.has(client)) client.end().catch(() => {})
-        else this.#idle.push({ client, idleSince: Date.now() })
+        if (--this.#inUse === 0) this.#drained?.()
       }
     })
   }
@@ -171,7 +184,10 @@ export class PostgresStore implements Store {
     client.on('error', () => {
       this.#broken.add(client)
       const at = this.#idle.findIndex((idle) => idle.client === client)
-      if (at >= 0) this.#idle.splice(at, 1)
+      if (at >= 0) {
+        this.#idle.splice(at, 1)
+        client.end().catch(() => {})
+      }
     })
     try {
       await client.connect()
