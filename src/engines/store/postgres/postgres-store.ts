@@ -45,7 +45,7 @@ export class PostgresStore implements Store {
   #closed = false
   /** Callers holding (or opening) a connection; close() waits for them. */
   #inUse = 0
-  #drained: (() => void) | undefined
+  #drained: PromiseWithResolvers<void> | undefined
   readonly #connections: Semaphore
   readonly #url: string
 
@@ -152,7 +152,10 @@ export class PostgresStore implements Store {
   async close(): Promise<void> {
     this.#closed = true
     clearInterval(this.#sweep)
-    if (this.#inUse > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
+    if (this.#inUse > 0) {
+      this.#drained ??= Promise.withResolvers<void>()
+      await this.#drained.promise
+    }
     await Promise.all(this.#closeIdle(Number.POSITIVE_INFINITY))
   }
 
@@ -172,7 +175,7 @@ export class PostgresStore implements Store {
           else this.#idle.push({ client, idleSince: Date.now() })
         }
       } finally {
-        if (--this.#inUse === 0) this.#drained?.()
+        if (--this.#inUse === 0) this.#drained?.resolve()
       }
     })
   }
