@@ -174,20 +174,14 @@ export class Freshness {
     // The stream's ends are read once for every topic any view follows, not once per view;
     // a view caught up with them was caught up at least as late as just before they were read.
     const sampledAt = Date.now()
-    let ends: PartitionEnd[]
+    let read: [PartitionEnd[], Map<ViewName, Generation>]
     try {
-      ends = await this.#stream.engine.ends(this.#topics)
+      read = await Promise.all([this.#stream.engine.ends(this.#topics), this.#views.registry.liveAll()])
     } catch (error) {
       this.#log.debug({ err: errorMessage(error) }, 'freshness not sampled')
       return
     }
-    let live: Map<ViewName, Generation>
-    try {
-      live = await this.#views.registry.liveAll()
-    } catch (error) {
-      this.#log.debug({ err: errorMessage(error) }, 'freshness not sampled')
-      return
-    }
+    const [ends, live] = read
     for (const view of viewNames) {
       try {
         const generation = live.get(view)

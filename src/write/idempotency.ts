@@ -63,6 +63,9 @@ function isFree(row: KeyRow, now: number): boolean {
   return Number(row.expires_at) <= now && (row.status !== null || Number(row.locked_until) <= now)
 }
 
+/** isFree as SQL, with `now` the placeholder of the current time. */
+const freeAt = (now: string) => `expires_at <= ${now} AND (status IS NOT NULL OR locked_until <= ${now})`
+
 export class IdempotencyKeys {
   readonly #store: Store
   readonly #ttlMs: number
@@ -114,7 +117,7 @@ export class IdempotencyKeys {
         const took = await tx.execute(
           `UPDATE idempotency_keys SET fingerprint = $1, resource_id = $2, status = NULL, body = NULL,
              headers = NULL, locked_until = $3, expires_at = $4
-           WHERE scope = $5 AND idem_key = $6 AND expires_at <= $7 AND (status IS NOT NULL OR locked_until <= $7)`,
+           WHERE scope = $5 AND idem_key = $6 AND ${freeAt('$7')}`,
           [fingerprint, resourceId, now + this.#lockMs, now + this.#ttlMs, scope, key, now],
         )
         return took === 1 ? owned(resourceId) : lostRace()
@@ -170,10 +173,7 @@ export class IdempotencyKeys {
 
   /** Deletes expired keys no request holds; resolves with how many. */
   prune(): Promise<number> {
-    return this.#store.execute(
-      'DELETE FROM idempotency_keys WHERE expires_at <= $1 AND (status IS NOT NULL OR locked_until <= $1)',
-      [Date.now()],
-    )
+    return this.#store.execute(`DELETE FROM idempotency_keys WHERE ${freeAt('$1')}`, [Date.now()])
   }
 }
 
