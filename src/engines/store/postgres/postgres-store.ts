@@ -1,4 +1,5 @@
 import { createHash } from 'node:crypto'
+import type { Socket } from 'node:net'
 import pg from 'pg'
 import { UnreachableError } from '../../../platform/errors.ts'
 import { Semaphore, withTimeout } from '../../../platform/limits.ts'
@@ -108,14 +109,24 @@ export class PostgresStore implements Store {
         execute: async (sql, params) => (await client.query(statement(sql, params))).rowCount ?? 0,
         afterCommit: (callback) => callbacks.push(callback),
       }
-      // Not awaited here: the work's first statement is written right behind it (pipeline
+      // Not awaited here: the work's first statement goes out right behind it (pipeline
       // mode), and the server runs them in order. Only a lost connection fails a BEGIN, and
-      // then the statement behind it fails too.
+      // then the statement behind it fails too. The socket is corked until the work has
+      // issued what it issues at once, so BEGIN and that statement are one write, and one
+      // wake-up of the server, not two.
+      const socket = socketOf(client)
+      socket.cork()
       const begun = client.query('BEGIN')
       begun.catch(() => {})
       let result: T
       try {
-        result = await work(tx)
+        let working: Promise<T>
+        try {
+          working = work(tx)
+        } finally {
+          socket.uncork()
+        }
+        result = await working
         await begun
         await client.query('COMMIT')
       } catch (error) {
@@ -229,6 +240,11 @@ function statement(sql: string, params: SqlValue[] | undefined): string | pg.Que
 }
 
 const statementNames = new Map<string, string>()
+
+/** The client's socket: node-pg keeps it as `connection.stream`, which it corks itself around a statement's messages. */
+function socketOf(client: pg.Client): Socket {
+  return (client as unknown as { connection: { stream: Socket } }).connection.stream
+}
 
 function toPg(value: SqlValue): unknown {
   if (value instanceof Uint8Array) return Buffer.from(value.buffer, value.byteOffset, value.byteLength)
