@@ -214,15 +214,22 @@ export interface Imbalance {
   sumMinor: number
 }
 
-/** Entries whose lines do not sum to zero (per currency), or that have no lines at all. */
-export async function unbalancedEntries(reader: Reader): Promise<Imbalance[]> {
+/**
+ * Entries whose lines do not sum to zero (per currency), or that have no lines at all:
+ * every entry, or those written at or after `since`.
+ */
+export async function unbalancedEntries(reader: Reader, since?: string): Promise<Imbalance[]> {
+  const [written, params] = since === undefined ? ['', []] : ['WHERE e.created_at >= $1', [since]]
   const sums = await reader.query<{ entry_id: string; currency: string; total: number }>(
-    `SELECT entry_id, currency, CAST(SUM(amount_minor) AS BIGINT) AS total FROM ledger_lines
-     GROUP BY entry_id, currency HAVING SUM(amount_minor) <> 0`,
+    `SELECT l.entry_id, l.currency, CAST(SUM(l.amount_minor) AS BIGINT) AS total
+     FROM ledger_entries e JOIN ledger_lines l ON l.entry_id = e.id ${written}
+     GROUP BY l.entry_id, l.currency HAVING SUM(l.amount_minor) <> 0`,
+    params,
   )
   const empty = await reader.query<{ id: string; currency: string }>(
-    `SELECT e.id, e.currency FROM ledger_entries e
-     WHERE NOT EXISTS (SELECT 1 FROM ledger_lines l WHERE l.entry_id = e.id)`,
+    `SELECT e.id, e.currency FROM ledger_entries e ${written || 'WHERE TRUE'}
+     AND NOT EXISTS (SELECT 1 FROM ledger_lines l WHERE l.entry_id = e.id)`,
+    params,
   )
   return [
     ...sums.map((row) => ({ entryId: row.entry_id, currency: row.currency, sumMinor: Number(row.total) })),

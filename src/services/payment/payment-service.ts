@@ -23,7 +23,7 @@ import {
   paymentMigrations,
 } from './payments.ts'
 import { type Authorization, ProviderClient } from './provider-client.ts'
-import { reconcile, reconciliationClient } from './reconcile.ts'
+import { Reconciliation, reconciliationClient } from './reconcile.ts'
 
 export interface PaymentServiceOptions {
   /** The provider's base URL. */
@@ -257,9 +257,12 @@ export async function startPaymentService(
     { oneAtATime: true },
   )
 
-  const reconcileClient = reconciliationClient(service, options.providerUrl, options.apiKey)
+  const reconciliation = new Reconciliation(
+    service,
+    reconciliationClient(service, options.providerUrl, options.apiKey),
+  )
   service.every('payment-reconciliation', reconcileEveryMs, async () => {
-    const mismatches = await reconcile(service, reconcileClient)
+    const mismatches = await reconciliation.run()
     if (mismatches.length > 0) {
       log.warn(
         { count: mismatches.length, first: mismatches.slice(0, 5) },

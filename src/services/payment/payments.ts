@@ -35,6 +35,14 @@ export const paymentMigrations: Migration[] = [
     id: 'payment-0003-payment-method-token',
     sql: 'ALTER TABLE payments ADD COLUMN payment_method_token TEXT',
   },
+  {
+    // For reconciliation between full passes: the payments changed lately, the
+    // authorizations still open, and the ledger entries written lately.
+    id: 'payment-0004-reconciliation-indexes',
+    sql: `CREATE INDEX IF NOT EXISTS payments_updated ON payments (updated_at);
+      CREATE INDEX IF NOT EXISTS payments_open ON payments (updated_at) WHERE status = 'authorized';
+      CREATE INDEX IF NOT EXISTS ledger_entries_created ON ledger_entries (created_at)`,
+  },
 ]
 
 export async function loadPayment(reader: Reader, orderId: string): Promise<PaymentRow | undefined> {
@@ -53,6 +61,35 @@ export async function paymentsPage(
     [afterOrderId, countMax],
   )
   return rows.map(numeric)
+}
+
+/**
+ * The payments reconciliation looks at between full passes: those changed at or after
+ * `since`, those with a ledger entry written since, those authorized before `openBefore`
+ * and still open, and `orderIds`.
+ */
+export async function paymentsToRecheck(
+  reader: Reader,
+  since: string,
+  openBefore: string,
+  orderIds: Iterable<string>,
+): Promise<PaymentRow[]> {
+  const batches = await Promise.all([
+    reader.query<PaymentRow>('SELECT * FROM payments WHERE updated_at >= $1', [since]),
+    reader.query<PaymentRow>(
+      `SELECT * FROM payments WHERE order_id IN
+         (SELECT order_id FROM ledger_entries WHERE created_at >= $1)`,
+      [since],
+    ),
+    reader.query<PaymentRow>("SELECT * FROM payments WHERE status = 'authorized' AND updated_at < $1", [
+      openBefore,
+    ]),
+    ...[...orderIds].map((orderId) =>
+      reader.query<PaymentRow>('SELECT * FROM payments WHERE order_id = $1', [orderId]),
+    ),
+  ])
+  const byOrder = new Map(batches.flat().map((row) => [row.order_id, row]))
+  return [...byOrder.values()].sort((a, b) => (a.order_id < b.order_id ? -1 : 1)).map(numeric)
 }
 
 function numeric(row: PaymentRow): PaymentRow {

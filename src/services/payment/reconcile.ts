@@ -2,9 +2,15 @@
 // its ledger, and each payment against the provider's record of its charge. A mismatch
 // can be transient while an operation is between the provider and the local commit; one
 // that stays across runs needs a person.
+//
+// A run looks at everything only now and then (a full pass); the runs between look at
+// what can have changed since the run before: payments and ledger entries written since,
+// authorizations still open, and the payments whose last look found a mismatch. So a run
+// costs what the shop did in a minute, not everything it ever did. A change made at the
+// provider alone, with nothing here touching the payment, shows at the next full pass.
 import type { Service } from '../../platform/service.ts'
-import { paymentLedger, unbalancedEntries } from './ledger.ts'
-import { type PaymentRow, type PaymentStatus, paymentsPage } from './payments.ts'
+import { type Imbalance, paymentLedger, unbalancedEntries } from './ledger.ts'
+import { type PaymentRow, type PaymentStatus, paymentsPage, paymentsToRecheck } from './payments.ts'
 import { type ProviderCharge, ProviderClient } from './provider-client.ts'
 
 export interface Mismatch {
@@ -67,29 +73,95 @@ export function reconciliationClient(
   })
 }
 
-export async function reconcile(service: Service, client: ProviderClient): Promise<Mismatch[]> {
-  const mismatches: Mismatch[] = (await unbalancedEntries(service.store)).map((entry) => ({
+/** How often a run is a full pass (the first run always is). */
+export const fullPassEveryMs = 86_400_000
+
+/**
+ * A run between full passes looks at what changed since this long before the run before
+ * it began: a transaction under way then has committed by now.
+ */
+const overlapMs = 60_000
+
+/** Reconciliation runs, full or since the run before; it remembers what the last ones found. */
+export class Reconciliation {
+  readonly #service: Service
+  readonly #client: ProviderClient
+  readonly #fullPassEveryMs: number
+  readonly #now: () => number
+  #fullPassAt = Number.NEGATIVE_INFINITY
+  /** Changes at or after this were not yet looked at; undefined before the first full pass. */
+  #since: string | undefined
+  /** The ledger is append-only: an entry found unbalanced stays so. */
+  readonly #unbalanced = new Map<string, Mismatch>()
+  /** Payments (by order id) whose last look found a mismatch: looked at again every run. */
+  #suspects = new Set<string>()
+
+  constructor(
+    service: Service,
+    client: ProviderClient,
+    options: { fullPassEveryMs?: number; now?: () => number } = {},
+  ) {
+    this.#service = service
+    this.#client = client
+    this.#fullPassEveryMs = options.fullPassEveryMs ?? fullPassEveryMs
+    this.#now = options.now ?? Date.now
+  }
+
+  /** Every mismatch known now: those found by this run, and unbalanced entries found before. */
+  async run(): Promise<Mismatch[]> {
+    const startedAt = this.#now()
+    const since = startedAt - this.#fullPassAt < this.#fullPassEveryMs ? this.#since : undefined
+    const { store } = this.#service
+    if (since === undefined) this.#unbalanced.clear()
+    for (const entry of await unbalancedEntries(store, since))
+      this.#unbalanced.set(entry.entryId, unbalanced(entry))
+    const mismatches = [...this.#unbalanced.values()]
+    const suspects = new Set<string>()
+    const look = async (payments: PaymentRow[]) => {
+      for (let i = 0; i < payments.length; i += concurrency) {
+        const batch = payments.slice(i, i + concurrency)
+        const found = await Promise.all(batch.map((p) => check(this.#service, this.#client, p)))
+        for (const [j, mismatched] of found.entries()) {
+          if (mismatched.length > 0) suspects.add(batch[j].order_id)
+          mismatches.push(...mismatched)
+        }
+      }
+    }
+    if (since === undefined) {
+      for (let after = ''; ; ) {
+        const page = await paymentsPage(store, after, pageSize)
+        if (page.length === 0) break
+        after = page[page.length - 1].order_id
+        await look(page)
+      }
+      this.#fullPassAt = startedAt
+    } else {
+      const openBefore = new Date(startedAt - authorizationOpenMaxMs).toISOString()
+      await look(await paymentsToRecheck(store, since, openBefore, this.#suspects))
+    }
+    this.#suspects = suspects
+    this.#since = new Date(startedAt - overlapMs).toISOString()
+    this.#service.metrics
+      .gauge(
+        'mercato_payment_reconciliation_mismatches',
+        'Mismatches known after the last payment reconciliation.',
+      )
+      .set(mismatches.length)
+    return mismatches
+  }
+}
+
+/** One full pass. */
+export function reconcile(service: Service, client: ProviderClient): Promise<Mismatch[]> {
+  return new Reconciliation(service, client).run()
+}
+
+function unbalanced(entry: Imbalance): Mismatch {
+  return {
     kind: 'unbalanced-entry',
     ours: entry.sumMinor,
     detail: `ledger entry ${entry.entryId} sums to ${entry.sumMinor} ${entry.currency}, not 0`,
-  }))
-  let after = ''
-  for (;;) {
-    const page = await paymentsPage(service.store, after, pageSize)
-    if (page.length === 0) break
-    after = page[page.length - 1].order_id
-    for (let i = 0; i < page.length; i += concurrency) {
-      const found = await Promise.all(page.slice(i, i + concurrency).map((p) => check(service, client, p)))
-      mismatches.push(...found.flat())
-    }
   }
-  service.metrics
-    .gauge(
-      'mercato_payment_reconciliation_mismatches',
-      'Mismatches found by the last payment reconciliation.',
-    )
-    .set(mismatches.length)
-  return mismatches
 }
 
 async function check(service: Service, client: ProviderClient, payment: PaymentRow): Promise<Mismatch[]> {

@@ -17,7 +17,12 @@ import { createHttpServer } from '../../../src/runtime/http.ts'
 import { trialBalance, unbalancedEntries } from '../../../src/services/payment/ledger.ts'
 import { startPaymentService } from '../../../src/services/payment/payment-service.ts'
 import { ProviderClient, ProviderError } from '../../../src/services/payment/provider-client.ts'
-import { reconcile, reconciliationClient } from '../../../src/services/payment/reconcile.ts'
+import {
+  type Mismatch,
+  Reconciliation,
+  reconcile,
+  reconciliationClient,
+} from '../../../src/services/payment/reconcile.ts'
 import { tempDir, uniqueName, waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness } from '../notification/harness.ts'
 
@@ -358,6 +363,47 @@ describe('the payment service', () => {
       ['stale-authorization'],
     )
     assert.match(found[0].detail, /authorized 120 min ago/)
+  })
+
+  it('reconciles between full passes what changed since the run before, and looks again at what it found', async () => {
+    const changed = newOrder()
+    const untouched = newOrder()
+    for (const orderId of [changed, untouched]) {
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.authorized')
+    }
+    const t0 = Date.now()
+    let clock = t0
+    const minutes = (n: number) => t0 + n * 60_000
+    const client = reconciliationClient(service, () => providerUrl)
+    const reconciliation = new Reconciliation(service, client, { now: () => clock })
+    const kinds = (found: Mismatch[], orderId: string) =>
+      found.filter((m) => m.orderId === orderId).map((m) => m.kind)
+    const setPayment = (orderId: string, capturedMinor: number, updatedAt?: number) =>
+      service.store.execute(
+        'UPDATE payments SET captured_minor = $1, updated_at = COALESCE($2, updated_at) WHERE order_id = $3',
+        [capturedMinor, updatedAt === undefined ? null : new Date(updatedAt).toISOString(), orderId],
+      )
+    assert.deepEqual(kinds(await reconciliation.run(), changed), []) // the first run: a full pass
+    clock = minutes(10)
+    assert.deepEqual(kinds(await reconciliation.run(), changed), [])
+    // Both payments now claim a capture their ledger and the provider know nothing of: one
+    // changed after the run before began, the other long before it.
+    await setPayment(changed, 1, minutes(10.5))
+    await setPayment(untouched, 1)
+    clock = minutes(12)
+    const between = await reconciliation.run()
+    assert.deepEqual(kinds(between, changed), ['ledger-amount', 'provider-amount'])
+    assert.deepEqual(kinds(between, untouched), [])
+    clock = minutes(20)
+    assert.deepEqual(kinds(await reconciliation.run(), changed), ['ledger-amount', 'provider-amount'])
+    await setPayment(changed, 0)
+    clock = minutes(21)
+    assert.deepEqual(kinds(await reconciliation.run(), changed), [])
+    // The next full pass sees the other.
+    clock = t0 + 86_400_000
+    assert.deepEqual(kinds(await reconciliation.run(), untouched), ['ledger-amount', 'provider-amount'])
+    await setPayment(untouched, 0)
   })
 
   it('dead-letters a capture the provider keeps refusing, without a captured event', async () => {
