@@ -113,6 +113,11 @@ export const notificationMigrations: Migration[] = [
       CREATE INDEX IF NOT EXISTS notification_webhook_deliveries_endpoint
         ON notification_webhook_deliveries (endpoint_id, status)`,
   },
+  {
+    // The recipient sweep reads the last minutes of e-mails still waiting for an address.
+    id: 'notification-0002-emails-created',
+    sql: 'CREATE INDEX IF NOT EXISTS notification_emails_created ON notification_emails (status, created_at)',
+  },
 ]
 
 /** Event types never sent to a webhook: they carry secrets or credentials. */
@@ -121,6 +126,11 @@ const undeliverable = new Set(['customer.registration-requested', 'webhook.endpo
 const redactedFields = new Set(['passwordHash', 'secret', 'paymentMethodToken'])
 /** How long a customer's undeliverable e-mails wait for their address to become known. */
 const noRecipientRetentionMs = 7 * 24 * 3_600_000
+/**
+ * How far back the recipient sweep looks: the race it mends (a registration and an e-mail
+ * committed side by side) leaves an e-mail a moment older than the registration, not more.
+ */
+const recipientSweepWindowMs = 10 * 60_000
 
 export function notificationId(eventId: string, channel: 'email' | 'webhook', name: string): string {
   const digest = createHash('sha256').update(`${eventId}\u0000${channel}\u0000${name}`).digest('base64url')
@@ -649,14 +659,16 @@ export async function startNotificationService(
   /**
    * On PostgreSQL a customer's registration and an e-mail for them may commit side by side,
    * each unseen by the other: the e-mail stays no-recipient though the address is known. A
-   * sweep catches what releaseWaiting, at registration, could not see.
+   * sweep of the last minutes' e-mails catches what releaseWaiting, at registration, could
+   * not see (it, not the sweep, releases a customer's older ones: a sweep over the whole
+   * retention grew with every order of a customer never registered).
    */
   async function releaseKnownRecipients(): Promise<void> {
     const waiting = await store.query<{ customer_id: string }>(
       `SELECT DISTINCT e.customer_id FROM notification_emails e
          JOIN notification_customers c ON c.customer_id = e.customer_id
         WHERE e.status = 'no-recipient' AND e.created_at >= $1 LIMIT 100`,
-      [new Date(Date.now() - noRecipientRetentionMs).toISOString()],
+      [new Date(Date.now() - recipientSweepWindowMs).toISOString()],
     )
     for (const { customer_id } of waiting) await service.transact((tx) => releaseWaiting(tx, customer_id))
   }
