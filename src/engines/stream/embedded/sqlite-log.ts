@@ -65,6 +65,13 @@ CREATE TABLE IF NOT EXISTS partition_owners (grp TEXT NOT NULL, topic TEXT NOT N
 const idleReadIntervalMs = 1_000
 
 /**
+ * A partition worker commits at most this often: committing after every batch, the groups'
+ * offsets were a quarter of all statements the saga made. Records handled since the last
+ * commit come again after a crash, and the inbox absorbs them.
+ */
+const commitIntervalMs = 100
+
+/**
  * Records of a partition this process appended last, kept for its consumers to read from
  * memory. Consumers that keep up read a record within milliseconds of its append; one that
  * lags further reads the file. The bound keeps the memory small (a few MB per busy topic).
@@ -640,6 +647,16 @@ class PartitionWorker {
       (this.#options.startAt === 'earliest' ? 0 : this.#log.endOffset(this.topic, this.partition))
     if (committed === undefined && !(await this.#commit(next))) return
     const unsubscribe = this.#log.onAppend(`${this.topic}/${this.partition}`, () => this.#wake?.())
+    /** The offset handled up to and not yet committed, if any; when it was last committed. */
+    let uncommitted: number | undefined
+    let committedAt = Date.now()
+    const commitHandled = async () => {
+      if (uncommitted === undefined) return true
+      if (!(await this.#commit(uncommitted))) return false
+      uncommitted = undefined
+      committedAt = Date.now()
+      return true
+    }
     try {
       let lookAnyway = true
       while (!this.#stop.signal.aborted) {
@@ -648,12 +665,21 @@ class PartitionWorker {
             ? this.#log.readSync(this.topic, this.partition, next, this.#options.batchSizeMax)
             : []
         if (records.length === 0) {
+          const commitInMs = committedAt + commitIntervalMs - Date.now()
+          if (uncommitted !== undefined && commitInMs <= 0) {
+            if (!(await commitHandled())) return
+            continue // records appended while the commit was written would find no one to wake
+          }
           // Woken by an append (this process's, or another's seen by the log's watcher); the
-          // timeout is only a safety net, after which the log is read whatever is known.
-          // One timer, cleared on waking: a worker woken hundreds of times a second must not
-          // leave a timer and an abort listener behind each time. stop() wakes it too.
+          // timeout is only a safety net, after which the log is read whatever is known (or
+          // the time to commit what was handled). One timer, cleared on waking: a worker woken
+          // hundreds of times a second must not leave a timer and an abort listener behind
+          // each time. stop() wakes it too.
           lookAnyway = await new Promise<boolean>((resolve) => {
-            const timer = setTimeout(() => resolve(true), idleReadIntervalMs)
+            const timer = setTimeout(
+              () => resolve(true),
+              uncommitted === undefined ? idleReadIntervalMs : commitInMs,
+            )
             this.#wake = () => {
               clearTimeout(timer)
               resolve(false)
@@ -671,10 +697,11 @@ class PartitionWorker {
           continue
         }
         if (this.#abandoned) return
-        const last = records[records.length - 1].offset + 1
-        if (!(await this.#commit(last))) return
-        next = last
+        next = records[records.length - 1].offset + 1
+        uncommitted = next
+        if (Date.now() - committedAt >= commitIntervalMs && !(await commitHandled())) return
       }
+      if (!this.#abandoned) await commitHandled()
     } finally {
       unsubscribe()
     }
