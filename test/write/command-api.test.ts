@@ -3,6 +3,7 @@ import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
 import fc from 'fast-check'
 import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
+import type { Store } from '../../src/engines/store/port.ts'
 import { storeLimitDefaults } from '../../src/engines/store/port.ts'
 import { PostgresStore } from '../../src/engines/store/postgres/postgres-store.ts'
 import { SqliteStore } from '../../src/engines/store/sqlite/sqlite-store.ts'
@@ -480,7 +481,7 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
   describe(`idempotency keys on ${kind}`, { skip }, () => {
     async function withKeys(
       options: { ttlMs: number; lockMs: number },
-      test: (keys: IdempotencyKeys) => Promise<void>,
+      test: (keys: IdempotencyKeys, store: Store) => Promise<void>,
     ): Promise<void> {
       const dir = tempDir()
       const service = uniqueName('commands').toLowerCase()
@@ -490,7 +491,7 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
           : new PostgresStore(serverUrls.postgres, service, storeLimitDefaults)
       try {
         await store.migrate(idempotencyMigrations)
-        await test(new IdempotencyKeys(store, options))
+        await test(new IdempotencyKeys(store, options), store)
       } finally {
         await store.close()
         if (kind === 'postgres') await dropPostgresSchemas(service)
@@ -566,12 +567,15 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
       }))
 
     it('give one owner to claims that race for an expired key or a lapsed lock', () =>
-      withKeys({ ttlMs: 40, lockMs: 20 }, async (keys) => {
+      withKeys({ ttlMs: 200, lockMs: 100 }, async (keys, store) => {
+        // Three connections open before the race: one opened during it can start its claim
+        // after the winner's lock has lapsed, and then rightly own the key too.
+        await Promise.all([1, 2, 3].map(() => store.query('SELECT 1')))
         for (let round = 0; round < 5; round++) {
           const key = `k${round}`
           await keys.claim('a', key, 'f', () => 'first')
           // The lock lapses first (a retry of the same request takes the key over), then the key expires.
-          for (const waitMs of [25, 50]) {
+          for (const waitMs of [125, 125]) {
             await new Promise((resolve) => setTimeout(resolve, waitMs))
             const claims = await Promise.all(
               ['r1', 'r2', 'r3'].map((id) => keys.claim('a', key, 'f', () => `${id}-${waitMs}`)),
