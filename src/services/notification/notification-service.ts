@@ -127,10 +127,10 @@ const redactedFields = new Set(['passwordHash', 'secret', 'paymentMethodToken'])
 /** How long a customer's undeliverable e-mails wait for their address to become known. */
 const noRecipientRetentionMs = 7 * 24 * 3_600_000
 /**
- * How far back the recipient sweep looks: the race it mends (a registration and an e-mail
- * committed side by side) leaves an e-mail a moment older than the registration, not more.
+ * How far before its last complete run the recipient sweep looks again: an e-mail written
+ * in a transaction under way then has committed by now.
  */
-const recipientSweepWindowMs = 10 * 60_000
+const recipientSweepOverlapMs = 60_000
 
 export function notificationId(eventId: string, channel: 'email' | 'webhook', name: string): string {
   const digest = createHash('sha256').update(`${eventId}\u0000${channel}\u0000${name}`).digest('base64url')
@@ -659,18 +659,23 @@ export async function startNotificationService(
   /**
    * On PostgreSQL a customer's registration and an e-mail for them may commit side by side,
    * each unseen by the other: the e-mail stays no-recipient though the address is known. A
-   * sweep of the last minutes' e-mails catches what releaseWaiting, at registration, could
-   * not see (it, not the sweep, releases a customer's older ones: a sweep over the whole
-   * retention grew with every order of a customer never registered).
+   * sweep catches what releaseWaiting, at registration, could not see. It reads the e-mails
+   * written since a while before its last complete run (the whole retention at start), not
+   * the whole retention every time: that grew with every order of a customer never
+   * registered.
    */
+  let sweptUpTo = Date.now() - noRecipientRetentionMs
   async function releaseKnownRecipients(): Promise<void> {
+    const startedAt = Date.now()
     const waiting = await store.query<{ customer_id: string }>(
       `SELECT DISTINCT e.customer_id FROM notification_emails e
          JOIN notification_customers c ON c.customer_id = e.customer_id
         WHERE e.status = 'no-recipient' AND e.created_at >= $1 LIMIT 100`,
-      [new Date(Date.now() - recipientSweepWindowMs).toISOString()],
+      [new Date(Math.max(sweptUpTo, startedAt - noRecipientRetentionMs)).toISOString()],
     )
     for (const { customer_id } of waiting) await service.transact((tx) => releaseWaiting(tx, customer_id))
+    // A full page may have left some behind: the next run reads the same stretch again.
+    if (waiting.length < 100) sweptUpTo = startedAt - recipientSweepOverlapMs
   }
 
   await service.consume(notificationTopics, handlers)

@@ -63,6 +63,9 @@ export async function paymentsPage(
   return rows.map(numeric)
 }
 
+/** Order ids asked for in one statement. */
+const idsPerQuery = 100
+
 /**
  * The payments reconciliation looks at between full passes: those changed at or after
  * `since`, those with a ledger entry written since, those authorized before `openBefore`
@@ -84,11 +87,18 @@ export async function paymentsToRecheck(
     reader.query<PaymentRow>("SELECT * FROM payments WHERE status = 'authorized' AND updated_at < $1", [
       openBefore,
     ]),
-    ...[...orderIds].map((orderId) =>
-      reader.query<PaymentRow>('SELECT * FROM payments WHERE order_id = $1', [orderId]),
-    ),
   ])
   const byOrder = new Map(batches.flat().map((row) => [row.order_id, row]))
+  // The others, a chunk at a time: there may be many, and the store's queue is bounded.
+  const others = [...orderIds].filter((orderId) => !byOrder.has(orderId))
+  for (let i = 0; i < others.length; i += idsPerQuery) {
+    const chunk = others.slice(i, i + idsPerQuery)
+    const rows = await reader.query<PaymentRow>(
+      `SELECT * FROM payments WHERE order_id IN (${chunk.map((_, j) => `$${j + 1}`).join(', ')})`,
+      chunk,
+    )
+    for (const row of rows) byOrder.set(row.order_id, row)
+  }
   return [...byOrder.values()].sort((a, b) => (a.order_id < b.order_id ? -1 : 1)).map(numeric)
 }
 

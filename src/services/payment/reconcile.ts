@@ -5,9 +5,10 @@
 //
 // A run looks at everything only now and then (a full pass); the runs between look at
 // what can have changed since the run before: payments and ledger entries written since,
-// authorizations still open, and the payments whose last look found a mismatch. So a run
-// costs what the shop did in a minute, not everything it ever did. A change made at the
-// provider alone, with nothing here touching the payment, shows at the next full pass.
+// authorizations open over an hour, and the payments whose last look found a mismatch. So
+// a run costs what the shop did in a minute, not everything it ever did. What changed at
+// the provider with nothing written here (a refund done there whose answer was lost, then
+// dead-lettered) shows at the next full pass; its dead letter shows at once.
 import type { Service } from '../../platform/service.ts'
 import { type Imbalance, paymentLedger, unbalancedEntries } from './ledger.ts'
 import { type PaymentRow, type PaymentStatus, paymentsPage, paymentsToRecheck } from './payments.ts'
@@ -120,7 +121,7 @@ export class Reconciliation {
     const look = async (payments: PaymentRow[]) => {
       for (let i = 0; i < payments.length; i += concurrency) {
         const batch = payments.slice(i, i + concurrency)
-        const found = await Promise.all(batch.map((p) => check(this.#service, this.#client, p)))
+        const found = await Promise.all(batch.map((p) => check(this.#service, this.#client, p, startedAt)))
         for (const [j, mismatched] of found.entries()) {
           if (mismatched.length > 0) suspects.add(batch[j].order_id)
           mismatches.push(...mismatched)
@@ -164,7 +165,12 @@ function unbalanced(entry: Imbalance): Mismatch {
   }
 }
 
-async function check(service: Service, client: ProviderClient, payment: PaymentRow): Promise<Mismatch[]> {
+async function check(
+  service: Service,
+  client: ProviderClient,
+  payment: PaymentRow,
+  now: number,
+): Promise<Mismatch[]> {
   const ids = { orderId: payment.order_id, paymentId: payment.payment_id }
   const found: Mismatch[] = []
   const ledger = await paymentLedger(service.store, payment.payment_id)
@@ -176,7 +182,7 @@ async function check(service: Service, client: ProviderClient, payment: PaymentR
       detail: `payment is ${payment.status} but its ledger entries say ${ledger.status}`,
     })
   }
-  const openForMs = Date.now() - Date.parse(payment.updated_at)
+  const openForMs = now - Date.parse(payment.updated_at)
   if (payment.status === 'authorized' && openForMs > authorizationOpenMaxMs) {
     found.push({
       kind: 'stale-authorization',

@@ -388,8 +388,9 @@ describe('the payment service', () => {
     clock = minutes(10)
     assert.deepEqual(kinds(await reconciliation.run(), changed), [])
     // Both payments now claim a capture their ledger and the provider know nothing of: one
-    // changed after the run before began, the other long before it.
-    await setPayment(changed, 1, minutes(10.5))
+    // changed shortly before the run before began (a transaction it may not have seen),
+    // the other long before.
+    await setPayment(changed, 1, minutes(9.5))
     await setPayment(untouched, 1)
     clock = minutes(12)
     const between = await reconciliation.run()
@@ -400,10 +401,17 @@ describe('the payment service', () => {
     await setPayment(changed, 0)
     clock = minutes(21)
     assert.deepEqual(kinds(await reconciliation.run(), changed), [])
-    // The next full pass sees the other.
+    // The next full pass sees the other, authorized a day ago by now.
     clock = t0 + 86_400_000
-    assert.deepEqual(kinds(await reconciliation.run(), untouched), ['ledger-amount', 'provider-amount'])
+    assert.deepEqual(kinds(await reconciliation.run(), untouched), [
+      'stale-authorization',
+      'ledger-amount',
+      'provider-amount',
+    ])
     await setPayment(untouched, 0)
+    // Between full passes, an authorization open over an hour is looked at every time.
+    clock = t0 + 86_400_000 + 60_000
+    assert.deepEqual(kinds(await reconciliation.run(), untouched), ['stale-authorization'])
   })
 
   it('dead-letters a capture the provider keeps refusing, without a captured event', async () => {

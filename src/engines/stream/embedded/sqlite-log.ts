@@ -692,7 +692,9 @@ class PartitionWorker {
         try {
           await this.#options.onBatch({ topic: this.topic, partition: this.partition, records })
         } catch {
-          // Not committed: the same records come again after a pause.
+          // Not committed: the same records come again after a pause. What was handled
+          // before them is committed meanwhile, however long they keep failing.
+          if (Date.now() - committedAt >= commitIntervalMs && !(await commitHandled())) return
           await sleep(100, this.#stop.signal)
           continue
         }
