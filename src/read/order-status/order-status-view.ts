@@ -190,6 +190,8 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
     this.#prefix = `${prefix}view:order-status:`
     this.#redis = new Redis(url, {
       lazyConnect: true,
+      // Commands issued in the same turn of the event loop go out in one write.
+      enableAutoPipelining: true,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
       connectTimeout: commandTimeoutMs * 5,

@@ -38,6 +38,8 @@ export class RedisCache implements Cache {
     this.#prefix = prefix
     this.#redis = new Redis(url, {
       lazyConnect: true,
+      // Commands issued in the same turn of the event loop go out in one write.
+      enableAutoPipelining: true,
       enableOfflineQueue: false,
       maxRetriesPerRequest: 1,
       connectTimeout: limits.commandTimeoutMs * 5,
