@@ -75,7 +75,7 @@ export function reconciliationClient(
 }
 
 /** How often a run is a full pass (the first run always is). */
-export const fullPassEveryMs = 86_400_000
+const fullPassEveryMs = 86_400_000
 
 /**
  * A run between full passes looks at what changed since this long before the run before

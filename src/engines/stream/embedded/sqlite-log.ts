@@ -650,8 +650,9 @@ class PartitionWorker {
     /** The offset handled up to and not yet committed, if any; when it was last committed. */
     let uncommitted: number | undefined
     let committedAt = Date.now()
-    const commitHandled = async () => {
-      if (uncommitted === undefined) return true
+    /** Commits what was handled (when the interval has passed, unless `now`); false once the partition is lost. */
+    const commitHandled = async (now = false) => {
+      if (uncommitted === undefined || (!now && Date.now() - committedAt < commitIntervalMs)) return true
       if (!(await this.#commit(uncommitted))) return false
       uncommitted = undefined
       committedAt = Date.now()
@@ -694,16 +695,16 @@ class PartitionWorker {
         } catch {
           // Not committed: the same records come again after a pause. What was handled
           // before them is committed meanwhile, however long they keep failing.
-          if (Date.now() - committedAt >= commitIntervalMs && !(await commitHandled())) return
+          if (!(await commitHandled())) return
           await sleep(100, this.#stop.signal)
           continue
         }
         if (this.#abandoned) return
         next = records[records.length - 1].offset + 1
         uncommitted = next
-        if (Date.now() - committedAt >= commitIntervalMs && !(await commitHandled())) return
+        if (!(await commitHandled())) return
       }
-      if (!this.#abandoned) await commitHandled()
+      if (!this.#abandoned) await commitHandled(true)
     } finally {
       unsubscribe()
     }
