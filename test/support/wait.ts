@@ -14,9 +14,9 @@ export async function waitFor(what: string, condition: () => boolean | Promise<b
 
 export function tempDir(prefix = 'mercato-test-'): { path: string; remove: () => void } {
   const path = mkdtempSync(join(tmpdir(), prefix))
-  // The WAL checkpoint thread closes its connection to a closed store a moment later, and
-  // SQLite may remove or write the file's -wal and -shm then: a directory emptied meanwhile
-  // is not empty again for long (ENOTEMPTY is retried).
+  // A store's close waits for the WAL checkpoint thread to close its connection too, but a
+  // test that ends without closing one leaves that thread writing the file's -wal and -shm:
+  // a directory emptied meanwhile is not empty again for long (ENOTEMPTY is retried).
   return {
     path,
     remove: () => rmSync(path, { recursive: true, force: true, maxRetries: 10, retryDelay: 20 }),

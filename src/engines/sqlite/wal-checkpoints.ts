@@ -11,30 +11,41 @@ import { parentPort, Worker, workerData } from 'node:worker_threads'
 const backstopPages = 20_000
 const intervalMs = 100
 
-type Message = { open: string } | { close: string }
+type Message = { open: string } | { close: string; id: number }
 
 let worker: Worker | undefined
 const openCounts = new Map<string, number>()
+/** Closes the worker has been asked for and not yet confirmed, by id. */
+const closing = new Map<number, () => void>()
+let closes = 0
 
 /**
  * Puts `db` (a connection to the file at `path`, in WAL mode) under the worker's
- * checkpoints. Call `release` when the connection closes.
+ * checkpoints. Call `release` when the connection closes: it resolves once the worker has
+ * closed its own connection to the file (the last one to close removes the WAL), so a
+ * caller that then deletes the file's directory races no one.
  */
-export function checkpointInBackground(db: DatabaseSync, path: string): { release(): void } {
+export function checkpointInBackground(db: DatabaseSync, path: string): { release(): Promise<void> } {
   db.exec(`PRAGMA wal_autocheckpoint = ${backstopPages}`)
   const count = openCounts.get(path) ?? 0
   openCounts.set(path, count + 1)
   if (count === 0) post({ open: path })
   let released = false
   return {
-    release() {
+    async release() {
       if (released) return
       released = true
       const left = (openCounts.get(path) ?? 1) - 1
       if (left > 0) openCounts.set(path, left)
       else {
         openCounts.delete(path)
-        post({ close: path })
+        const id = ++closes
+        await new Promise<void>((resolve) => {
+          closing.set(id, resolve)
+          post({ close: path, id })
+          // The answer must be able to arrive when nothing else keeps the process up.
+          worker?.ref()
+        })
       }
     },
   }
@@ -45,9 +56,17 @@ function post(message: Message): void {
     worker = new Worker(new URL(import.meta.url), { workerData: { walCheckpoints: true } })
     // The process may exit with files still registered: their WAL is recovered on open.
     worker.unref()
+    worker.on('message', ({ closed }: { closed: number }) => {
+      closing.get(closed)?.()
+      closing.delete(closed)
+      if (closing.size === 0) worker?.unref()
+    })
     worker.on('error', (error) => {
       process.emitWarning(`WAL checkpoint worker failed: ${String(error)}`)
       worker = undefined
+      // Its connections died with it.
+      for (const done of closing.values()) done()
+      closing.clear()
     })
     // A worker started again (after one failed) takes every file still open (it ignores
     // a file it has already).
@@ -66,7 +85,11 @@ async function runWorker(): Promise<void> {
     connections.delete(path)
   }
   parentPort!.on('message', (message: Message) => {
-    if ('close' in message) return closeConnection(message.close)
+    if ('close' in message) {
+      closeConnection(message.close)
+      parentPort!.postMessage({ closed: message.id })
+      return
+    }
     if (connections.has(message.open)) return
     try {
       const db = new DatabaseSync(message.open)

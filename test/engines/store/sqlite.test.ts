@@ -1,5 +1,6 @@
+import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
-import { readFileSync } from 'node:fs'
+import { readdirSync, readFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { test } from 'node:test'
 import { SqliteStore } from '../../../src/engines/store/sqlite/sqlite-store.ts'
@@ -39,4 +40,21 @@ test('a worker thread checkpoints the WAL, so it starts over instead of growing'
   } finally {
     await store.close()
   }
+})
+
+test('a closed store has let go of its file: the WAL checkpoint thread closed its connection too', async () => {
+  const store = new SqliteStore(dir.path, 'closed_store', {
+    poolSizeMax: 1,
+    queueLengthMax: 100,
+    acquireTimeoutMs: 5000,
+    statementTimeoutMs: 5000,
+  })
+  await store.migrate([{ id: 'rows', sql: 'CREATE TABLE rows (id TEXT PRIMARY KEY)' }])
+  await store.execute('INSERT INTO rows VALUES ($1)', [randomUUID()])
+  // Long enough for the worker to have opened its own connection to the file.
+  await new Promise((resolve) => setTimeout(resolve, 300))
+  await store.close()
+  // The last connection to close removes the -wal and -shm files: that one is the thread's.
+  const left = readdirSync(dir.path).filter((name) => name.startsWith('closed_store.db-'))
+  assert.deepEqual(left, [])
 })

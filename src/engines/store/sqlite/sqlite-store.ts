@@ -25,7 +25,7 @@ export class SqliteStore implements Store {
   readonly service: string
   readonly #db: DatabaseSync
   readonly #reader: DatabaseSync
-  readonly #checkpoints: { release(): void }
+  readonly #checkpoints: { release(): Promise<void> }
   readonly #writer: Semaphore
   readonly #statements = new Map<string, StatementSync>()
   readonly #readStatements = new Map<string, StatementSync>()
@@ -192,7 +192,7 @@ export class SqliteStore implements Store {
       if (this.#db.isTransaction) this.#commitGroup()
       this.#db.close()
       this.#reader.close()
-      this.#checkpoints.release()
+      await this.#checkpoints.release()
     })
   }
 

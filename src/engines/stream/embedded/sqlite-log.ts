@@ -116,7 +116,7 @@ export class SqliteLog implements StreamEngine {
   #closed = false
   #otherWriters: { timer: NodeJS.Timeout; dataVersion: number } | undefined
   readonly #sql: Record<string, StatementSync>
-  readonly #checkpoints: { release(): void }
+  readonly #checkpoints: { release(): Promise<void> }
 
   constructor(options: SqliteLogOptions) {
     this.options = options
@@ -367,7 +367,7 @@ export class SqliteLog implements StreamEngine {
     await Promise.all([...this.#members].map((member) => member.stop()))
     clearInterval(this.#otherWriters?.timer)
     this.db.close()
-    this.#checkpoints.release()
+    await this.#checkpoints.release()
   }
 
   // ---- used by GroupMember ----
