@@ -15,8 +15,8 @@ type Message = { open: string } | { close: string; id: number }
 
 let worker: Worker | undefined
 const openCounts = new Map<string, number>()
-/** Closes the worker has been asked for and not yet confirmed, by id. */
-const closing = new Map<number, () => void>()
+/** Closes a worker has been asked for and not yet confirmed, by id. */
+const closing = new Map<number, { done: () => void; by: Worker }>()
 let closes = 0
 
 /**
@@ -40,39 +40,47 @@ export function checkpointInBackground(db: DatabaseSync, path: string): { releas
       else {
         openCounts.delete(path)
         const id = ++closes
-        await new Promise<void>((resolve) => {
-          closing.set(id, resolve)
-          post({ close: path, id })
+        await new Promise<void>((done) => {
+          const by = post({ close: path, id })
+          closing.set(id, { done, by })
           // The answer must be able to arrive when nothing else keeps the process up.
-          worker?.ref()
+          by.ref()
         })
       }
     },
   }
 }
 
-function post(message: Message): void {
+function post(message: Message): Worker {
   if (!worker) {
-    worker = new Worker(new URL(import.meta.url), { workerData: { walCheckpoints: true } })
+    const started = new Worker(new URL(import.meta.url), { workerData: { walCheckpoints: true } })
+    worker = started
     // The process may exit with files still registered: their WAL is recovered on open.
-    worker.unref()
-    worker.on('message', ({ closed }: { closed: number }) => {
-      closing.get(closed)?.()
+    started.unref()
+    started.on('message', ({ closed }: { closed: number }) => {
+      closing.get(closed)?.done()
       closing.delete(closed)
-      if (closing.size === 0) worker?.unref()
+      if (closing.size === 0) started.unref()
     })
-    worker.on('error', (error) => {
+    started.on('error', (error) => {
       process.emitWarning(`WAL checkpoint worker failed: ${String(error)}`)
-      worker = undefined
-      // Its connections died with it.
-      for (const done of closing.values()) done()
-      closing.clear()
+      if (worker === started) worker = undefined
+    })
+    // Its connections are closed with it.
+    started.on('exit', () => {
+      if (worker === started) worker = undefined
+      for (const [id, { done, by }] of closing)
+        if (by === started) {
+          done()
+          closing.delete(id)
+        }
     })
     // A worker started again (after one failed) takes every file still open (it ignores
     // a file it has already).
-    for (const path of openCounts.keys()) worker.postMessage({ open: path })
+    for (const path of openCounts.keys()) started.postMessage({ open: path })
   }
   worker.postMessage(message)
+  return worker
 }
 
 async function runWorker(): Promise<void> {
