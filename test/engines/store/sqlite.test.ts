@@ -17,13 +17,16 @@ defineStoreConformance(
   async () => {},
 )
 
-test('a worker thread checkpoints the WAL, so it starts over instead of growing', async () => {
-  const store = new SqliteStore(dir.path, 'wal_checkpoints', {
+const soloStore = (service: string) =>
+  new SqliteStore(dir.path, service, {
     poolSizeMax: 1,
     queueLengthMax: 100,
     acquireTimeoutMs: 5000,
     statementTimeoutMs: 5000,
   })
+
+test('a worker thread checkpoints the WAL, so it starts over instead of growing', async () => {
+  const store = soloStore('wal_checkpoints')
   await store.migrate([{ id: 'rows', sql: 'CREATE TABLE rows (id TEXT PRIMARY KEY, value TEXT)' }])
   const insert = () => store.execute('INSERT INTO rows VALUES ($1, $2)', [randomUUID(), 'x'.repeat(200)])
   // Past SQLite's own 1,000-page checkpoint, which Mercato's connections leave to the worker.
@@ -43,12 +46,7 @@ test('a worker thread checkpoints the WAL, so it starts over instead of growing'
 })
 
 test('a closed store has let go of its file: the WAL checkpoint thread closed its connection too', async () => {
-  const store = new SqliteStore(dir.path, 'closed_store', {
-    poolSizeMax: 1,
-    queueLengthMax: 100,
-    acquireTimeoutMs: 5000,
-    statementTimeoutMs: 5000,
-  })
+  const store = soloStore('closed_store')
   await store.migrate([{ id: 'rows', sql: 'CREATE TABLE rows (id TEXT PRIMARY KEY)' }])
   await store.execute('INSERT INTO rows VALUES ($1)', [randomUUID()])
   // Long enough for the worker to have opened its own connection to the file.
