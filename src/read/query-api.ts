@@ -135,23 +135,28 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       )
         cached = found.answer
     }
+    const hit = cached !== undefined
     if (!cached) {
       const positions = await freshness.positions(spec.view, generation)
-      const document = await spec.read(generation)
-      if (document === undefined) {
+      // A refusal (not found, a registration that was refused) says how fresh it is too.
+      const refused = (error: unknown): never => {
         setFreshness(reply, spec.view, positions, reached)
-        throw new MercatoError('not-found', 404, spec.notFound)
+        throw error
       }
+      const document = await spec.read(generation).catch(refused)
+      if (document === undefined) refused(new MercatoError('not-found', 404, spec.notFound))
       const body = JSON.stringify(document)
       const owner = spec.owned?.ownerOf(document)
       cached = { positions, etag: etagOf(body), body, ...(owner !== undefined ? { owner } : {}) }
       if (cacheKey) await queryCache.fill(cacheKey, previous, cached)
-      reply.header('mercato-cache', cacheKey ? 'miss' : 'none')
-    } else reply.header('mercato-cache', 'hit')
-    // Checked on hits and misses alike, before anything of the document leaves.
-    if (spec.owned) spec.owned.check(cached.owner ?? '')
-    served.inc({ view: spec.view, cache: cacheKey ? (reply.getHeader('mercato-cache') as string) : 'none' })
+    }
     setFreshness(reply, spec.view, cached.positions, reached)
+    // Checked on hits and misses alike, before anything of the document leaves; a refusal
+    // that hides the document carries the same headers as a document that does not exist.
+    if (spec.owned) spec.owned.check(cached.owner ?? '')
+    const cache = cacheKey === undefined ? 'none' : hit ? 'hit' : 'miss'
+    reply.header('mercato-cache', cache)
+    served.inc({ view: spec.view, cache })
     reply.header('etag', cached.etag).header('cache-control', 'private, no-cache')
     if (noneMatchHits(request.headers['if-none-match'], cached.etag)) return reply.code(304).send()
     return reply.type('application/json; charset=utf-8').send(cached.body)

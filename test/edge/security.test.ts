@@ -136,6 +136,11 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       })
       assert.equal(missing.status, 404)
       assert.equal(answer.body.detail.replace(bobsOrder, 'X'), missing.body.detail.replace(/ord_\S+/, 'X'))
+      // Nor do the headers tell them apart: the same freshness headers, and no cache verdict.
+      const names = (headers: Headers) =>
+        [...headers.keys()].filter((name) => name.startsWith('mercato-') || name === 'etag').sort()
+      assert.deepEqual(names(answer.headers), names(missing.headers))
+      assert.deepEqual(names(answer.headers), ['mercato-position', 'mercato-stale', 'mercato-staleness-ms'])
       const own = await call('GET', `/v1/orders/${bobsOrder}`, { bearer: await tokenOf('customer', bob) })
       assert.equal(own.status, 200)
       assert.equal(own.body.customerId, bob)
