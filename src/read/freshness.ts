@@ -114,11 +114,6 @@ export class Freshness {
     return false
   }
 
-  /** Whether `positions` (the view's, when an answer was read) include the event at `token`. */
-  static reaches(positions: Record<string, number>, token: RecordPosition): boolean {
-    return (positions[partitionKey(token.topic, token.partition)] ?? 0) > token.offset
-  }
-
   /** Whether `view` folds the topic `token` names at all (otherwise there is nothing to wait for). */
   follows(view: ViewName, token: RecordPosition): boolean {
     return this.#views.definitions[view].topics.some((topic) => this.#stream.topic(topic) === token.topic)
@@ -130,17 +125,31 @@ export class Freshness {
     return Object.fromEntries(positions.map((p) => [partitionKey(p.topic, p.partition), p.nextOffset]))
   }
 
-  /** Waits until `view` has applied the event at `token`, at most `timeoutMs`; resolves whether it had. */
-  async waitFor(view: ViewName, token: RecordPosition, timeoutMs: number): Promise<boolean> {
-    if (!this.follows(view, token)) return true
+  /**
+   * Waits until `view` has applied the event at `token` and, when that event is a request
+   * the view awaits the outcome of (contracts/requests.ts), the outcome too; at most
+   * `timeoutMs`. Resolves with the view's next offset on the token's partition from then on
+   * (an answer read at or past it reflects the write), or undefined when it was not reached.
+   */
+  async waitFor(view: ViewName, token: RecordPosition, timeoutMs: number): Promise<number | undefined> {
+    if (!this.follows(view, token)) return 0
     // A position the stream has not reached is no write's: answer at once, not after the
     // whole wait (a forged token must not hold a request, and its slot, that long).
-    if (await this.#pastEnd(view, token)) return false
+    if (await this.#pastEnd(view, token)) return undefined
+    const storage = this.#views.definitions[view].storage
+    const key = partitionKey(token.topic, token.partition)
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      if (Freshness.reaches(await this.positions(view), token)) return true
+      const generation = this.generation(view)
+      // Pending is asked after the position is seen reached (so the request was applied),
+      // and the position read again after it is seen settled (so it covers the outcome).
+      if (
+        reaches(await this.positions(view, generation), token) &&
+        !(await storage.pending(generation, token))
+      )
+        return (await this.positions(view, generation))[key]
       const left = deadline - Date.now()
-      if (left <= 0 || this.#stopping.signal.aborted) return false
+      if (left <= 0 || this.#stopping.signal.aborted) return undefined
       await this.#nextApplied(view, Math.min(left, 20))
     }
   }
@@ -222,4 +231,9 @@ export class Freshness {
     this.#lagGauge.set({ view }, lag)
     this.#stalenessGauge.set({ view }, this.stalenessMs(view, sampledAt) / 1000)
   }
+}
+
+/** Whether `positions` (a view's) include the event at `token`. */
+function reaches(positions: Record<string, number>, token: RecordPosition): boolean {
+  return (positions[partitionKey(token.topic, token.partition)] ?? 0) > token.offset
 }

@@ -17,10 +17,10 @@ import {
   readCustomer360,
   registrationRejection,
 } from './customer-360/customer-360-view.ts'
-import { Freshness } from './freshness.ts'
+import type { Freshness } from './freshness.ts'
 import { customerOrdersCacheKey, orderCacheKey } from './order-status/order-document.ts'
 import { type CachedAnswer, etagOf, type QueryCache, queryCacheKey } from './query-cache.ts'
-import type { ViewName } from './view.ts'
+import { partitionKey, type ViewName } from './view.ts'
 import type { Views } from './views.ts'
 
 export interface QueryApiOptions {
@@ -117,7 +117,9 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
 
   async function answer(request: FastifyRequest, reply: FastifyReply, spec: Answer) {
     const token = tokenOf(request)
-    const reached = token ? await freshness.waitFor(spec.view, token, options.readWaitMs) : undefined
+    // From this offset on its partition, an answer reflects the token's write (and its outcome).
+    const reachedAt = token ? await freshness.waitFor(spec.view, token, options.readWaitMs) : undefined
+    const reached = token ? reachedAt !== undefined : undefined
     const generation = freshness.generation(spec.view)
     const cacheKey = spec.key === undefined ? undefined : queryCacheKey(spec.view, generation, spec.key)
     let cached: CachedAnswer | undefined
@@ -129,7 +131,9 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       // the view has moved past when the change's invalidation may not reach this cache.
       if (
         found.answer &&
-        (!token || !reached || Freshness.reaches(found.answer.positions, token)) &&
+        (!token ||
+          reachedAt === undefined ||
+          (found.answer.positions[partitionKey(token.topic, token.partition)] ?? 0) >= reachedAt) &&
         (options.invalidatedHere(spec.view, generation) ||
           !freshness.movedPast(spec.view, found.answer.positions))
       )

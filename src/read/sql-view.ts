@@ -1,7 +1,9 @@
 // Views kept in the `views` store (a SQLite file, or a PostgreSQL schema): each generation
 // has its own tables, and the positions live in one table written in the same transaction
 // as the documents.
+import { requestRole } from '../contracts/requests.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
+import type { RecordPosition } from '../engines/stream/port.ts'
 import {
   dumpText,
   type PartitionPosition,
@@ -26,6 +28,15 @@ export const viewStoreMigrations: Migration[] = [
       next_offset BIGINT NOT NULL, last_event_ms BIGINT NOT NULL,
       PRIMARY KEY (view, generation, topic, part))`,
   },
+  {
+    id: 'views-0002-pending-requests',
+    sql: `CREATE TABLE IF NOT EXISTS view_pending_requests (
+      view TEXT NOT NULL, generation INTEGER NOT NULL, request_id TEXT NOT NULL,
+      topic TEXT NOT NULL, part INTEGER NOT NULL, at_offset BIGINT NOT NULL,
+      PRIMARY KEY (view, generation, request_id));
+    CREATE INDEX IF NOT EXISTS view_pending_requests_position
+      ON view_pending_requests (view, generation, topic, part, at_offset)`,
+  },
 ]
 
 /** How one view folds events into SQL tables of a generation. */
@@ -44,6 +55,8 @@ export interface SqlFold {
   ): Promise<void>
   /** Every document, canonical order. */
   dump(store: Store, generation: number): Promise<unknown[]>
+  /** The requests (contracts/requests.ts) whose outcome changes this view's documents. */
+  awaits?: string[]
 }
 
 export class SqlViewStorage implements ViewStorage {
@@ -57,11 +70,13 @@ export class SqlViewStorage implements ViewStorage {
    * has moved meanwhile fails the batch, which is then applied from a fresh read.
    */
   readonly #lastStored = new Map<string, number>()
+  readonly #awaits: ReadonlySet<string>
 
   constructor(view: ViewName, store: Store, fold: SqlFold) {
     this.view = view
     this.store = store
     this.fold = fold
+    this.#awaits = new Set(fold.awaits)
   }
 
   async create(generation: number): Promise<void> {
@@ -100,7 +115,10 @@ export class SqlViewStorage implements ViewStorage {
       known = remembered ?? (await positionMap(tx, this.store.kind, this.view, generation, events))
       const fresh = unapplied(events, known)
       if (fresh.length === 0) return
-      for (const event of fresh) await this.fold.apply(tx, this.store.kind, generation, event, changed)
+      for (const event of fresh) {
+        await this.#trackRequest(tx, generation, event)
+        await this.fold.apply(tx, this.store.kind, generation, event, changed)
+      }
       const reached = positionsAfter(fresh)
       if (remembered) await this.#move(tx, generation, reached, remembered)
       else await this.#store(tx, generation, reached)
@@ -147,6 +165,31 @@ export class SqlViewStorage implements ViewStorage {
     )
   }
 
+  async #trackRequest(tx: Tx, generation: number, { event, position }: ViewEvent): Promise<void> {
+    const role = requestRole(this.#awaits, event)
+    if (role?.kind === 'request')
+      await tx.execute(
+        `INSERT INTO view_pending_requests (view, generation, request_id, topic, part, at_offset)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING`,
+        [this.view, generation, event.id, position.topic, position.partition, position.offset],
+      )
+    else if (role?.kind === 'outcome')
+      await tx.execute(
+        'DELETE FROM view_pending_requests WHERE view = $1 AND generation = $2 AND request_id = $3',
+        [this.view, generation, role.requestId],
+      )
+  }
+
+  async pending(generation: number, position: RecordPosition): Promise<boolean> {
+    if (this.#awaits.size === 0) return false
+    const rows = await this.store.query(
+      `SELECT 1 FROM view_pending_requests
+       WHERE view = $1 AND generation = $2 AND topic = $3 AND part = $4 AND at_offset = $5`,
+      [this.view, generation, position.topic, position.partition, position.offset],
+    )
+    return rows.length > 0
+  }
+
   async positions(generation: number): Promise<PartitionPosition[]> {
     const rows = await this.store.query<{
       topic: string
@@ -174,10 +217,8 @@ export class SqlViewStorage implements ViewStorage {
       if (key.startsWith(`${generation} `)) this.#lastStored.delete(key)
     await this.store.transaction(async (tx) => {
       for (const table of this.fold.tables(generation)) await tx.execute(`DROP TABLE IF EXISTS ${table}`)
-      await tx.execute('DELETE FROM view_positions WHERE view = $1 AND generation = $2', [
-        this.view,
-        generation,
-      ])
+      for (const table of ['view_positions', 'view_pending_requests'])
+        await tx.execute(`DELETE FROM ${table} WHERE view = $1 AND generation = $2`, [this.view, generation])
     })
   }
 }

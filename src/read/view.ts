@@ -36,6 +36,11 @@ export interface ViewStorage {
    */
   apply(generation: number, events: ViewEvent[]): Promise<string[]>
   positions(generation: number): Promise<PartitionPosition[]>
+  /**
+   * Whether the request event at `position` (one of the requests the view awaits, see
+   * contracts/requests.ts) has been applied and its outcome not yet.
+   */
+  pending(generation: number, position: RecordPosition): Promise<boolean>
   /** Every document of the generation, in a canonical order and form: two equal views dump equal text. */
   dump(generation: number): Promise<string>
   drop(generation: number): Promise<void>

@@ -64,6 +64,52 @@ export function defineReadSuite(
       }
     })
 
+    it('a request read at once with its token is seen with its outcome: a restock, a cancel, a registration', async () => {
+      const token = (answer: { status: number; body: any }) => {
+        assert.equal(answer.status, 202, JSON.stringify(answer.body))
+        return { 'mercato-consistency-token': answer.body.consistencyToken as string }
+      }
+      const restocked = `READ-R-${randomUUID().slice(0, 8)}`
+      await shop.stockUp([restocked], 10)
+      for (let i = 1; i <= 5; i++) {
+        const adjusted = await shop.post(
+          `/v1/inventory/${restocked}/adjustments`,
+          { delta: 1, reason: 'restock' },
+          { 'idempotency-key': randomUUID() },
+        )
+        const product = await get(shop, `/v1/products/${restocked}`, token(adjusted))
+        assert.equal(product.body.onHand, 10 + i)
+        assert.equal(product.headers.get('mercato-stale'), 'false')
+      }
+
+      // Another customer's, so this suite's customer keeps the orders the next test counts.
+      const canceller = `cus_read_${randomUUID().slice(0, 8)}`
+      const { id } = await order(shop, canceller, sku)
+      const cancel = await shop.post(
+        `/v1/orders/${id}/cancel`,
+        {},
+        { authorization: await shop.bearer('customer', canceller) },
+      )
+      const cancelled = await get(shop, `/v1/orders/${id}`, token(cancel))
+      const events = cancelled.body.timeline.map((step: { event: string }) => step.event)
+      assert.ok(
+        cancelled.body.status === 'CANCELLED' || events.includes('order.cancel-refused'),
+        `the cancel's outcome, in ${cancelled.body.status}: ${events}`,
+      )
+      assert.equal(cancelled.headers.get('mercato-stale'), 'false')
+
+      const email = `read-${randomUUID().slice(0, 8)}@example.com`
+      const registered = await shop.post(
+        '/v1/customers',
+        { email, givenName: 'Read', familyName: 'Writes' },
+        { 'idempotency-key': randomUUID() },
+      )
+      const document = await get(shop, registered.headers.get('location') ?? '', token(registered))
+      assert.equal(document.status, 200, JSON.stringify(document.body))
+      assert.equal(document.body.profile.email, email)
+      assert.equal(document.headers.get('mercato-stale'), 'false')
+    })
+
     it('every answer says what position it reflects and how stale it is', async () => {
       const { id } = await order(shop, customerId, sku)
       const answer = await get(shop, `/v1/orders/${id}`)

@@ -273,6 +273,66 @@ function defineViewTests(
       assert.equal(JSON.stringify(order).includes('tok_visa'), false, 'the payment token is not shown')
     })
 
+    test('a request stays pending in the views its outcome changes until the outcome, caused by it, is applied', async () => {
+      const g = 3
+      for (const d of Object.values(views.definitions)) await d.storage.create(g)
+      const at = (event: CloudEvent, topic: string, offset: number): ViewEvent => ({
+        event,
+        position: { topic, partition: partitionForKey(event.subject, partitions), offset },
+        timestampMs: t0,
+      })
+      const source = 'mercato/test'
+      const cancel = at(
+        createEvent({
+          type: 'order.cancel-requested',
+          subject: 'ord_9',
+          source,
+          data: { orderId: 'ord_9', requestedBy: 'cus_9' },
+        }),
+        'orders',
+        0,
+      )
+      const restock = at(
+        createEvent({
+          type: 'inventory.adjustment-requested',
+          subject: 'LAMP-9',
+          source,
+          data: { sku: 'LAMP-9', delta: 1, reason: 'restock' },
+        }),
+        'inventory',
+        0,
+      )
+      const { catalog } = views.definitions
+      const orderStatus = views.definitions['order-status']
+      const customer360 = views.definitions['customer-360']
+      await applyAll(views, g, [[cancel, restock]])
+      assert.equal(await orderStatus.storage.pending(g, cancel.position), true)
+      assert.equal(await customer360.storage.pending(g, cancel.position), true)
+      assert.equal(await catalog.storage.pending(g, restock.position), true)
+      // Another order's cancellation settles nothing: only the request's own outcome does.
+      const other = createEvent({
+        type: 'order.cancelled',
+        subject: 'ord_8',
+        source,
+        data: { orderId: 'ord_8', reason: 'deadline-passed' },
+      })
+      await applyAll(views, g, [[at(other, 'orders', 1)]])
+      assert.equal(await orderStatus.storage.pending(g, cancel.position), true)
+      const refused = createEvent({
+        type: 'order.cancel-refused',
+        subject: 'ord_9',
+        source,
+        data: { orderId: 'ord_9', state: 'DELIVERED' },
+        cause: cancel.event,
+      })
+      await applyAll(views, g, [[at(refused, 'orders', 2)]])
+      assert.equal(await orderStatus.storage.pending(g, cancel.position), false)
+      assert.equal(await customer360.storage.pending(g, cancel.position), false)
+      assert.equal(await catalog.storage.pending(g, restock.position), true)
+      for (const d of Object.values(views.definitions)) await d.storage.drop(g)
+      assert.equal(await catalog.storage.pending(g, restock.position), false)
+    })
+
     test('order status: the declined order, cancelled with its reason', async () => {
       const order = await views.orderStatus.order(1, 'ord_2')
       assert.equal(order?.status, 'CANCELLED')

@@ -83,6 +83,8 @@ interface Line {
 }
 
 export const catalogFold: SqlFold = {
+  // A restock or write-off changes the product's stock, or is refused.
+  awaits: ['inventory.adjustment-requested'],
   createSql: catalogCreateSql,
   tables: catalogTables,
   async apply(tx, kind, g, { event }, changed) {

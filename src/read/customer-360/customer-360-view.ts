@@ -44,6 +44,8 @@ const notifications = (g: number) => `c360_g${g}_notifications`
 const rejections = (g: number) => `c360_g${g}_rejections`
 
 export const customer360Fold: SqlFold = {
+  // A registration makes the document (or is refused); a cancel changes the customer's orders.
+  awaits: ['customer.registration-requested', 'order.cancel-requested'],
   createSql: (_kind, g) => [
     `CREATE TABLE IF NOT EXISTS ${profiles(g)} (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL,
       given_name TEXT NOT NULL, family_name TEXT NOT NULL, registered_at TEXT NOT NULL)`,

@@ -2,7 +2,9 @@
 // customer their orders, newest first. Embedded it lives in the views store; in a
 // distributed deployment in Redis, where positions are written in the same MULTI as the steps.
 import { Redis } from 'ioredis'
+import { requestRole } from '../../contracts/requests.ts'
 import type { Store } from '../../engines/store/port.ts'
+import type { RecordPosition } from '../../engines/stream/port.ts'
 import type { SqlFold } from '../sql-view.ts'
 import {
   dumpText,
@@ -77,9 +79,13 @@ class RecentCustomers {
 }
 
 /** The order-status fold for one views store, with its own memory of orders' customers. */
+/** A cancel's outcome (cancelled, or refused) changes the order's document. */
+const awaits = ['order.cancel-requested']
+
 export function orderStatusSqlFold(): SqlFold {
   const knownCustomers = new RecentCustomers(50_000)
   return {
+    awaits,
     createSql: (_kind, g) => [
       `CREATE TABLE IF NOT EXISTS ${steps(g)} (order_id TEXT NOT NULL, step_id TEXT NOT NULL, step TEXT NOT NULL,
         PRIMARY KEY (order_id, step_id))`,
@@ -180,11 +186,13 @@ export class SqlOrderStatusReader implements OrderStatusReader {
 /**
  * The view in Redis. Keys, under `<prefix>view:order-status:g<N>:`: `order:<id>` a hash of
  * step id → step, `customer:<id>` a sorted set of "<placedAt>|<orderId>" (read newest first),
- * `order-customer:<id>` the order's customer, `positions` a hash of partition → "next|lastEventMs".
+ * `order-customer:<id>` the order's customer, `positions` a hash of partition → "next|lastEventMs",
+ * `requests` a hash of the pending requests' positions → their ids, and `request-positions` the other way.
  */
 export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
   readonly #redis: Redis
   readonly #prefix: string
+  readonly #awaits = new Set(awaits)
 
   constructor(url: string, prefix: string, commandTimeoutMs: number) {
     this.#prefix = `${prefix}view:order-status:`
@@ -224,7 +232,26 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
     orderIds.forEach((id, i) => {
       if (knownCustomers[i]) customerOfOrder.set(id, knownCustomers[i] as string)
     })
+    // Requests pending from this batch on, and the positions of those this batch settles.
+    const requests = new Map<string, string>()
+    const settled: string[] = []
+    for (const { event, position } of fresh) {
+      const role = requestRole(this.#awaits, event)
+      if (role?.kind === 'request') requests.set(event.id, requestPosition(position))
+      else if (role?.kind === 'outcome' && !requests.delete(role.requestId)) settled.push(role.requestId)
+    }
+    const settledAt =
+      settled.length === 0 ? [] : await this.#redis.hmget(this.#key(g, 'request-positions'), ...settled)
     const multi = this.#redis.multi()
+    for (const [id, at] of requests) {
+      multi.hset(this.#key(g, 'requests'), at, id)
+      multi.hset(this.#key(g, 'request-positions'), id, at)
+    }
+    settled.forEach((id, i) => {
+      const at = settledAt[i]
+      if (at) multi.hdel(this.#key(g, 'requests'), at)
+      multi.hdel(this.#key(g, 'request-positions'), id)
+    })
     for (const { orderId, step } of found) {
       multi.hsetnx(this.#key(g, `order:${orderId}`), step.id, JSON.stringify(step))
       const customerId = customerOf(step)
@@ -257,6 +284,10 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
   async #positionMap(g: number): Promise<Map<string, number>> {
     const all = await this.#redis.hgetall(this.#key(g, 'positions'))
     return new Map(Object.entries(all).map(([key, value]) => [key, Number(value.split('|')[0])]))
+  }
+
+  async pending(g: number, position: RecordPosition): Promise<boolean> {
+    return (await this.#redis.hexists(this.#key(g, 'requests'), requestPosition(position))) === 1
   }
 
   async positions(g: number): Promise<PartitionPosition[]> {
@@ -347,4 +378,8 @@ function documentsOf(rows: [string, OrderStep][]): OrderDocument[] {
   const byOrder = new Map<string, OrderStep[]>()
   for (const [orderId, step] of rows) byOrder.set(orderId, [...(byOrder.get(orderId) ?? []), step])
   return [...byOrder.keys()].sort().map((orderId) => foldOrder(orderId, byOrder.get(orderId) ?? []))
+}
+
+function requestPosition({ topic, partition, offset }: RecordPosition): string {
+  return `${partitionKey(topic, partition)}@${offset}`
 }
