@@ -65,9 +65,9 @@ export function defineReadSuite(
     })
 
     it('a request read at once with its token is seen with its outcome: a restock, a cancel, a registration', async () => {
-      const token = (answer: { status: number; body: any }) => {
+      const token = (answer: { status: number; body: { consistencyToken: string } }) => {
         assert.equal(answer.status, 202, JSON.stringify(answer.body))
-        return { 'mercato-consistency-token': answer.body.consistencyToken as string }
+        return { 'mercato-consistency-token': answer.body.consistencyToken }
       }
       const restocked = `READ-R-${randomUUID().slice(0, 8)}`
       await shop.stockUp([restocked], 10)
