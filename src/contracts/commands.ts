@@ -74,9 +74,14 @@ export type RegisterCustomer = Static<typeof RegisterCustomer>
 
 export const UpsertProduct = T.Object(
   {
-    name: T.String({ minLength: 1, maxLength: 200 }),
-    description: T.String({ maxLength: 5000 }),
-    category: T.String({ minLength: 1, maxLength: 100 }),
+    name: PersonText(1, 200),
+    // Lines and tabs are allowed here; other control characters are not.
+    description: T.String({
+      maxLength: 5000,
+      pattern:
+        '^[^\\p{Cs}\\u202A-\\u202E\\u2066-\\u2069\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$',
+    }),
+    category: PersonText(1, 100),
     priceMinor: AmountMinor,
     currency: Currency,
   },

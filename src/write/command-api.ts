@@ -109,7 +109,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     const scope = scopeOf(request)
     const keyError = keyErrorOf(request, spec.keyRequired)
     if (keyError) throw keyError
-    const key = request.headers['idempotency-key'] as string | undefined
+    const header = request.headers['idempotency-key'] as string | undefined
+    const key = header === undefined ? undefined : keyOf(header)
     if (key === undefined) spec.admit?.()
     let id = spec.newId()
     if (key !== undefined) {
@@ -315,7 +316,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       events: async (orderId, request) => {
         const body = request.body as PlaceOrder
         const customerId = customerIdOf(request)
-        await checkLines(body, flags, options.orderLinesMax)
+        await checkLines(body, flags, options.orderLinesMax, customerId)
         return [
           {
             type: 'order.requested',
@@ -641,7 +642,7 @@ function keyErrorOf(request: FastifyRequest, required: boolean): MercatoError | 
     return new MercatoError('idempotency-key-required', 400, 'this request needs an Idempotency-Key header', {
       errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is required' }],
     })
-  if (key !== undefined && !keyPattern.test(key))
+  if (key !== undefined && !keyPattern.test(keyOf(key)))
     return new MercatoError(
       'invalid-idempotency-key',
       400,
@@ -651,8 +652,26 @@ function keyErrorOf(request: FastifyRequest, required: boolean): MercatoError | 
   return undefined
 }
 
-async function checkLines(body: PlaceOrder, flags: FlagReader, linesMax: number): Promise<void> {
-  const flagMax = await flags.number('max-lines-per-order', linesMax)
+/**
+ * The key an Idempotency-Key header names. The IETF draft sends it as a structured-field
+ * string (in quotes, with \" and \\ escaped); Stripe's clients send it bare: both forms of
+ * one key are the same key.
+ */
+function keyOf(header: string): string {
+  const quoted = /^"((?:[^"\\]|\\["\\])*)"$/.exec(header)
+  return quoted ? quoted[1].replace(/\\(["\\])/g, '$1') : header
+}
+
+async function checkLines(
+  body: PlaceOrder,
+  flags: FlagReader,
+  linesMax: number,
+  customerId: string,
+): Promise<void> {
+  const flagMax = await flags.number('max-lines-per-order', linesMax, {
+    targetingKey: customerId,
+    customerId,
+  })
   const max = Math.min(linesMax, flagMax)
   const errors: { in: string; field: string; message: string }[] = []
   if (body.lines.length > max)

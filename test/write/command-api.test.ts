@@ -130,6 +130,20 @@ describe('the command API', () => {
       product.body.errors.map((e: { field: string }) => e.field),
       ['/currency'],
     )
+    // Shown to every shopper: no control characters or bidi overrides, and no blank name.
+    const badText = await shop.put('/v1/products/P1', {
+      name: 'lamp\u0000',
+      description: 'bright\u202e',
+      category: '  ',
+      priceMinor: 100,
+      currency: 'USD',
+    })
+    assert.equal(badText.status, 400)
+    assert.deepEqual(badText.body.errors.map((e: { field: string }) => e.field).sort(), [
+      '/category',
+      '/description',
+      '/name',
+    ])
     const tooBig = await shop.post(
       '/v1/orders',
       { ...order(), pad: 'x'.repeat(70_000) },
@@ -343,6 +357,10 @@ describe('the command API', () => {
     assert.deepEqual(again.body, first.body)
     assert.equal(again.headers.get('idempotent-replayed'), 'true')
     assert.equal(again.headers.get('location'), first.headers.get('location'))
+    // The draft's form of the key, a structured-field string in quotes, is the same key.
+    const quoted = await shop.post('/v1/orders', order(), { 'idempotency-key': `"${key}"` })
+    assert.equal(quoted.headers.get('idempotent-replayed'), 'true')
+    assert.deepEqual(quoted.body, first.body)
     const other = await shop.post('/v1/orders', order([{ sku: 'CMD-2', quantity: 1 }]), {
       'idempotency-key': key,
     })
@@ -368,6 +386,42 @@ describe('the command API', () => {
     })
     assert.equal(elsewhere.status, 202)
     assert.notEqual(elsewhere.body.id, first.body.id)
+  })
+
+  it("a flag's targeting tells customers apart: the signed-in customer is the targeting key", async () => {
+    const limited = 'cus_one_line'
+    const flag = (targeting?: unknown) => ({
+      state: 'ENABLED',
+      variants: { default: 100, one: 1 },
+      defaultVariant: 'default',
+      ...(targeting ? { targeting } : {}),
+    })
+    const twoLines = order([
+      { sku: 'CMD-1', quantity: 1 },
+      { sku: 'CMD-2', quantity: 1 },
+    ])
+    const place = async (customerId: string) =>
+      shop.post(
+        '/v1/orders',
+        { ...twoLines, customerId },
+        { 'idempotency-key': randomUUID(), authorization: await shop.bearer('customer', customerId) },
+      )
+    const set = await shop.put(
+      '/v1/flags/max-lines-per-order',
+      flag({ if: [{ '==': [{ var: 'customerId' }, limited] }, 'one', 'default'] }),
+    )
+    assert.equal(set.status, 202)
+    try {
+      await waitFor('the targeted limit applied', async () => (await place(limited)).status === 400)
+      const refused = await place(limited)
+      assert.deepEqual(
+        refused.body.errors.map((e: { field: string }) => e.field),
+        ['/lines'],
+      )
+      assert.equal((await place('cus_any_lines')).status, 202)
+    } finally {
+      assert.equal((await shop.put('/v1/flags/max-lines-per-order', flag())).status, 202)
+    }
   })
 
   it('serves an OpenAPI 3.1 document with every command route', async () => {

@@ -252,10 +252,10 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
     kind: string,
     key: string,
     fallback: T,
-    context: Record<string, string | number | boolean> | undefined,
     viaSdk: () => Promise<T>,
   ): Promise<T> => {
-    if (stopped || context || targeted.has(key)) return viaSdk()
+    // A flag without targeting is the same for every context: its value is remembered.
+    if (stopped || targeted.has(key)) return viaSdk()
     const memoKey = `${kind}\0${key}\0${fallback}`
     if (fixedValues.has(memoKey)) return fixedValues.get(memoKey) as T
     // Remembered only if the definitions did not change while it was evaluated.
@@ -266,11 +266,11 @@ export async function startFlags(options: FlagsOptions): Promise<RunningFlags> {
   }
   const flags: FlagReader = {
     boolean: (key, fallback, context) =>
-      evaluate('boolean', key, fallback, context, () => client.getBooleanValue(key, fallback, context)),
+      evaluate('boolean', key, fallback, () => client.getBooleanValue(key, fallback, context)),
     number: (key, fallback, context) =>
-      evaluate('number', key, fallback, context, () => client.getNumberValue(key, fallback, context)),
+      evaluate('number', key, fallback, () => client.getNumberValue(key, fallback, context)),
     string: (key, fallback, context) =>
-      evaluate('string', key, fallback, context, () => client.getStringValue(key, fallback, context)),
+      evaluate('string', key, fallback, () => client.getStringValue(key, fallback, context)),
   }
 
   return {

@@ -160,8 +160,13 @@ export async function startOrderService(service: Service, options: OrderServiceO
         paymentMethodToken: string
         express?: boolean
       }
-      const linesMax = Math.min(options.linesMax, await flags.number('max-lines-per-order', options.linesMax))
-      const expressAllowed = await flags.boolean('express-shipping', true)
+      // Targeting (flagd's) can tell customers apart: the customer is the targeting key.
+      const context = { targetingKey: data.customerId, customerId: data.customerId }
+      const linesMax = Math.min(
+        options.linesMax,
+        await flags.number('max-lines-per-order', options.linesMax, context),
+      )
+      const expressAllowed = await flags.boolean('express-shipping', true, context)
       await tools.transact(async (tx, emit) => {
         if (await load(tx, data.orderId)) return // the same order asked for twice
         const priced: { sku: string; quantity: number; unitPriceMinor: number }[] = []
