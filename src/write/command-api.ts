@@ -57,6 +57,9 @@ export interface CommandApiOptions {
 const source = 'mercato/command-api'
 const keyPattern = /^[\x21-\x7e]{1,255}$/
 
+/** Per request, what its command's rules found (asked once, before validation). */
+const ruleIssues = new WeakMap<FastifyRequest, FieldIssue[]>()
+
 /** Which customer each order accepted here belongs to: cancellation is authorized against it. */
 const orderOwnerMigrations = [
   {
@@ -77,6 +80,12 @@ interface CommandSpec {
   /** Runs in the transaction that claims the Idempotency-Key (no second transaction per request). */
   onClaimed?: (tx: Tx, id: string, request: FastifyRequest) => Promise<void>
   newId: () => string
+  /**
+   * What the schema cannot say about a body (duplicate lines, a delta's sign, a webhook URL).
+   * Asked before validation, so a body refused for its shape names these fields too: it
+   * must take any body, and look only at the fields that have the right type.
+   */
+  rules?: (body: unknown, request: FastifyRequest) => Promise<FieldIssue[]> | FieldIssue[]
   events: (id: string, request: FastifyRequest) => Promise<Array<Omit<NewEvent, 'source'>>>
   location?: (id: string, request: FastifyRequest) => string
   extraBody?: (id: string, events: CloudEvent[]) => Record<string, unknown>
@@ -109,6 +118,12 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     const scope = scopeOf(request)
     const keyError = keyErrorOf(request, spec.keyRequired)
     if (keyError) throw keyError
+    // Said as a schema refusal says it: every bad field, in the same words.
+    const broken = ruleIssues.get(request) ?? []
+    if (broken.length > 0) {
+      const detail = broken.map((e) => `${e.in} ${e.field}: ${e.message}`).join('; ')
+      throw new MercatoError('invalid-request', 400, detail, { errors: broken })
+    }
     const header = request.headers['idempotency-key'] as string | undefined
     const key = header === undefined ? undefined : keyOf(header)
     if (key === undefined) spec.admit?.()
@@ -251,6 +266,9 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         const keyError = keyErrorOf(request, spec.keyRequired)
         for (const issue of (keyError?.extensions?.errors as FieldIssue[] | undefined) ?? [])
           reportWithValidation(request, issue)
+        const broken = spec.rules ? await spec.rules(request.body, request) : []
+        ruleIssues.set(request, broken)
+        for (const issue of broken) reportWithValidation(request, issue)
       },
       config: problemDocs(
         notFound ? [...problems, 404].sort((a, b) => a - b) : problems,
@@ -313,10 +331,10 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
           .then(() => undefined),
       newId: () => `ord_${uuidv7()}`,
       location: (id) => `/v1/orders/${id}`,
+      rules: (body, request) => lineIssues(body, flags, options.orderLinesMax, customerIdOf(request)),
       events: async (orderId, request) => {
         const body = request.body as PlaceOrder
         const customerId = customerIdOf(request)
-        await checkLines(body, flags, options.orderLinesMax, customerId)
         return [
           {
             type: 'order.requested',
@@ -466,19 +484,19 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       newId: () => `adj_${uuidv7()}`,
       // Where the adjustment shows: the product's stock.
       location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
+      // A restock adds stock (delta > 0); a write-off removes it.
+      rules: (body) => {
+        const { delta, reason } = (body ?? {}) as { delta?: unknown; reason?: unknown }
+        // Zero has no sign: the schema refuses it.
+        if (typeof delta !== 'number' || delta === 0 || (reason !== 'restock' && reason !== 'write-off'))
+          return []
+        return (reason === 'restock') === delta > 0
+          ? []
+          : [{ in: 'body', field: '/delta', message: `has the wrong sign for ${reason}` }]
+      },
       events: async (_id, request) => {
         const { sku } = request.params as { sku: string }
         const body = request.body as { delta: number; reason: string }
-        if ((body.reason === 'restock') !== body.delta > 0) {
-          throw new MercatoError(
-            'invalid-request',
-            400,
-            'a restock adds stock (delta > 0); a write-off removes it',
-            {
-              errors: [{ in: 'body', field: '/delta', message: `has the wrong sign for ${body.reason}` }],
-            },
-          )
-        }
         return [{ type: 'inventory.adjustment-requested', subject: sku, data: { sku, ...body } }]
       },
     },
@@ -533,10 +551,15 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('webhook.register', 'Webhooks', 'webhooks'),
       keyRequired: true,
       newId: () => `whe_${uuidv7()}`,
+      rules: (body) => {
+        const { url, events } = (body ?? {}) as { url?: unknown; events?: unknown }
+        return [
+          ...(typeof url === 'string' ? webhookUrlIssues(url, options.webhookAllowPrivateHosts) : []),
+          ...(Array.isArray(events) ? webhookEventIssues(events) : []),
+        ]
+      },
       events: async (endpointId, request) => {
         const body = request.body as { url: string; events: string[]; enabled?: boolean }
-        checkWebhookUrl(body.url, options.webhookAllowPrivateHosts)
-        checkWebhookEvents(body.events)
         const secret = `whsec_${randomBytes(24).toString('base64url')}`
         return [
           {
@@ -591,32 +614,30 @@ function customerIdOf(request: FastifyRequest): string {
 }
 
 /**
- * Refuses a webhook URL Mercato must not call: not http(s), or naming a loopback,
+ * What makes a webhook URL one Mercato must not call: not http(s), or naming a loopback,
  * link-local or private host. Delivery checks again every address the name resolves to.
  */
-function checkWebhookUrl(raw: string, allowPrivate: boolean): void {
-  const refuse = (message: string): never => {
-    throw new MercatoError('invalid-request', 400, `the webhook URL ${message}`, {
-      errors: [{ in: 'body', field: '/url', message }],
-    })
-  }
-  const url = URL.parse(raw) ?? refuse('is not a URL')
-  if (url.protocol !== 'https:' && url.protocol !== 'http:') refuse('must be http or https')
-  if (url.username || url.password) refuse('must not carry credentials')
-  if (allowPrivate) return
+function webhookUrlIssues(raw: string, allowPrivate: boolean): FieldIssue[] {
+  const issue = (message: string) => [{ in: 'body', field: '/url', message }]
+  const url = URL.parse(raw)
+  if (!url) return issue('is not a URL')
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') return issue('must be http or https')
+  if (url.username || url.password) return issue('must not carry credentials')
+  if (allowPrivate) return []
   const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase()
-  if (host === 'localhost' || host.endsWith('.localhost')) refuse('must not name this machine')
+  if (host === 'localhost' || host.endsWith('.localhost')) return issue('must not name this machine')
   const reason = privateAddressReason(host)
   if (reason && !reason.endsWith('is not an IP address'))
-    refuse(`must not name a loopback, link-local or private address (${host} is one)`)
+    return issue(`must not name a loopback, link-local or private address (${host} is one)`)
+  return []
 }
 
 const eventTypes = Object.keys(eventSchemas)
 
-/** Refuses webhook subscriptions that can never receive an event: each entry must match a known type. */
-function checkWebhookEvents(events: string[]): void {
-  const errors = events.flatMap((pattern, i) =>
-    eventTypes.some((type) => eventTypeMatches(pattern, type))
+/** Webhook subscriptions that can never receive an event: each entry must match a known type. */
+function webhookEventIssues(events: unknown[]): FieldIssue[] {
+  return events.flatMap((pattern, i) =>
+    typeof pattern !== 'string' || eventTypes.some((type) => eventTypeMatches(pattern, type))
       ? []
       : [
           {
@@ -626,9 +647,6 @@ function checkWebhookEvents(events: string[]): void {
           },
         ],
   )
-  if (errors.length > 0) {
-    throw new MercatoError('invalid-request', 400, errors.map((e) => e.message).join('; '), { errors })
-  }
 }
 
 /** What is wrong with a request's Idempotency-Key header, as the error to answer; undefined when nothing is. */
@@ -662,29 +680,32 @@ function keyOf(header: string): string {
   return quoted ? quoted[1].replace(/\\(["\\])/g, '$1') : header
 }
 
-async function checkLines(
-  body: PlaceOrder,
+/** Lines past the limit (the flag's, for this customer) and lines that repeat a SKU. */
+async function lineIssues(
+  body: unknown,
   flags: FlagReader,
   linesMax: number,
   customerId: string,
-): Promise<void> {
+): Promise<FieldIssue[]> {
+  const lines = (body as { lines?: unknown } | null)?.lines
+  if (!Array.isArray(lines)) return []
+  const issues: FieldIssue[] = []
   const flagMax = await flags.number('max-lines-per-order', linesMax, {
     targetingKey: customerId,
     customerId,
   })
   const max = Math.min(linesMax, flagMax)
-  const errors: { in: string; field: string; message: string }[] = []
-  if (body.lines.length > max)
-    errors.push({ in: 'body', field: '/lines', message: `must have at most ${max} lines` })
+  // Past the schema's own bound, the schema says so.
+  const schemaMax = PlaceOrder.properties.lines.maxItems ?? Number.POSITIVE_INFINITY
+  if (lines.length > max && lines.length <= schemaMax)
+    issues.push({ in: 'body', field: '/lines', message: `must have at most ${max} lines` })
   const seen = new Set<string>()
-  body.lines.forEach((line, i) => {
-    if (seen.has(line.sku))
-      errors.push({ in: 'body', field: `/lines/${i}/sku`, message: 'appears on another line' })
-    seen.add(line.sku)
+  lines.forEach((line, i) => {
+    const sku = (line as { sku?: unknown } | null)?.sku
+    if (typeof sku !== 'string') return
+    if (seen.has(sku))
+      issues.push({ in: 'body', field: `/lines/${i}/sku`, message: 'appears on another line' })
+    seen.add(sku)
   })
-  if (errors.length > 0) {
-    throw new MercatoError('invalid-request', 400, errors.map((e) => `${e.field}: ${e.message}`).join('; '), {
-      errors,
-    })
-  }
+  return issues
 }

@@ -85,6 +85,17 @@ describe('the command API', () => {
         ]),
         ['/lines/1/sku'],
       ],
+      // A rule beyond the schema (no SKU twice) is named beside what the schema refuses.
+      [
+        {
+          ...order([
+            { sku: 'X', quantity: 1 },
+            { sku: 'X', quantity: 0 },
+          ]),
+          coupon: 'FREE',
+        },
+        ['/lines/1/quantity', '/lines/1/sku', '/coupon'],
+      ],
       [{ lines: [{ sku: 'X', quantity: 1 }] }, ['/shippingAddress', '/paymentMethodToken']],
       // 150 emoji: 150 characters, 300 UTF-16 code units, which is what the event's bound counts.
       [{ ...order(), shippingAddress: { ...address, name: '😀'.repeat(150) } }, ['/shippingAddress/name']],
@@ -118,6 +129,16 @@ describe('the command API', () => {
       for (const field of fields)
         assert.ok(named.includes(field), `${field} named in ${JSON.stringify(named)}`)
     }
+    const adjustment = await shop.post(
+      '/v1/inventory/P1/adjustments',
+      { delta: -5, reason: 'restock', note: 'x' },
+      { 'idempotency-key': randomUUID() },
+    )
+    assert.equal(adjustment.status, 400)
+    assert.deepEqual(adjustment.body.errors.map((e: { field: string }) => e.field).sort(), [
+      '/delta',
+      '/note',
+    ])
     const product = await shop.put('/v1/products/P1', {
       name: 'x',
       description: '',
@@ -252,7 +273,7 @@ describe('the command API', () => {
     assert.equal(loopback.status, 400)
     assert.equal(
       loopback.body.detail,
-      'the webhook URL must not name a loopback, link-local or private address (127.0.0.1 is one)',
+      'body /url: must not name a loopback, link-local or private address (127.0.0.1 is one)',
     )
 
     for (const contentType of ['text/plain', 'application/x-www-form-urlencoded']) {
