@@ -353,8 +353,13 @@ withEngineFlags(program.command('load'))
         console.log(
           `accepted ${summary.accepted} (${summary.acceptedPerSecond.toFixed(0)}/s); confirmed ${summary.confirmed} (${summary.completedPerSecond.toFixed(0)}/s); cancelled ${JSON.stringify(summary.cancelled)}; unfinished ${summary.unfinished}`,
         )
+        // With no order confirmed there is no time to confirmation to show.
+        const toConfirmed =
+          summary.confirmed === 0
+            ? 'none confirmed'
+            : `p50 ${summary.confirmMs.p50} p99 ${summary.confirmMs.p99}`
         console.log(
-          `POST /v1/orders ms p50 ${summary.requestMs.p50} p99 ${summary.requestMs.p99}; 202 to CONFIRMED ms p50 ${summary.confirmMs.p50} p99 ${summary.confirmMs.p99}`,
+          `POST /v1/orders ms p50 ${summary.requestMs.p50} p99 ${summary.requestMs.p99}; 202 to CONFIRMED ms ${toConfirmed}`,
         )
       }
     } finally {

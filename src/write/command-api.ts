@@ -1,6 +1,7 @@
 // The write path: validate (statelessly), make idempotent, append one event, answer 202
 // with the id, its Location and a consistency token naming the stream position.
 import { randomBytes } from 'node:crypto'
+import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import {
   Accepted,
@@ -56,6 +57,8 @@ export interface CommandApiOptions {
 
 const source = 'mercato/command-api'
 const keyPattern = /^[\x21-\x7e]{1,255}$/
+
+const noQuery = T.Object({}, { additionalProperties: false })
 
 /** Per request, what its command's rules found (asked once, before validation). */
 const ruleIssues = new WeakMap<FastifyRequest, FieldIssue[]>()
@@ -251,6 +254,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       url,
       onRequest,
       schema: {
+        // No command takes query parameters: one sent is a mistake, said as for a body's field.
+        querystring: noQuery,
         ...schema,
         headers: idempotencyHeader,
         // A body that requires nothing may be left out (see preValidation): said in the document.
@@ -262,7 +267,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       // cancel, whose every field is optional, needs none). A bad Idempotency-Key is named
       // with the body's bad fields when the body is refused first.
       preValidation: async (request) => {
-        request.body ??= {}
+        // (`null` is a body, and not an object: validation says so.)
+        if (request.body === undefined) request.body = {}
         const keyError = keyErrorOf(request, spec.keyRequired)
         for (const issue of (keyError?.extensions?.errors as FieldIssue[] | undefined) ?? [])
           reportWithValidation(request, issue)

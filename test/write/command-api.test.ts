@@ -129,6 +129,19 @@ describe('the command API', () => {
       for (const field of fields)
         assert.ok(named.includes(field), `${field} named in ${JSON.stringify(named)}`)
     }
+    // A query parameter no command takes, and a body of null, are named like any bad field.
+    const query = await shop.post('/v1/orders?coupon=FREE', order(), { 'idempotency-key': randomUUID() })
+    assert.equal(query.status, 400)
+    assert.deepEqual(
+      query.body.errors.map((e: { in: string; field: string }) => `${e.in} ${e.field}`),
+      ['querystring /coupon'],
+    )
+    const nothing = await shop.post('/v1/orders', null, { 'idempotency-key': randomUUID() })
+    assert.equal(nothing.status, 400)
+    assert.deepEqual(
+      nothing.body.errors.map((e: { field: string; message: string }) => `${e.field} ${e.message}`),
+      ['/ must be object'],
+    )
     const adjustment = await shop.post(
       '/v1/inventory/P1/adjustments',
       { delta: -5, reason: 'restock', note: 'x' },
