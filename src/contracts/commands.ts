@@ -22,13 +22,18 @@ export const countries: string[] = (() => {
     .filter((code) => !notCountries.has(code) && names.of(code) !== undefined)
 })()
 
-/** Text a person types: not blank, and free of control characters, lone surrogates and bidi overrides. */
-const PersonText = (minLength: number, maxLength: number) =>
-  T.String({
+/**
+ * Text a person types: not blank, and free of control characters (but line breaks and tabs
+ * when it may have `lines`), lone surrogates and bidi overrides.
+ */
+const PersonText = (minLength: number, maxLength: number, { lines = false } = {}) => {
+  const controls = lines ? '\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F' : '\\p{Cc}'
+  return T.String({
     minLength,
     maxLength,
-    pattern: `^${minLength > 0 ? '(?!\\s*$)' : ''}[^\\p{Cc}\\p{Cs}\\u202A-\\u202E\\u2066-\\u2069]*$`,
+    pattern: `^${minLength > 0 ? '(?!\\s*$)' : ''}[^${controls}\\p{Cs}\\u202A-\\u202E\\u2066-\\u2069]*$`,
   })
+}
 
 /** A postal address as the API takes it: stricter than the events' (which must stay as published). */
 const PostalAddress = T.Object(
@@ -58,6 +63,9 @@ export const PlaceOrder = T.Object(
 )
 export type PlaceOrder = Static<typeof PlaceOrder>
 
+/** For routes that take no query parameters: one sent is refused, not ignored. */
+export const NoQuery = T.Object({}, strict)
+
 export const CancelOrder = T.Object({ reason: T.Optional(T.String({ maxLength: 500 })) }, strict)
 
 export const RegisterCustomer = T.Object(
@@ -75,12 +83,7 @@ export type RegisterCustomer = Static<typeof RegisterCustomer>
 export const UpsertProduct = T.Object(
   {
     name: PersonText(1, 200),
-    // Lines and tabs are allowed here; other control characters are not.
-    description: T.String({
-      maxLength: 5000,
-      pattern:
-        '^[^\\p{Cs}\\u202A-\\u202E\\u2066-\\u2069\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F]*$',
-    }),
+    description: PersonText(0, 5000, { lines: true }),
     category: PersonText(1, 100),
     priceMinor: AmountMinor,
     currency: Currency,

@@ -2,7 +2,8 @@
 // events, emitted with the request as its cause (`causationid`). A view whose documents the
 // outcome changes keeps such a request pending until the outcome arrives, so a reader
 // waiting on the request's consistency token sees what the request came to, not only that
-// it was made.
+// it was made. The answer goes on the request's topic with the request's key, so on its
+// partition, after it: a reader's wait compares positions on that partition alone.
 export const requestOutcomes: Readonly<Record<string, readonly string[]>> = {
   'order.cancel-requested': ['order.cancelled', 'order.cancel-refused'],
   'inventory.adjustment-requested': ['inventory.adjusted', 'inventory.adjustment-rejected'],

@@ -17,6 +17,11 @@ export interface FlagReader {
   string(key: string, fallback: string, context?: Record<string, string | number | boolean>): Promise<string>
 }
 
+/** The evaluation context of a flag read for a customer: flagd targeting keys on the customer. */
+export function customerContext(customerId: string): { targetingKey: string; customerId: string } {
+  return { targetingKey: customerId, customerId }
+}
+
 /** The flags every fresh deployment starts with (flagd flag definitions). */
 export const defaultFlagDefinitions: Record<string, Record<string, unknown>> = {
   'capture-on': {

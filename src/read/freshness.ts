@@ -27,6 +27,12 @@ interface ViewSample {
   partitions: Map<string, PartitionState>
 }
 
+/** Where a wait for a token ended: in which generation, and from which offset of the token's partition an answer reflects the write. */
+export interface Reached {
+  generation: number
+  from: number
+}
+
 export class Freshness {
   readonly #views: Views
   readonly #stream: EventStream
@@ -128,11 +134,10 @@ export class Freshness {
   /**
    * Waits until `view` has applied the event at `token` and, when that event is a request
    * the view awaits the outcome of (contracts/requests.ts), the outcome too; at most
-   * `timeoutMs`. Resolves with the view's next offset on the token's partition from then on
-   * (an answer read at or past it reflects the write), or undefined when it was not reached.
+   * `timeoutMs`. Resolves with where it was reached, or undefined when it was not.
    */
-  async waitFor(view: ViewName, token: RecordPosition, timeoutMs: number): Promise<number | undefined> {
-    if (!this.follows(view, token)) return 0
+  async waitFor(view: ViewName, token: RecordPosition, timeoutMs: number): Promise<Reached | undefined> {
+    if (!this.follows(view, token)) return { generation: this.generation(view), from: 0 }
     // A position the stream has not reached is no write's: answer at once, not after the
     // whole wait (a forged token must not hold a request, and its slot, that long).
     if (await this.#pastEnd(view, token)) return undefined
@@ -147,7 +152,7 @@ export class Freshness {
         reaches(await this.positions(view, generation), token) &&
         !(await storage.pending(generation, token))
       )
-        return (await this.positions(view, generation))[key]
+        return { generation, from: (await this.positions(view, generation))[key] }
       const left = deadline - Date.now()
       if (left <= 0 || this.#stopping.signal.aborted) return undefined
       await this.#nextApplied(view, Math.min(left, 20))

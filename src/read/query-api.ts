@@ -3,7 +3,7 @@
 // carries a write's consistency token waits (bounded) until the view has reached it.
 import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { IdParam, SkuParam } from '../contracts/commands.ts'
+import { IdParam, NoQuery, SkuParam } from '../contracts/commands.ts'
 import { decodeConsistencyToken } from '../contracts/consistency.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
 import { MercatoError } from '../platform/errors.ts'
@@ -64,7 +64,6 @@ const PageQuery = T.Object(
   },
   strict,
 )
-const NoQuery = T.Object({}, strict)
 const tokenHeader = T.Object({
   'mercato-consistency-token': T.Optional(
     T.String({
@@ -117,10 +116,10 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
 
   async function answer(request: FastifyRequest, reply: FastifyReply, spec: Answer) {
     const token = tokenOf(request)
-    // From this offset on its partition, an answer reflects the token's write (and its outcome).
-    const reachedAt = token ? await freshness.waitFor(spec.view, token, options.readWaitMs) : undefined
-    const reached = token ? reachedAt !== undefined : undefined
-    const generation = freshness.generation(spec.view)
+    const waited = token ? await freshness.waitFor(spec.view, token, options.readWaitMs) : undefined
+    const reached = token ? waited !== undefined : undefined
+    // The generation the write was seen in: one a rebuild made live meanwhile may not have it yet.
+    const generation = waited?.generation ?? freshness.generation(spec.view)
     const cacheKey = spec.key === undefined ? undefined : queryCacheKey(spec.view, generation, spec.key)
     let cached: CachedAnswer | undefined
     let previous: string | undefined
@@ -132,8 +131,8 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       if (
         found.answer &&
         (!token ||
-          reachedAt === undefined ||
-          (found.answer.positions[partitionKey(token.topic, token.partition)] ?? 0) >= reachedAt) &&
+          !waited ||
+          (found.answer.positions[partitionKey(token.topic, token.partition)] ?? 0) >= waited.from) &&
         (options.invalidatedHere(spec.view, generation) ||
           !freshness.movedPast(spec.view, found.answer.positions))
       )
@@ -154,10 +153,19 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       cached = { positions, etag: etagOf(body), body, ...(owner !== undefined ? { owner } : {}) }
       if (cacheKey) await queryCache.fill(cacheKey, previous, cached)
     }
-    setFreshness(reply, spec.view, cached.positions, reached)
     // Checked on hits and misses alike, before anything of the document leaves; a refusal
-    // that hides the document carries the same headers as a document that does not exist.
-    if (spec.owned) spec.owned.check(cached.owner ?? '')
+    // that hides the document says what a document that does not exist says: the view's
+    // current position (a cached answer's would tell the two apart), and no cache verdict.
+    if (spec.owned) {
+      try {
+        spec.owned.check(cached.owner ?? '')
+      } catch (error) {
+        const positions = hit ? await freshness.positions(spec.view, generation) : cached.positions
+        setFreshness(reply, spec.view, positions, reached)
+        throw error
+      }
+    }
+    setFreshness(reply, spec.view, cached.positions, reached)
     const cache = cacheKey === undefined ? 'none' : hit ? 'hit' : 'miss'
     reply.header('mercato-cache', cache)
     served.inc({ view: spec.view, cache })

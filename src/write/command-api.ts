@@ -1,7 +1,6 @@
 // The write path: validate (statelessly), make idempotent, append one event, answer 202
 // with the id, its Location and a consistency token naming the stream position.
 import { randomBytes } from 'node:crypto'
-import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import {
   Accepted,
@@ -9,6 +8,7 @@ import {
   CancelOrder,
   FlagKeyParam,
   IdParam,
+  NoQuery,
   PlaceOrder,
   RegisterCustomer,
   RegisterWebhook,
@@ -22,7 +22,7 @@ import { eventSchemas, eventTypeMatches } from '../contracts/events.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
-import { type FlagReader, validateFlagDefinition } from '../platform/flags.ts'
+import { customerContext, type FlagReader, validateFlagDefinition } from '../platform/flags.ts'
 import { authorize, type Identity, principalOf, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import { uuidv7 } from '../platform/ids.ts'
 import type { Logger } from '../platform/logger.ts'
@@ -57,8 +57,6 @@ export interface CommandApiOptions {
 
 const source = 'mercato/command-api'
 const keyPattern = /^[\x21-\x7e]{1,255}$/
-
-const noQuery = T.Object({}, { additionalProperties: false })
 
 /** Per request, what its command's rules found (asked once, before validation). */
 const ruleIssues = new WeakMap<FastifyRequest, FieldIssue[]>()
@@ -121,12 +119,6 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     const scope = scopeOf(request)
     const keyError = keyErrorOf(request, spec.keyRequired)
     if (keyError) throw keyError
-    // Said as a schema refusal says it: every bad field, in the same words.
-    const broken = ruleIssues.get(request) ?? []
-    if (broken.length > 0) {
-      const detail = broken.map((e) => `${e.in} ${e.field}: ${e.message}`).join('; ')
-      throw new MercatoError('invalid-request', 400, detail, { errors: broken })
-    }
     const header = request.headers['idempotency-key'] as string | undefined
     const key = header === undefined ? undefined : keyOf(header)
     if (key === undefined) spec.admit?.()
@@ -180,6 +172,14 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     }
     let answer: { status: number; body: Record<string, unknown>; headers: Record<string, string> }
     try {
+      // Refused after the key was looked at, so that a retry of a request taken before
+      // (the lines flag lowered since) still gets its stored answer; the key is let go.
+      // Said as a schema refusal says it: every bad field, in the same words.
+      const broken = ruleIssues.get(request) ?? []
+      if (broken.length > 0) {
+        const detail = broken.map((e) => `${e.in} ${e.field}: ${e.message}`).join('; ')
+        throw new MercatoError('invalid-request', 400, detail, { errors: broken })
+      }
       // The command's span continues the caller's trace (a W3C traceparent header) or starts
       // one; its events carry it, so one trace follows the order from the request on.
       const header = request.headers.traceparent
@@ -255,7 +255,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       onRequest,
       schema: {
         // No command takes query parameters: one sent is a mistake, said as for a body's field.
-        querystring: noQuery,
+        querystring: NoQuery,
         ...schema,
         headers: idempotencyHeader,
         // A body that requires nothing may be left out (see preValidation): said in the document.
@@ -696,10 +696,7 @@ async function lineIssues(
   const lines = (body as { lines?: unknown } | null)?.lines
   if (!Array.isArray(lines)) return []
   const issues: FieldIssue[] = []
-  const flagMax = await flags.number('max-lines-per-order', linesMax, {
-    targetingKey: customerId,
-    customerId,
-  })
+  const flagMax = await flags.number('max-lines-per-order', linesMax, customerContext(customerId))
   const max = Math.min(linesMax, flagMax)
   // Past the schema's own bound, the schema says so.
   const schemaMax = PlaceOrder.properties.lines.maxItems ?? Number.POSITIVE_INFINITY

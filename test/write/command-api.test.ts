@@ -434,12 +434,15 @@ describe('the command API', () => {
       { sku: 'CMD-1', quantity: 1 },
       { sku: 'CMD-2', quantity: 1 },
     ])
-    const place = async (customerId: string) =>
+    const place = async (customerId: string, key = randomUUID()) =>
       shop.post(
         '/v1/orders',
         { ...twoLines, customerId },
-        { 'idempotency-key': randomUUID(), authorization: await shop.bearer('customer', customerId) },
+        { 'idempotency-key': key, authorization: await shop.bearer('customer', customerId) },
       )
+    // Taken before the limit came: its retry still gets the stored answer after.
+    const earlier = randomUUID()
+    assert.equal((await place(limited, earlier)).status, 202)
     const set = await shop.put(
       '/v1/flags/max-lines-per-order',
       flag({ if: [{ '==': [{ var: 'customerId' }, limited] }, 'one', 'default'] }),
@@ -453,6 +456,9 @@ describe('the command API', () => {
         ['/lines'],
       )
       assert.equal((await place('cus_any_lines')).status, 202)
+      const retried = await place(limited, earlier)
+      assert.equal(retried.status, 202)
+      assert.equal(retried.headers.get('idempotent-replayed'), 'true')
     } finally {
       assert.equal((await shop.put('/v1/flags/max-lines-per-order', flag())).status, 202)
     }

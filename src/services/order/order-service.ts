@@ -6,7 +6,7 @@
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import { type OrderState, sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
-import type { FlagReader } from '../../platform/flags.ts'
+import { customerContext, type FlagReader } from '../../platform/flags.ts'
 import {
   causeFrom,
   type Emit,
@@ -160,8 +160,7 @@ export async function startOrderService(service: Service, options: OrderServiceO
         paymentMethodToken: string
         express?: boolean
       }
-      // Targeting (flagd's) can tell customers apart: the customer is the targeting key.
-      const context = { targetingKey: data.customerId, customerId: data.customerId }
+      const context = customerContext(data.customerId)
       const linesMax = Math.min(
         options.linesMax,
         await flags.number('max-lines-per-order', options.linesMax, context),
