@@ -78,10 +78,10 @@ class RecentCustomers {
   }
 }
 
-/** The order-status fold for one views store, with its own memory of orders' customers. */
 /** A cancel's outcome (cancelled, or refused) changes the order's document. */
 const awaits = ['order.cancel-requested']
 
+/** The order-status fold for one views store, with its own memory of orders' customers. */
 export function orderStatusSqlFold(): SqlFold {
   const knownCustomers = new RecentCustomers(50_000)
   return {
