@@ -125,7 +125,10 @@ export const IdParam = T.Object({ id: Id }, strict)
 export const FlagKeyParam = T.Object({ key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }) }, strict)
 
 export const Accepted = T.Object({
-  id: T.String(),
+  id: T.String({
+    description:
+      'the resource the command created or acts on: the order (also for a cancel), the customer, the SKU, the flag, the webhook endpoint',
+  }),
   status: T.Literal('accepted'),
   consistencyToken: T.String(),
 })

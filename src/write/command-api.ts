@@ -82,6 +82,11 @@ interface CommandSpec {
   onClaimed?: (tx: Tx, id: string, request: FastifyRequest) => Promise<void>
   newId: () => string
   /**
+   * The resource the command acts on, when it is not one the command creates: the answer's
+   * `id` (a cancel's is its order's). The command's own id stays the event's.
+   */
+  resourceOf?: (request: FastifyRequest) => string
+  /**
    * What the schema cannot say about a body (duplicate lines, a delta's sign, a webhook URL).
    * Asked before validation, so a body refused for its shape names these fields too: it
    * must take any body, and look only at the fields that have the right type.
@@ -211,7 +216,12 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       if (spec.location) headers.location = spec.location(id, request)
       answer = {
         status: 202,
-        body: { id, status: 'accepted', consistencyToken: token, ...spec.extraBody?.(id, events) },
+        body: {
+          id: spec.resourceOf?.(request) ?? id,
+          status: 'accepted',
+          consistencyToken: token,
+          ...spec.extraBody?.(id, events),
+        },
         headers,
       }
     } catch (error) {
@@ -388,6 +398,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       },
       keyRequired: false,
       newId: () => `cxl_${uuidv7()}`,
+      resourceOf: (request) => (request.params as { id: string }).id,
       location: (_id, request) => `/v1/orders/${(request.params as { id: string }).id}`,
       events: async (_id, request) => {
         const orderId = (request.params as { id: string }).id
@@ -459,6 +470,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('catalog.write', 'Catalog', 'catalog'),
       keyRequired: false,
       newId: () => `prd_${uuidv7()}`,
+      resourceOf: (request) => (request.params as { sku: string }).sku,
       location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
       events: async (_id, request) => {
         const { sku } = request.params as { sku: string }
@@ -488,6 +500,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('stock.adjust', 'Catalog', 'catalog'),
       keyRequired: true,
       newId: () => `adj_${uuidv7()}`,
+      resourceOf: (request) => (request.params as { sku: string }).sku,
       // Where the adjustment shows: the product's stock.
       location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
       // A restock adds stock (delta > 0); a write-off removes it.
@@ -523,6 +536,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('flag.write', 'Flags', 'flags'),
       keyRequired: false,
       newId: () => `flg_${uuidv7()}`,
+      resourceOf: (request) => (request.params as { key: string }).key,
       events: async (_id, request) => {
         const { key } = request.params as { key: string }
         const definition = request.body as Record<string, unknown>

@@ -62,6 +62,21 @@ describe('the command API', () => {
     )
     assert.equal(record.headers.ce_type, 'order.requested')
     assert.equal(record.key, answer.body.id)
+
+    // A command on an existing resource answers with that resource's id, as its Location names it.
+    const cancel = await shop.post(`/v1/orders/${answer.body.id}/cancel`, {}, {})
+    assert.equal(cancel.status, 202)
+    assert.equal(cancel.body.id, answer.body.id)
+    assert.equal(cancel.headers.get('location'), `/v1/orders/${answer.body.id}`)
+    const upsert = await shop.put('/v1/products/ID-1', {
+      name: 'Lamp',
+      description: '',
+      category: 'home',
+      priceMinor: 100,
+      currency: 'USD',
+    })
+    assert.equal(upsert.status, 202)
+    assert.equal(upsert.body.id, 'ID-1')
   })
 
   it('refuses bad bodies with 400 problem details naming each bad field, and publishes nothing', async () => {
