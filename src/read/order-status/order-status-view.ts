@@ -232,26 +232,32 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
     orderIds.forEach((id, i) => {
       if (knownCustomers[i]) customerOfOrder.set(id, knownCustomers[i] as string)
     })
-    // Requests pending from this batch on, and the positions of those this batch settles.
+    // Requests pending from this batch on, and those this batch settles.
     const requests = new Map<string, string>()
     const settled: string[] = []
     for (const { event, position } of fresh) {
       const role = requestRole(this.#awaits, event)
-      if (role?.kind === 'request') requests.set(event.id, requestPosition(position))
+      if (role?.kind === 'request' && !requests.has(event.id))
+        requests.set(event.id, requestPosition(position))
       else if (role?.kind === 'outcome' && !requests.delete(role.requestId)) settled.push(role.requestId)
     }
-    const settledAt =
-      settled.length === 0 ? [] : await this.#redis.hmget(this.#key(g, 'request-positions'), ...settled)
+    // One read for both: a request already pending keeps its first position (a copy appended
+    // again is not another request, as in the SQL views), and a settled one's goes with it.
+    const ids = [...requests.keys(), ...settled]
+    const positions =
+      ids.length === 0 ? [] : await this.#redis.hmget(this.#key(g, 'request-positions'), ...ids)
+    const pendingAt = new Map(ids.map((id, i) => [id, positions[i]]))
     const multi = this.#redis.multi()
     for (const [id, at] of requests) {
+      if (pendingAt.get(id)) continue
       multi.hset(this.#key(g, 'requests'), at, id)
       multi.hset(this.#key(g, 'request-positions'), id, at)
     }
-    settled.forEach((id, i) => {
-      const at = settledAt[i]
+    for (const id of settled) {
+      const at = pendingAt.get(id)
       if (at) multi.hdel(this.#key(g, 'requests'), at)
       multi.hdel(this.#key(g, 'request-positions'), id)
-    })
+    }
     for (const { orderId, step } of found) {
       multi.hsetnx(this.#key(g, `order:${orderId}`), step.id, JSON.stringify(step))
       const customerId = customerOf(step)
