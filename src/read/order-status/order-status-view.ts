@@ -218,9 +218,29 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
 
   async create(): Promise<void> {}
 
+  /**
+   * Applies a batch in one script that first checks the batch's partitions are where they
+   * were read: a consumer still applying after it lost a partition (a rebalance's overlap)
+   * finds them moved and reads again, so it cannot move a position back, nor leave pending
+   * a request the partition's new owner has settled.
+   */
   async apply(g: number, events: ViewEvent[]): Promise<string[]> {
-    const stored = await this.#positionMap(g)
-    const fresh = unapplied(events, stored)
+    for (let attempt = 1; ; attempt++) {
+      const changed = await this.#applyIfUnmoved(g, events)
+      if (changed) return changed
+      if (attempt === applyAttemptsMax)
+        throw new Error(`order-status view: another writer kept moving its positions (${attempt} tries)`)
+    }
+  }
+
+  /** The cache keys the batch changed; undefined when a partition moved since it was read. */
+  async #applyIfUnmoved(g: number, events: ViewEvent[]): Promise<string[] | undefined> {
+    const positionsKey = this.#key(g, 'positions')
+    const stored = await this.#redis.hgetall(positionsKey)
+    const fresh = unapplied(
+      events,
+      new Map(Object.entries(stored).map(([key, value]) => [key, Number(value.split('|')[0])])),
+    )
     if (fresh.length === 0) return []
     const found = fresh.flatMap(({ event }) => orderStepOf(event) ?? [])
     const orderIds = [...new Set(found.map((f) => f.orderId))]
@@ -243,41 +263,38 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
     }
     // One read for both: a request already pending keeps its first position (a copy appended
     // again is not another request, as in the SQL views), and a settled one's goes with it.
+    // A request and its outcome share a partition, so the write's check covers this read too.
     const ids = [...requests.keys(), ...settled]
     const positions =
       ids.length === 0 ? [] : await this.#redis.hmget(this.#key(g, 'request-positions'), ...ids)
     const pendingAt = new Map(ids.map((id, i) => [id, positions[i]]))
-    const multi = this.#redis.multi()
+    const writes: string[][] = []
     for (const [id, at] of requests) {
       if (pendingAt.get(id)) continue
-      multi.hset(this.#key(g, 'requests'), at, id)
-      multi.hset(this.#key(g, 'request-positions'), id, at)
+      writes.push(['HSET', this.#key(g, 'requests'), at, id])
+      writes.push(['HSET', this.#key(g, 'request-positions'), id, at])
     }
     for (const id of settled) {
       const at = pendingAt.get(id)
-      if (at) multi.hdel(this.#key(g, 'requests'), at)
-      multi.hdel(this.#key(g, 'request-positions'), id)
+      if (at) writes.push(['HDEL', this.#key(g, 'requests'), at])
+      writes.push(['HDEL', this.#key(g, 'request-positions'), id])
     }
     for (const { orderId, step } of found) {
-      multi.hsetnx(this.#key(g, `order:${orderId}`), step.id, JSON.stringify(step))
+      writes.push(['HSETNX', this.#key(g, `order:${orderId}`), step.id, JSON.stringify(step)])
       const customerId = customerOf(step)
       if (customerId && !customerOfOrder.has(orderId)) {
         customerOfOrder.set(orderId, customerId)
-        multi.set(this.#key(g, `order-customer:${orderId}`), customerId)
-        multi.zadd(this.#key(g, `customer:${customerId}`), 0, `${step.time}|${orderId}`)
+        writes.push(['SET', this.#key(g, `order-customer:${orderId}`), customerId])
+        writes.push(['ZADD', this.#key(g, `customer:${customerId}`), '0', `${step.time}|${orderId}`])
       }
     }
+    const expected = new Map<string, string>()
     for (const p of positionsAfter(fresh)) {
-      multi.hset(
-        this.#key(g, 'positions'),
-        partitionKey(p.topic, p.partition),
-        `${p.nextOffset}|${p.lastEventMs}`,
-      )
+      const field = partitionKey(p.topic, p.partition)
+      expected.set(field, stored[field] ?? '')
+      writes.push(['HSET', positionsKey, field, `${p.nextOffset}|${p.lastEventMs}`])
     }
-    const results = await multi.exec()
-    const failed = results?.find(([error]) => error)
-    if (!results || failed)
-      throw new Error(`order-status view write failed: ${failed?.[0]?.message ?? 'aborted'}`)
+    if (!(await writeIfAt(this.#redis, positionsKey, expected, writes))) return undefined
     const changed = new Set<string>()
     for (const id of orderIds) {
       changed.add(orderCacheKey(id))
@@ -285,11 +302,6 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
       if (customerId) changed.add(customerOrdersCacheKey(customerId))
     }
     return [...changed]
-  }
-
-  async #positionMap(g: number): Promise<Map<string, number>> {
-    const all = await this.#redis.hgetall(this.#key(g, 'positions'))
-    return new Map(Object.entries(all).map(([key, value]) => [key, Number(value.split('|')[0])]))
   }
 
   async pending(g: number, position: RecordPosition): Promise<boolean> {
@@ -389,3 +401,38 @@ function documentsOf(rows: [string, OrderStep][]): OrderDocument[] {
 function requestPosition({ topic, partition, offset }: RecordPosition): string {
   return `${partitionKey(topic, partition)}@${offset}`
 }
+
+/** Tries of a batch whose partitions another writer moved between its read and its write. */
+const applyAttemptsMax = 5
+
+/**
+ * Runs `writes` (each a command and its arguments) in one script, only if every field of
+ * `expected` in the hash at `key` still holds its value ('' for a field that was absent).
+ * Resolves with whether it ran them.
+ */
+export async function writeIfAt(
+  redis: Redis,
+  key: string,
+  expected: Map<string, string>,
+  writes: string[][],
+): Promise<boolean> {
+  const args = [String(expected.size), ...[...expected].flat()]
+  for (const write of writes) args.push(String(write.length), ...write)
+  return (await redis.eval(writeIfAtScript, 1, key, ...args)) === 1
+}
+
+// ARGV: the count n of expected fields, n pairs of field and value, then each write as its
+// argument count followed by its arguments.
+const writeIfAtScript = `
+local n = tonumber(ARGV[1])
+for i = 0, n - 1 do
+  if (redis.call('HGET', KEYS[1], ARGV[2 + 2 * i]) or '') ~= ARGV[3 + 2 * i] then return 0 end
+end
+local i = 2 + 2 * n
+while i <= #ARGV do
+  local count = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + count))
+  i = i + count + 1
+end
+return 1
+`
