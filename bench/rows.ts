@@ -2,7 +2,8 @@
 export interface Row {
   scenario: string
   engine: string
-  metric: 'throughput' | 'p50' | 'p99' | 'cpu'
+  /** `answers`: how many requests got one kind of answer (its unit says which), beside all sent. */
+  metric: 'throughput' | 'p50' | 'p99' | 'cpu' | 'answers'
   value: number
   unit: string
   baseline: number

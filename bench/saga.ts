@@ -5,6 +5,7 @@
 // is the saga's own and not the wait in a queue. There is no external baseline for a whole
 // saga: the row's baseline is the issue's target, so the ratio says how far off we are.
 import { randomUUID } from 'node:crypto'
+import { availableParallelism } from 'node:os'
 import { silentLogger } from '../src/platform/logger.ts'
 import { Metrics } from '../src/platform/metrics.ts'
 import { loadConfig } from '../src/runtime/config.ts'
@@ -122,7 +123,7 @@ export async function benchSaga(options: {
           (summary) => summary.confirmed,
         )
         report(`${engine} ${label}`, result, cpuUs)
-        return result
+        return { ...result, cpuMs: cpuUs / 1000 }
       }
       const carried = await phase(`fixed ${target.carriedRate}/s`, {
         orders: target.carriedRate * options.seconds,
@@ -139,32 +140,38 @@ export async function benchSaga(options: {
         rate: 0,
         concurrency: 256,
       })
-      const atRate = (rate: number, summary: LoadSummary) => {
+      // The CPU an order may take for the target's throughput on this machine's cores.
+      const cpuBudgetMs = (availableParallelism() * 1_000) / target.completedPerSecond
+      const perOrder = (scenario: string, summary: { cpuMs: number }) =>
+        row(scenario, engine, 'cpu', summary.cpuMs, 'ms CPU/confirmed order', cpuBudgetMs)
+      const atRate = (rate: number, summary: LoadSummary & { cpuMs: number }) => {
         const scenario = `saga at ${rate} orders/s offered`
         return [
           row(scenario, engine, 'p50', summary.confirmMs.p50, 'ms 202→CONFIRMED', target.p99Ms),
           row(scenario, engine, 'p99', summary.confirmMs.p99, 'ms 202→CONFIRMED', target.p99Ms),
           row(scenario, engine, 'throughput', summary.completedPerSecond, 'confirmed/s', rate),
+          perOrder(scenario, summary),
         ]
       }
+      const saturation = 'saga at saturation (256 clients)'
+      // Every request is answered at saturation: the answers by status (a timeout or a network
+      // error would show as one; "503, then retried" counts the refusals an order was sent again
+      // after), beside the orders offered.
       rows.push(
         ...atRate(target.carriedRate, carried),
         ...atRate(target.rate, fixed),
         row(
-          'saga at saturation (256 clients)',
+          saturation,
           engine,
           'throughput',
           saturated.completedPerSecond,
           'confirmed/s',
           target.completedPerSecond,
         ),
-        row(
-          'saga at saturation (256 clients)',
-          engine,
-          'p99',
-          saturated.confirmMs.p99,
-          'ms 202→CONFIRMED',
-          target.p99Ms,
+        row(saturation, engine, 'p99', saturated.confirmMs.p99, 'ms 202→CONFIRMED', target.p99Ms),
+        perOrder(saturation, saturated),
+        ...Object.entries(saturated.byStatus).map(([status, count]) =>
+          row(saturation, engine, 'answers', count, `answered ${status}`, saturated.offered),
         ),
       )
     } finally {
