@@ -6,7 +6,9 @@ import { Type as T, type TSchema } from '@sinclair/typebox'
 export const Id = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._:-]+$' })
 export const Sku = T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9._-]+$' })
 export const Currency = T.String({ pattern: '^[A-Z]{3}$' })
-export const AmountMinor = T.Integer({ minimum: 0, maximum: 1_000_000_000_000 })
+/** The most any amount may be, in minor units. */
+export const amountMinorMax = 1_000_000_000_000
+export const AmountMinor = T.Integer({ minimum: 0, maximum: amountMinorMax })
 export const Quantity = T.Integer({ minimum: 1, maximum: 10_000 })
 const Timestamp = T.String({ format: 'date-time' })
 export const Email = T.String({ format: 'email', maxLength: 254 })

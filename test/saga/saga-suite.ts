@@ -160,6 +160,17 @@ export function defineSagaSuite(engines: EngineSet, skip: string | undefined) {
       await assertInvariants(shop, [orderId], skus)
     })
 
+    it('cancels an order whose total is past the most an amount may be, and charges nothing', async () => {
+      // 9,999 units at just under 10^12 minor units each: past 2^53, so not even exact.
+      await shop.stockUp(['SAGA-PRICEY'], 10_000, 999_999_999_999)
+      const orderId = await shop.placeOrder([{ sku: 'SAGA-PRICEY', quantity: 9_999 }])
+      const outcome = await shop.watcher.waitFor(orderId, 20_000)
+      assert.deepEqual([outcome?.state, outcome?.reason], ['CANCELLED', 'invalid-order'])
+      assert.deepEqual(await chargesOf(shop, orderId), [])
+      assert.deepEqual(await stockOf(shop, 'SAGA-PRICEY'), { onHand: 10_000, available: 10_000, reserved: 0 })
+      await assertInvariants(shop, [orderId], [...skus, 'SAGA-PRICEY'])
+    })
+
     it('releases the stock of a declined payment', async () => {
       const before = await stockOf(shop, 'SAGA-B')
       const orderId = await shop.placeOrder([{ sku: 'SAGA-B', quantity: 3 }], 'tok_decline')

@@ -33,8 +33,8 @@ export interface Shop {
   ): Promise<{ status: number; body: any; headers: Headers }>
   put(path: string, body: unknown): Promise<{ status: number; body: any }>
   get(path: string): Promise<{ status: number; body: any }>
-  /** Creates products (price 1000 minor USD) with `stock` units each, and waits until orders can use them. */
-  stockUp(skus: string[], stock: number): Promise<void>
+  /** Creates products (price `priceMinor`, 1000 by default, in USD) with `stock` units each, and waits until orders can use them. */
+  stockUp(skus: string[], stock: number, priceMinor?: number): Promise<void>
   placeOrder(lines: { sku: string; quantity: number }[], token?: string): Promise<string>
   /** A bearer access token for a role, minted by the shop's own key ring. */
   bearer(role: 'admin' | 'support' | 'customer', customerId?: string): Promise<string>
@@ -127,13 +127,13 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     post: (path, body, headers) => request('POST', path, body, headers),
     put: (path, body) => request('PUT', path, body),
     get: (path) => request('GET', path),
-    async stockUp(skus, stock) {
+    async stockUp(skus, stock, priceMinor = 1000) {
       for (const sku of skus) {
         const product = {
           name: `Product ${sku}`,
           description: '',
           category: 'test',
-          priceMinor: 1000,
+          priceMinor,
           currency: 'USD',
         }
         const put = await shop.put(`/v1/products/${sku}`, product)

@@ -4,7 +4,7 @@
 // Compensation follows from `order.cancelled`: inventory releases, payment voids or
 // refunds, shipping cancels.
 import type { CloudEvent } from '../../contracts/envelope.ts'
-import { type OrderState, sagaConsumers } from '../../contracts/events.ts'
+import { amountMinorMax, type OrderState, sagaConsumers } from '../../contracts/events.ts'
 import type { Tx } from '../../engines/store/port.ts'
 import { customerContext, type FlagReader } from '../../platform/flags.ts'
 import {
@@ -184,7 +184,12 @@ export async function startOrderService(service: Service, options: OrderServiceO
         }
         if (currencies.size > 1) problems.push('products in more than one currency')
         if (data.lines.length > linesMax) problems.push(`more than ${linesMax} lines`)
-        const total = priced.reduce((sum, line) => sum + line.quantity * line.unitPriceMinor, 0)
+        const summed = priced.reduce((sum, line) => sum + line.quantity * line.unitPriceMinor, 0)
+        // Past the most one amount may be (the events' bound), the sum is not even exact: the
+        // order is refused, with no total of its own.
+        if (summed > amountMinorMax)
+          problems.push(`the total comes to more than ${amountMinorMax} minor units, the most one order may`)
+        const total = summed > amountMinorMax ? 0 : summed
         const now = new Date().toISOString()
         await tx.execute(
           `INSERT INTO orders (order_id, customer_id, state, lines, total_minor, currency, shipping_address,
