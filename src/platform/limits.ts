@@ -77,15 +77,26 @@ export class Semaphore {
   }
 }
 
-export async function withTimeout<T>(operation: string, timeoutMs: number, work: Promise<T>): Promise<T> {
+export async function withTimeout<T>(
+  operation: string,
+  timeoutMs: number,
+  work: Promise<T>,
+  /** Gives up at once when it aborts, with its reason. */
+  signal?: AbortSignal,
+): Promise<T> {
   let timer: NodeJS.Timeout | undefined
+  let onAbort: (() => void) | undefined
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new TimeoutError(operation, timeoutMs)), timeoutMs)
+    onAbort = () => reject(signal?.reason)
+    if (signal?.aborted) onAbort()
+    else signal?.addEventListener('abort', onAbort, { once: true })
   })
   try {
     return await Promise.race([work, timeout])
   } finally {
     clearTimeout(timer)
+    if (onAbort) signal?.removeEventListener('abort', onAbort)
   }
 }
 

@@ -250,8 +250,11 @@ export class Service {
     }
   }
 
-  /** Runs `job` every `intervalMs` until the service stops; a failing run is logged, not fatal. */
-  every(name: string, intervalMs: number, job: () => Promise<void>): void {
+  /**
+   * Runs `job` every `intervalMs` until the service stops; a failing run is logged, not
+   * fatal. The signal tells a run in progress that the service is stopping.
+   */
+  every(name: string, intervalMs: number, job: (stopping: AbortSignal) => Promise<void>): void {
     const signal = this.#stopping.signal
     this.#jobs.push(
       (async () => {
@@ -259,7 +262,7 @@ export class Service {
           await sleep(intervalMs, signal)
           if (signal.aborted) break
           try {
-            await job()
+            await job(signal)
           } catch (error) {
             this.log.warn({ job: name, err: errorMessage(error) }, 'periodic job failed; will run again')
           }

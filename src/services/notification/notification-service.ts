@@ -152,9 +152,14 @@ interface DueRow {
   id: string
   status: string
   attempts: number
+  /** Deliveries of one lane (a webhook's endpoint) share its slots: '' for e-mails, which have one. */
+  lane: string
 }
 
 const nowIso = () => new Date().toISOString()
+
+/** Deliveries one run of a delivery loop starts at most. */
+const drainStartsMax = 320
 const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString()
 const text = (value: unknown) => (typeof value === 'string' && value.length > 0 ? value : undefined)
 
@@ -403,15 +408,30 @@ export async function startNotificationService(
 
   // ---- delivery loops: network I/O outside any transaction ----
 
-  /** Due rows of `table`: pending, or claimed by a sender whose lease ran out (it crashed). */
-  async function due(table: string): Promise<DueRow[]> {
+  /**
+   * Due rows of `table`: pending, or claimed by a sender whose lease ran out (it crashed or
+   * stopped). With `laneColumn`, each lane's oldest first, then each lane's second, and so
+   * on: a lane with a long backlog does not fill the page.
+   */
+  async function due(table: string, limit: number, laneColumn?: string): Promise<DueRow[]> {
+    const pending = `status IN ('pending', 'sending') AND next_attempt_at <= $1`
     const rows = await store.query<DueRow>(
-      `SELECT id, status, attempts FROM ${table}
-        WHERE status IN ('pending', 'sending') AND next_attempt_at <= $1
-        ORDER BY next_attempt_at LIMIT $2`,
-      [nowIso(), concurrencyMax],
+      laneColumn
+        ? `SELECT id, status, attempts, lane FROM (
+             SELECT id, status, attempts, ${laneColumn} AS lane, next_attempt_at,
+               ROW_NUMBER() OVER (PARTITION BY ${laneColumn} ORDER BY next_attempt_at, id) AS turn
+             FROM ${table} WHERE ${pending}
+           ) AS due ORDER BY turn, next_attempt_at, id LIMIT $2`
+        : `SELECT id, status, attempts, '' AS lane FROM ${table} WHERE ${pending}
+           ORDER BY next_attempt_at, id LIMIT $2`,
+      [nowIso(), limit],
     )
-    return rows.map((row) => ({ id: row.id, status: row.status, attempts: Number(row.attempts) }))
+    return rows.map((row) => ({
+      id: row.id,
+      status: row.status,
+      attempts: Number(row.attempts),
+      lane: String(row.lane),
+    }))
   }
 
   /**
@@ -538,7 +558,7 @@ export async function startNotificationService(
     count('email', 'sent')
   }
 
-  async function callWebhook(row: DueRow): Promise<void> {
+  async function callWebhook(row: DueRow, stopping: AbortSignal): Promise<void> {
     const lookupTimeoutMs = Math.max(1_000, options.webhookTimeoutMs)
     const table = 'notification_webhook_deliveries'
     const delivery = await claim<{
@@ -579,6 +599,7 @@ export async function startNotificationService(
         'resolving the webhook host',
         lookupTimeoutMs,
         resolveWebhookTarget(endpoint.url, options.allowPrivateWebhookHosts),
+        stopping,
       )
       const timestamp = Math.floor(Date.now() / 1000)
       response = await postWebhook(
@@ -593,8 +614,12 @@ export async function startNotificationService(
           'Mercato-Delivery-Id': row.id,
         },
         options.webhookTimeoutMs,
+        stopping,
       )
     } catch (error) {
+      // Cut off by a stop: the row stays claimed, and is due again when its lease ends, as
+      // after a crash. A stop need not wait out a host that does not answer.
+      if (stopping.aborted) return
       if (error instanceof RefusedUrlError) {
         await finish('failed', error.message, null)
         count('webhook', 'refused')
@@ -639,22 +664,48 @@ export async function startNotificationService(
     count('webhook', 'sent')
   }
 
-  /** One run of a loop: batches of due rows until none is left (bounded, so stop is prompt). */
-  const drain = (table: string, deliver: (row: DueRow) => Promise<void>) => async () => {
-    for (let batch = 0; batch < 20; batch++) {
-      const rows = await due(table)
-      if (rows.length === 0) return
-      const results = await Promise.allSettled(rows.map(deliver))
-      for (const result of results) {
-        if (result.status === 'rejected')
-          log.warn(
-            { table, err: errorMessage(result.reason) },
-            'delivery attempt failed to record; will retry',
-          )
+  /**
+   * One run of a loop: due rows, `concurrencyMax` at a time, a new one started as soon as
+   * one ends, until none is left or the run has started its share (so a stop is prompt).
+   * One lane holds at most `laneSlotsMax` slots: a webhook endpoint that does not answer
+   * delays its own deliveries, not every other endpoint's.
+   */
+  const drain =
+    (table: string, deliver: (row: DueRow, stopping: AbortSignal) => Promise<void>, laneColumn?: string) =>
+    async (stopping: AbortSignal) => {
+      const laneSlotsMax = laneColumn ? Math.max(1, Math.floor(concurrencyMax / 4)) : concurrencyMax
+      const running = new Map<string, { lane: string; done: Promise<void> }>()
+      const inLane = (lane: string) => [...running.values()].filter((r) => r.lane === lane).length
+      let started = 0
+      while (!stopping.aborted && started < drainStartsMax) {
+        const free = concurrencyMax - running.size
+        const next: DueRow[] = []
+        if (free > 0) {
+          for (const row of await due(table, concurrencyMax + running.size, laneColumn)) {
+            if (next.length === free) break
+            if (
+              running.has(row.id) ||
+              inLane(row.lane) + next.filter((n) => n.lane === row.lane).length >= laneSlotsMax
+            )
+              continue
+            next.push(row)
+          }
+        }
+        for (const row of next) {
+          started++
+          const done = deliver(row, stopping)
+            .catch((error) =>
+              log.warn({ table, err: errorMessage(error) }, 'delivery attempt failed to record; will retry'),
+            )
+            .finally(() => running.delete(row.id))
+          running.set(row.id, { lane: row.lane, done })
+        }
+        if (running.size === 0) return
+        // Look again when one ends: its slot is free, and rows may have come due.
+        await Promise.race([...running.values()].map((r) => r.done))
       }
-      if (rows.length < concurrencyMax) return
+      await Promise.all([...running.values()].map((r) => r.done))
     }
-  }
 
   /**
    * On PostgreSQL a customer's registration and an e-mail for them may commit side by side,
@@ -684,7 +735,7 @@ export async function startNotificationService(
   service.every(
     'notification-webhooks',
     pollIntervalMs,
-    drain('notification_webhook_deliveries', callWebhook),
+    drain('notification_webhook_deliveries', callWebhook, 'endpoint_id'),
   )
 
   return {

@@ -56,12 +56,16 @@ export interface WebhookResponse {
   bodyStart: string
 }
 
-/** POSTs `body` to the target once; resolves with the response, rejects on a network error or the time limit. */
+/**
+ * POSTs `body` to the target once; resolves with the response, rejects on a network error,
+ * the time limit, or `stopping`.
+ */
 export function postWebhook(
   target: ResolvedTarget,
   body: string,
   headers: Record<string, string>,
   timeoutMs: number,
+  stopping?: AbortSignal,
 ): Promise<WebhookResponse> {
   const { url, addresses } = target
   const pinned: LookupFunction | undefined = addresses
@@ -72,7 +76,8 @@ export function postWebhook(
     : undefined
   const client = url.protocol === 'https:' ? https : http
   return new Promise((resolve, reject) => {
-    const signal = AbortSignal.timeout(timeoutMs)
+    const timeout = AbortSignal.timeout(timeoutMs)
+    const signal = stopping ? AbortSignal.any([timeout, stopping]) : timeout
     const request = client.request(
       url,
       {
@@ -102,7 +107,7 @@ export function postWebhook(
     )
     request.on('error', (error) => {
       reject(
-        signal.aborted
+        timeout.aborted
           ? new Error(`no response from ${redactUrl(url.toString())} within ${timeoutMs} ms`)
           : error,
       )

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
 import { afterEach, describe, it } from 'node:test'
 import type { Store } from '../../../src/engines/store/port.ts'
 import { privateAddressReason } from '../../../src/platform/outbound-url.ts'
@@ -82,9 +82,15 @@ for (const { kind, skip } of await storeKinds('notification service')) {
         last_status_code: number | null
       }>('SELECT status, attempts, last_error, last_status_code FROM notification_webhook_deliveries')
 
-    async function setEndpoint(harness: Harness, store: Store, url: string, events: string[]) {
-      await harness.publish('webhook.endpoint-set', 'ep-1', {
-        endpointId: 'ep-1',
+    async function setEndpoint(
+      harness: Harness,
+      store: Store,
+      url: string,
+      events: string[],
+      endpointId = 'ep-1',
+    ) {
+      await harness.publish('webhook.endpoint-set', endpointId, {
+        endpointId,
         url,
         secret,
         events,
@@ -93,7 +99,7 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       await waitFor('endpoint registered', async () => {
         const rows = await store.query(
           'SELECT 1 FROM notification_webhook_endpoints WHERE endpoint_id = $1',
-          ['ep-1'],
+          [endpointId],
         )
         return rows.length === 1
       })
@@ -265,6 +271,41 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       assert.match(
         await harness.metrics.text(),
         /mercato_notifications_total\{channel="webhook",outcome="retry"\} 2\n/,
+      )
+    })
+
+    it('keeps delivering to a healthy endpoint while another never answers, and a stop cuts the silent calls off', async () => {
+      const receiver = await webhookReceiver(204)
+      cleanups.push(receiver.close)
+      // Takes connections and never answers.
+      const sockets = new Set<Socket>()
+      const silent = createNetServer((socket) => {
+        sockets.add(socket)
+        socket.on('error', () => {})
+      })
+      await new Promise<void>((resolve) => silent.listen(0, '127.0.0.1', resolve))
+      cleanups.push(async () => {
+        for (const socket of sockets) socket.destroy()
+        await new Promise((resolve) => silent.close(resolve))
+      })
+      const { port } = silent.address() as AddressInfo
+      // Longer than the test: the silent endpoint's calls are all still waiting at its end.
+      const { harness, store, running } = await start({ webhookTimeoutMs: 60_000 })
+      await setEndpoint(harness, store, `http://127.0.0.1:${port}/hooks`, ['*'], 'ep-silent')
+      await setEndpoint(harness, store, receiver.url, ['*'], 'ep-healthy')
+      // More deliveries than the loop has slots, the silent endpoint's as old as the healthy one's.
+      for (let i = 0; i < 20; i++) await harness.publish('order.confirmed', `o-h${i}`, { orderId: `o-h${i}` })
+      await waitFor('every delivery to the healthy endpoint', () => receiver.received.length === 20)
+      await waitFor('the silent endpoint called', () => sockets.size > 0)
+      await running.stop()
+      const silentDeliveries = await store.query<{ status: string; attempts: number }>(
+        "SELECT status, attempts FROM notification_webhook_deliveries WHERE endpoint_id = 'ep-silent'",
+      )
+      assert.equal(silentDeliveries.length, 20)
+      // The calls cut off stay claimed, to be tried again when their lease ends; none is failed.
+      assert.deepEqual(
+        new Set(silentDeliveries.map((d) => `${d.status} ${d.attempts}`)),
+        new Set(['sending 1', 'pending 0']),
       )
     })
 
