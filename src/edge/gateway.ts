@@ -14,6 +14,7 @@ import type { Store } from '../engines/store/port.ts'
 import { MercatoError, OverloadedError } from '../platform/errors.ts'
 import {
   authenticateUser,
+  clientAddressHeader,
   type Identity,
   principalEntity,
   serviceTokenHeader,
@@ -297,6 +298,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
           if (typeof value === 'string') headers[name] = value
         }
         headers['x-request-id'] = request.id
+        headers[clientAddressHeader] = request.ip
         headers[serviceTokenHeader] = await identity.tokens.issueService('gateway', route.upstream)
         const body =
           request.body === undefined

@@ -23,7 +23,13 @@ import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
 import { customerContext, type FlagReader, validateFlagDefinition } from '../platform/flags.ts'
-import { authorize, type Identity, principalOf, requireVerifiedCaller } from '../platform/identity/guard.ts'
+import {
+  authorize,
+  clientAddressOf,
+  type Identity,
+  principalOf,
+  requireVerifiedCaller,
+} from '../platform/identity/guard.ts'
 import { uuidv7 } from '../platform/ids.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
@@ -622,9 +628,13 @@ function refusalOf(spec: CommandSpec): unknown {
 }
 
 /** Who is calling: the scope of idempotency keys. */
+/**
+ * Whose keys a request's key is among: a signed-in user's own, or, for a caller without a
+ * token (a registration), those sent from its address.
+ */
 function scopeOf(request: FastifyRequest): string {
   const principal = principalOf(request)
-  return principal.kind === 'user' ? principal.subject : 'anonymous'
+  return principal.kind === 'user' ? principal.subject : `anonymous:${clientAddressOf(request)}`
 }
 
 /** The signed-in customer; the policy has already refused anyone else an order. */

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
+import { request as httpRequest } from 'node:http'
 import { after, before, describe, it } from 'node:test'
 import fc from 'fast-check'
 import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
@@ -435,6 +436,33 @@ describe('the command API', () => {
     })
     assert.equal(elsewhere.status, 202)
     assert.notEqual(elsewhere.body.id, first.body.id)
+
+    // A caller without a token (a registration) has the keys of its address: another
+    // address's same key is another request, and gets nothing of the first one's answer.
+    const register = (localAddress: string, email: string) =>
+      new Promise<{ status: number; body: { id: string } }>((resolve, reject) => {
+        const body = JSON.stringify({
+          email,
+          givenName: 'An',
+          familyName: 'On',
+          password: 'anonymous-password-1',
+        })
+        const headers = { 'content-type': 'application/json', 'idempotency-key': key }
+        httpRequest(`${shop.url}/v1/customers`, { method: 'POST', headers, localAddress }, (response) => {
+          let text = ''
+          response.on('data', (chunk) => {
+            text += chunk
+          })
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(text) }))
+        })
+          .on('error', reject)
+          .end(body)
+      })
+    const here = await register('127.0.0.1', `here-${key.slice(0, 8)}@example.com`)
+    const there = await register('127.0.0.2', `there-${key.slice(0, 8)}@example.com`)
+    assert.deepEqual([here.status, there.status], [202, 202])
+    assert.notEqual(there.body.id, here.body.id)
+    assert.equal((await register('127.0.0.1', `other-${key.slice(0, 8)}@example.com`)).status, 422)
   })
 
   it("a flag's targeting tells customers apart: the signed-in customer is the targeting key", async () => {

@@ -38,6 +38,19 @@ export function principalOf(request: FastifyRequest): Principal {
   return callerOf(request)?.principal ?? anonymous
 }
 
+/** The header in which the gateway tells a component in another process the client's address. */
+export const clientAddressHeader = 'x-forwarded-for'
+
+/**
+ * The address the request came from: the client's as the gateway saw it for a call the gateway
+ * forwarded (a verified service call), the peer's otherwise.
+ */
+export function clientAddressOf(request: FastifyRequest): string {
+  const forwarded = request.headers[clientAddressHeader]
+  if (callerOf(request)?.service && typeof forwarded === 'string' && forwarded.length <= 64) return forwarded
+  return request.ip
+}
+
 /** The bearer token of an Authorization header; undefined when there is none. */
 export function bearerOf(request: FastifyRequest): string | undefined {
   const header = request.headers.authorization
