@@ -48,6 +48,7 @@ const AuthorizationBody = T.Object(
   },
   { additionalProperties: false },
 )
+const NoBody = T.Object({}, { additionalProperties: false })
 const RefundBody = T.Object(
   { amountMinor: T.Optional(T.Integer({ minimum: 1, maximum: 1_000_000_000_000 })) },
   { additionalProperties: false },
@@ -149,7 +150,14 @@ export async function startPaymentProvider(
   const chargeOperation = (name: 'capture' | 'void') =>
     http.post(
       `${prefix}/charges/:id/${name}`,
-      { schema: { hide: true, headers: IdempotencyHeaders, params: ChargeParams } },
+      {
+        // The whole authorized amount, always: an amount sent (say, more than was authorized)
+        // is refused as a field this operation does not know, not ignored.
+        schema: { hide: true, headers: IdempotencyHeaders, params: ChargeParams, body: NoBody },
+        preValidation: async (request) => {
+          request.body ??= {}
+        },
+      },
       async (request, reply) => {
         const { id } = request.params as { id: string }
         return operate(request, reply, name, id, {}, (tx, key) =>

@@ -185,6 +185,10 @@ function defineProviderSuite(engine: Engine, skip: string | undefined) {
     it('captures an authorized charge exactly once', async () => {
       const reference = unique('order')
       const chargeId = (await post('/authorizations', unique('key'), authorization(reference))).body.chargeId
+      // An amount is not for a capture to choose: more than was authorized is refused, unread.
+      const more = await post(`/charges/${chargeId}/capture`, unique('capture'), { amountMinor: 2500 })
+      assert.equal(more.status, 400)
+      assert.equal((await chargesOf(reference))[0].status, 'authorized')
       const key = unique('capture')
       const first = await post(`/charges/${chargeId}/capture`, key)
       assert.equal(first.status, 200)
