@@ -12,6 +12,7 @@ import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { answerSchemas, readAnswers } from './answer-docs.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
+import { queryWordsMax, wordsOf } from './catalog/text.ts'
 import {
   customer360CacheKey,
   readCustomer360,
@@ -407,6 +408,19 @@ function searchQueryOf(raw: SearchQueryString): CatalogQuery {
     sort: raw.sort,
     cursor: raw.cursor,
     limit: raw.limit === undefined ? 20 : Number(raw.limit),
+  }
+  // Each word is a prefix scan: past the bound a query is refused, not cut short (a cut
+  // query would claim matches its later words rule out).
+  if (new Set(wordsOf(query.q ?? '')).size > queryWordsMax) {
+    throw new MercatoError('invalid-query', 400, `q has more than ${queryWordsMax} different words`, {
+      errors: [
+        {
+          in: 'querystring',
+          field: '/q',
+          message: `must not have more than ${queryWordsMax} different words`,
+        },
+      ],
+    })
   }
   if (query.minPrice !== undefined && query.maxPrice !== undefined && query.minPrice > query.maxPrice) {
     throw new MercatoError('invalid-query', 400, 'minPrice is above maxPrice', {

@@ -79,6 +79,24 @@ const catalog = [
     priceMinor: 400,
     stock: 3,
   },
+  // A name match with a long description, and matches in descriptions alone: FTS5's bm25
+  // divides by the whole row's length.
+  {
+    sku: 'RANK-LONG',
+    name: 'Quillonite grinder',
+    description: Array.from({ length: 400 }, (_, i) => nouns[i % nouns.length]).join(' '),
+    category: 'kitchen',
+    priceMinor: 900,
+    stock: 3,
+  },
+  ...[1, 2, 3].map((i) => ({
+    sku: `RANK-QDESC-${i}`,
+    name: `Plain mug ${i}`,
+    description: 'goes with a quillonite grinder',
+    category: 'kitchen',
+    priceMinor: 300,
+    stock: 3,
+  })),
 ]
 
 function events(): ViewEvent[] {
@@ -155,14 +173,18 @@ function defineSearchTests(
   describe(`catalog search on 10,000 products: ${name}`, { skip }, () => {
     let store: Store
     let cleanup: () => Promise<void>
+    let storage: SqlViewStorage
+    /** Past every offset of the history. */
+    let nextOffset: number
 
     before(async () => {
       ;({ store, cleanup } = await open())
       await store.migrate(viewStoreMigrations)
-      const storage = new SqlViewStorage('catalog', store, catalogFold)
+      storage = new SqlViewStorage('catalog', store, catalogFold)
       await storage.create(1)
       const all = events()
       for (let i = 0; i < all.length; i += 500) await storage.apply(1, all.slice(i, i + 500))
+      nextOffset = all.length
     })
     after(async () => cleanup?.())
 
@@ -172,6 +194,12 @@ function defineSearchTests(
         page.items.map((p) => p.sku),
         ['RANK-NAME', 'RANK-DESC'],
       )
+    })
+
+    test('a name holding every word ranks first, however long its description', async () => {
+      const page = await searchCatalog(store, 1, { q: 'quillonite', limit: 10 })
+      assert.equal(page.items[0]?.sku, 'RANK-LONG')
+      assert.equal(page.total, 4)
     })
 
     test('every word is matched as a prefix', async () => {
@@ -267,6 +295,42 @@ function defineSearchTests(
         searchCatalog(store, 1, { q: 'mug', limit: 5, cursor: page.nextCursor }),
         (e: MercatoError) => e.status === 400,
       )
+    })
+
+    test('a relevance page goes on where it ended though the catalog changed in between', async () => {
+      // Last, as it adds a product the other tests do not expect.
+      const want = expected({ q: 'lamp' }).map((p) => p.sku)
+      const first = await searchCatalog(store, 1, { q: 'lamp', limit: 50 })
+      const time = new Date('2026-11-02T00:00:00Z')
+      await storage.apply(1, [
+        {
+          event: createEvent({
+            type: 'product.upserted',
+            subject: 'UNRELATED-1',
+            source: 'mercato/test',
+            time,
+            data: {
+              sku: 'UNRELATED-1',
+              name: 'Unrelated thing',
+              description: Array.from({ length: 300 }, () => 'filler').join(' '),
+              category: 'misc',
+              priceMinor: 100,
+              currency: 'USD',
+            },
+          }),
+          position: { topic: 'products', partition: 0, offset: nextOffset },
+          timestampMs: time.getTime(),
+        },
+      ])
+      const skus = first.items.map((p) => p.sku)
+      let cursor = first.nextCursor ?? undefined
+      while (cursor) {
+        const page = await searchCatalog(store, 1, { q: 'lamp', limit: 50, cursor })
+        skus.push(...page.items.map((p) => p.sku))
+        cursor = page.nextCursor ?? undefined
+      }
+      assert.equal(new Set(skus).size, skus.length, 'no product twice')
+      assert.deepEqual([...skus].sort(), [...want].sort(), 'none skipped')
     })
 
     test('hostile queries never throw', async () => {

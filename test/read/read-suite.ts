@@ -254,6 +254,7 @@ export function defineReadSuite(
         `/v1/customers/${customerId}/orders?cursor=nope`,
         `/v1/customers/${customerId}/orders?limit=-1`,
         '/v1/orders/ord_x?expand=all',
+        `/v1/products?q=${Array.from({ length: 17 }, (_, i) => `w${i}`).join('+')}`,
       ]) {
         const answer = await get(shop, path)
         assert.equal(answer.status, 400, path)

@@ -15,7 +15,7 @@
 
 /** Words longer than this are cut (PostgreSQL refuses lexemes over 2 KB). */
 const wordLengthMax = 100
-/** A query's words past this many are ignored: each one is a prefix scan. */
+/** The most different words a query may have (the query API refuses more): each one is a prefix scan. */
 export const queryWordsMax = 16
 
 /** The words of `text`, in order, duplicates kept. */
@@ -33,7 +33,7 @@ export interface QueryTerm {
   prefix: boolean
 }
 
-/** The words a query searches for: distinct, in order, at most `queryWordsMax`. */
+/** The words a query searches for: distinct, in order, the first `queryWordsMax` of them. */
 export function queryTermsOf(q: string | undefined): QueryTerm[] {
   const words = [...new Set(wordsOf(q ?? ''))].slice(0, queryWordsMax)
   const short = (word: string) => [...word].length === 1
