@@ -3,7 +3,7 @@
 // the total follows, so no third count is run).
 //
 // Text: embedded, an FTS5 index ranked by bm25 with the name weighted 10, the category 4,
-// the description 1, a name that holds every word first; distributed, a tsvector (name A, category B, description C) under a
+// the description 1, a name that holds a word of the query first; distributed, a tsvector (name A, category B, description C) under a
 // GIN index, ranked by ts_rank. Both index the words of text.ts, so both engines find the
 // same products. A score is rounded to an integer (×1e9) in SQL: a page's last score is
 // carried in the cursor as that integer, and the next page starts strictly after
@@ -25,7 +25,7 @@ import {
   type ProductRow,
   productsTable,
 } from './tables.ts'
-import { compareCodePoints, ftsMatchOf, type QueryTerm, queryTermsOf, tsQueryOf } from './text.ts'
+import { compareCodePoints, ftsMatchOf, queryTermsOf, tsQueryOf } from './text.ts'
 
 interface SortSpec {
   /** The key column of `products` (or the score, computed). */
@@ -44,20 +44,20 @@ const sorts: Record<CatalogSort, SortSpec> = {
 
 const scoreScale = 1e9
 /**
- * Added to the score of a product whose name holds every word: FTS5's bm25 divides by the
- * length of the whole row, so a long description would otherwise rank a name match below
- * products that have the words in their description only. bm25 scores stay far below it.
+ * Added to the score of a product whose name holds a word of the query: FTS5's bm25 divides
+ * by the length of the whole row, so a long description would otherwise rank a name match
+ * below products that have the words in their description only. bm25 scores stay far below it.
  */
 const nameMatchBonus = 1_000
 
 /**
  * A match's score on SQLite: bm25 with the name weighted 10, the category 4, the description
- * 1 (the FTS5 table's column order), above every other match when the name holds all the
- * words; rounded to an integer so a cursor can carry it exactly.
+ * 1 (the FTS5 table's column order), above every match without a word in the name (bm25 over
+ * the name alone is below zero when it holds one); rounded to an integer so a cursor can
+ * carry it exactly.
  */
-function ftsScore(sql: Sql, F: string, terms: QueryTerm[]): string {
-  const inName = `rowid IN (SELECT rowid FROM ${F} WHERE ${F} MATCH ${sql.param(`name : (${ftsMatchOf(terms)})`)})`
-  return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + CASE WHEN ${inName} THEN ${nameMatchBonus} ELSE 0 END) * ${scoreScale}) AS INTEGER)`
+function ftsScore(F: string): string {
+  return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + CASE WHEN bm25(${F}, 1.0, 0.0, 0.0) < 0 THEN ${nameMatchBonus} ELSE 0 END) * ${scoreScale}) AS INTEGER)`
 }
 
 type Row = ProductRow & { name_key: string; score?: number | bigint }
@@ -101,8 +101,8 @@ export async function searchCatalog(
   // last score, carried in the cursor, may no longer be its product's score. The next page
   // starts after what that product scores now, so no change elsewhere skips or repeats a page.
   if (after && sortName === 'relevance' && store.kind === 'sqlite' && text !== undefined)
-    after = { ...after, key: (await currentScore(store, tables, terms, text, after.sku)) ?? after.key }
-  const page = pageSql(store.kind, tables, query, text, terms, sortName, after)
+    after = { ...after, key: (await currentScore(store, tables, text, after.sku)) ?? after.key }
+  const page = pageSql(store.kind, tables, query, text, sortName, after)
   const facets = facetSql(store.kind, tables, query, text)
 
   const [rows, facetRows] = await Promise.all([
@@ -142,13 +142,11 @@ interface Tables {
 async function currentScore(
   store: Store,
   { P, F }: Tables,
-  terms: QueryTerm[],
   text: string,
   sku: string,
 ): Promise<number | undefined> {
   const sql = newSql()
-  const score = ftsScore(sql, F, terms)
-  sql.text = `SELECT ${score} AS score FROM ${F} WHERE ${F} MATCH ${sql.param(text)}
+  sql.text = `SELECT ${ftsScore(F)} AS score FROM ${F} WHERE ${F} MATCH ${sql.param(text)}
     AND rowid = (SELECT id FROM ${P} WHERE sku = ${sql.param(sku)})`
   const [row] = await store.query<{ score: number | bigint }>(sql.text, sql.params)
   return row === undefined ? undefined : Number(row.score)
@@ -160,7 +158,6 @@ function pageSql(
   { P, D, F, L }: Tables,
   query: CatalogQuery,
   text: string | undefined,
-  terms: QueryTerm[],
   sortName: CatalogSort,
   after: After | undefined,
 ): Sql {
@@ -185,7 +182,7 @@ function pageSql(
   } else if (text !== undefined) {
     // The matches drive: each is one look-up of its product by id, in the narrow
     // covering index unless the sort needs a column only the table holds.
-    const score = sortName === 'relevance' ? `, ${ftsScore(sql, F, terms)} AS score` : ''
+    const score = sortName === 'relevance' ? `, ${ftsScore(F)} AS score` : ''
     const narrow = sort.column === 'score' || sort.column === 'price_minor' ? ` INDEXED BY ${L}` : ''
     from = `(SELECT rowid AS id${score} FROM ${F} WHERE ${F} MATCH ${sql.param(text)}) m CROSS JOIN ${P} p${narrow}`
     where.push('p.id = m.id')
