@@ -2,7 +2,7 @@
 export interface Row {
   scenario: string
   engine: string
-  /** `answers`: how many requests got one kind of answer (its unit says which), beside all sent. */
+  /** `answers`: how many requests got one kind of answer (its unit says which), beside the orders offered. */
   metric: 'throughput' | 'p50' | 'p99' | 'cpu' | 'answers'
   value: number
   unit: string

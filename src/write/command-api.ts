@@ -413,7 +413,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
           {
             type: 'order.cancel-requested',
             subject: orderId,
-            data: { orderId, requestedBy: scopeOf(request), ...(reason ? { reason } : {}) },
+            data: { orderId, requestedBy: subjectOf(request), ...(reason ? { reason } : {}) },
           },
         ]
       },
@@ -627,7 +627,6 @@ function refusalOf(spec: CommandSpec): unknown {
   return undefined
 }
 
-/** Who is calling: the scope of idempotency keys. */
 /**
  * Whose keys a request's key is among: a signed-in user's own, or, for a caller without a
  * token (a registration), those sent from its address.
@@ -635,6 +634,12 @@ function refusalOf(spec: CommandSpec): unknown {
 function scopeOf(request: FastifyRequest): string {
   const principal = principalOf(request)
   return principal.kind === 'user' ? principal.subject : `anonymous:${clientAddressOf(request)}`
+}
+
+/** Who asked, for an event to name: the signed-in user (never an address). */
+function subjectOf(request: FastifyRequest): string {
+  const principal = principalOf(request)
+  return principal.kind === 'user' ? principal.subject : 'anonymous'
 }
 
 /** The signed-in customer; the policy has already refused anyone else an order. */

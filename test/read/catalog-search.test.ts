@@ -298,7 +298,7 @@ function defineSearchTests(
     })
 
     test('a relevance page goes on where it ended though the catalog changed in between', async () => {
-      // Last, as it adds a product the other tests do not expect.
+      // It adds a product the tests before it do not expect (it matches no query of the test after it).
       const want = expected({ q: 'lamp' }).map((p) => p.sku)
       const first = await searchCatalog(store, 1, { q: 'lamp', limit: 50 })
       const time = new Date('2026-11-02T00:00:00Z')

@@ -99,7 +99,9 @@ export async function searchCatalog(
     terms.length === 0 ? undefined : store.kind === 'postgres' ? tsQueryOf(terms) : ftsMatchOf(terms)
   // bm25 moves with the whole catalog (how many products, how long they are): a page's
   // last score, carried in the cursor, may no longer be its product's score. The next page
-  // starts after what that product scores now, so no change elsewhere skips or repeats a page.
+  // starts after what that product scores now, so the catalog's changing beneath the pages
+  // moves them all alike. (A change to that product itself, or one that makes two products
+  // trade places, may still repeat or skip a product at the page's edge.)
   if (after && sortName === 'relevance' && store.kind === 'sqlite' && text !== undefined)
     after = { ...after, key: (await currentScore(store, tables, text, after.sku)) ?? after.key }
   const page = pageSql(store.kind, tables, query, text, sortName, after)

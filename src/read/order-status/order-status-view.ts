@@ -1,6 +1,6 @@
 // The order-status view: per order its steps (folded into the document when read), per
 // customer their orders, newest first. Embedded it lives in the views store; in a
-// distributed deployment in Redis, where positions are written in the same MULTI as the steps.
+// distributed deployment in Redis, where positions are written in the same script as the steps.
 import { Redis } from 'ioredis'
 import { requestRole } from '../../contracts/requests.ts'
 import type { Store } from '../../engines/store/port.ts'

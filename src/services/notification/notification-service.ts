@@ -13,7 +13,7 @@ import { eventSchemas, eventTypeMatches } from '../../contracts/events.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
 import type { Migration, Tx } from '../../engines/store/port.ts'
 import { errorMessage, redactUrl } from '../../platform/errors.ts'
-import { backoffMs, withTimeout } from '../../platform/limits.ts'
+import { backoffMs, sleep, withTimeout } from '../../platform/limits.ts'
 import { RefusedUrlError, resolveWebhookTarget } from '../../platform/outbound-url.ts'
 import type { Handler, HandlerTools, Service } from '../../platform/service.ts'
 import { type MailSink, startMailSink } from './mail-sink.ts'
@@ -158,8 +158,8 @@ interface DueRow {
 
 const nowIso = () => new Date().toISOString()
 
-/** Deliveries one run of a delivery loop starts at most. */
-const drainStartsMax = 320
+/** Deliveries one run of a delivery loop starts at most, in slots' worth. */
+const drainStartsMax = 20
 const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString()
 const text = (value: unknown) => (typeof value === 'string' && value.length > 0 ? value : undefined)
 
@@ -559,6 +559,7 @@ export async function startNotificationService(
   }
 
   async function callWebhook(row: DueRow, stopping: AbortSignal): Promise<void> {
+    if (stopping.aborted) return
     const lookupTimeoutMs = Math.max(1_000, options.webhookTimeoutMs)
     const table = 'notification_webhook_deliveries'
     const delivery = await claim<{
@@ -665,31 +666,27 @@ export async function startNotificationService(
   }
 
   /**
-   * One run of a loop: due rows, `concurrencyMax` at a time, a new one started as soon as
-   * one ends, until none is left or the run has started its share (so a stop is prompt).
-   * One lane holds at most `laneSlotsMax` slots: a webhook endpoint that does not answer
-   * delays its own deliveries, not every other endpoint's.
+   * One run of a loop: due rows, `concurrencyMax` at a time, more started once half the slots
+   * are free or every `pollIntervalMs`, until none is left or the run has started its share
+   * (so a stop is prompt). One lane holds at most a quarter of the slots: a webhook endpoint
+   * that does not answer delays its own deliveries, not every other endpoint's.
    */
   const drain =
     (table: string, deliver: (row: DueRow, stopping: AbortSignal) => Promise<void>, laneColumn?: string) =>
     async (stopping: AbortSignal) => {
       const laneSlotsMax = laneColumn ? Math.max(1, Math.floor(concurrencyMax / 4)) : concurrencyMax
+      const refillAt = Math.max(1, Math.floor(concurrencyMax / 2))
       const running = new Map<string, { lane: string; done: Promise<void> }>()
       const inLane = (lane: string) => [...running.values()].filter((r) => r.lane === lane).length
       let started = 0
-      while (!stopping.aborted && started < drainStartsMax) {
-        const free = concurrencyMax - running.size
+      while (started < drainStartsMax * concurrencyMax) {
+        const rows = await due(table, concurrencyMax + running.size, laneColumn)
+        if (stopping.aborted) break
         const next: DueRow[] = []
-        if (free > 0) {
-          for (const row of await due(table, concurrencyMax + running.size, laneColumn)) {
-            if (next.length === free) break
-            if (
-              running.has(row.id) ||
-              inLane(row.lane) + next.filter((n) => n.lane === row.lane).length >= laneSlotsMax
-            )
-              continue
-            next.push(row)
-          }
+        for (const row of rows) {
+          if (running.size + next.length === concurrencyMax) break
+          const taken = inLane(row.lane) + next.filter((n) => n.lane === row.lane).length
+          if (!running.has(row.id) && taken < laneSlotsMax) next.push(row)
         }
         for (const row of next) {
           started++
@@ -701,8 +698,17 @@ export async function startNotificationService(
           running.set(row.id, { lane: row.lane, done })
         }
         if (running.size === 0) return
-        // Look again when one ends: its slot is free, and rows may have come due.
-        await Promise.race([...running.values()].map((r) => r.done))
+        // Look again once half the slots are free, or after the poll interval, when rows of
+        // other lanes may have come due while a slow lane's calls still run.
+        const tick = new AbortController()
+        let ticked = false
+        const interval = sleep(pollIntervalMs, AbortSignal.any([stopping, tick.signal])).then(() => {
+          ticked = true
+        })
+        do await Promise.race([interval, ...[...running.values()].map((r) => r.done)])
+        while (running.size > concurrencyMax - refillAt && !ticked && !stopping.aborted)
+        tick.abort()
+        if (stopping.aborted) break
       }
       await Promise.all([...running.values()].map((r) => r.done))
     }

@@ -185,11 +185,12 @@ export async function startOrderService(service: Service, options: OrderServiceO
         if (currencies.size > 1) problems.push('products in more than one currency')
         if (data.lines.length > linesMax) problems.push(`more than ${linesMax} lines`)
         const summed = priced.reduce((sum, line) => sum + line.quantity * line.unitPriceMinor, 0)
-        // Past the most one amount may be (the events' bound), the sum is not even exact: the
-        // order is refused, with no total of its own.
-        if (summed > amountMinorMax)
-          problems.push(`the total comes to more than ${amountMinorMax} minor units, the most one order may`)
-        const total = summed > amountMinorMax ? 0 : summed
+        // Past the most any amount may be (the events' bound) the sum may not even be exact:
+        // the order is refused, and its row (whose total is required) records 0.
+        const tooLarge = summed > amountMinorMax
+        if (tooLarge)
+          problems.push(`the total is more than ${amountMinorMax} minor units, the most an order may come to`)
+        const total = tooLarge ? 0 : summed
         const now = new Date().toISOString()
         await tx.execute(
           `INSERT INTO orders (order_id, customer_id, state, lines, total_minor, currency, shipping_address,

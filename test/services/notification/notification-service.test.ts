@@ -297,11 +297,14 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       for (let i = 0; i < 20; i++) await harness.publish('order.confirmed', `o-h${i}`, { orderId: `o-h${i}` })
       await waitFor('every delivery to the healthy endpoint', () => receiver.received.length === 20)
       await waitFor('the silent endpoint called', () => sockets.size > 0)
+      // Come due while only the silent endpoint's calls run: delivered without waiting for them.
+      await harness.publish('order.confirmed', 'o-late', { orderId: 'o-late' })
+      await waitFor('the later delivery to the healthy endpoint', () => receiver.received.length === 21)
       await running.stop()
       const silentDeliveries = await store.query<{ status: string; attempts: number }>(
         "SELECT status, attempts FROM notification_webhook_deliveries WHERE endpoint_id = 'ep-silent'",
       )
-      assert.equal(silentDeliveries.length, 20)
+      assert.equal(silentDeliveries.length, 21)
       // The calls cut off stay claimed, to be tried again when their lease ends; none is failed.
       assert.deepEqual(
         new Set(silentDeliveries.map((d) => `${d.status} ${d.attempts}`)),
