@@ -120,7 +120,14 @@ export const RegisterWebhook = T.Object(
   strict,
 )
 
-export const SkuParam = T.Object({ sku: Sku }, strict)
+/**
+ * A SKU in a path: the events' pattern, beginning with a letter or a digit, so that no SKU
+ * is `.` or `..`, which a client would read as a path segment of its own.
+ */
+export const SkuParam = T.Object(
+  { sku: T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' }) },
+  strict,
+)
 export const IdParam = T.Object({ id: Id }, strict)
 export const FlagKeyParam = T.Object({ key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }) }, strict)
 

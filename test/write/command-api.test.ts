@@ -194,6 +194,21 @@ describe('the command API', () => {
       '/description',
       '/name',
     ])
+    // A SKU must begin with a letter or a digit: none is `..`, which a client reads as a path segment.
+    for (const sku of ['...', '.hidden']) {
+      const dotted = await shop.put(`/v1/products/${sku}`, {
+        name: 'x',
+        description: '',
+        category: 'c',
+        priceMinor: 100,
+        currency: 'USD',
+      })
+      assert.equal(dotted.status, 400, sku)
+      assert.deepEqual(
+        dotted.body.errors.map((e: { in: string; field: string }) => `${e.in} ${e.field}`),
+        ['params /sku'],
+      )
+    }
     const tooBig = await shop.post(
       '/v1/orders',
       { ...order(), pad: 'x'.repeat(70_000) },
