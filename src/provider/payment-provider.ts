@@ -49,6 +49,10 @@ const AuthorizationBody = T.Object(
   { additionalProperties: false },
 )
 const NoBody = T.Object({}, { additionalProperties: false })
+/** No body at all is read as an empty one, which validation then judges. */
+const bodyOptional = async (request: FastifyRequest) => {
+  request.body ??= {}
+}
 const RefundBody = T.Object(
   { amountMinor: T.Optional(T.Integer({ minimum: 1, maximum: 1_000_000_000_000 })) },
   { additionalProperties: false },
@@ -154,9 +158,7 @@ export async function startPaymentProvider(
         // The whole authorized amount, always: an amount sent (say, more than was authorized)
         // is refused as a field this operation does not know, not ignored.
         schema: { hide: true, headers: IdempotencyHeaders, params: ChargeParams, body: NoBody },
-        preValidation: async (request) => {
-          request.body ??= {}
-        },
+        preValidation: bodyOptional,
       },
       async (request, reply) => {
         const { id } = request.params as { id: string }
@@ -173,9 +175,7 @@ export async function startPaymentProvider(
     {
       schema: { hide: true, headers: IdempotencyHeaders, params: ChargeParams, body: RefundBody },
       // A refund of everything that is left may come without a body.
-      preValidation: async (request) => {
-        request.body ??= {}
-      },
+      preValidation: bodyOptional,
     },
     async (request, reply) => {
       const { id } = request.params as { id: string }

@@ -12,7 +12,7 @@ import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { answerSchemas, readAnswers } from './answer-docs.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
-import { queryWordsMax, wordsOf } from './catalog/text.ts'
+import { distinctWordsOf, queryWordsMax } from './catalog/text.ts'
 import {
   customer360CacheKey,
   readCustomer360,
@@ -411,7 +411,7 @@ function searchQueryOf(raw: SearchQueryString): CatalogQuery {
   }
   // Each word is a prefix scan: past the bound a query is refused, not cut short (a cut
   // query would claim matches its later words rule out).
-  if (new Set(wordsOf(query.q ?? '')).size > queryWordsMax) {
+  if (distinctWordsOf(query.q).length > queryWordsMax) {
     throw new MercatoError('invalid-query', 400, `q has more than ${queryWordsMax} different words`, {
       errors: [
         {

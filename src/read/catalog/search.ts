@@ -3,8 +3,8 @@
 // the total follows, so no third count is run).
 //
 // Text: embedded, an FTS5 index ranked by bm25 with the name weighted 10, the category 4,
-// the description 1, a name that holds a word of the query first; distributed, a tsvector (name A, category B, description C) under a
-// GIN index, ranked by ts_rank. Both index the words of text.ts, so both engines find the
+// the description 1, and a name that holds a word of the query first; distributed, a
+// tsvector (name A, category B, description C) under a GIN index, ranked by ts_rank. Both index the words of text.ts, so both engines find the
 // same products. A score is rounded to an integer (×1e9) in SQL: a page's last score is
 // carried in the cursor as that integer, and the next page starts strictly after
 // (score, sku), so paging never repeats or skips a product, ties included.

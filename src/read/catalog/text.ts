@@ -33,9 +33,14 @@ export interface QueryTerm {
   prefix: boolean
 }
 
+/** A query's different words, in order. */
+export function distinctWordsOf(q: string | undefined): string[] {
+  return [...new Set(wordsOf(q ?? ''))]
+}
+
 /** The words a query searches for: distinct, in order, the first `queryWordsMax` of them. */
 export function queryTermsOf(q: string | undefined): QueryTerm[] {
-  const words = [...new Set(wordsOf(q ?? ''))].slice(0, queryWordsMax)
+  const words = distinctWordsOf(q).slice(0, queryWordsMax)
   const short = (word: string) => [...word].length === 1
   const whole = words.some((word) => !short(word))
   const last = words.length - 1

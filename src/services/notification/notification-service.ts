@@ -157,11 +157,11 @@ interface DueRow {
 }
 
 const nowIso = () => new Date().toISOString()
+const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString()
+const text = (value: unknown) => (typeof value === 'string' && value.length > 0 ? value : undefined)
 
 /** Deliveries one run of a delivery loop starts at most, in slots' worth. */
 const drainStartsMax = 20
-const isoIn = (ms: number) => new Date(Date.now() + ms).toISOString()
-const text = (value: unknown) => (typeof value === 'string' && value.length > 0 ? value : undefined)
 
 export async function startNotificationService(
   service: Service,
