@@ -278,7 +278,7 @@ withEngineFlags(program.command('keys'))
 
 withEngineFlags(program.command('load'))
   .description(
-    "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize",
+    "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize; the shop's rate limits (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE, MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE) must allow the rate",
   )
   .option('--url <url>', 'where Mercato answers', 'http://127.0.0.1:8080')
   .option('--orders <n>', 'orders to place', '1000')
@@ -343,7 +343,7 @@ withEngineFlags(program.command('load'))
       )
       if (summary.byStatus['429'])
         console.error(
-          'some orders were refused 429: the gateway limits each customer (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE); raise it on the server for a load test',
+          'some orders were refused 429: the gateway limits each customer (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE) and each client address (MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE); raise both on the server for a load test',
         )
       if (options.json) console.log(JSON.stringify(summary))
       else {
