@@ -37,7 +37,7 @@ const meanings: Record<number, string> = {
   409: 'A request with this Idempotency-Key is in progress; retry after Retry-After',
   413: 'The body is larger than the limit',
   414: 'A path parameter is longer than the router accepts',
-  415: 'The body is not application/json',
+  415: 'The body is not application/json, or is compressed (Content-Encoding)',
   422: 'This Idempotency-Key was used for another request',
   429: 'Too many requests from this caller or address; retry after Retry-After',
   503: 'Overloaded, or a dependency is unreachable; retry after Retry-After',

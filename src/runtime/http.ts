@@ -171,6 +171,17 @@ export function createHttpServer(
 
   app.addHook('onRequest', async (request, reply) => {
     reply.header('x-request-id', request.id)
+    // No route decodes a compressed body: one would fail as "not valid JSON", or (br, say,
+    // over plain text) be taken as it is. RFC 9110 §15.5.16: 415, naming what is accepted.
+    const coding = request.headers['content-encoding']?.trim().toLowerCase()
+    if (coding && coding !== 'identity') {
+      reply.header('accept-encoding', 'identity')
+      throw new MercatoError(
+        'unsupported-content-encoding',
+        415,
+        `a body in Content-Encoding ${request.headers['content-encoding']} is not accepted: send it uncompressed`,
+      )
+    }
     if (unshed.has(request.url.split('?')[0])) return
     if (inFlight >= config.httpInFlightMax) {
       shed.inc()

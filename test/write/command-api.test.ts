@@ -2,6 +2,7 @@ import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { request as httpRequest } from 'node:http'
 import { after, before, describe, it } from 'node:test'
+import { gzipSync } from 'node:zlib'
 import fc from 'fast-check'
 import { decodeConsistencyToken } from '../../src/contracts/consistency.ts'
 import type { Store } from '../../src/engines/store/port.ts'
@@ -335,6 +336,28 @@ describe('the command API', () => {
       const problem = (await text.json()) as { title: string; detail: string }
       assert.equal(problem.title, 'Unsupported Media Type')
       assert.equal(problem.detail, 'send the body as application/json')
+    }
+    // A compressed body is refused, whether it would fail to parse (gzip) or parse as it is.
+    const plain = JSON.stringify(order())
+    for (const [coding, body] of [
+      ['gzip', gzipSync(plain)],
+      ['br', plain],
+    ] as const) {
+      const compressed = await fetch(`${shop.url}/v1/orders`, {
+        method: 'POST',
+        headers: {
+          'content-type': 'application/json',
+          'content-encoding': coding,
+          'idempotency-key': randomUUID(),
+          authorization: await shop.bearer('customer'),
+        },
+        body,
+      })
+      assert.equal(compressed.status, 415, coding)
+      assert.equal(compressed.headers.get('accept-encoding'), 'identity')
+      const problem = (await compressed.json()) as { type: string; detail: string }
+      assert.equal(problem.type, 'https://mercato.dev/problems/unsupported-content-encoding')
+      assert.match(problem.detail, new RegExp(`Content-Encoding ${coding} is not accepted`))
     }
     assert.equal(await appended(shop), before)
   })
