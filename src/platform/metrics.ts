@@ -6,7 +6,13 @@ export class Metrics {
   readonly #created = new Map<string, Counter | Gauge | Histogram>()
 
   constructor(options: { defaultMetrics?: boolean } = {}) {
-    if (options.defaultMetrics) collectDefaultMetrics({ register: this.registry, prefix: 'mercato_' })
+    if (options.defaultMetrics) {
+      collectDefaultMetrics({ register: this.registry, prefix: 'mercato_' })
+      // prom-client names these gauges `_total`, a counter's suffix (promtool check metrics
+      // refuses them); the same counts by type stay, under names without it.
+      for (const kind of ['handles', 'requests', 'resources'])
+        this.registry.removeSingleMetric(`mercato_nodejs_active_${kind}_total`)
+    }
   }
 
   counter(name: string, help: string, labelNames: string[] = []): Counter {

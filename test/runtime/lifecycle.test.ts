@@ -72,6 +72,7 @@ describe('the mercato program', () => {
     )
     assert.doesNotMatch(metrics, /ord_nobody/)
     assert.match(metrics, /mercato_process_cpu_seconds_total/)
+    assert.deepEqual(lintProblems(metrics), [], 'the exposition passes what promtool check metrics lints')
     child.kill('SIGTERM')
     const [code] = (await once(child, 'exit')) as [number]
     assert.equal(code, 0)
@@ -113,3 +114,28 @@ describe('the mercato program', () => {
     }
   })
 })
+
+/**
+ * The rules of promtool's `check metrics` (client_golang's promlint) that a name can break:
+ * help text, the `_total` suffix on counters and only there, no histogram suffix on other
+ * kinds, snake_case, and base units.
+ */
+function lintProblems(exposition: string): string[] {
+  const problems: string[] = []
+  const helped = new Set([...exposition.matchAll(/^# HELP (\S+) \S/gm)].map((m) => m[1]))
+  for (const [, name, type] of exposition.matchAll(/^# TYPE (\S+) (\S+)$/gm)) {
+    if (!helped.has(name)) problems.push(`${name}: no help text`)
+    if (type === 'counter' && !name.endsWith('_total')) problems.push(`${name}: a counter without _total`)
+    if (type !== 'counter' && name.endsWith('_total')) problems.push(`${name}: a ${type} named _total`)
+    if ((type === 'counter' || type === 'gauge') && /_(sum|count|bucket)$/.test(name))
+      problems.push(`${name}: a ${type} with a histogram's suffix`)
+    if (/[A-Z]/.test(name)) problems.push(`${name}: not snake_case`)
+    if (
+      /_(milliseconds|microseconds|nanoseconds|ms|us|ns|minutes|hours|days|kilobytes|megabytes)(_|$)/.test(
+        name,
+      )
+    )
+      problems.push(`${name}: not in base units`)
+  }
+  return problems
+}
