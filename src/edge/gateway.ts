@@ -430,7 +430,12 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
 
   await http.register(swaggerUi, {
     routePrefix: '/docs',
-    staticCSP: true,
+    // swagger-ui's own policy without `upgrade-insecure-requests`: Mercato speaks plain HTTP
+    // (TLS, where there is any, ends at a proxy in front), and a browser told to upgrade asked
+    // for the page's scripts over https, so /docs was blank on any address but loopback.
+    staticCSP:
+      "default-src 'self'; base-uri 'self'; font-src 'self' data:; frame-ancestors 'self'; img-src 'self' data:; " +
+      "object-src 'none'; script-src 'self'; script-src-attr 'none'; style-src 'self'",
     uiConfig: { url: '/v1/openapi.json' },
   })
 

@@ -596,6 +596,10 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.ok(doc.body.components.securitySchemes.bearerAuth)
       const docs = await fetch(`${shop.url}/docs`, { redirect: 'follow' })
       assert.equal(docs.status, 200)
+      // Served over plain HTTP, the page must not ask a browser for its scripts over https.
+      const policy = docs.headers.get('content-security-policy') ?? ''
+      assert.match(policy, /script-src 'self'/)
+      assert.doesNotMatch(policy, /upgrade-insecure-requests/)
     })
   })
 
