@@ -24,6 +24,7 @@ import type { KeyRing } from '../platform/identity/key-ring.ts'
 import { anonymous, type Principal } from '../platform/identity/tokens.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
+import { problemDocs } from '../platform/problem-docs.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
 import { addOpenApiFinisher, addOpenApiSource } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
@@ -319,13 +320,35 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
 
   http.get(
     '/.well-known/jwks.json',
-    { schema: { summary: 'The public keys that verify access tokens', tags: ['auth'] } },
+    {
+      schema: {
+        operationId: 'getJwks',
+        summary: 'The public keys that verify access tokens',
+        tags: ['auth'],
+      },
+    },
     async (_request, reply) => {
       reply.header('cache-control', 'public, max-age=60')
       return identity.ring.jwks()
     },
   )
 
+  // A wrong password or refresh token is a 401 (invalid_grant); the user service down, a 503.
+  const signInProblems = [400, 401, 413, 415, 429, 503]
+  const tokenResponse = {
+    200: {
+      description: 'An access token and the refresh token that renews it (RFC 6749 §5.1)',
+      type: 'object',
+      required: ['access_token', 'token_type', 'expires_in', 'refresh_token'],
+      additionalProperties: false,
+      properties: {
+        access_token: { type: 'string' },
+        token_type: { type: 'string', enum: ['Bearer'] },
+        expires_in: { type: 'integer', description: 'seconds the access token is valid' },
+        refresh_token: { type: 'string' },
+      },
+    },
+  }
   const tokenAnswer = async (principal: Principal & { kind: 'user' }, refreshToken: string) => {
     const access = await identity.tokens.issueAccess(principal)
     return {
@@ -339,10 +362,13 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   http.post(
     '/v1/auth/token',
     {
+      config: problemDocs(signInProblems),
       schema: {
+        operationId: 'signIn',
         summary: 'Sign in: a password grant answers an access token and a refresh token',
         tags: ['auth'],
         consumes: ['application/json', 'application/x-www-form-urlencoded'],
+        response: tokenResponse,
         body: {
           type: 'object',
           required: ['grant_type', 'username', 'password'],
@@ -394,11 +420,14 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   http.post(
     '/v1/auth/refresh',
     {
+      config: problemDocs(signInProblems),
       schema: {
+        operationId: 'refreshToken',
         summary: 'Trade a refresh token for a new access token and the next refresh token',
         description: 'Each refresh token works once; using one twice revokes every token of its sign-in.',
         tags: ['auth'],
         consumes: ['application/json', 'application/x-www-form-urlencoded'],
+        response: tokenResponse,
         body: {
           type: 'object',
           required: ['refresh_token'],

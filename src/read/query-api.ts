@@ -190,7 +190,8 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
   // Product routes are public: no 403 (a bad token is still a 401).
   const publicRead = [400, 401, 404, 429, 503]
   const ownedRead = [400, 401, 403, 404, 429, 503]
-  const docs = (summary: string, tag: string) => ({
+  const docs = (operationId: string, summary: string, tag: string) => ({
+    operationId,
     summary,
     tags: [tag],
     headers: tokenHeader,
@@ -208,7 +209,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         [],
         readAnswers(answerSchemas.CatalogPage, 'A page of matching products, with facet counts'),
       ),
-      schema: { ...docs('Search the catalog', 'catalog'), querystring: SearchQuery },
+      schema: { ...docs('searchProducts', 'Search the catalog', 'catalog'), querystring: SearchQuery },
     },
     (request, reply) => {
       readCatalog(request)
@@ -227,7 +228,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       onRequest,
       config: problemDocs(publicRead, [], readAnswers(answerSchemas.Product, 'The product')),
       schema: {
-        ...docs('One product, with its availability', 'catalog'),
+        ...docs('getProduct', 'One product, with its availability', 'catalog'),
         params: SkuParam,
         querystring: NoQuery,
       },
@@ -250,7 +251,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       onRequest,
       config: problemDocs(ownedRead, [], readAnswers(answerSchemas.Order, 'The order')),
       schema: {
-        ...docs('An order: status, timeline, lines and totals, payment and shipment', 'orders'),
+        ...docs('getOrder', 'An order: status, timeline, lines and totals, payment and shipment', 'orders'),
         params: IdParam,
         querystring: NoQuery,
       },
@@ -288,7 +289,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         readAnswers(answerSchemas.CustomerOrders, 'A page of the customer’s orders, newest first'),
       ),
       schema: {
-        ...docs("A customer's orders, newest first", 'orders'),
+        ...docs('listCustomerOrders', "A customer's orders, newest first", 'orders'),
         params: IdParam,
         querystring: PageQuery,
       },
@@ -326,7 +327,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         readAnswers(answerSchemas.Customer360, 'The customer’s 360 document'),
       ),
       schema: {
-        ...docs('Everything about one customer, denormalized', 'customers'),
+        ...docs('getCustomer360', 'Everything about one customer, denormalized', 'customers'),
         params: IdParam,
         querystring: NoQuery,
       },

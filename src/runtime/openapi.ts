@@ -14,7 +14,10 @@ export async function registerOpenApi(http: FastifyInstance): Promise<void> {
         description:
           'An event-driven commerce backend. Commands answer 202 Accepted with a consistency token; ' +
           'errors are RFC 9457 problem details.',
+        license: { name: 'Apache-2.0', identifier: 'Apache-2.0' },
       },
+      // Relative: the document is served by the server it describes, wherever that listens.
+      servers: [{ url: '/' }],
       components: {
         schemas: {},
         securitySchemes: {
@@ -39,7 +42,9 @@ export async function registerOpenApi(http: FastifyInstance): Promise<void> {
   })
   http.get(
     '/v1/openapi.json',
-    { schema: { summary: 'This document: every route of the API', tags: ['meta'] } },
+    {
+      schema: { operationId: 'getOpenApi', summary: 'This document: every route of the API', tags: ['meta'] },
+    },
     async () => {
       const document = structuredClone(http.swagger()) as OpenApiDocument
       for (const source of sourcesOf(http)) {

@@ -318,6 +318,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'POST',
     '/v1/orders',
     {
+      operationId: 'placeOrder',
       summary: 'Place an order',
       tags: ['orders'],
       body: PlaceOrder,
@@ -379,6 +380,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'POST',
     '/v1/orders/:id/cancel',
     {
+      operationId: 'cancelOrder',
       summary:
         'Ask to cancel an order: granted until it ships, else refused (order.cancel-refused in its status)',
       tags: ['orders'],
@@ -424,6 +426,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'POST',
     '/v1/customers',
     {
+      operationId: 'registerCustomer',
       summary: 'Register a customer',
       tags: ['customers'],
       body: RegisterCustomer,
@@ -465,6 +468,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'PUT',
     '/v1/products/:sku',
     {
+      operationId: 'putProduct',
       summary: 'Create or replace a catalog product',
       tags: ['catalog'],
       params: SkuParam,
@@ -495,6 +499,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'POST',
     '/v1/inventory/:sku/adjustments',
     {
+      operationId: 'adjustStock',
       summary: 'Restock or write off stock of a product',
       tags: ['inventory'],
       params: SkuParam,
@@ -531,6 +536,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'PUT',
     '/v1/flags/:key',
     {
+      operationId: 'putFlag',
       summary: 'Set a feature flag (flagd flag definition)',
       tags: ['flags'],
       params: FlagKeyParam,
@@ -567,6 +573,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     'POST',
     '/v1/webhooks',
     {
+      operationId: 'registerWebhook',
       summary: 'Register a webhook endpoint; the answer carries its signing secret, shown once',
       tags: ['webhooks'],
       body: RegisterWebhook,

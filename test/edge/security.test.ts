@@ -594,6 +594,29 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         'documented but not served',
       )
       assert.ok(doc.body.components.securitySchemes.bearerAuth)
+      // Client generators name their methods by operationId, and every route can fail.
+      const operations = Object.entries(
+        doc.body.paths as Record<string, Record<string, { operationId?: string; responses: object }>>,
+      ).flatMap(([path, byMethod]) =>
+        Object.entries(byMethod).map(([method, op]) => ({ route: `${method} ${path}`, op })),
+      )
+      const ids = operations.map(({ op }) => op.operationId)
+      assert.deepEqual(
+        operations.filter(({ op }) => !op.operationId).map(({ route }) => route),
+        [],
+        'operations without an operationId',
+      )
+      assert.equal(new Set(ids).size, ids.length, 'operationIds are unique')
+      assert.deepEqual(
+        operations
+          .filter(
+            ({ route, op }) =>
+              route.startsWith('post') && !Object.keys(op.responses).some((s) => s.startsWith('4')),
+          )
+          .map(({ route }) => route),
+        [],
+        'operations taking a body without a documented 4xx',
+      )
       const docs = await fetch(`${shop.url}/docs`, { redirect: 'follow' })
       assert.equal(docs.status, 200)
       // Served over plain HTTP, the page must not ask a browser for its scripts over https.

@@ -13,6 +13,7 @@ import { authorizeService, type Identity, requireVerifiedCaller } from '../../pl
 import type { Role } from '../../platform/identity/tokens.ts'
 import type { Logger } from '../../platform/logger.ts'
 import { hashPassword, passwordBytesMax, verifyPassword } from '../../platform/passwords.ts'
+import { problemDocs } from '../../platform/problem-docs.ts'
 import type { Emit, HandlerTools, Service } from '../../platform/service.ts'
 
 export const userMigrations: Migration[] = [
@@ -310,11 +311,27 @@ export async function startUserService(
     '/internal/v1/credentials/verify',
     {
       onRequest: requireVerifiedCaller(options.identity, 'user'),
+      // 401: no service token, or the username or password is wrong; 403: not the gateway's.
+      config: problemDocs([400, 401, 403, 413, 415]),
       schema: {
+        operationId: 'verifyCredentials',
         summary: 'Check a username and password (the gateway, for a password grant)',
         tags: ['internal'],
         security: [{ serviceToken: [] }],
         body: LoginBody,
+        response: {
+          200: {
+            description: 'Who signed in',
+            type: 'object',
+            required: ['subject', 'role'],
+            additionalProperties: false,
+            properties: {
+              subject: { type: 'string' },
+              role: { type: 'string', enum: ['customer', 'admin', 'support'] },
+              customerId: { type: 'string' },
+            },
+          },
+        },
       },
     },
     async (request) => {
