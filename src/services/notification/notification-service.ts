@@ -118,7 +118,38 @@ export const notificationMigrations: Migration[] = [
     id: 'notification-0002-emails-created',
     sql: 'CREATE INDEX IF NOT EXISTS notification_emails_created ON notification_emails (status, created_at)',
   },
+  {
+    // An order's e-mails go out in the order of their events; a shipping notice names the
+    // carrier and tracking number of the order's shipment.
+    id: 'notification-0003-email-order-and-shipments',
+    sql: `ALTER TABLE notification_emails ADD COLUMN send_order TEXT;
+      CREATE TABLE IF NOT EXISTS notification_shipments (
+        order_id TEXT PRIMARY KEY,
+        carrier TEXT NOT NULL,
+        tracking_number TEXT NOT NULL)`,
+  },
 ]
+
+/**
+ * An order's e-mails go out one at a time, in the order of their events: sent side by side,
+ * "confirmed" could reach a customer before "received". One still to send (pending, also
+ * while it waits for a retry, or being sent) holds back every later one of its order.
+ */
+const firstUnsentOfItsOrder = `NOT EXISTS (SELECT 1 FROM notification_emails earlier
+  WHERE earlier.order_id = notification_emails.order_id AND earlier.status IN ('pending', 'sending')
+    AND (COALESCE(earlier.send_order, earlier.created_at), earlier.id)
+      < (COALESCE(notification_emails.send_order, notification_emails.created_at), notification_emails.id))`
+
+/**
+ * An e-mail's place among its order's: its event's time, then, for events of the same
+ * millisecond, the order they were handled in (an order's steps come in order on its
+ * partition). The counter starts from the clock, so it grows across restarts too.
+ */
+let handledSeq = 0
+function sendOrderOf(event: CloudEvent): string {
+  handledSeq = Math.max(handledSeq + 1, Date.now() * 1_000)
+  return `${event.time ?? new Date().toISOString()}/${handledSeq}`
+}
 
 /** Event types never sent to a webhook: they carry secrets or credentials. */
 const undeliverable = new Set(['customer.registration-requested', 'webhook.endpoint-set'])
@@ -278,6 +309,13 @@ export async function startNotificationService(
         await releaseWaiting(tx, customerId)
         return
       }
+      case 'shipment.scheduled':
+        await tx.execute(
+          `INSERT INTO notification_shipments (order_id, carrier, tracking_number) VALUES ($1, $2, $3)
+           ON CONFLICT (order_id) DO NOTHING`,
+          [String(data.orderId), String(data.carrier), String(data.trackingNumber)],
+        )
+        return
       case 'webhook.endpoint-set':
         await tx.execute(
           `INSERT INTO notification_webhook_endpoints (endpoint_id, url, secret, events, enabled, updated_at)
@@ -312,8 +350,8 @@ export async function startNotificationService(
     const status = recipient ? 'pending' : 'no-recipient'
     const inserted = await tx.execute(
       `INSERT INTO notification_emails (id, event_id, event_type, template, customer_id, order_id, recipient,
-         vars, cause, status, attempts, next_attempt_at, created_at, updated_at)
-       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $11)
+         vars, cause, status, attempts, next_attempt_at, created_at, updated_at, send_order)
+       VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, $11, $11, $11, $12)
        ON CONFLICT (id) DO NOTHING`,
       [
         notificationId(event.id, 'email', template),
@@ -327,6 +365,7 @@ export async function startNotificationService(
         causeOf(event),
         status,
         now,
+        sendOrderOf(event),
       ],
     )
     if (inserted > 0 && !recipient) {
@@ -413,8 +452,13 @@ export async function startNotificationService(
    * stopped). With `laneColumn`, each lane's oldest first, then each lane's second, and so
    * on: a lane with a long backlog does not fill the page.
    */
-  async function due(table: string, limit: number, laneColumn?: string): Promise<DueRow[]> {
-    const pending = `status IN ('pending', 'sending') AND next_attempt_at <= $1`
+  async function due(
+    table: string,
+    limit: number,
+    laneColumn?: string,
+    condition?: string,
+  ): Promise<DueRow[]> {
+    const pending = `status IN ('pending', 'sending') AND next_attempt_at <= $1${condition ? ` AND ${condition}` : ''}`
     const rows = await store.query<DueRow>(
       laneColumn
         ? `SELECT id, status, attempts, lane FROM (
@@ -499,13 +543,17 @@ export async function startNotificationService(
       cause: string
       given_name: string | null
       family_name: string | null
+      carrier: string | null
+      tracking_number: string | null
     }>(
       'notification_emails',
       row,
       smtpTimeoutMs * 3,
       `template, customer_id, order_id, recipient, vars, cause,
        (SELECT given_name FROM notification_customers c WHERE c.customer_id = notification_emails.customer_id) AS given_name,
-       (SELECT family_name FROM notification_customers c WHERE c.customer_id = notification_emails.customer_id) AS family_name`,
+       (SELECT family_name FROM notification_customers c WHERE c.customer_id = notification_emails.customer_id) AS family_name,
+       (SELECT carrier FROM notification_shipments s WHERE s.order_id = notification_emails.order_id) AS carrier,
+       (SELECT tracking_number FROM notification_shipments s WHERE s.order_id = notification_emails.order_id) AS tracking_number`,
     )
     if (!email) return
     const attempt = row.attempts + 1
@@ -514,10 +562,17 @@ export async function startNotificationService(
       return
     }
     try {
-      const rendered = renderEmail(email.template, JSON.parse(email.vars), {
-        givenName: email.given_name ?? undefined,
-        familyName: email.family_name ?? undefined,
-      })
+      const shipment = email.tracking_number
+        ? { carrier: email.carrier, trackingNumber: email.tracking_number }
+        : {}
+      const rendered = renderEmail(
+        email.template,
+        { ...JSON.parse(email.vars), ...shipment },
+        {
+          givenName: email.given_name ?? undefined,
+          familyName: email.family_name ?? undefined,
+        },
+      )
       await withTimeout(
         'sending an e-mail',
         smtpTimeoutMs * 2,
@@ -672,7 +727,12 @@ export async function startNotificationService(
    * that does not answer delays its own deliveries, not every other endpoint's.
    */
   const drain =
-    (table: string, deliver: (row: DueRow, stopping: AbortSignal) => Promise<void>, laneColumn?: string) =>
+    (
+      table: string,
+      deliver: (row: DueRow, stopping: AbortSignal) => Promise<void>,
+      laneColumn?: string,
+      condition?: string,
+    ) =>
     async (stopping: AbortSignal) => {
       const laneSlotsMax = laneColumn ? Math.max(1, Math.floor(concurrencyMax / 4)) : concurrencyMax
       const refillAt = Math.max(1, Math.floor(concurrencyMax / 2))
@@ -680,7 +740,7 @@ export async function startNotificationService(
       const inLane = (lane: string) => [...running.values()].filter((r) => r.lane === lane).length
       let started = 0
       while (started < drainStartsMax * concurrencyMax) {
-        const rows = await due(table, concurrencyMax + running.size, laneColumn)
+        const rows = await due(table, concurrencyMax + running.size, laneColumn, condition)
         if (stopping.aborted) break
         const next: DueRow[] = []
         for (const row of rows) {
@@ -736,7 +796,11 @@ export async function startNotificationService(
   }
 
   await service.consume(notificationTopics, handlers)
-  service.every('notification-emails', pollIntervalMs, drain('notification_emails', sendEmail))
+  service.every(
+    'notification-emails',
+    pollIntervalMs,
+    drain('notification_emails', sendEmail, undefined, firstUnsentOfItsOrder),
+  )
   service.every('notification-recipients', 1_000, releaseKnownRecipients)
   service.every(
     'notification-webhooks',

@@ -102,11 +102,16 @@ export function renderEmail(template: string, data: Record<string, unknown>, to:
           `Any amount charged for it will be refunded.${signature}`,
       }
     }
-    case 'order-shipped':
+    case 'order-shipped': {
+      // The carrier and tracking number come from the order's shipment, once it is known.
+      const tracking = data.trackingNumber
+        ? ` with ${str(data.carrier)}; its tracking number is ${str(data.trackingNumber)}`
+        : ''
       return {
         subject: `Your order ${orderId} is on its way`,
-        text: `${greeting}\n\nyour order ${orderId} has been shipped (shipment ${str(data.shipmentId)}).${signature}`,
+        text: `${greeting}\n\nyour order ${orderId} has been shipped${tracking}.${signature}`,
       }
+    }
     case 'order-delivered':
       return {
         subject: `Your order ${orderId} has been delivered`,

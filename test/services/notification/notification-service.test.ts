@@ -186,7 +186,7 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       assert.equal(mail.to, 'early@example.com')
     })
 
-    it('records no-recipient for an order whose customer is not known, and sends once the customer is', async () => {
+    it('records no-recipient for an order whose customer is not known, and sends once the customer is, in the order of its steps', async () => {
       const { harness, store, running } = await start()
       await harness.publish('order.placed', 'o-2', {
         orderId: 'o-2',
@@ -196,22 +196,43 @@ for (const { kind, skip } of await storeKinds('notification service')) {
         currency: 'USD',
       })
       await harness.publish('order.confirmed', 'o-2', { orderId: 'o-2' })
-      await harness.publish('order.shipped', 'o-unknown', { orderId: 'o-unknown', shipmentId: 's-1' })
-      await waitFor('three no-recipient records', async () => {
-        const rows = await store.query("SELECT 1 FROM notification_emails WHERE status = 'no-recipient'")
-        return rows.length === 3
+      await harness.publish('shipment.scheduled', 'o-2', {
+        orderId: 'o-2',
+        shipmentId: 's-2',
+        carrier: 'DHL',
+        trackingNumber: 'TRK-2',
       })
+      await harness.publish('order.shipped', 'o-2', { orderId: 'o-2', shipmentId: 's-2' })
+      await harness.publish('order.delivered', 'o-2', { orderId: 'o-2', shipmentId: 's-2' })
+      await harness.publish('order.shipped', 'o-unknown', { orderId: 'o-unknown', shipmentId: 's-1' })
+      await waitFor('five no-recipient records', async () => {
+        const rows = await store.query("SELECT 1 FROM notification_emails WHERE status = 'no-recipient'")
+        return rows.length === 5
+      })
+      await waitFor('the shipment known', async () => {
+        const rows = await store.query("SELECT 1 FROM notification_shipments WHERE order_id = 'o-2'")
+        return rows.length === 1
+      })
+      // Released together, the four e-mails of o-2 still reach the customer one after another.
       await harness.publish('customer.registered', 'c-late', {
         customerId: 'c-late',
         email: 'late@example.com',
         givenName: 'Late',
         familyName: '',
       })
-      await waitFor('the waiting mails', () => running.sink!.messages().length === 3)
+      const ofOrder = () => running.sink!.messages().filter((m) => m.subject.includes('o-2'))
+      await waitFor('the waiting mails', () => ofOrder().length === 4)
       assert.deepEqual(
-        running.sink!.messages().map((m) => m.to),
-        ['late@example.com', 'late@example.com', 'late@example.com'],
+        ofOrder().map((m) => m.subject),
+        [
+          'We have received your order o-2',
+          'Your order o-2 is confirmed',
+          'Your order o-2 is on its way',
+          'Your order o-2 has been delivered',
+        ],
       )
+      assert.match(ofOrder()[2].text, /shipped with DHL; its tracking number is TRK-2\./)
+      assert.deepEqual(new Set(running.sink!.messages().map((m) => m.to)), new Set(['late@example.com']))
       const left = await store.query<{ order_id: string }>(
         "SELECT order_id FROM notification_emails WHERE status = 'no-recipient'",
       )
