@@ -99,7 +99,10 @@ const Customer360 = T.Object({
   }),
   lifetimeSpend: T.Array(Money, { description: 'captured minus refunded, per currency' }),
   averageBasket: T.Array(Money, { description: 'mean total of the orders not cancelled, per currency' }),
-  notifications: T.Object({ sent: T.Integer(), lastSentAt: Nullable(T.String()) }),
+  notifications: T.Object(
+    { sent: T.Integer(), lastSentAt: Nullable(T.String()) },
+    { description: 'e-mails sent to the customer (webhook deliveries about their orders go to the shop)' },
+  ),
   features: T.Null({ description: 'filled by the feature store once the analytics lake exists' }),
 })
 

@@ -28,7 +28,8 @@ export const viewSchemaVersions: Record<ViewName, number> = {
   // 2: a failed payment's reason is the customer's sentence, not the provider's error.
   'order-status': 2,
   // 2: refused registrations are kept, so their id answers why.
-  'customer-360': 2,
+  // 3: notifications sent count e-mails to the customer, not webhook deliveries about their orders.
+  'customer-360': 3,
 }
 
 export interface Views {

@@ -183,6 +183,14 @@ function history(): ViewEvent[] {
       template: 'order-cancelled',
       orderId: 'ord_2',
     }),
+    // A webhook delivery about the customer's order went to the shop's endpoint, not to them.
+    at('notification.sent', 'cus_1', {
+      notificationId: 'ntf_3',
+      customerId: 'cus_1',
+      channel: 'webhook',
+      template: 'order.cancelled',
+      orderId: 'ord_2',
+    }),
   ]
 }
 

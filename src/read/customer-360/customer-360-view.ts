@@ -114,6 +114,8 @@ export const customer360Fold: SqlFold = {
         break
       }
       case 'notification.sent':
+        // Messages to the customer: a webhook delivery about their order went to an endpoint of the shop's.
+        if (d.channel !== 'email') return
         await tx.execute(
           `INSERT INTO ${notifications(g)} (customer_id, sent, last_sent_at) VALUES ($1, 1, $2)
            ON CONFLICT (customer_id) DO UPDATE SET sent = ${notifications(g)}.sent + 1,
