@@ -10,7 +10,7 @@
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import { sagaConsumers } from '../../contracts/events.ts'
 import { errorMessage } from '../../platform/errors.ts'
-import type { FlagReader } from '../../platform/flags.ts'
+import { customerContext, type FlagReader } from '../../platform/flags.ts'
 import { uuidv7 } from '../../platform/ids.ts'
 import type { Emit, Handler, HandlerTools, Service } from '../../platform/service.ts'
 import { post } from './ledger.ts'
@@ -142,10 +142,21 @@ export async function startPaymentService(
     steps.inc({ step: 'authorize', outcome: result.outcome })
   }
 
-  async function capture(event: CloudEvent, tools: HandlerTools, when: string): Promise<void> {
+  async function capture(
+    event: CloudEvent,
+    tools: HandlerTools,
+    when: 'on confirmation' | 'on shipment',
+  ): Promise<void> {
     const { orderId } = event.data as { orderId: string }
     const payment = await loadPayment(store, orderId)
     if (payment?.status !== 'authorized') return
+    // Read for the order's customer, as the order service reads its flags: a rule can tell customers apart.
+    if (
+      when === 'on confirmation' &&
+      (await flags.string('capture-on', 'confirmation', customerContext(payment.customer_id))) !==
+        'confirmation'
+    )
+      return
     await withProvider('capture', orderId, () => client.capture(chargeOf(payment), `${orderId}:capture`))
     await tools.transact(async (tx, emit) => {
       if (
@@ -159,10 +170,7 @@ export async function startPaymentService(
     log.info({ orderId, when }, 'payment captured')
   }
 
-  const onConfirmed: Handler = async (event, tools) => {
-    if ((await flags.string('capture-on', 'confirmation')) !== 'confirmation') return
-    await capture(event, tools, 'on confirmation')
-  }
+  const onConfirmed: Handler = (event, tools) => capture(event, tools, 'on confirmation')
 
   // Whatever the flag says now, goods that ship are paid for: a payment still only
   // authorized here (captured on shipment, or the flag changed in between) is captured.

@@ -37,10 +37,15 @@ describe('the payment service', () => {
   let payments: Awaited<ReturnType<typeof startPaymentService>>
   let collected: Awaited<ReturnType<Harness['collect']>>
   let captureOn = 'confirmation'
+  /** A targeting rule's outcome: capture-on for one customer, read with the customer as context. */
+  let captureOnFor: { customerId: string; value: string } | undefined
   const flags: FlagReader = {
     boolean: async (_key, fallback) => fallback,
     number: async (_key, fallback) => fallback,
-    string: async (key, fallback) => (key === 'capture-on' ? captureOn : fallback),
+    string: async (key, fallback, context) => {
+      if (key !== 'capture-on') return fallback
+      return captureOnFor && context?.customerId === captureOnFor.customerId ? captureOnFor.value : captureOn
+    },
   }
 
   before(async () => {
@@ -96,10 +101,10 @@ describe('the payment service', () => {
     return ((await response.json()) as { charges: ChargeView[] }).charges
   }
 
-  function requestPayment(orderId: string, token = 'tok_visa', amountMinor = 4_200) {
+  function requestPayment(orderId: string, token = 'tok_visa', amountMinor = 4_200, customerId = 'cust-1') {
     return harness.publish('order.payment-requested', orderId, {
       orderId,
-      customerId: 'cust-1',
+      customerId,
       paymentMethodToken: token,
       amountMinor,
       currency: 'EUR',
@@ -217,6 +222,32 @@ describe('the payment service', () => {
     }
     const [charge] = await chargesOf(orderId)
     assert.equal(charge.operations.filter((op) => op.kind === 'capture').length, 1)
+  })
+
+  it("reads the flag for the order's customer, so a targeting rule can tell customers apart", async () => {
+    captureOnFor = { customerId: 'cust-later', value: 'shipment' }
+    const later = newOrder()
+    const sooner = newOrder()
+    try {
+      await requestPayment(later, 'tok_visa', 4_200, 'cust-later')
+      await requestPayment(sooner)
+      await answer(later, 'payment.authorized')
+      await answer(sooner, 'payment.authorized')
+      const confirmed = await harness.publish('order.confirmed', later, { orderId: later })
+      await harness.publish('order.confirmed', sooner, { orderId: sooner })
+      await answer(sooner, 'payment.captured')
+      await waitFor('the confirmation handled', async () => {
+        const rows = await service.store.query('SELECT 1 FROM mercato_inbox WHERE event_id = $1', [
+          confirmed.id,
+        ])
+        return rows.length === 1
+      })
+      assert.equal(await paymentStatus(later), 'authorized', 'captured on shipment for this customer')
+      await harness.publish('order.shipped', later, { orderId: later, shipmentId: 'ship-3' })
+      await answer(later, 'payment.captured')
+    } finally {
+      captureOnFor = undefined
+    }
   })
 
   it('voids an authorized payment and refunds a captured one when the order is cancelled', async () => {
