@@ -3,6 +3,7 @@
 // and stops them in reverse. `all` names every component.
 import { randomUUID } from 'node:crypto'
 import { hostname } from 'node:os'
+import { join } from 'node:path'
 import type { FastifyInstance } from 'fastify'
 import { startGateway } from '../edge/gateway.ts'
 import { RateLimiter } from '../edge/rate-limit.ts'
@@ -324,6 +325,7 @@ Object.assign(components, {
     async start(context) {
       const notification = await startNotificationService(await serviceFor(context, 'notification'), {
         smtpUrl: context.config.smtpUrl,
+        sinkDirectory: join(context.config.dataDir, 'mail'),
         from: 'Mercato <shop@mercato.local>',
         webhookTimeoutMs: 5_000,
         webhookAttemptsMax: 8,

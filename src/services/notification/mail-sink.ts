@@ -1,7 +1,11 @@
 // The local mail sink: a real SMTP server (smtp-server) on 127.0.0.1 that accepts every
-// message and keeps the last few in memory, so a deployment without a mail server still
-// sends real SMTP and a person (or a test) can read what was sent.
+// message and keeps the last few, in memory and, given a directory, as .eml files there, so
+// a deployment without a mail server still sends real SMTP and a person (with any mail
+// program, or `cat`) or a test can read what was sent.
+import { mkdirSync, readdirSync } from 'node:fs'
+import { unlink, writeFile } from 'node:fs/promises'
 import type { AddressInfo } from 'node:net'
+import { join } from 'node:path'
 import { SMTPServer } from 'smtp-server'
 
 export interface SinkMessage {
@@ -25,12 +29,16 @@ export interface MailSink {
 export interface MailSinkOptions {
   messagesMax?: number
   messageBytesMax?: number
+  /** Where each message is also written, as received (`<time>-<n>.eml`); the last `messagesMax` stay. */
+  directory?: string
 }
 
 export async function startMailSink(options: MailSinkOptions = {}): Promise<MailSink> {
   const messagesMax = options.messagesMax ?? 1_000
   const messageBytesMax = options.messageBytesMax ?? 1_048_576
   const kept: SinkMessage[] = []
+  const files = options.directory ? messageFiles(options.directory) : undefined
+  let received = 0
   const server = new SMTPServer({
     secure: false,
     authOptional: true,
@@ -57,7 +65,8 @@ export async function startMailSink(options: MailSinkOptions = {}): Promise<Mail
           callback(error)
           return
         }
-        const parsed = parseMessage(Buffer.concat(chunks))
+        const raw = Buffer.concat(chunks)
+        const parsed = parseMessage(raw)
         const envelopeFrom = session.envelope.mailFrom
         kept.push({
           to: session.envelope.rcptTo.map((rcpt) => rcpt.address).join(', '),
@@ -68,7 +77,22 @@ export async function startMailSink(options: MailSinkOptions = {}): Promise<Mail
           receivedAt: new Date().toISOString(),
         })
         if (kept.length > messagesMax) kept.splice(0, kept.length - messagesMax)
-        callback()
+        if (!options.directory || !files) {
+          callback()
+          return
+        }
+        // Named by time, then by arrival: the names sort in the order the messages came.
+        const name = `${Date.now()}-${String(++received).padStart(6, '0')}.eml`
+        writeFile(join(options.directory, name), raw).then(
+          () => {
+            files.push(name)
+            for (const old of files.splice(0, Math.max(0, files.length - messagesMax)))
+              unlink(join(options.directory!, old)).catch(() => {})
+            callback()
+          },
+          // The sender tries again later (a full disk, say): 451 is a transient refusal.
+          (error: Error) => callback(Object.assign(error, { responseCode: 451 })),
+        )
       })
     },
   })
@@ -86,6 +110,14 @@ export async function startMailSink(options: MailSinkOptions = {}): Promise<Mail
     messages: () => kept.map((message) => ({ ...message })),
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   }
+}
+
+/** The .eml files a directory holds, oldest first (created if missing). */
+function messageFiles(directory: string): string[] {
+  mkdirSync(directory, { recursive: true })
+  return readdirSync(directory)
+    .filter((name) => name.endsWith('.eml'))
+    .sort((a, b) => Number.parseInt(a, 10) - Number.parseInt(b, 10) || a.localeCompare(b))
 }
 
 interface ParsedMessage {

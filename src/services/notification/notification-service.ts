@@ -40,6 +40,8 @@ export interface NotificationOptions {
   concurrencyMax?: number
   /** Messages the local sink keeps. */
   sinkMessagesMax?: number
+  /** Where the local sink writes each message it receives, as an .eml file. */
+  sinkDirectory?: string
 }
 
 export interface RunningNotification {
@@ -212,7 +214,14 @@ export async function startNotificationService(
   )
   const count = (channel: 'email' | 'webhook', outcome: string) => notifications.inc({ channel, outcome })
 
-  const sink = options.smtpUrl ? undefined : await startMailSink({ messagesMax: options.sinkMessagesMax })
+  const sink = options.smtpUrl
+    ? undefined
+    : await startMailSink({ messagesMax: options.sinkMessagesMax, directory: options.sinkDirectory })
+  if (sink)
+    log.info(
+      { smtp: `${sink.host}:${sink.port}`, directory: options.sinkDirectory },
+      'no SMTP URL: e-mails go to the local mail sink, which keeps them as .eml files',
+    )
   const transport: Transporter = options.smtpUrl
     ? nodemailer.createTransport({
         url: options.smtpUrl,

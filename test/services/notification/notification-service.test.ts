@@ -1,10 +1,13 @@
 import assert from 'node:assert/strict'
+import { readdirSync, readFileSync } from 'node:fs'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
+import { join } from 'node:path'
 import { afterEach, describe, it } from 'node:test'
+import nodemailer from 'nodemailer'
 import type { Store } from '../../../src/engines/store/port.ts'
 import { privateAddressReason } from '../../../src/platform/outbound-url.ts'
-import { parseMessage } from '../../../src/services/notification/mail-sink.ts'
+import { parseMessage, startMailSink } from '../../../src/services/notification/mail-sink.ts'
 import {
   type NotificationOptions,
   notificationId,
@@ -13,7 +16,7 @@ import {
 } from '../../../src/services/notification/notification-service.ts'
 import { renderEmail } from '../../../src/services/notification/templates.ts'
 import { signWebhook } from '../../../src/services/notification/webhooks.ts'
-import { waitFor } from '../../support/wait.ts'
+import { tempDir, waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness, storeKinds } from './harness.ts'
 
 const secret = 'whsec_0123456789abcdef'
@@ -444,6 +447,29 @@ describe('e-mail rendering and the sink parser', () => {
       cancelled('deadline-passed', 'no answer while STOCK_RESERVED within 30000 ms'),
       /30000/,
     )
+  })
+
+  it('keeps the last messages as .eml files, across a restart of the sink', async () => {
+    const dir = tempDir()
+    const directory = join(dir.path, 'mail')
+    const send = async (subject: string) => {
+      const sink = await startMailSink({ messagesMax: 2, directory })
+      const transport = nodemailer.createTransport({ host: sink.host, port: sink.port, secure: false })
+      await transport.sendMail({ from: 'shop@mercato.test', to: 'ada@example.com', subject, text: 'hi' })
+      transport.close()
+      await sink.close()
+    }
+    try {
+      for (const subject of ['one', 'two', 'three', 'four']) await send(subject)
+      const files = readdirSync(directory).sort()
+      assert.equal(files.length, 2)
+      assert.deepEqual(
+        files.map((file) => parseMessage(readFileSync(join(directory, file))).headers.get('subject')),
+        ['three', 'four'],
+      )
+    } finally {
+      dir.remove()
+    }
   })
 
   it('decodes encoded headers and quoted-printable bodies', () => {
