@@ -3,8 +3,8 @@
 //   mercato start [--target a,b]      run components (default: all) on one port
 //   mercato replay --view V           rebuild a view beside the live one, then switch to it
 //   mercato replay --group G --topic T (--offset N | --time ISO | --earliest | --latest)
-//   mercato dlq list --topic T        what a topic's dead-letter topic holds
-//   mercato dlq replay --topic T      put dead letters back on their topic
+//   mercato dlq list --topic T        what waits on a topic's dead-letter topic (--all: replayed too)
+//   mercato dlq replay --topic T      put the dead letters not replayed yet back on their topic
 //   mercato keys rotate               add a signing key; the old one verifies until its tokens expire
 //   mercato load --orders N --rate R  place orders as clients would, and summarize
 import { existsSync } from 'node:fs'
@@ -44,6 +44,12 @@ function configFrom(options: Record<string, string | undefined>): Config {
     MERCATO_STORE: options.store,
     MERCATO_CACHE: options.cache,
   })
+}
+
+function wholeNumber(flag: string, raw: string, min: number): number {
+  if (!/^\d+$/.test(raw) || Number(raw) < min)
+    throw new ConfigError(flag, `must be a whole number ≥ ${min}, got "${raw}"`)
+  return Number(raw)
 }
 
 /**
@@ -211,17 +217,22 @@ function openDeadLetters(options: Record<string, string | undefined> & { topic: 
 }
 
 withEngineFlags(dlq.command('list'))
-  .description("list the records on a topic's dead-letter topic")
+  .description(
+    "list the records on a topic's dead-letter topic that wait for a replay (--all: the replayed ones too)",
+  )
   .requiredOption('--topic <topic>', 'the original topic (its DLQ is <topic>.dlq)')
   .option('--limit <n>', 'records to show', '100')
+  .option('--all', 'list the dead letters already replayed too')
   .option('--json', 'one JSON object per line')
   .action(async (options) => {
+    const limit = wholeNumber('--limit', options.limit, 1)
     const stream = await openDeadLetters(options)
     try {
-      const letters = await stream.deadLetters(options.topic, Number(options.limit))
+      const letters = await stream.deadLetters(options.topic, limit, { waitingOnly: !options.all })
       for (const letter of letters) {
         const row = {
           dlqOffset: `${letter.position.partition}/${letter.position.offset}`,
+          state: letter.replayed ? 'replayed' : 'waiting',
           original: `${letter.original.topic}/${letter.original.partition}/${letter.original.offset}`,
           group: letter.original.group,
           type: letter.record.headers.ce_type ?? '?',
@@ -231,22 +242,32 @@ withEngineFlags(dlq.command('list'))
         }
         console.log(options.json ? JSON.stringify(row) : Object.values(row).join('  '))
       }
-      if (!options.json) console.log(`${letters.length} dead letter(s) for ${options.topic}`)
+      if (!options.json) {
+        const { waiting, replayed } = await stream.deadLetterCounts(options.topic)
+        console.log(
+          `${waiting} dead letter(s) of ${options.topic} wait for a replay; ${replayed} were replayed${options.all || replayed === 0 ? '' : ' (--all lists them too)'}`,
+        )
+      }
     } finally {
       await stream.close()
     }
   })
 
 withEngineFlags(dlq.command('replay'))
-  .description('publish dead letters again on their original topic (fix the cause first)')
+  .description(
+    'publish the dead letters not replayed yet on their original topic, and record that they were (fix the cause first)',
+  )
   .requiredOption('--topic <topic>', 'the original topic')
   .option('--limit <n>', 'records to replay', '1000')
   .action(async (options) => {
+    const limit = wholeNumber('--limit', options.limit, 1)
     const stream = await openDeadLetters(options)
     try {
-      const letters = await stream.deadLetters(options.topic, Number(options.limit))
-      const positions = await stream.replayDeadLetters(letters)
-      console.log(`replayed ${positions.length} record(s) onto ${options.topic}`)
+      const letters = await stream.replayDeadLetters(options.topic, limit)
+      const { waiting } = await stream.deadLetterCounts(options.topic)
+      console.log(
+        `replayed ${letters.length} dead letter(s) onto ${options.topic}${waiting > 0 ? `; ${waiting} more wait (run it again)` : ''}`,
+      )
     } finally {
       await stream.close()
     }
@@ -292,11 +313,6 @@ withEngineFlags(program.command('load'))
   .option('--skus <skus>', 'SKUs, comma-separated (default: the demo catalog)')
   .option('--json', 'print the summary as JSON')
   .action(async (options) => {
-    const whole = (name: string, raw: string, min: number) => {
-      if (!/^\d+$/.test(raw) || Number(raw) < min)
-        throw new ConfigError(name, `must be a whole number ≥ ${min}, got "${raw}"`)
-      return Number(raw)
-    }
     const retryShare = Number(options.retryShare)
     if (!(retryShare >= 0 && retryShare <= 1))
       throw new ConfigError('--retry-share', 'must be between 0 and 1')
@@ -320,9 +336,9 @@ withEngineFlags(program.command('load'))
       const summary = await runLoad(
         {
           url,
-          orders: whole('--orders', options.orders, 1),
-          rate: whole('--rate', options.rate, 0),
-          concurrency: whole('--concurrency', options.concurrency, 1),
+          orders: wholeNumber('--orders', options.orders, 1),
+          rate: wholeNumber('--rate', options.rate, 0),
+          concurrency: wholeNumber('--concurrency', options.concurrency, 1),
           retryShare,
           bearers: await Promise.all(logins.map((login) => signIn(url, login))),
           skus: options.skus ? options.skus.split(',') : demoProducts().map((p) => p.sku),

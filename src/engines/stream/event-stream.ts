@@ -80,6 +80,8 @@ export interface DeadLetter {
   error: string
   attempts: number
   failedAt: string
+  /** Put back on its topic by an earlier replay. */
+  replayed: boolean
   record: StreamRecord
 }
 
@@ -377,30 +379,70 @@ export class EventStream {
       .inc({ group, topic: record.topic })
   }
 
-  /** Lists what a topic's dead-letter topic holds. */
-  async deadLetters(topic: string, countMax = 100): Promise<DeadLetter[]> {
+  /**
+   * The consumer group whose committed offset on each partition of a dead-letter topic is
+   * where `replayDeadLetters` has got to: the letters before it were replayed, the rest wait.
+   * It never consumes; only the replay commits its offsets.
+   */
+  get deadLetterReplayGroup(): string {
+    return this.group('mercato-dlq-replay')
+  }
+
+  /**
+   * Lists what a topic's dead-letter topic holds, each letter marked replayed or not; with
+   * `waitingOnly`, only those not yet replayed.
+   */
+  async deadLetters(
+    topic: string,
+    countMax = 100,
+    options: { waitingOnly?: boolean } = {},
+  ): Promise<DeadLetter[]> {
     const dlq = dlqTopicOf(this.topic(topic))
     const letters: DeadLetter[] = []
-    const partitions = await this.engine.partitionsOf(dlq)
-    for (let p = 0; p < partitions && letters.length < countMax; p++) {
-      for (const record of await this.engine.read(dlq, p, 0, countMax - letters.length)) {
-        letters.push(toDeadLetter(record))
+    for (const { partition, committed } of await this.engine.lag(this.deadLetterReplayGroup, [dlq])) {
+      if (letters.length >= countMax) break
+      const from = options.waitingOnly ? committed : 0
+      for (const record of await this.engine.read(dlq, partition, from, countMax - letters.length)) {
+        letters.push(toDeadLetter(record, record.offset < committed))
       }
     }
     return letters
   }
 
-  /** Re-publishes dead letters to their original topic (the `mercato_dlq_*` headers removed). */
-  async replayDeadLetters(letters: DeadLetter[]): Promise<RecordPosition[]> {
-    const records = letters.map(({ record, original }) => ({
-      topic: original.topic,
-      key: record.key,
-      value: record.value,
-      headers: Object.fromEntries(
-        Object.entries(record.headers).filter(([name]) => !name.startsWith('mercato_dlq_')),
-      ),
-    }))
-    return this.engine.publish(records)
+  /** How many dead letters of a topic wait for a replay, and how many were replayed. */
+  async deadLetterCounts(topic: string): Promise<{ waiting: number; replayed: number }> {
+    const partitions = await this.engine.lag(this.deadLetterReplayGroup, [dlqTopicOf(this.topic(topic))])
+    return {
+      waiting: partitions.reduce((sum, p) => sum + p.lag, 0),
+      replayed: partitions.reduce((sum, p) => sum + p.committed, 0),
+    }
+  }
+
+  /**
+   * Re-publishes the dead letters of a topic not replayed yet (at most `countMax`) to their
+   * original topic, the `mercato_dlq_*` headers removed, then records how far it got in the
+   * replay group's offsets. Recording comes after publishing: a crash in between replays
+   * those letters again next time (consumers are idempotent) rather than losing them.
+   */
+  async replayDeadLetters(topic: string, countMax: number): Promise<DeadLetter[]> {
+    const letters = await this.deadLetters(topic, countMax, { waitingOnly: true })
+    if (letters.length === 0) return []
+    await this.engine.publish(
+      letters.map(({ record, original }) => ({
+        topic: original.topic,
+        key: record.key,
+        value: record.value,
+        headers: Object.fromEntries(
+          Object.entries(record.headers).filter(([name]) => !name.startsWith('mercato_dlq_')),
+        ),
+      })),
+    )
+    // Each partition's letters come in offset order: the last one sets where the next replay starts.
+    const next = new Map<number, RecordPosition>()
+    for (const { position } of letters)
+      next.set(position.partition, { ...position, offset: position.offset + 1 })
+    await this.engine.commitOffsets(this.deadLetterReplayGroup, [...next.values()])
+    return letters
   }
 
   #watchLag(group: string, topics: string[]): NodeJS.Timeout {
@@ -434,7 +476,7 @@ export class EventStream {
   }
 }
 
-function toDeadLetter(record: StreamRecord): DeadLetter {
+function toDeadLetter(record: StreamRecord, replayed: boolean): DeadLetter {
   const h = record.headers
   return {
     position: { topic: record.topic, partition: record.partition, offset: record.offset },
@@ -447,6 +489,7 @@ function toDeadLetter(record: StreamRecord): DeadLetter {
     error: h.mercato_dlq_error ?? '',
     attempts: Number(h.mercato_dlq_attempts ?? 0),
     failedAt: h.mercato_dlq_failed_at ?? '',
+    replayed,
     record,
   }
 }

@@ -75,6 +75,11 @@ export interface StreamEngine {
   consume(options: ConsumeOptions): Promise<ConsumerHandle>
   /** Moves a group's committed offsets on every partition of a topic (for replay). The group must be stopped. */
   seek(group: string, topic: string, target: SeekTarget): Promise<void>
+  /**
+   * Sets a group's committed offset (the offset of the next record it reads) on single
+   * partitions, the others left as they are. The group must be stopped.
+   */
+  commitOffsets(group: string, offsets: RecordPosition[]): Promise<void>
   /** The end of every partition of `topics` (on Kafka one ListOffsets request for all of them). */
   ends(topics: string[]): Promise<PartitionEnd[]>
   /** The ends with `group`'s committed offsets beside them. */

@@ -5,7 +5,7 @@ import { type CloudEvent, createEvent } from '../../../src/contracts/envelope.ts
 import { handleOnce } from '../../../src/engines/store/inbox.ts'
 import { storeLimitDefaults } from '../../../src/engines/store/port.ts'
 import { SqliteStore } from '../../../src/engines/store/sqlite/sqlite-store.ts'
-import { EventStream } from '../../../src/engines/stream/event-stream.ts'
+import { type DeadLetter, EventStream } from '../../../src/engines/stream/event-stream.ts'
 import type { StreamEngine } from '../../../src/engines/stream/port.ts'
 import { InvalidEventError, OverloadedError } from '../../../src/platform/errors.ts'
 import { silentLogger } from '../../../src/platform/logger.ts'
@@ -268,6 +268,88 @@ export function defineStreamConformance(
       )
       assert.equal(letter.record.headers.ce_id, poison.id)
       await subscription.stop()
+    })
+
+    /** Dead-letters `events` through a group whose handler refuses them, then stops the group. */
+    async function deadLetter(stream: EventStream, events: CloudEvent[]): Promise<void> {
+      const refused = new Set(events.map((e) => e.id))
+      const subscription = await stream.subscribe({
+        group: 'refuses',
+        topics: ['products'],
+        handle: async (event) => {
+          if (refused.has(event.id)) throw new Error('warehouse says no')
+        },
+      })
+      const before = (await stream.deadLetters('products', 1_000)).length
+      await stream.publish(events)
+      await waitFor(
+        'the dead letters',
+        async () => (await stream.deadLetters('products', 1_000)).length === before + events.length,
+        30_000,
+      )
+      await subscription.stop()
+    }
+
+    /** How often each event id appears on the products topic. */
+    async function copiesOnTopic(stream: EventStream): Promise<Map<string, number>> {
+      const topic = stream.topic('products')
+      const copies = new Map<string, number>()
+      for (let p = 0; p < (await stream.engine.partitionsOf(topic)); p++)
+        for (const record of await stream.engine.read(topic, p, 0, 1_000))
+          copies.set(record.headers.ce_id, (copies.get(record.headers.ce_id) ?? 0) + 1)
+      return copies
+    }
+
+    const idsOf = (letters: DeadLetter[]) => letters.map((l) => l.record.headers.ce_id).sort()
+
+    it('replays a dead letter once: a later replay skips it, and the listing tells waiting from replayed', async () => {
+      const stream = await freshStream()
+      const first = [productEvent('poison-a', 0), productEvent('poison-b', 0)]
+      await deadLetter(stream, first)
+
+      assert.deepEqual(
+        idsOf(await stream.replayDeadLetters('products', 1_000)),
+        first.map((e) => e.id).sort(),
+      )
+      assert.deepEqual(await stream.deadLetters('products', 1_000, { waitingOnly: true }), [])
+      const listed = await stream.deadLetters('products', 1_000)
+      assert.deepEqual(
+        listed.map((l) => l.replayed),
+        [true, true],
+      )
+      assert.deepEqual(await stream.deadLetterCounts('products'), { waiting: 0, replayed: 2 })
+      assert.deepEqual(await stream.replayDeadLetters('products', 1_000), [], 'nothing is replayed twice')
+
+      const later = productEvent('poison-c', 0)
+      await deadLetter(stream, [later])
+      assert.deepEqual(idsOf(await stream.deadLetters('products', 1_000, { waitingOnly: true })), [later.id])
+      assert.deepEqual(await stream.deadLetterCounts('products'), { waiting: 1, replayed: 2 })
+      assert.deepEqual(idsOf(await stream.replayDeadLetters('products', 1_000)), [later.id])
+
+      const copies = await copiesOnTopic(stream)
+      for (const event of [...first, later])
+        assert.equal(copies.get(event.id), 2, 'the original and one replayed copy')
+    })
+
+    it('replays the dead letters again when recording the replay failed, rather than losing them', async () => {
+      const stream = await freshStream()
+      const poison = productEvent('poison-crash', 0)
+      await deadLetter(stream, [poison])
+      // As if the process died after publishing and before recording what it replayed.
+      const engine = fixture.engine
+      const crashing = new Proxy(engine, {
+        get(target, name) {
+          if (name === 'commitOffsets') return async () => Promise.reject(new Error('killed'))
+          const value = Reflect.get(target, name, target)
+          return typeof value === 'function' ? value.bind(target) : value
+        },
+      })
+      const crashed = new EventStream(crashing, stream.options, silentLogger(), new Metrics())
+      await assert.rejects(crashed.replayDeadLetters('products', 1_000), /killed/)
+      assert.deepEqual(idsOf(await stream.deadLetters('products', 1_000, { waitingOnly: true })), [poison.id])
+      assert.deepEqual(idsOf(await stream.replayDeadLetters('products', 1_000)), [poison.id])
+      assert.deepEqual(await stream.replayDeadLetters('products', 1_000), [])
+      assert.equal((await copiesOnTopic(stream)).get(poison.id), 3, 'the original and two replayed copies')
     })
 
     it('waits out a dependency that is down, however many tries it takes, and dead-letters nothing', async () => {

@@ -268,6 +268,13 @@ export class SqliteLog implements StreamEngine {
     })
   }
 
+  async commitOffsets(group: string, offsets: RecordPosition[]): Promise<void> {
+    this.#transaction(() => {
+      for (const { topic, partition, offset } of offsets)
+        this.#sql.commit.run(group, topic, partition, offset)
+    })
+  }
+
   async deleteGroup(group: string): Promise<void> {
     this.#transaction(() => {
       // Members of any process that still beat (as Kafka refuses a group with members).

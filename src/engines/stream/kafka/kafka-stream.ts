@@ -215,13 +215,21 @@ export class KafkaStream implements StreamEngine {
       const found = await this.#listOffsets(topic, indexes, BigInt(target.timestampMs))
       offsets = found.map((offset, p) => (offset < 0n ? ends[p] : offset))
     }
+    await this.commitOffsets(
+      group,
+      offsets.map((offset, partition) => ({ topic, partition, offset: Number(offset) })),
+    )
+  }
+
+  async commitOffsets(group: string, offsets: RecordPosition[]): Promise<void> {
+    const topics = [...new Set(offsets.map((o) => o.topic))].map((name) => ({
+      name,
+      partitionOffsets: offsets
+        .filter((o) => o.topic === name)
+        .map(({ partition, offset }) => ({ partition, offset: BigInt(offset) })),
+    }))
     try {
-      await this.#admin.alterConsumerGroupOffsets({
-        groupId: group,
-        topics: [
-          { name: topic, partitionOffsets: offsets.map((offset, partition) => ({ partition, offset })) },
-        ],
-      })
+      await this.#admin.alterConsumerGroupOffsets({ groupId: group, topics })
     } catch (error) {
       // Kafka moves a group's offsets only while no member is connected.
       if (/not aware of this member|UNKNOWN_MEMBER_ID|NON_EMPTY_GROUP/i.test(errorMessage(error)))
