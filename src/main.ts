@@ -297,6 +297,15 @@ withEngineFlags(program.command('keys'))
     }
   })
 
+/** fetch says only "fetch failed"; what went wrong (refused, no such host) is its cause. */
+function unreachable(url: string, error: unknown): unknown {
+  if (error instanceof TypeError && error.cause !== undefined)
+    return new Error(`cannot reach ${url}: ${errorMessage(error.cause)}`)
+  if (error instanceof Error && error.name === 'TimeoutError')
+    return new Error(`${url} did not answer in time`)
+  return error
+}
+
 withEngineFlags(program.command('load'))
   .description(
     "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize; the shop's rate limits (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE, MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE) must allow the rate",
@@ -332,6 +341,12 @@ withEngineFlags(program.command('load'))
     const watcher = new OrderWatcher()
     let last = { answered: 0, ms: 0 }
     try {
+      let bearers: string[]
+      try {
+        bearers = await Promise.all(logins.map((login) => signIn(url, login)))
+      } catch (error) {
+        throw unreachable(url, error)
+      }
       await watcher.start(stream)
       const summary = await runLoad(
         {
@@ -340,7 +355,7 @@ withEngineFlags(program.command('load'))
           rate: wholeNumber('--rate', options.rate, 0),
           concurrency: wholeNumber('--concurrency', options.concurrency, 1),
           retryShare,
-          bearers: await Promise.all(logins.map((login) => signIn(url, login))),
+          bearers,
           skus: options.skus ? options.skus.split(',') : demoProducts().map((p) => p.sku),
           requestTimeoutMs: 10_000,
           settleTimeoutMs: 60_000,
