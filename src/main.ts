@@ -21,7 +21,7 @@ import { App } from './runtime/app.ts'
 import { type Config, intSettings, loadConfig, settingsHelp, unknownSettings } from './runtime/config.ts'
 import { demoCustomers, demoProducts } from './runtime/demo-data.ts'
 import { openEventStream, storeOpener, viewsRedisOf } from './runtime/engines.ts'
-import { OrderWatcher, runLoad } from './runtime/load.ts'
+import { type LoadSummary, OrderWatcher, runLoad } from './runtime/load.ts'
 import { parseLogins, signIn } from './runtime/sign-in.ts'
 
 const program = new Command('mercato').description('An event-driven commerce backend.').showHelpAfterError()
@@ -306,6 +306,15 @@ function unreachable(url: string, error: unknown): unknown {
   return error
 }
 
+/** Why a load ended with accepted orders it never saw end. */
+function unfinishedLine(summary: LoadSummary, url: string, settleTimeoutS: number): string {
+  const counted = `${summary.unfinished} of ${summary.accepted} accepted order(s) did not end within ${settleTimeoutS} s of the last one placed`
+  // Not one order seen to end: most likely this is not the stream of the shop at `url`.
+  if (summary.unfinished === summary.accepted)
+    return `${counted}: none was seen to end, so give the --data-dir (or --stream) of the shop at ${url}, or see whether its saga runs`
+  return `${counted}: the shop's saga is behind (raise --settle-timeout, or lower --rate)`
+}
+
 withEngineFlags(program.command('load'))
   .description(
     "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize; the shop's rate limits (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE, MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE) must allow the rate",
@@ -320,8 +329,14 @@ withEngineFlags(program.command('load'))
     'customers to sign in as, user:password comma-separated (default: the demo customers)',
   )
   .option('--skus <skus>', 'SKUs, comma-separated (default: the demo catalog)')
+  .option(
+    '--settle-timeout <seconds>',
+    'how long to wait, once every order is placed, for the accepted ones to end (one that has not by then makes load exit 1)',
+    '60',
+  )
   .option('--json', 'print the summary as JSON')
   .action(async (options) => {
+    const settleTimeoutS = wholeNumber('--settle-timeout', options.settleTimeout, 1)
     const retryShare = Number(options.retryShare)
     if (!(retryShare >= 0 && retryShare <= 1))
       throw new ConfigError('--retry-share', 'must be between 0 and 1')
@@ -358,7 +373,7 @@ withEngineFlags(program.command('load'))
           bearers,
           skus: options.skus ? options.skus.split(',') : demoProducts().map((p) => p.sku),
           requestTimeoutMs: 10_000,
-          settleTimeoutMs: 60_000,
+          settleTimeoutMs: settleTimeoutS * 1_000,
           onProgress: (p) => {
             // The rate since the last line, not since the start: what the shop does now.
             const answersPerSecond = Math.round(
@@ -392,6 +407,10 @@ withEngineFlags(program.command('load'))
         console.log(
           `POST /v1/orders ms p50 ${summary.requestMs.p50} p99 ${summary.requestMs.p99}; 202 to CONFIRMED ms ${toConfirmed}`,
         )
+      }
+      if (summary.unfinished > 0) {
+        console.error(`mercato: ${unfinishedLine(summary, url, settleTimeoutS)}`)
+        process.exitCode = 1
       }
     } finally {
       await watcher.stop()

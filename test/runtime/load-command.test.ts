@@ -1,4 +1,5 @@
-// `mercato load` as an operator runs it: how it ends when it cannot reach the shop.
+// `mercato load` as an operator runs it: how it ends when it cannot reach the shop, or
+// cannot follow the orders it placed.
 import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
@@ -9,8 +10,14 @@ import { silentLogger } from '../../src/platform/logger.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { loadConfig } from '../../src/runtime/config.ts'
 import { openEventStream } from '../../src/runtime/engines.ts'
+import { processesOnOneDataDir } from '../support/processes.ts'
 import { tempDir } from '../support/wait.ts'
 
+const { dir: shopDir, start } = processesOnOneDataDir({
+  MERCATO_SEED: 'true',
+  MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE: '1000000',
+  MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE: '1000000',
+})
 const otherDir = tempDir()
 after(() => otherDir.remove())
 
@@ -49,5 +56,22 @@ describe('mercato load', () => {
     const result = await load(['--url', url, '--orders', '1', '--data-dir', await anotherShopsStream()])
     assert.equal(result.status, 2, result.stderr)
     assert.equal(result.stderr.trim(), `mercato: cannot reach ${url}: connect ECONNREFUSED 127.0.0.1:${port}`)
+  })
+
+  it("exits 1, saying why, when the orders it placed never end on the stream it follows (another shop's)", async () => {
+    const shop = await start('all')
+    const args = ['--url', shop.url, '--orders', '2', '--rate', '0', '--retry-share', '0']
+
+    const followed = await load([...args, '--data-dir', shopDir, '--settle-timeout', '60'])
+    assert.equal(followed.status, 0, followed.stderr)
+    assert.match(followed.stdout, /accepted 2 .* unfinished 0/)
+
+    const lost = await load([...args, '--data-dir', await anotherShopsStream(), '--settle-timeout', '1'])
+    assert.equal(lost.status, 1, lost.stderr)
+    assert.match(lost.stdout, /accepted 2 .* unfinished 2/)
+    assert.match(
+      lost.stderr,
+      /^mercato: 2 of 2 accepted order\(s\) did not end within 1 s .*: none was seen to end, so give the --data-dir \(or --stream\) of the shop at http/m,
+    )
   })
 })
