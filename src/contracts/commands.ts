@@ -10,16 +10,23 @@ const Currency = T.String({ enum: currencies, description: 'ISO 4217 currency co
 const strict = { additionalProperties: false } as const
 
 /**
- * ISO 3166-1 alpha-2 codes the runtime can name, less groupings (EU, UN, …), test codes and
- * withdrawn ones: anything else is a bad country.
+ * ISO 3166-1 alpha-2 codes the runtime can name, less aliases of another code (UK for GB,
+ * DY for BJ, and the withdrawn ones ICU still maps), groupings (EU, UN, …), test codes and
+ * the exceptionally reserved ones (AC, IC, …); XK, Kosovo's user-assigned code that carriers
+ * take, stays. Anything else is a bad country.
  */
 export const countries: string[] = (() => {
   const names = new Intl.DisplayNames(['en'], { type: 'region', fallback: 'none' })
-  const notCountries = new Set('EU EZ QO UN XA XB ZZ AN BU CS DD FX NT SU TP YD YU ZR'.split(' '))
+  const notCountries = new Set('EU EZ QO UN XA XB ZZ NT AC CP CQ DG EA IC TA'.split(' '))
   const letters = [...'ABCDEFGHIJKLMNOPQRSTUVWXYZ']
   return letters
     .flatMap((a) => letters.map((b) => a + b))
-    .filter((code) => !notCountries.has(code) && names.of(code) !== undefined)
+    .filter(
+      (code) =>
+        !notCountries.has(code) &&
+        names.of(code) !== undefined &&
+        new Intl.Locale(`und-${code}`).region === code,
+    )
 })()
 
 /**

@@ -737,7 +737,11 @@ async function lineIssues(
   // Past the schema's own bound, the schema says so.
   const schemaMax = PlaceOrder.properties.lines.maxItems ?? Number.POSITIVE_INFINITY
   if (lines.length > max && lines.length <= schemaMax)
-    issues.push({ in: 'body', field: '/lines', message: `must have at most ${max} lines` })
+    issues.push({
+      in: 'body',
+      field: '/lines',
+      message: `must have at most ${max} ${max === 1 ? 'line' : 'lines'}`,
+    })
   const seen = new Set<string>()
   lines.forEach((line, i) => {
     const sku = (line as { sku?: unknown } | null)?.sku
