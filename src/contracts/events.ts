@@ -218,6 +218,7 @@ export const eventSchemas: Record<string, Record<number, TSchema>> = {
       enabled: T.Boolean(),
     }),
   },
+  'webhook.endpoint-removed': { 1: obj({ endpointId: Id }) },
   'flag.changed': {
     1: obj({
       key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }),

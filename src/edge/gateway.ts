@@ -89,7 +89,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     const origins = options.config.corsOrigins
     await http.register(cors, {
       origin: origins.includes('*') ? '*' : origins,
-      methods: ['GET', 'POST', 'PUT', 'OPTIONS'],
+      methods: ['GET', 'POST', 'PUT', 'DELETE', 'OPTIONS'],
       allowedHeaders: [
         'authorization',
         'content-type',

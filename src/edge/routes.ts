@@ -3,7 +3,7 @@
 export type UpstreamName = 'command-api' | 'query-api'
 
 export interface UpstreamRoute {
-  method: 'GET' | 'POST' | 'PUT'
+  method: 'GET' | 'POST' | 'PUT' | 'DELETE'
   url: string
   upstream: UpstreamName
 }
@@ -16,6 +16,7 @@ export const upstreamRoutes: UpstreamRoute[] = [
   { method: 'POST', url: '/v1/inventory/:sku/adjustments', upstream: 'command-api' },
   { method: 'PUT', url: '/v1/flags/:key', upstream: 'command-api' },
   { method: 'POST', url: '/v1/webhooks', upstream: 'command-api' },
+  { method: 'DELETE', url: '/v1/webhooks/:id', upstream: 'command-api' },
   { method: 'GET', url: '/v1/products', upstream: 'query-api' },
   { method: 'GET', url: '/v1/products/:sku', upstream: 'query-api' },
   { method: 'GET', url: '/v1/orders/:id', upstream: 'query-api' },

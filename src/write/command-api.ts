@@ -259,7 +259,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
 
   /** A command route: its schema, documented with the problems it may answer and the key when it is required. */
   function command(
-    method: 'POST' | 'PUT',
+    method: 'POST' | 'PUT' | 'DELETE',
     url: string,
     { notFound, ...schema }: FastifySchema & { summary: string; tags: string[]; notFound?: true },
     name: string,
@@ -609,6 +609,30 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
         ]
       },
       extraBody: (_id, events) => ({ secret: (events[0].data as { secret: string }).secret }),
+    },
+  )
+
+  command(
+    'DELETE',
+    '/v1/webhooks/:id',
+    {
+      operationId: 'removeWebhook',
+      summary:
+        'Remove a webhook endpoint: nothing more is delivered to it, retries included (an unknown id changes nothing)',
+      tags: ['webhooks'],
+      params: IdParam,
+      response: responses(),
+    },
+    'remove-webhook',
+    {
+      authorize: may('webhook.remove', 'Webhooks', 'webhooks'),
+      keyRequired: false,
+      newId: () => `whr_${uuidv7()}`,
+      resourceOf: (request) => (request.params as { id: string }).id,
+      events: async (_id, request) => {
+        const { id } = request.params as { id: string }
+        return [{ type: 'webhook.endpoint-removed', subject: id, data: { endpointId: id } }]
+      },
     },
   )
 

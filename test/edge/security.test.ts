@@ -413,6 +413,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         ['POST', `/v1/inventory/${sku}/adjustments`, { delta: 5, reason: 'restock' }],
         ['PUT', '/v1/flags/sec-flag', { state: 'ENABLED', variants: { on: true }, defaultVariant: 'on' }],
         ['POST', '/v1/webhooks', { url: 'https://example.com/hook', events: ['order.confirmed'] }],
+        ['DELETE', '/v1/webhooks/whe_someone', undefined],
       ]
       for (const role of ['customer', 'support'] as const) {
         const bearer = await tokenOf(role, alice)
@@ -494,6 +495,20 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         headers: { 'idempotency-key': randomUUID() },
       })
       assert.equal(allowed.status, 202, allowed.text)
+      // An admin removes it: the notification service disables it, and no delivery goes out.
+      const notification = await shop.store('notification')
+      const enabled = async () =>
+        (
+          await notification.query<{ enabled: number }>(
+            'SELECT enabled FROM notification_webhook_endpoints WHERE endpoint_id = $1',
+            [allowed.body.id],
+          )
+        )[0]?.enabled
+      await waitFor('the endpoint registered', async () => Number(await enabled()) === 1)
+      const removed = await call('DELETE', `/v1/webhooks/${allowed.body.id}`, { bearer: admin })
+      assert.equal(removed.status, 202, removed.text)
+      assert.equal(removed.body.id, allowed.body.id)
+      await waitFor('the endpoint disabled', async () => Number(await enabled()) === 0)
     })
   })
 

@@ -50,6 +50,7 @@ const adminWriteRoutes = [
   'POST /v1/inventory/{sku}/adjustments',
   'PUT /v1/flags/{key}',
   'POST /v1/webhooks',
+  'DELETE /v1/webhooks/{id}',
 ]
 
 /** What each producer emits in the code; the source of an event is `mercato/<producer>`. */
@@ -62,6 +63,7 @@ const producers: Record<string, string[]> = {
     'inventory.adjustment-requested',
     'flag.changed',
     'webhook.endpoint-set',
+    'webhook.endpoint-removed',
   ],
   'demo-data': ['product.upserted', 'inventory.adjustment-requested', 'customer.registration-requested'],
   order: [

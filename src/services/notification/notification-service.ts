@@ -325,6 +325,13 @@ export async function startNotificationService(
           [String(data.orderId), String(data.carrier), String(data.trackingNumber)],
         )
         return
+      case 'webhook.endpoint-removed':
+        // Kept, disabled: a delivery still due finds it so and is cancelled, not sent.
+        await tx.execute(
+          'UPDATE notification_webhook_endpoints SET enabled = 0, updated_at = $1 WHERE endpoint_id = $2',
+          [now, String(data.endpointId)],
+        )
+        return
       case 'webhook.endpoint-set':
         await tx.execute(
           `INSERT INTO notification_webhook_endpoints (endpoint_id, url, secret, events, enabled, updated_at)

@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { afterEach, describe, it } from 'node:test'
 import nodemailer from 'nodemailer'
 import type { Store } from '../../../src/engines/store/port.ts'
+import { sleep } from '../../../src/platform/limits.ts'
 import { privateAddressReason } from '../../../src/platform/outbound-url.ts'
 import { parseMessage, startMailSink } from '../../../src/services/notification/mail-sink.ts'
 import {
@@ -273,6 +274,30 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       assert.equal(body.type, 'order.confirmed')
       assert.deepEqual(body.data, { orderId: 'o-3' })
       assert.equal((await deliveries(store))[0].last_status_code, 204)
+    })
+
+    it('stops delivering to a removed endpoint, its retries included', async () => {
+      const receiver = await webhookReceiver(500)
+      cleanups.push(receiver.close)
+      const { harness, store } = await start({ webhookAttemptsMax: 1_000 })
+      await setEndpoint(harness, store, receiver.url, ['*'])
+      await harness.publish('order.confirmed', 'o-rm', { orderId: 'o-rm' })
+      await waitFor('a failed attempt', () => receiver.received.length >= 2)
+      await harness.publish('webhook.endpoint-removed', 'ep-1', { endpointId: 'ep-1' })
+      await waitFor(
+        'the retried delivery cancelled',
+        async () => (await deliveries(store))[0]?.status === 'cancelled',
+      )
+      const calls = receiver.received.length
+      await harness.publish('order.confirmed', 'o-rm-2', { orderId: 'o-rm-2' })
+      await harness.publish('order.cancelled', 'o-rm-2', { orderId: 'o-rm-2', reason: 'deadline-passed' })
+      await waitFor('the later events handled', async () => {
+        const rows = await store.query("SELECT 1 FROM notification_emails WHERE order_id = 'o-rm-2'")
+        return rows.length === 2
+      })
+      await sleep(100)
+      assert.equal((await deliveries(store)).length, 1, 'nothing new for a removed endpoint')
+      assert.equal(receiver.received.length, calls)
     })
 
     it('retries a failing endpoint with backoff, then marks the delivery dead with the last error', async () => {
