@@ -17,6 +17,8 @@ export const upstreamRoutes: UpstreamRoute[] = [
   { method: 'PUT', url: '/v1/flags/:key', upstream: 'command-api' },
   { method: 'POST', url: '/v1/webhooks', upstream: 'command-api' },
   { method: 'DELETE', url: '/v1/webhooks/:id', upstream: 'command-api' },
+  { method: 'GET', url: '/v1/flags', upstream: 'query-api' },
+  { method: 'GET', url: '/v1/flags/:key', upstream: 'query-api' },
   { method: 'GET', url: '/v1/products', upstream: 'query-api' },
   { method: 'GET', url: '/v1/products/:sku', upstream: 'query-api' },
   { method: 'GET', url: '/v1/orders/:id', upstream: 'query-api' },

@@ -2,6 +2,7 @@
 // `flags` component keeps them in the key-value port and evaluates them in process.
 import { MemoryStorage } from '@openfeature/flagd-core'
 import type { Logger as OpenFeatureLogger } from '@openfeature/server-sdk'
+import type { Cache } from '../engines/cache/port.ts'
 import { errorMessage } from './errors.ts'
 
 /** A definition larger than this is refused: the whole document is read every few seconds. */
@@ -20,6 +21,30 @@ export interface FlagReader {
 /** The evaluation context of a flag read for a customer: flagd targeting keys on the customer. */
 export function customerContext(customerId: string): { targetingKey: string; customerId: string } {
   return { targetingKey: customerId, customerId }
+}
+
+/** The key-value key of the document of every flag definition (flagd's file format). */
+export const flagDefinitionsKey = 'flags:definitions'
+const flagdSchema = 'https://flagd.dev/schema/v0/flags.json'
+
+export type FlagDefinitions = Record<string, Record<string, unknown>>
+
+/** Reads the document of every flag from the key-value port; undefined when absent. */
+export async function readFlagDefinitions(cache: Cache): Promise<FlagDefinitions | undefined> {
+  const text = await cache.get(flagDefinitionsKey)
+  if (text === undefined) return undefined
+  return parseDocument(text).flags
+}
+
+export function parseDocument(text: string): { flags: FlagDefinitions } {
+  const parsed = JSON.parse(text) as { flags?: unknown }
+  if (!parsed || typeof parsed !== 'object' || !parsed.flags || typeof parsed.flags !== 'object')
+    throw new Error('the flag document has no "flags" object')
+  return { flags: parsed.flags as FlagDefinitions }
+}
+
+export function documentOf(flags: FlagDefinitions): string {
+  return JSON.stringify({ $schema: flagdSchema, flags })
 }
 
 /** The flags every fresh deployment starts with (flagd flag definitions). */

@@ -3,10 +3,12 @@
 // carries a write's consistency token waits (bounded) until the view has reached it.
 import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { IdParam, NoQuery, SkuParam } from '../contracts/commands.ts'
+import { FlagKeyParam, IdParam, NoQuery, SkuParam } from '../contracts/commands.ts'
 import { decodeConsistencyToken } from '../contracts/consistency.ts'
+import type { Cache } from '../engines/cache/port.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
 import { MercatoError } from '../platform/errors.ts'
+import { defaultFlagDefinitions, readFlagDefinitions } from '../platform/flags.ts'
 import { authorize, type Identity, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
@@ -30,6 +32,8 @@ export interface QueryApiOptions {
   views: Views
   freshness: Freshness
   queryCache: QueryCache
+  /** The key-value port, where the flags component keeps the flag definitions. */
+  keyValue: Cache
   metrics: Metrics
   /** Longest wait for a consistency token. */
   readWaitMs: number
@@ -353,6 +357,56 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         },
         notFound: `no customer ${id}`,
       })
+    },
+  )
+
+  // Flags are no view: the flags component folds every flag.changed into one flagd document in
+  // the key-value port, which these read as it is now (a PUT shows within a second; a
+  // consistency token is not waited for).
+  const readFlags = async (request: FastifyRequest) => {
+    authorize(identity, request, 'flag.read', { type: 'Flags', id: 'flags' })
+    return (await readFlagDefinitions(options.keyValue)) ?? defaultFlagDefinitions
+  }
+  const flagDocs = (operationId: string, summary: string) => ({
+    operationId,
+    summary,
+    tags: ['flags'],
+    description: 'The definitions in effect, as the flags component keeps them; not a view, so not cached.',
+  })
+  http.get(
+    '/v1/flags',
+    {
+      onRequest,
+      config: problemDocs([400, 401, 403, 429, 503], [], {
+        200: { description: 'Every flag, as a flagd flag file', type: 'object' },
+      }),
+      schema: { ...flagDocs('listFlags', 'Every feature flag (a flagd flag file)'), querystring: NoQuery },
+    },
+    async (request, reply) => {
+      const flags = await readFlags(request)
+      reply.header('cache-control', 'no-store')
+      return { $schema: 'https://flagd.dev/schema/v0/flags.json', flags }
+    },
+  )
+  http.get(
+    '/v1/flags/:key',
+    {
+      onRequest,
+      config: problemDocs([400, 401, 403, 404, 429, 503], [], {
+        200: { description: 'The flag definition, as PUT takes it', type: 'object' },
+      }),
+      schema: {
+        ...flagDocs('getFlag', 'One feature flag (flagd flag definition)'),
+        params: FlagKeyParam,
+        querystring: NoQuery,
+      },
+    },
+    async (request, reply) => {
+      const { key } = request.params as { key: string }
+      const definition = (await readFlags(request))[key]
+      if (!definition) throw new MercatoError('not-found', 404, `no flag ${key}`)
+      reply.header('cache-control', 'no-store')
+      return definition
     },
   )
 }

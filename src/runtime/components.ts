@@ -401,6 +401,7 @@ Object.assign(components, {
         views,
         freshness,
         queryCache: new QueryCache(need(context.cache, 'cache'), context.config.queryCacheTtlMs),
+        keyValue: need(context.cache, 'cache'),
         metrics: context.metrics,
         readWaitMs: context.config.readWaitMs,
         // Redis is every process's cache: any projector's invalidations reach it. The

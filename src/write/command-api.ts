@@ -549,6 +549,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       keyRequired: false,
       newId: () => `flg_${uuidv7()}`,
       resourceOf: (request) => (request.params as { key: string }).key,
+      location: (_id, request) => `/v1/flags/${(request.params as { key: string }).key}`,
       events: async (_id, request) => {
         const { key } = request.params as { key: string }
         const definition = request.body as Record<string, unknown>

@@ -415,6 +415,14 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         ['POST', '/v1/webhooks', { url: 'https://example.com/hook', events: ['order.confirmed'] }],
         ['DELETE', '/v1/webhooks/whe_someone', undefined],
       ]
+      // Support reads the flags; a customer does not.
+      const flagRead = await call('GET', '/v1/flags/capture-on', { bearer: await tokenOf('support', alice) })
+      assert.equal(flagRead.status, 200, flagRead.text)
+      assert.equal(flagRead.body.state, 'ENABLED')
+      for (const path of ['/v1/flags', '/v1/flags/capture-on']) {
+        const refused = await call('GET', path, { bearer: await tokenOf('customer', alice) })
+        assert.equal(refused.status, 403, path)
+      }
       for (const role of ['customer', 'support'] as const) {
         const bearer = await tokenOf(role, alice)
         for (const [method, path, body] of backOffice) {

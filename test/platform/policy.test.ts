@@ -43,7 +43,7 @@ const publicRoutes = [
 ]
 const customerRoutes = ['POST /v1/orders', 'GET /v1/orders/{id}', 'POST /v1/orders/{id}/cancel']
 const ownCustomerRoutes = ['GET /v1/customers/{id}/orders', 'GET /v1/customers/{id}/360']
-const readRoutes = ['GET /v1/orders/{id}', ...ownCustomerRoutes]
+const readRoutes = ['GET /v1/orders/{id}', ...ownCustomerRoutes, 'GET /v1/flags', 'GET /v1/flags/{key}']
 const adminWriteRoutes = [
   'POST /v1/orders/{id}/cancel',
   'PUT /v1/products/{sku}',
@@ -198,6 +198,7 @@ describe('the policies of policies/', () => {
       expect(true, ask(support, 'order.read', order('o1', 'c1')), 'data.cedar')
       expect(true, ask(support, 'customer.read', customerResource('c1')), 'data.cedar')
       expect(true, ask(support, 'catalog.read', catalog), 'data.cedar')
+      expect(true, ask(support, 'flag.read', { type: 'Flags', id: 'flags' }), 'data.cedar')
     })
 
     it('never lets support change anything, even what is open to anyone', () => {
@@ -209,6 +210,7 @@ describe('the policies of policies/', () => {
         ask(support, 'stock.adjust', catalog),
         ask(support, 'flag.write', { type: 'Flags', id: 'flags' }),
         ask(support, 'webhook.register', { type: 'Webhooks', id: 'webhooks' }),
+        ask(support, 'webhook.remove', { type: 'Webhooks', id: 'webhooks' }),
       ]
       for (const request of writes) expect(false, request, 'data.cedar')
     })
@@ -221,6 +223,8 @@ describe('the policies of policies/', () => {
       expect(true, ask(admin, 'stock.adjust', catalog), 'data.cedar')
       expect(true, ask(admin, 'flag.write', { type: 'Flags', id: 'flags' }), 'data.cedar')
       expect(true, ask(admin, 'webhook.register', { type: 'Webhooks', id: 'webhooks' }), 'data.cedar')
+      expect(true, ask(admin, 'webhook.remove', { type: 'Webhooks', id: 'webhooks' }), 'data.cedar')
+      expect(true, ask(admin, 'flag.read', { type: 'Flags', id: 'flags' }), 'data.cedar')
     })
 
     it('refuses the back office to customers and anonymous callers', () => {
@@ -229,6 +233,8 @@ describe('the policies of policies/', () => {
         expect(false, ask(principal, 'stock.adjust', catalog))
         expect(false, ask(principal, 'flag.write', { type: 'Flags', id: 'flags' }))
         expect(false, ask(principal, 'webhook.register', { type: 'Webhooks', id: 'webhooks' }))
+        expect(false, ask(principal, 'webhook.remove', { type: 'Webhooks', id: 'webhooks' }))
+        expect(false, ask(principal, 'flag.read', { type: 'Flags', id: 'flags' }))
         expect(false, ask(principal, 'order.read', order('o2', 'c2')))
       }
     })

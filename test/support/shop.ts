@@ -31,7 +31,7 @@ export interface Shop {
     body: unknown,
     headers?: Record<string, string>,
   ): Promise<{ status: number; body: any; headers: Headers }>
-  put(path: string, body: unknown): Promise<{ status: number; body: any }>
+  put(path: string, body: unknown): Promise<{ status: number; body: any; headers: Headers }>
   get(path: string): Promise<{ status: number; body: any }>
   /** Creates products (price `priceMinor`, 1000 by default, in USD) with `stock` units each, and waits until orders can use them. */
   stockUp(skus: string[], stock: number, priceMinor?: number): Promise<void>

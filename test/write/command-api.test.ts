@@ -527,11 +527,19 @@ describe('the command API', () => {
     // Taken before the limit came: its retry still gets the stored answer after.
     const earlier = randomUUID()
     assert.equal((await place(limited, earlier)).status, 202)
-    const set = await shop.put(
-      '/v1/flags/max-lines-per-order',
-      flag({ if: [{ '==': [{ var: 'customerId' }, limited] }, 'one', 'default'] }),
-    )
+    const targeting = { if: [{ '==': [{ var: 'customerId' }, limited] }, 'one', 'default'] }
+    const set = await shop.put('/v1/flags/max-lines-per-order', flag(targeting))
     assert.equal(set.status, 202)
+    // Where the flag is read back, as PUT took it (the list holds it too).
+    assert.equal(set.headers.get('location'), '/v1/flags/max-lines-per-order')
+    await waitFor('the flag read back', async () => {
+      const read = await shop.get('/v1/flags/max-lines-per-order')
+      return read.status === 200 && JSON.stringify(read.body.targeting) === JSON.stringify(targeting)
+    })
+    const all = await shop.get('/v1/flags')
+    assert.deepEqual(all.body.flags['max-lines-per-order'].targeting, targeting)
+    assert.equal(all.body.flags['capture-on'].defaultVariant, 'confirmation')
+    assert.equal((await shop.get('/v1/flags/no-such-flag')).status, 404)
     try {
       await waitFor('the targeted limit applied', async () => (await place(limited)).status === 400)
       const refused = await place(limited)

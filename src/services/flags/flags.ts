@@ -19,15 +19,18 @@ import type { CloudEvent } from '../../contracts/envelope.ts'
 import type { Cache } from '../../engines/cache/port.ts'
 import type { EventStream, Subscription } from '../../engines/stream/event-stream.ts'
 import { errorMessage } from '../../platform/errors.ts'
-import { defaultFlagDefinitions, type FlagReader, validateFlagDefinition } from '../../platform/flags.ts'
+import {
+  defaultFlagDefinitions,
+  documentOf,
+  type FlagDefinitions,
+  type FlagReader,
+  flagDefinitionsKey,
+  parseDocument,
+  validateFlagDefinition,
+} from '../../platform/flags.ts'
 import type { Logger } from '../../platform/logger.ts'
 
-/** The key-value key of the document of every flag definition. */
-export const flagDefinitionsKey = 'flags:definitions'
-const flagdSchema = 'https://flagd.dev/schema/v0/flags.json'
 const flagKeyPattern = /^[a-z0-9][a-z0-9._-]{0,63}$/
-
-export type FlagDefinitions = Record<string, Record<string, unknown>>
 
 export interface FlagsOptions {
   stream: EventStream
@@ -54,24 +57,6 @@ function openFeatureLogger(log: Logger): OpenFeatureLogger {
     info: (...args) => log.debug({ component: 'flags' }, text(args)),
     debug: (...args) => log.debug({ component: 'flags' }, text(args)),
   }
-}
-
-/** Reads the document of every flag from the key-value port; undefined when absent. */
-export async function readFlagDefinitions(cache: Cache): Promise<FlagDefinitions | undefined> {
-  const text = await cache.get(flagDefinitionsKey)
-  if (text === undefined) return undefined
-  return parseDocument(text).flags
-}
-
-function parseDocument(text: string): { flags: FlagDefinitions } {
-  const parsed = JSON.parse(text) as { flags?: unknown }
-  if (!parsed || typeof parsed !== 'object' || !parsed.flags || typeof parsed.flags !== 'object')
-    throw new Error('the flag document has no "flags" object')
-  return { flags: parsed.flags as FlagDefinitions }
-}
-
-function documentOf(flags: FlagDefinitions): string {
-  return JSON.stringify({ $schema: flagdSchema, flags })
 }
 
 /**

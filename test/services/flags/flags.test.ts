@@ -2,14 +2,13 @@ import assert from 'node:assert/strict'
 import { after, before, describe, it } from 'node:test'
 import { LruCache } from '../../../src/engines/cache/memory/lru-cache.ts'
 import { cacheLimitDefaults } from '../../../src/engines/cache/port.ts'
-import { validateFlagDefinition } from '../../../src/platform/flags.ts'
-import { silentLogger } from '../../../src/platform/logger.ts'
 import {
   flagDefinitionsKey,
   readFlagDefinitions,
-  startFlags,
-  writeFlagDefinition,
-} from '../../../src/services/flags/flags.ts'
+  validateFlagDefinition,
+} from '../../../src/platform/flags.ts'
+import { silentLogger } from '../../../src/platform/logger.ts'
+import { startFlags, writeFlagDefinition } from '../../../src/services/flags/flags.ts'
 import { waitFor } from '../../support/wait.ts'
 import { type Harness, openHarness } from '../notification/harness.ts'
 
