@@ -18,6 +18,8 @@ export const upstreamRoutes: UpstreamRoute[] = [
   { method: 'POST', url: '/v1/webhooks', upstream: 'command-api' },
   { method: 'DELETE', url: '/v1/webhooks/:id', upstream: 'command-api' },
   { method: 'GET', url: '/v1/flags', upstream: 'query-api' },
+  { method: 'GET', url: '/v1/webhooks', upstream: 'query-api' },
+  { method: 'GET', url: '/v1/webhooks/:id', upstream: 'query-api' },
   { method: 'GET', url: '/v1/flags/:key', upstream: 'query-api' },
   { method: 'GET', url: '/v1/products', upstream: 'query-api' },
   { method: 'GET', url: '/v1/products/:sku', upstream: 'query-api' },

@@ -106,7 +106,26 @@ const Customer360 = T.Object({
   features: T.Null({ description: 'filled by the feature store once the analytics lake exists' }),
 })
 
-export const answerSchemas = { CatalogPage, Product, Order, CustomerOrders, Customer360 }
+const WebhookEndpoint = T.Object({
+  endpointId: T.String(),
+  url: T.String(),
+  events: T.Array(T.String(), { description: 'event types, prefix.* or *' }),
+  enabled: T.Boolean(),
+  registeredAt: T.String(),
+  removedAt: Nullable(T.String({ description: 'when an admin removed it' })),
+})
+
+const WebhookList = T.Object({ endpoints: T.Array(WebhookEndpoint) })
+
+export const answerSchemas = {
+  CatalogPage,
+  Product,
+  Order,
+  CustomerOrders,
+  Customer360,
+  WebhookEndpoint,
+  WebhookList,
+}
 
 const text = (description: string) => ({ type: 'string', description })
 

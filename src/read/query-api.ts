@@ -25,6 +25,7 @@ import { customerOrdersCacheKey, orderCacheKey } from './order-status/order-docu
 import { type CachedAnswer, etagOf, type QueryCache, queryCacheKey } from './query-cache.ts'
 import { partitionKey, type ViewName } from './view.ts'
 import type { Views } from './views.ts'
+import { readWebhook, readWebhooks, webhookCacheKey, webhooksListCacheKey } from './webhooks/webhooks-view.ts'
 
 export interface QueryApiOptions {
   identity: Identity
@@ -356,6 +357,56 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
           return undefined
         },
         notFound: `no customer ${id}`,
+      })
+    },
+  )
+
+  const readWebhookEndpoints = (request: FastifyRequest) =>
+    authorize(identity, request, 'webhook.read', { type: 'Webhooks', id: 'webhooks' })
+  http.get(
+    '/v1/webhooks',
+    {
+      onRequest,
+      config: problemDocs(
+        [400, 401, 403, 429, 503],
+        [],
+        readAnswers(answerSchemas.WebhookList, 'The webhook endpoints in use'),
+      ),
+      schema: { ...docs('listWebhooks', 'The webhook endpoints in use', 'webhooks'), querystring: NoQuery },
+    },
+    (request, reply) => {
+      readWebhookEndpoints(request)
+      return answer(request, reply, {
+        view: 'webhooks',
+        key: webhooksListCacheKey,
+        read: async (g) => ({ endpoints: await readWebhooks(views.store, g) }),
+        notFound: 'no webhooks view',
+      })
+    },
+  )
+  http.get(
+    '/v1/webhooks/:id',
+    {
+      onRequest,
+      config: problemDocs(
+        [400, 401, 403, 404, 429, 503],
+        [],
+        readAnswers(answerSchemas.WebhookEndpoint, 'The webhook endpoint (never its secret)'),
+      ),
+      schema: {
+        ...docs('getWebhook', 'One webhook endpoint, removed or not (never its secret)', 'webhooks'),
+        params: IdParam,
+        querystring: NoQuery,
+      },
+    },
+    (request, reply) => {
+      readWebhookEndpoints(request)
+      const { id } = request.params as { id: string }
+      return answer(request, reply, {
+        view: 'webhooks',
+        key: webhookCacheKey(id),
+        read: (g) => readWebhook(views.store, g, id),
+        notFound: `no webhook endpoint ${id}`,
       })
     },
   )

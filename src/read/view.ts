@@ -21,9 +21,9 @@ export interface PartitionPosition {
   lastEventMs: number
 }
 
-export type ViewName = 'catalog' | 'order-status' | 'customer-360'
+export type ViewName = 'catalog' | 'order-status' | 'customer-360' | 'webhooks'
 
-export const viewNames: ViewName[] = ['catalog', 'order-status', 'customer-360']
+export const viewNames: ViewName[] = ['catalog', 'order-status', 'customer-360', 'webhooks']
 
 /** A view's storage for one generation: apply events with their positions atomically, read positions, dump, drop. */
 export interface ViewStorage {

@@ -13,6 +13,7 @@ import {
 } from './order-status/order-status-view.ts'
 import { SqlViewStorage, viewStoreMigrations } from './sql-view.ts'
 import type { ViewName, ViewStorage } from './view.ts'
+import { webhooksFold, webhooksTopics } from './webhooks/webhooks-view.ts'
 
 export interface ViewDefinition {
   name: ViewName
@@ -30,6 +31,7 @@ export const viewSchemaVersions: Record<ViewName, number> = {
   // 2: refused registrations are kept, so their id answers why.
   // 3: notifications sent count e-mails to the customer, not webhook deliveries about their orders.
   'customer-360': 3,
+  webhooks: 1,
 }
 
 export interface Views {
@@ -90,6 +92,12 @@ export async function openViews(options: ViewsOptions): Promise<Views> {
         schemaVersion: versions['customer-360'],
         topics: customer360Topics,
         storage: new SqlViewStorage('customer-360', store, customer360Fold),
+      },
+      webhooks: {
+        name: 'webhooks',
+        schemaVersion: versions.webhooks,
+        topics: webhooksTopics,
+        storage: new SqlViewStorage('webhooks', store, webhooksFold),
       },
     },
     close: async () => {

@@ -585,6 +585,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('webhook.register', 'Webhooks', 'webhooks'),
       keyRequired: true,
       newId: () => `whe_${uuidv7()}`,
+      location: (id) => `/v1/webhooks/${id}`,
       rules: (body) => {
         const { url, events } = (body ?? {}) as { url?: unknown; events?: unknown }
         return [

@@ -414,6 +414,8 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         ['PUT', '/v1/flags/sec-flag', { state: 'ENABLED', variants: { on: true }, defaultVariant: 'on' }],
         ['POST', '/v1/webhooks', { url: 'https://example.com/hook', events: ['order.confirmed'] }],
         ['DELETE', '/v1/webhooks/whe_someone', undefined],
+        ['GET', '/v1/webhooks', undefined],
+        ['GET', '/v1/webhooks/whe_someone', undefined],
       ]
       // Support reads the flags; a customer does not.
       const flagRead = await call('GET', '/v1/flags/capture-on', { bearer: await tokenOf('support', alice) })

@@ -50,6 +50,8 @@ const adminWriteRoutes = [
   'POST /v1/inventory/{sku}/adjustments',
   'PUT /v1/flags/{key}',
   'POST /v1/webhooks',
+  'GET /v1/webhooks',
+  'GET /v1/webhooks/{id}',
   'DELETE /v1/webhooks/{id}',
 ]
 
@@ -224,6 +226,7 @@ describe('the policies of policies/', () => {
       expect(true, ask(admin, 'flag.write', { type: 'Flags', id: 'flags' }), 'data.cedar')
       expect(true, ask(admin, 'webhook.register', { type: 'Webhooks', id: 'webhooks' }), 'data.cedar')
       expect(true, ask(admin, 'webhook.remove', { type: 'Webhooks', id: 'webhooks' }), 'data.cedar')
+      expect(true, ask(admin, 'webhook.read', { type: 'Webhooks', id: 'webhooks' }), 'data.cedar')
       expect(true, ask(admin, 'flag.read', { type: 'Flags', id: 'flags' }), 'data.cedar')
     })
 
@@ -234,6 +237,7 @@ describe('the policies of policies/', () => {
         expect(false, ask(principal, 'flag.write', { type: 'Flags', id: 'flags' }))
         expect(false, ask(principal, 'webhook.register', { type: 'Webhooks', id: 'webhooks' }))
         expect(false, ask(principal, 'webhook.remove', { type: 'Webhooks', id: 'webhooks' }))
+        expect(false, ask(principal, 'webhook.read', { type: 'Webhooks', id: 'webhooks' }))
         expect(false, ask(principal, 'flag.read', { type: 'Flags', id: 'flags' }))
         expect(false, ask(principal, 'order.read', order('o2', 'c2')))
       }

@@ -108,6 +108,36 @@ export function defineReadSuite(
       assert.equal(document.status, 200, JSON.stringify(document.body))
       assert.equal(document.body.profile.email, email)
       assert.equal(document.headers.get('mercato-stale'), 'false')
+
+      // A webhook endpoint at its Location (never its secret), then its removal.
+      const registeredHook = await shop.post(
+        '/v1/webhooks',
+        { url: 'https://hooks.example/in', events: ['flag.changed'] },
+        { 'idempotency-key': randomUUID() },
+      )
+      const location = registeredHook.headers.get('location') ?? ''
+      assert.equal(location, `/v1/webhooks/${registeredHook.body.id}`)
+      const hook = await get(shop, location, token(registeredHook))
+      assert.equal(hook.status, 200, JSON.stringify(hook.body))
+      assert.equal(hook.body.url, 'https://hooks.example/in')
+      assert.equal(hook.body.removedAt, null)
+      assert.equal(hook.body.secret, undefined)
+      assert.ok(Value.Check(answerSchemas.WebhookEndpoint, hook.body))
+      const removal = await fetch(`${shop.url}${location}`, {
+        method: 'DELETE',
+        headers: { authorization: await shop.bearer('admin') },
+      })
+      const removed = await get(
+        shop,
+        location,
+        token({ status: removal.status, body: (await removal.json()) as { consistencyToken: string } }),
+      )
+      assert.equal(removed.body.enabled, false)
+      assert.ok(removed.body.removedAt)
+      const list = await get(shop, '/v1/webhooks', token({ status: 202, body: registeredHook.body }))
+      assert.ok(
+        !list.body.endpoints.some((e: { endpointId: string }) => e.endpointId === registeredHook.body.id),
+      )
     })
 
     it('every answer says what position it reflects and how stale it is', async () => {

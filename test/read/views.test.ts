@@ -16,6 +16,7 @@ import { readCustomer360 } from '../../src/read/customer-360/customer-360-view.t
 import { foldOrder, orderStepOf } from '../../src/read/order-status/order-document.ts'
 import type { ViewEvent } from '../../src/read/view.ts'
 import { openViews, type Views } from '../../src/read/views.ts'
+import { readWebhook, readWebhooks } from '../../src/read/webhooks/webhooks-view.ts'
 import { serverUrls, skipUnlessReachable } from '../support/servers.ts'
 import { tempDir, uniqueName } from '../support/wait.ts'
 
@@ -35,6 +36,7 @@ function history(): ViewEvent[] {
       notification: 'notifications',
       customer: 'customers',
       product: 'products',
+      webhook: 'webhooks',
     }[type.split('.')[0]] as string
     const partition = partitionForKey(subject, partitions)
     const key = `${topic}/${partition}`
@@ -191,6 +193,18 @@ function history(): ViewEvent[] {
       template: 'order.cancelled',
       orderId: 'ord_2',
     }),
+    // Two webhook endpoints, one removed later; a removal of an id never registered.
+    ...['whe_1', 'whe_2'].map((endpointId, i) =>
+      at('webhook.endpoint-set', endpointId, {
+        endpointId,
+        url: `https://hooks${i + 1}.example/in`,
+        secret: `whsec_secret_of_${endpointId}`,
+        events: i === 0 ? ['order.*'] : ['*'],
+        enabled: true,
+      }),
+    ),
+    at('webhook.endpoint-removed', 'whe_2', { endpointId: 'whe_2' }),
+    at('webhook.endpoint-removed', 'whe_never', { endpointId: 'whe_never' }),
   ]
 }
 
@@ -402,6 +416,25 @@ function defineViewTests(
         features: null,
       })
       assert.equal(await readCustomer360(store, 1, 'cus_nobody'), undefined)
+    })
+
+    test('webhooks: the endpoints in use, a removed one marked, and never a secret', async () => {
+      const inUse = await readWebhooks(store, 1)
+      assert.deepEqual(inUse, [
+        {
+          endpointId: 'whe_1',
+          url: 'https://hooks1.example/in',
+          events: ['order.*'],
+          enabled: true,
+          registeredAt: inUse[0]?.registeredAt,
+          removedAt: null,
+        },
+      ])
+      const removed = await readWebhook(store, 1, 'whe_2')
+      assert.equal(removed?.enabled, false)
+      assert.ok(removed?.removedAt && removed.removedAt > removed.registeredAt)
+      assert.equal(await readWebhook(store, 1, 'whe_never'), undefined)
+      assert.doesNotMatch(JSON.stringify(await readWebhooks(store, 1, { removedToo: true })), /whsec/)
     })
 
     test('catalog: the product with its stock (10 restocked, 2 shipped, 3 reserved and released)', async () => {
