@@ -17,6 +17,7 @@ import { post } from './ledger.ts'
 import {
   insertPayment,
   loadPayment,
+  markCancelPending,
   movePayment,
   noteStrayCharge,
   type PaymentRow,
@@ -179,6 +180,8 @@ export async function startPaymentService(
   const onCancelled: Handler = async (event, tools) => {
     const { orderId } = event.data as { orderId: string }
     const payment = await loadPayment(store, orderId)
+    if (payment?.status === 'authorized' || payment?.status === 'captured')
+      await markCancelPending(store, orderId)
     if (payment?.status === 'authorized') {
       await withProvider('void', orderId, () => client.void(chargeOf(payment), `${orderId}:void`))
       await tools.transact(async (tx, emit) => {

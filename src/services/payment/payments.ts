@@ -1,5 +1,5 @@
 // The payments table: one payment per order, with its provider charge and its state.
-import type { Migration, Tx } from '../../engines/store/port.ts'
+import type { Migration, Store, Tx } from '../../engines/store/port.ts'
 import { ledgerMigrations, type Reader } from './ledger.ts'
 
 export type PaymentStatus = 'authorized' | 'captured' | 'voided' | 'refunded' | 'declined' | 'failed'
@@ -17,6 +17,8 @@ export interface PaymentRow {
   reason: string | null
   /** Kept so a failed authorization can be asked again, with the same key and body, for its real outcome. */
   payment_method_token?: string | null
+  /** Set when the order was cancelled and the payment still holds money; cleared once voided or refunded. */
+  cancel_pending_since?: string | null
   created_at: string
   updated_at: string
 }
@@ -42,6 +44,13 @@ export const paymentMigrations: Migration[] = [
     sql: `CREATE INDEX IF NOT EXISTS payments_updated ON payments (updated_at);
       CREATE INDEX IF NOT EXISTS payments_open ON payments (updated_at) WHERE status = 'authorized';
       CREATE INDEX IF NOT EXISTS ledger_entries_created ON ledger_entries (created_at)`,
+  },
+  {
+    // A cancelled order's payment waiting for its void or refund: reconciliation reports
+    // one that waits too long (its handler gave up: the provider down, say).
+    id: 'payment-0005-cancel-pending',
+    sql: `ALTER TABLE payments ADD COLUMN cancel_pending_since TEXT;
+      CREATE INDEX IF NOT EXISTS payments_cancel_pending ON payments (cancel_pending_since)`,
   },
 ]
 
@@ -157,7 +166,8 @@ export async function movePayment(
 ): Promise<boolean> {
   const changed = await tx.execute(
     `UPDATE payments SET status = $3, captured_minor = COALESCE($4, captured_minor),
-       refunded_minor = COALESCE($5, refunded_minor), updated_at = $6
+       refunded_minor = COALESCE($5, refunded_minor), updated_at = $6,
+       cancel_pending_since = CASE WHEN $3 IN ('voided', 'refunded') THEN NULL ELSE cancel_pending_since END
      WHERE order_id = $1 AND status = $2`,
     [
       orderId,
@@ -182,4 +192,26 @@ export async function noteStrayCharge(
     `UPDATE payments SET charge_id = COALESCE(charge_id, $2), reason = $3, updated_at = $4 WHERE order_id = $1`,
     [orderId, chargeId, note.slice(0, 500), new Date().toISOString()],
   )
+}
+
+/**
+ * Marks a cancelled order's payment as owing its void or refund, in a transaction of its own
+ * before the provider is called: if every attempt fails and the event is dead-lettered, the
+ * mark stays, and reconciliation reports the money kept.
+ */
+export async function markCancelPending(store: Store, orderId: string): Promise<void> {
+  await store.execute(
+    `UPDATE payments SET cancel_pending_since = $1
+      WHERE order_id = $2 AND status IN ('authorized', 'captured') AND cancel_pending_since IS NULL`,
+    [new Date().toISOString(), orderId],
+  )
+}
+
+/** Payments of cancelled orders still waiting for their void or refund since before `before`. */
+export async function cancelsPendingSince(reader: Reader, before: string): Promise<PaymentRow[]> {
+  const rows = await reader.query<PaymentRow>(
+    'SELECT * FROM payments WHERE cancel_pending_since IS NOT NULL AND cancel_pending_since < $1 ORDER BY order_id',
+    [before],
+  )
+  return rows.map(numeric)
 }

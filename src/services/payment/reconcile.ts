@@ -11,7 +11,13 @@
 // dead-lettered) shows at the next full pass; its dead letter shows at once.
 import type { Service } from '../../platform/service.ts'
 import { type Imbalance, paymentLedger, unbalancedEntries } from './ledger.ts'
-import { type PaymentRow, type PaymentStatus, paymentsPage, paymentsToRecheck } from './payments.ts'
+import {
+  cancelsPendingSince,
+  type PaymentRow,
+  type PaymentStatus,
+  paymentsPage,
+  paymentsToRecheck,
+} from './payments.ts'
 import { type ProviderCharge, ProviderClient } from './provider-client.ts'
 
 export interface Mismatch {
@@ -24,6 +30,7 @@ export interface Mismatch {
     | 'missing-at-provider'
     | 'untracked-charge'
     | 'stale-authorization'
+    | 'kept-after-cancel'
   orderId?: string
   paymentId?: string
   chargeId?: string
@@ -38,6 +45,12 @@ export interface Mismatch {
  * even with capture on shipment.
  */
 const authorizationOpenMaxMs = 3_600_000
+
+/**
+ * A cancelled order's payment still authorized or captured this long after the cancel: its
+ * void or refund gave up (dead-lettered, the provider down), and the customer's money is kept.
+ */
+const cancelPendingMaxMs = 300_000
 
 /** The ledger's view of a payment in each status ('none': no entries). */
 const ledgerStatusOf: Record<PaymentStatus, string> = {
@@ -140,6 +153,12 @@ export class Reconciliation {
       const openBefore = new Date(startedAt - authorizationOpenMaxMs).toISOString()
       await look(await paymentsToRecheck(store, since, openBefore, this.#suspects))
     }
+    // Few, and looked at every run: one stays until its void or refund goes through.
+    for (const payment of await cancelsPendingSince(
+      store,
+      new Date(startedAt - cancelPendingMaxMs).toISOString(),
+    ))
+      mismatches.push(keptAfterCancel(payment, startedAt))
     this.#suspects = suspects
     this.#since = new Date(startedAt - overlapMs).toISOString()
     this.#service.metrics
@@ -155,6 +174,18 @@ export class Reconciliation {
 /** One full pass. */
 export function reconcile(service: Service, client: ProviderClient): Promise<Mismatch[]> {
   return new Reconciliation(service, client).run()
+}
+
+function keptAfterCancel(payment: PaymentRow, now: number): Mismatch {
+  const minutes = Math.round((now - Date.parse(payment.cancel_pending_since ?? '')) / 60_000)
+  const owed = payment.status === 'captured' ? 'refund' : 'void'
+  return {
+    kind: 'kept-after-cancel',
+    orderId: payment.order_id,
+    paymentId: payment.payment_id,
+    ours: payment.status,
+    detail: `the order was cancelled ${minutes} min ago, but the payment is still ${payment.status}: its ${owed} did not go through (see the orders dead letters)`,
+  }
 }
 
 function unbalanced(entry: Imbalance): Mismatch {

@@ -462,6 +462,40 @@ describe('the payment service', () => {
     assert.equal(eventsOf(orderId).filter((e) => e.type === 'payment.captured').length, 0)
     assert.equal((await chargesOf(orderId))[0].status, 'authorized')
   })
+
+  it('reports the money of a cancelled order whose refund the provider kept refusing, until a replay refunds it', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId)
+    await answer(orderId, 'payment.authorized')
+    await harness.publish('order.confirmed', orderId, { orderId })
+    await answer(orderId, 'payment.captured')
+    await dials({ errorRate: 1 })
+    try {
+      await harness.publish('order.cancelled', orderId, { orderId, reason: 'customer-cancelled' })
+      await waitFor('the cancel to be dead-lettered', async () =>
+        (await harness.stream.deadLetters('orders')).some(
+          (letter) => letter.record.key === orderId && letter.record.headers.ce_type === 'order.cancelled',
+        ),
+      )
+    } finally {
+      await dials({ errorRate: 0 })
+    }
+    const client = reconciliationClient(service, () => providerUrl)
+    const ofOrder = (found: Mismatch[]) => found.filter((m) => m.orderId === orderId)
+    // At once it is no mismatch yet: the handler may still be retrying.
+    assert.deepEqual(ofOrder(await new Reconciliation(service, client).run()), [])
+    const later = Date.now() + 10 * 60_000
+    const reconciliation = new Reconciliation(service, client, { now: () => later })
+    const kept = ofOrder(await reconciliation.run())
+    assert.deepEqual(
+      kept.map((m) => m.kind),
+      ['kept-after-cancel'],
+    )
+    assert.match(kept[0].detail, /still captured: its refund did not go through/)
+    await harness.stream.replayDeadLetters('orders', 1_000)
+    await answer(orderId, 'payment.refunded')
+    assert.deepEqual(ofOrder(await reconciliation.run()), [])
+  })
 })
 
 describe('the payment provider client', () => {
