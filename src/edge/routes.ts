@@ -19,6 +19,7 @@ export const upstreamRoutes: UpstreamRoute[] = [
   { method: 'DELETE', url: '/v1/webhooks/:id', upstream: 'command-api' },
   { method: 'GET', url: '/v1/flags', upstream: 'query-api' },
   { method: 'GET', url: '/v1/webhooks', upstream: 'query-api' },
+  { method: 'GET', url: '/v1/inventory/:sku/adjustments/:id', upstream: 'query-api' },
   { method: 'GET', url: '/v1/webhooks/:id', upstream: 'query-api' },
   { method: 'GET', url: '/v1/flags/:key', upstream: 'query-api' },
   { method: 'GET', url: '/v1/products', upstream: 'query-api' },

@@ -117,6 +117,17 @@ const WebhookEndpoint = T.Object({
 
 const WebhookList = T.Object({ endpoints: T.Array(WebhookEndpoint) })
 
+const Adjustment = T.Object({
+  adjustmentId: T.String(),
+  sku: T.String(),
+  delta: T.Integer(),
+  reason: T.String({ description: 'restock or write-off' }),
+  outcome: T.Union([T.Literal('pending'), T.Literal('applied'), T.Literal('refused')]),
+  detail: Nullable(T.String({ description: 'why it was refused' })),
+  requestedAt: T.String(),
+  decidedAt: Nullable(T.String()),
+})
+
 export const answerSchemas = {
   CatalogPage,
   Product,
@@ -125,6 +136,7 @@ export const answerSchemas = {
   Customer360,
   WebhookEndpoint,
   WebhookList,
+  Adjustment,
 }
 
 const text = (description: string) => ({ type: 'string', description })

@@ -13,6 +13,7 @@ import { authorize, type Identity, requireVerifiedCaller } from '../platform/ide
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { answerSchemas, readAnswers } from './answer-docs.ts'
+import { adjustmentCacheKey, getAdjustment } from './catalog/adjustments.ts'
 import { type CatalogQuery, getProduct, productCacheKey, searchCatalog } from './catalog/catalog-view.ts'
 import { distinctWordsOf, queryWordsMax } from './catalog/text.ts'
 import {
@@ -357,6 +358,36 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
           return undefined
         },
         notFound: `no customer ${id}`,
+      })
+    },
+  )
+
+  http.get(
+    '/v1/inventory/:sku/adjustments/:id',
+    {
+      onRequest,
+      config: problemDocs(
+        [400, 401, 403, 404, 429, 503],
+        [],
+        readAnswers(answerSchemas.Adjustment, 'The adjustment and what came of it'),
+      ),
+      schema: {
+        ...docs('getAdjustment', 'A stock adjustment: pending, applied, or refused and why', 'inventory'),
+        params: T.Object({ ...SkuParam.properties, ...IdParam.properties }, strict),
+        querystring: NoQuery,
+      },
+    },
+    (request, reply) => {
+      authorize(identity, request, 'stock.adjust', { type: 'Catalog', id: 'catalog' })
+      const { sku, id } = request.params as { sku: string; id: string }
+      return answer(request, reply, {
+        view: 'catalog',
+        key: adjustmentCacheKey(id),
+        read: async (g) => {
+          const adjustment = await getAdjustment(views.store, g, id)
+          return adjustment?.sku === sku ? adjustment : undefined
+        },
+        notFound: `no adjustment ${id} of ${sku}`,
       })
     },
   )

@@ -25,7 +25,8 @@ export interface ViewDefinition {
 }
 
 export const viewSchemaVersions: Record<ViewName, number> = {
-  catalog: 3,
+  // 4: each stock adjustment with its outcome, at the request's Location.
+  catalog: 4,
   // 2: a failed payment's reason is the customer's sentence, not the provider's error.
   'order-status': 2,
   // 2: refused registrations are kept, so their id answers why.

@@ -512,8 +512,8 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       keyRequired: true,
       newId: () => `adj_${uuidv7()}`,
       resourceOf: (request) => (request.params as { sku: string }).sku,
-      // Where the adjustment shows: the product's stock.
-      location: (_id, request) => `/v1/products/${(request.params as { sku: string }).sku}`,
+      // The adjustment with its outcome (applied, or refused and why); the product shows the stock.
+      location: (id, request) => `/v1/inventory/${(request.params as { sku: string }).sku}/adjustments/${id}`,
       // A restock adds stock (delta > 0); a write-off removes it.
       rules: (body) => {
         const { delta, reason } = (body ?? {}) as { delta?: unknown; reason?: unknown }
@@ -631,6 +631,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       keyRequired: false,
       newId: () => `whr_${uuidv7()}`,
       resourceOf: (request) => (request.params as { id: string }).id,
+      location: (_id, request) => `/v1/webhooks/${(request.params as { id: string }).id}`,
       events: async (_id, request) => {
         const { id } = request.params as { id: string }
         return [{ type: 'webhook.endpoint-removed', subject: id, data: { endpointId: id } }]

@@ -48,6 +48,7 @@ const adminWriteRoutes = [
   'POST /v1/orders/{id}/cancel',
   'PUT /v1/products/{sku}',
   'POST /v1/inventory/{sku}/adjustments',
+  'GET /v1/inventory/{sku}/adjustments/{id}',
   'PUT /v1/flags/{key}',
   'POST /v1/webhooks',
   'GET /v1/webhooks',

@@ -81,6 +81,28 @@ export function defineReadSuite(
         assert.equal(product.body.onHand, 10 + i)
         assert.equal(product.headers.get('mercato-stale'), 'false')
       }
+      // An adjustment's Location says what came of it: applied, or refused and why.
+      const adjust = (delta: number, reason: string) =>
+        shop.post(
+          `/v1/inventory/${restocked}/adjustments`,
+          { delta, reason },
+          { 'idempotency-key': randomUUID() },
+        )
+      const restock = await adjust(2, 'restock')
+      assert.match(
+        restock.headers.get('location') ?? '',
+        new RegExp(`^/v1/inventory/${restocked}/adjustments/adj_`),
+      )
+      const applied = await get(shop, restock.headers.get('location') ?? '', token(restock))
+      assert.equal(applied.status, 200, JSON.stringify(applied.body))
+      assert.deepEqual([applied.body.outcome, applied.body.delta, applied.body.detail], ['applied', 2, null])
+      assert.ok(Value.Check(answerSchemas.Adjustment, applied.body))
+      const writeOff = await adjust(-1_000, 'write-off')
+      const refused = await get(shop, writeOff.headers.get('location') ?? '', token(writeOff))
+      assert.equal(refused.body.outcome, 'refused')
+      assert.match(refused.body.detail, /available/)
+      assert.equal(refused.headers.get('mercato-stale'), 'false')
+      assert.equal((await get(shop, `/v1/products/${restocked}`, token(writeOff))).body.onHand, 17)
 
       // Another customer's, so this suite's customer keeps the orders the next test counts.
       const canceller = `cus_read_${randomUUID().slice(0, 8)}`

@@ -13,6 +13,12 @@
 import type { Store, Tx } from '../../engines/store/port.ts'
 import type { SqlFold } from '../sql-view.ts'
 import {
+  adjustmentCacheKey,
+  allAdjustments,
+  recordAdjustmentOutcome,
+  recordAdjustmentRequest,
+} from './adjustments.ts'
+import {
   catalogCreateSql,
   catalogTables,
   categoriesTable,
@@ -97,10 +103,27 @@ export const catalogFold: SqlFold = {
         changed.add(productCacheKey(product.sku))
         return
       }
+      case 'inventory.adjustment-requested': {
+        const request = data as { sku: string; delta: number; reason: string }
+        await recordAdjustmentRequest(tx, g, event.id, request, time)
+        changed.add(adjustmentCacheKey(event.id))
+        return
+      }
       case 'inventory.adjusted': {
         const { sku, delta } = data as { sku: string; delta: number }
         await addStock(tx, g, sku, delta, delta, time)
         changed.add(productCacheKey(sku))
+        if (event.causationid !== event.id) {
+          await recordAdjustmentOutcome(tx, g, event.causationid, 'applied', null, time)
+          changed.add(adjustmentCacheKey(event.causationid))
+        }
+        return
+      }
+      case 'inventory.adjustment-rejected': {
+        const { reason } = data as { reason: string }
+        if (event.causationid === event.id) return
+        await recordAdjustmentOutcome(tx, g, event.causationid, 'refused', reason, time)
+        changed.add(adjustmentCacheKey(event.causationid))
         return
       }
       case 'inventory.reserved': {
@@ -153,7 +176,7 @@ export const catalogFold: SqlFold = {
       `SELECT ${docColumns}, d.description FROM ${productsTable(g)} p JOIN ${descriptionsTable(g)} d ON d.sku = p.sku
        WHERE p.category IS NOT NULL ORDER BY p.sku`,
     )
-    return rows.map(docOf)
+    return [...rows.map(docOf), ...(await allAdjustments(store, g))]
   },
 }
 

@@ -14,6 +14,7 @@
 // or commit carries only the reservation id; `committed` says whether its lines have left
 // on hand already (an order cancelled after confirmation releases a committed reservation).
 import type { Store } from '../../engines/store/port.ts'
+import { adjustmentsCreateSql, adjustmentsTable } from './adjustments.ts'
 import type { ProductDoc } from './catalog-view.ts'
 
 function prefix(generation: number): string {
@@ -32,7 +33,14 @@ export const ftsTable = (g: number) => `${prefix(g)}_fts`
 export const lookupIndex = (g: number) => `${prefix(g)}_products_lookup`
 
 export function catalogTables(g: number): string[] {
-  return [ftsTable(g), reservationsTable(g), categoriesTable(g), descriptionsTable(g), productsTable(g)]
+  return [
+    ftsTable(g),
+    reservationsTable(g),
+    categoriesTable(g),
+    descriptionsTable(g),
+    productsTable(g),
+    adjustmentsTable(g),
+  ]
 }
 
 export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
@@ -52,6 +60,7 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
       listed ${int} NOT NULL, in_stock ${int} NOT NULL)`,
     `CREATE TABLE IF NOT EXISTS ${reservationsTable(g)} (reservation_id TEXT NOT NULL, sku TEXT NOT NULL,
       quantity ${int} NOT NULL, committed ${int} NOT NULL DEFAULT 0, PRIMARY KEY (reservation_id, sku))`,
+    adjustmentsCreateSql(kind, g),
     // One index per sort, with and without the category filter, each ending in the SKU
     // tie-break, so a page is a range read from the cursor on.
     `CREATE INDEX IF NOT EXISTS ${P}_name ON ${P} (name_key, sku)`,
