@@ -210,7 +210,8 @@ export async function startPaymentProvider(
   http.get(`${prefix}/dials`, { schema: { hide: true } }, async () => dials)
 
   http.put(`${prefix}/dials`, { schema: { hide: true, body: DialsChangeSchema } }, async (request) => {
-    dials = { ...dials, ...(request.body as Partial<Dials>) }
+    // PUT replaces: a dial not given is back to its default, so one PUT says the whole state.
+    dials = { ...defaultDials(), ...(request.body as Partial<Dials>) }
     log.info({ dials }, 'dials changed')
     return dials
   })

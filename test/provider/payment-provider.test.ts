@@ -316,6 +316,15 @@ function defineProviderSuite(engine: Engine, skip: string | undefined) {
       assert.deepEqual(changed.body, { latencyMs: 0, errorRate: 0.25, timeoutRate: 0, declineTokens: [] })
       const read = (await (await fetch(`${base}/dials`)).json()) as Record<string, unknown>
       assert.equal(read.errorRate, 0.25)
+      // A PUT replaces every dial: the error rate not given is back to none.
+      const replaced = await setDials({ declineTokens: ['tok_x'] })
+      assert.deepEqual(replaced.body, {
+        latencyMs: 0,
+        errorRate: 0,
+        timeoutRate: 0,
+        declineTokens: ['tok_x'],
+      })
+      await setDials({})
     })
 
     it('answers 500 without doing anything at an error rate of 1', async () => {
