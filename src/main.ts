@@ -46,9 +46,9 @@ function configFrom(options: Record<string, string | undefined>): Config {
   })
 }
 
-function wholeNumber(flag: string, raw: string, min: number): number {
-  if (!/^\d+$/.test(raw) || Number(raw) < min)
-    throw new ConfigError(flag, `must be a whole number ≥ ${min}, got "${raw}"`)
+function wholeNumber(flag: string, raw: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max)
+    throw new ConfigError(flag, `must be a whole number from ${min} to ${max}, got "${raw}"`)
   return Number(raw)
 }
 
@@ -336,7 +336,7 @@ withEngineFlags(program.command('load'))
   )
   .option('--json', 'print the summary as JSON')
   .action(async (options) => {
-    const settleTimeoutS = wholeNumber('--settle-timeout', options.settleTimeout, 1)
+    const settleTimeoutS = wholeNumber('--settle-timeout', options.settleTimeout, 1, 86_400)
     const retryShare = Number(options.retryShare)
     if (!(retryShare >= 0 && retryShare <= 1))
       throw new ConfigError('--retry-share', 'must be between 0 and 1')

@@ -8,7 +8,7 @@ import { decodeConsistencyToken } from '../contracts/consistency.ts'
 import type { Cache } from '../engines/cache/port.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
 import { MercatoError } from '../platform/errors.ts'
-import { defaultFlagDefinitions, readFlagDefinitions } from '../platform/flags.ts'
+import { defaultFlagDefinitions, documentOf, readFlagDefinitions } from '../platform/flags.ts'
 import { authorize, type Identity, requireVerifiedCaller } from '../platform/identity/guard.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
@@ -466,8 +466,8 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     },
     async (request, reply) => {
       const flags = await readFlags(request)
-      reply.header('cache-control', 'no-store')
-      return { $schema: 'https://flagd.dev/schema/v0/flags.json', flags }
+      reply.header('cache-control', 'no-store').type('application/json')
+      return documentOf(flags)
     },
   )
   http.get(
@@ -485,8 +485,9 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     },
     async (request, reply) => {
       const { key } = request.params as { key: string }
-      const definition = (await readFlags(request))[key]
-      if (!definition) throw new MercatoError('not-found', 404, `no flag ${key}`)
+      const flags = await readFlags(request)
+      if (!Object.hasOwn(flags, key)) throw new MercatoError('not-found', 404, `no flag ${key}`)
+      const definition = flags[key]
       reply.header('cache-control', 'no-store')
       return definition
     },

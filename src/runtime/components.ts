@@ -381,7 +381,8 @@ Object.assign(components, {
   },
   'query-api': {
     description: 'the read path: views through a cache, with freshness and read-your-writes',
-    dependsOn: ['stream', 'cache', 'views', 'identity'],
+    // flags: it keeps this process's key-value port's flag document current, which GET /v1/flags reads.
+    dependsOn: ['stream', 'cache', 'views', 'identity', 'flags'],
     async start(context) {
       const views = need(context.views, 'views')
       const freshness = new Freshness(

@@ -160,6 +160,8 @@ export function defineReadSuite(
       assert.ok(
         !list.body.endpoints.some((e: { endpointId: string }) => e.endpointId === registeredHook.body.id),
       )
+      // The list is cached now: an endpoint named "list" is not it.
+      assert.equal((await get(shop, '/v1/webhooks/list')).status, 404)
     })
 
     it('every answer says what position it reflects and how stale it is', async () => {

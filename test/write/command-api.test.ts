@@ -540,6 +540,7 @@ describe('the command API', () => {
     assert.deepEqual(all.body.flags['max-lines-per-order'].targeting, targeting)
     assert.equal(all.body.flags['capture-on'].defaultVariant, 'confirmation')
     assert.equal((await shop.get('/v1/flags/no-such-flag')).status, 404)
+    assert.equal((await shop.get('/v1/flags/constructor')).status, 404, "not the object's own property")
     try {
       await waitFor('the targeted limit applied', async () => (await place(limited)).status === 400)
       const refused = await place(limited)

@@ -19,7 +19,7 @@ export interface WebhookEndpoint {
 export const webhooksListCacheKey = 'webhooks:list'
 
 export function webhookCacheKey(endpointId: string): string {
-  return `webhooks:${endpointId}`
+  return `webhooks:endpoint:${endpointId}`
 }
 
 const endpoints = (g: number) => `webhooks_g${g}_endpoints`
@@ -80,14 +80,19 @@ function documentOf(row: EndpointRow): WebhookEndpoint {
   }
 }
 
-/** The endpoints in use (every one ever registered with `removedToo`), in id order. */
+/** A shop has a handful of endpoints; the list stops at this many. */
+export const webhooksListMax = 1_000
+
+/** The endpoints in use, in id order, at most `webhooksListMax` (every one ever registered with `removedToo`). */
 export async function readWebhooks(
   store: Store,
   g: number,
   options: { removedToo?: boolean } = {},
 ): Promise<WebhookEndpoint[]> {
   const rows = await store.query<EndpointRow>(
-    `SELECT * FROM ${endpoints(g)}${options.removedToo ? '' : ' WHERE removed_at IS NULL'} ORDER BY endpoint_id`,
+    options.removedToo
+      ? `SELECT * FROM ${endpoints(g)} ORDER BY endpoint_id`
+      : `SELECT * FROM ${endpoints(g)} WHERE removed_at IS NULL ORDER BY endpoint_id LIMIT ${webhooksListMax}`,
   )
   return rows.map(documentOf)
 }

@@ -68,17 +68,21 @@ export async function startMailSink(options: MailSinkOptions = {}): Promise<Mail
         const raw = Buffer.concat(chunks)
         const parsed = parseMessage(raw)
         const envelopeFrom = session.envelope.mailFrom
-        kept.push({
-          to: session.envelope.rcptTo.map((rcpt) => rcpt.address).join(', '),
-          from: (envelopeFrom ? envelopeFrom.address : '') || parsed.headers.get('from') || '',
-          subject: parsed.headers.get('subject') ?? '',
-          text: parsed.text,
-          messageId: parsed.headers.get('message-id'),
-          receivedAt: new Date().toISOString(),
-        })
-        if (kept.length > messagesMax) kept.splice(0, kept.length - messagesMax)
-        if (!options.directory || !files) {
+        // Kept once accepted: a message refused (451) comes again, and is kept then.
+        const keep = () => {
+          kept.push({
+            to: session.envelope.rcptTo.map((rcpt) => rcpt.address).join(', '),
+            from: (envelopeFrom ? envelopeFrom.address : '') || parsed.headers.get('from') || '',
+            subject: parsed.headers.get('subject') ?? '',
+            text: parsed.text,
+            messageId: parsed.headers.get('message-id'),
+            receivedAt: new Date().toISOString(),
+          })
+          if (kept.length > messagesMax) kept.splice(0, kept.length - messagesMax)
           callback()
+        }
+        if (!options.directory || !files) {
+          keep()
           return
         }
         // Named by time, then by arrival: the names sort in the order the messages came.
@@ -88,7 +92,7 @@ export async function startMailSink(options: MailSinkOptions = {}): Promise<Mail
             files.push(name)
             for (const old of files.splice(0, Math.max(0, files.length - messagesMax)))
               unlink(join(options.directory!, old)).catch(() => {})
-            callback()
+            keep()
           },
           // The sender tries again later (a full disk, say): 451 is a transient refusal.
           (error: Error) => callback(Object.assign(error, { responseCode: 451 })),

@@ -331,6 +331,7 @@ export async function startNotificationService(
           'UPDATE notification_webhook_endpoints SET enabled = 0, updated_at = $1 WHERE endpoint_id = $2',
           [now, String(data.endpointId)],
         )
+        endpointsOfTx.delete(tx)
         return
       case 'webhook.endpoint-set':
         await tx.execute(

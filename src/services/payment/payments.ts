@@ -207,11 +207,16 @@ export async function markCancelPending(store: Store, orderId: string): Promise<
   )
 }
 
-/** Payments of cancelled orders still waiting for their void or refund since before `before`. */
-export async function cancelsPendingSince(reader: Reader, before: string): Promise<PaymentRow[]> {
+/** Payments of cancelled orders still waiting for their void or refund since before `before`, the oldest `countMax`. */
+export async function cancelsPendingSince(
+  reader: Reader,
+  before: string,
+  countMax: number,
+): Promise<PaymentRow[]> {
   const rows = await reader.query<PaymentRow>(
-    'SELECT * FROM payments WHERE cancel_pending_since IS NOT NULL AND cancel_pending_since < $1 ORDER BY order_id',
-    [before],
+    `SELECT * FROM payments WHERE cancel_pending_since IS NOT NULL AND cancel_pending_since < $1
+      ORDER BY cancel_pending_since, order_id LIMIT $2`,
+    [before, countMax],
   )
   return rows.map(numeric)
 }

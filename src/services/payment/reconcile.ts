@@ -153,11 +153,10 @@ export class Reconciliation {
       const openBefore = new Date(startedAt - authorizationOpenMaxMs).toISOString()
       await look(await paymentsToRecheck(store, since, openBefore, this.#suspects))
     }
-    // Few, and looked at every run: one stays until its void or refund goes through.
-    for (const payment of await cancelsPendingSince(
-      store,
-      new Date(startedAt - cancelPendingMaxMs).toISOString(),
-    ))
+    // Few, and looked at every run: one stays until its void or refund goes through. During
+    // a long provider outage they pile up: the oldest thousand are reported.
+    const pendingBefore = new Date(startedAt - cancelPendingMaxMs).toISOString()
+    for (const payment of await cancelsPendingSince(store, pendingBefore, 1_000))
       mismatches.push(keptAfterCancel(payment, startedAt))
     this.#suspects = suspects
     this.#since = new Date(startedAt - overlapMs).toISOString()
