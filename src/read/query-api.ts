@@ -382,7 +382,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       const { sku, id } = request.params as { sku: string; id: string }
       return answer(request, reply, {
         view: 'catalog',
-        key: adjustmentCacheKey(id),
+        key: adjustmentCacheKey(sku, id),
         read: async (g) => {
           const adjustment = await getAdjustment(views.store, g, id)
           return adjustment?.sku === sku ? adjustment : undefined

@@ -103,6 +103,9 @@ export function defineReadSuite(
       assert.match(refused.body.detail, /available/)
       assert.equal(refused.headers.get('mercato-stale'), 'false')
       assert.equal((await get(shop, `/v1/products/${restocked}`, token(writeOff))).body.onHand, 17)
+      // Read (and cached) under its SKU, it is not another SKU's adjustment.
+      const otherSku = (restock.headers.get('location') ?? '').replace(restocked, sku)
+      assert.equal((await get(shop, otherSku)).status, 404)
 
       // Another customer's, so this suite's customer keeps the orders the next test counts.
       const canceller = `cus_read_${randomUUID().slice(0, 8)}`

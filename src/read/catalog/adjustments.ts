@@ -18,8 +18,9 @@ export interface AdjustmentDoc {
 
 export const adjustmentsTable = (g: number) => `catalog_g${g}_adjustments`
 
-export function adjustmentCacheKey(adjustmentId: string): string {
-  return `adjustment:${adjustmentId}`
+/** By SKU too: the path names both, and a cached answer must not serve another SKU's path. */
+export function adjustmentCacheKey(sku: string, adjustmentId: string): string {
+  return `adjustment:${sku}:${adjustmentId}`
 }
 
 export function adjustmentsCreateSql(kind: Store['kind'], g: number): string {

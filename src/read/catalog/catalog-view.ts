@@ -106,7 +106,7 @@ export const catalogFold: SqlFold = {
       case 'inventory.adjustment-requested': {
         const request = data as { sku: string; delta: number; reason: string }
         await recordAdjustmentRequest(tx, g, event.id, request, time)
-        changed.add(adjustmentCacheKey(event.id))
+        changed.add(adjustmentCacheKey(request.sku, event.id))
         return
       }
       case 'inventory.adjusted': {
@@ -115,15 +115,15 @@ export const catalogFold: SqlFold = {
         changed.add(productCacheKey(sku))
         if (event.causationid !== event.id) {
           await recordAdjustmentOutcome(tx, g, event.causationid, 'applied', null, time)
-          changed.add(adjustmentCacheKey(event.causationid))
+          changed.add(adjustmentCacheKey(sku, event.causationid))
         }
         return
       }
       case 'inventory.adjustment-rejected': {
-        const { reason } = data as { reason: string }
+        const { sku, reason } = data as { sku: string; reason: string }
         if (event.causationid === event.id) return
         await recordAdjustmentOutcome(tx, g, event.causationid, 'refused', reason, time)
-        changed.add(adjustmentCacheKey(event.causationid))
+        changed.add(adjustmentCacheKey(sku, event.causationid))
         return
       }
       case 'inventory.reserved': {
