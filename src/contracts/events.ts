@@ -276,3 +276,15 @@ export const topicOf: Record<string, string> = {
   flag: 'flags',
   webhook: 'webhooks',
 }
+
+/** The topics whose events a webhook endpoint receives (the notification service delivers them). */
+export const webhookTopics = ['orders', 'payments', 'shipments', 'customers']
+
+/**
+ * The event types a webhook endpoint can subscribe to: those of `webhookTopics`, less a
+ * registration request, which carries a password hash.
+ */
+export const webhookEventTypes: readonly string[] = Object.keys(eventSchemas).filter(
+  (type) =>
+    webhookTopics.includes(topicOf[type.split('.')[0]] ?? '') && type !== 'customer.registration-requested',
+)

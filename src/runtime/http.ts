@@ -174,7 +174,9 @@ export function createHttpServer(
     // No route decodes a compressed body: one would fail as "not valid JSON", or (br, say,
     // over plain text) be taken as it is. RFC 9110 §15.5.16: 415, naming what is accepted.
     const coding = request.headers['content-encoding']?.trim().toLowerCase()
-    if (coding && coding !== 'identity') {
+    const hasBody =
+      request.headers['transfer-encoding'] !== undefined || Number(request.headers['content-length'] ?? 0) > 0
+    if (hasBody && coding && coding !== 'identity') {
       reply.header('accept-encoding', 'identity')
       throw new MercatoError(
         'unsupported-content-encoding',

@@ -18,7 +18,7 @@ import {
 } from '../contracts/commands.ts'
 import { encodeConsistencyToken } from '../contracts/consistency.ts'
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { eventSchemas, eventTypeMatches } from '../contracts/events.ts'
+import { eventTypeMatches, webhookEventTypes, webhookTopics } from '../contracts/events.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
@@ -701,18 +701,16 @@ function webhookUrlIssues(raw: string, allowPrivate: boolean): FieldIssue[] {
   return []
 }
 
-const eventTypes = Object.keys(eventSchemas)
-
 /** Webhook subscriptions that can never receive an event: each entry must match a known type. */
 function webhookEventIssues(events: unknown[]): FieldIssue[] {
   return events.flatMap((pattern, i) =>
-    typeof pattern !== 'string' || eventTypes.some((type) => eventTypeMatches(pattern, type))
+    typeof pattern !== 'string' || webhookEventTypes.some((type) => eventTypeMatches(pattern, type))
       ? []
       : [
           {
             in: 'body',
             field: `/events/${i}`,
-            message: `${JSON.stringify(pattern)} names no known event type`,
+            message: `${JSON.stringify(pattern)} names no event type a webhook receives (those of ${webhookTopics.join(', ')})`,
           },
         ],
   )

@@ -137,7 +137,7 @@ export function defineReadSuite(
       // A webhook endpoint at its Location (never its secret), then its removal.
       const registeredHook = await shop.post(
         '/v1/webhooks',
-        { url: 'https://hooks.example/in', events: ['flag.changed'] },
+        { url: 'https://hooks.example/in', events: ['customer.registration-rejected'] },
         { 'idempotency-key': randomUUID() },
       )
       const location = registeredHook.headers.get('location') ?? ''

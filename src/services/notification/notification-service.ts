@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto'
 import nodemailer, { type Transporter } from 'nodemailer'
 import type { CloudEvent } from '../../contracts/envelope.ts'
-import { eventSchemas, eventTypeMatches } from '../../contracts/events.ts'
+import { eventSchemas, eventTypeMatches, webhookEventTypes, webhookTopics } from '../../contracts/events.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
 import type { Migration, Tx } from '../../engines/store/port.ts'
 import { errorMessage, redactUrl } from '../../platform/errors.ts'
@@ -51,7 +51,8 @@ export interface RunningNotification {
   sink?: MailSink
 }
 
-export const notificationTopics = ['orders', 'payments', 'shipments', 'customers', 'webhooks']
+/** What webhooks deliver, and the webhooks topic itself for the endpoints. */
+export const notificationTopics = [...webhookTopics, 'webhooks']
 
 export const notificationMigrations: Migration[] = [
   {
@@ -153,8 +154,7 @@ function sendOrderOf(event: CloudEvent): string {
   return `${event.time ?? new Date().toISOString()}/${handledSeq}`
 }
 
-/** Event types never sent to a webhook: they carry secrets or credentials. */
-const undeliverable = new Set(['customer.registration-requested', 'webhook.endpoint-set'])
+const deliverable = new Set(webhookEventTypes)
 /** Data fields removed from every webhook payload. */
 const redactedFields = new Set(['passwordHash', 'secret', 'paymentMethodToken'])
 /** How long a customer's undeliverable e-mails wait for their address to become known. */
@@ -419,7 +419,7 @@ export async function startNotificationService(
   }
 
   async function recordWebhooks(tx: Tx, event: CloudEvent): Promise<void> {
-    if (undeliverable.has(event.type) || event.type.startsWith('webhook.')) return
+    if (!deliverable.has(event.type)) return
     const wanting = (await enabledEndpoints(tx)).filter((endpoint) =>
       endpointWants(endpoint.events, event.type),
     )
