@@ -1,6 +1,6 @@
 // Webhook endpoints as an admin sees them: each registered endpoint with its URL, the
 // events it takes and whether it is still in use, folded from the webhooks topic. The
-// signing secret never enters the view: it is shown once, in the registration's answer.
+// signing secret never enters the view: it is shown in the registration's answer only (and its replays).
 import type { Store } from '../../engines/store/port.ts'
 import type { SqlFold } from '../sql-view.ts'
 
