@@ -31,15 +31,22 @@ test('a worker thread checkpoints the WAL, so it starts over instead of growing'
   const insert = () => store.execute('INSERT INTO rows VALUES ($1, $2)', [randomUUID(), 'x'.repeat(200)])
   // Past SQLite's own 1,000-page checkpoint, which Mercato's connections leave to the worker.
   for (let i = 0; i < 1500; i++) await insert()
-  // The frames in the WAL, read from the wal-index header (mxFrame: a native u32 at byte 16,
-  // sqlite.org/walformat.html), not by asking SQLite, whose answer would checkpoint.
-  const walFrames = () => readFileSync(join(dir.path, 'wal_checkpoints.db-shm')).readUInt32LE(16)
+  // Read from the wal-index (sqlite.org/walformat.html), not by asking SQLite, whose answer
+  // would checkpoint: the frames in the WAL (mxFrame, a native u32 at byte 16) and how many
+  // a checkpoint has copied back (nBackfill, at byte 96).
+  const walIndex = () => readFileSync(join(dir.path, 'wal_checkpoints.db-shm'))
+  const walFrames = () => walIndex().readUInt32LE(16)
   try {
-    // Once the worker has copied the WAL back, the next commit starts it over.
-    await waitFor('the WAL to start over', async () => {
-      await insert()
-      return walFrames() < 100
+    assert.ok(walFrames() > 1_000, 'the WAL has grown past SQLite own checkpoint')
+    // With no commit under way, the worker's checkpoint copies every frame back; a commit
+    // racing it each time (as polling with inserts did) could keep it from ever finishing.
+    await waitFor('the worker to copy the WAL back', async () => {
+      const index = walIndex()
+      return index.readUInt32LE(96) === index.readUInt32LE(16)
     })
+    // The next commit starts it over.
+    await insert()
+    assert.ok(walFrames() < 100, `${walFrames()} frames in the WAL after its checkpoint`)
   } finally {
     await store.close()
   }
