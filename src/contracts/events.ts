@@ -278,13 +278,14 @@ export const topicOf: Record<string, string> = {
 }
 
 /** The topics whose events a webhook endpoint receives (the notification service delivers them). */
-export const webhookTopics = ['orders', 'payments', 'shipments', 'customers']
+export const webhookDeliveryTopics = ['orders', 'payments', 'shipments', 'customers']
 
 /**
- * The event types a webhook endpoint can subscribe to: those of `webhookTopics`, less a
+ * The event types a webhook endpoint can subscribe to: those of `webhookDeliveryTopics`, less a
  * registration request, which carries a password hash.
  */
 export const webhookEventTypes: readonly string[] = Object.keys(eventSchemas).filter(
   (type) =>
-    webhookTopics.includes(topicOf[type.split('.')[0]] ?? '') && type !== 'customer.registration-requested',
+    webhookDeliveryTopics.includes(topicOf[type.split('.')[0]] ?? '') &&
+    type !== 'customer.registration-requested',
 )

@@ -18,7 +18,7 @@ import {
 } from '../contracts/commands.ts'
 import { encodeConsistencyToken } from '../contracts/consistency.ts'
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { eventTypeMatches, webhookEventTypes, webhookTopics } from '../contracts/events.ts'
+import { eventTypeMatches, webhookDeliveryTopics, webhookEventTypes } from '../contracts/events.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
@@ -710,7 +710,7 @@ function webhookEventIssues(events: unknown[]): FieldIssue[] {
           {
             in: 'body',
             field: `/events/${i}`,
-            message: `${JSON.stringify(pattern)} names no event type a webhook receives (those of ${webhookTopics.join(', ')})`,
+            message: `${JSON.stringify(pattern)} names no event type a webhook receives (those of ${webhookDeliveryTopics.join(', ')})`,
           },
         ],
   )

@@ -9,7 +9,12 @@
 import { createHash } from 'node:crypto'
 import nodemailer, { type Transporter } from 'nodemailer'
 import type { CloudEvent } from '../../contracts/envelope.ts'
-import { eventSchemas, eventTypeMatches, webhookEventTypes, webhookTopics } from '../../contracts/events.ts'
+import {
+  eventSchemas,
+  eventTypeMatches,
+  webhookDeliveryTopics,
+  webhookEventTypes,
+} from '../../contracts/events.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
 import type { Migration, Tx } from '../../engines/store/port.ts'
 import { errorMessage, redactUrl } from '../../platform/errors.ts'
@@ -52,7 +57,7 @@ export interface RunningNotification {
 }
 
 /** What webhooks deliver, and the webhooks topic itself for the endpoints. */
-export const notificationTopics = [...webhookTopics, 'webhooks']
+export const notificationTopics = [...webhookDeliveryTopics, 'webhooks']
 
 export const notificationMigrations: Migration[] = [
   {
@@ -151,7 +156,7 @@ const firstUnsentOfItsOrder = `NOT EXISTS (SELECT 1 FROM notification_emails ear
 let handledSeq = 0
 function sendOrderOf(event: CloudEvent): string {
   handledSeq = Math.max(handledSeq + 1, Date.now() * 1_000)
-  return `${event.time ?? new Date().toISOString()}/${handledSeq}`
+  return `${event.time}/${handledSeq}`
 }
 
 const deliverable = new Set(webhookEventTypes)

@@ -396,6 +396,11 @@ export function defineStreamConformance(
       subscription = await stream.subscribe({ group: 'replay', topics: ['products'], handle })
       await waitFor('the replay from offset 6', () => seen.length === 4, 30_000)
       assert.deepEqual(seen, [6, 7, 8, 9])
+      // Not while a member consumes as it: its next commit would undo them.
+      await assert.rejects(
+        fixture.engine.commitOffsets(stream.group('replay'), [{ topic, partition: 0, offset: 0 }]),
+        /has members connected/,
+      )
       await subscription.stop()
       await fixture.engine.seek(stream.group('replay'), topic, { timestampMs: Date.now() - 60_000 })
       seen.length = 0

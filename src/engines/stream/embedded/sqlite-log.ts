@@ -270,17 +270,23 @@ export class SqliteLog implements StreamEngine {
 
   async commitOffsets(group: string, offsets: RecordPosition[]): Promise<void> {
     this.#transaction(() => {
+      // A member would overwrite them with its next commit (Kafka refuses too).
+      this.#refuseWhileConsuming(group)
       for (const { topic, partition, offset } of offsets)
         this.#sql.commit.run(group, topic, partition, offset)
     })
   }
 
+  /** Throws while members of any process still beat in `group` (as Kafka refuses a group with members). */
+  #refuseWhileConsuming(group: string): void {
+    this.#sql.expireMembers.run(group, Date.now() - this.options.sessionTimeoutMs)
+    if (this.#sql.members.all(group).length > 0)
+      throw new Error(`group ${group} has members connected: stop the processes that consume as it first`)
+  }
+
   async deleteGroup(group: string): Promise<void> {
     this.#transaction(() => {
-      // Members of any process that still beat (as Kafka refuses a group with members).
-      this.#sql.expireMembers.run(group, Date.now() - this.options.sessionTimeoutMs)
-      if (this.#sql.members.all(group).length > 0)
-        throw new Error(`group ${group} has members connected: stop the processes that consume as it first`)
+      this.#refuseWhileConsuming(group)
       this.#sql.deleteOffsets.run(group)
       this.#sql.deleteOwners.run(group)
       this.#sql.deleteMembers.run(group)
