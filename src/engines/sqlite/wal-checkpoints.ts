@@ -24,8 +24,7 @@ let closes = 0
  * checkpoints. Call `release` when the connection closes: it resolves once the worker has
  * closed its own connection to the file (the last one to close removes the WAL), so a
  * caller that then deletes the file's directory races no one.
- */
-export function checkpointInBackground(db: DatabaseSync, path: string): { release(): Promise<void> } {
+ */ export function checkpointInBackground(db: DatabaseSync, path: string): { release(): Promise<void> } {
   db.exec(`PRAGMA wal_autocheckpoint = ${backstopPages}`)
   const count = openCounts.get(path) ?? 0
   openCounts.set(path, count + 1)
@@ -85,36 +84,54 @@ function post(message: Message): Worker {
 
 async function runWorker(): Promise<void> {
   const { DatabaseSync } = await import('node:sqlite')
-  const connections = new Map<string, { db: DatabaseSync; checkpoint: StatementSync }>()
-  const closeConnection = (path: string) => {
+  /** Files under checkpoints, each with its connection once one could be opened. */
+  const files = new Map<string, { db: DatabaseSync; checkpoint: StatementSync } | undefined>()
+  const isBusy = (error: unknown) => /locked|busy/i.test(String(error))
+  const closeFile = (path: string) => {
     try {
-      connections.get(path)?.db.close()
+      files.get(path)?.db.close()
     } catch {}
-    connections.delete(path)
+    files.delete(path)
+  }
+  const connect = (path: string) => {
+    let db: DatabaseSync | undefined
+    try {
+      db = new DatabaseSync(path)
+      // A checkpoint must never wait on the process's writers: PASSIVE does what it can.
+      db.exec('PRAGMA busy_timeout = 0')
+      files.set(path, { db, checkpoint: db.prepare('PRAGMA wal_checkpoint(PASSIVE)') })
+    } catch (error) {
+      // A connection left open here would hold the file for good, and keep the last close
+      // from removing its WAL.
+      try {
+        db?.close()
+      } catch {}
+      // Reading the schema is refused while a writer holds the file (a migration, or its
+      // switch to WAL): the next turn tries again. Anything else (the file is gone) ends it.
+      if (!isBusy(error)) files.delete(path)
+    }
   }
   parentPort!.on('message', (message: Message) => {
     if ('close' in message) {
-      closeConnection(message.close)
+      closeFile(message.close)
       parentPort!.postMessage({ closed: message.id })
       return
     }
-    if (connections.has(message.open)) return
-    try {
-      const db = new DatabaseSync(message.open)
-      // A checkpoint must never wait on the process's writers: PASSIVE does what it can.
-      db.exec('PRAGMA busy_timeout = 0')
-      connections.set(message.open, { db, checkpoint: db.prepare('PRAGMA wal_checkpoint(PASSIVE)') })
-    } catch {
-      // The file is gone already (a closed test's directory): nothing to checkpoint.
-    }
+    if (files.has(message.open)) return
+    files.set(message.open, undefined)
+    connect(message.open)
   })
   setInterval(() => {
-    for (const [path, { checkpoint }] of connections) {
+    for (const [path, connection] of files) {
+      if (!connection) {
+        connect(path)
+        continue
+      }
       try {
-        checkpoint.get()
+        connection.checkpoint.get()
       } catch (error) {
         // Busy is the next turn's work; anything else (the file was removed) ends it.
-        if (!/locked|busy/i.test(String(error))) closeConnection(path)
+        if (!isBusy(error)) closeFile(path)
       }
     }
   }, intervalMs)
