@@ -23,6 +23,22 @@ export interface RenderedEmail {
   text: string
 }
 
+/**
+ * What a cancellation means for the customer's money. Payment is captured on confirmation
+ * (or shipment), never before, so only a customer's or operator's cancel of a confirmed
+ * order finds a charge to refund (its own e-mail follows); an earlier one at most voids an
+ * authorization.
+ */
+const cancelMoney: Record<string, string> = {
+  'out-of-stock': 'You have not been charged for it.',
+  'invalid-order': 'You have not been charged for it.',
+  'payment-declined': 'You have not been charged for it.',
+  'payment-failed': 'You have not been charged for it; any hold on your card for it will be released.',
+  'deadline-passed': 'You have not been charged for it; any hold on your card for it will be released.',
+}
+const cancelMoneyOtherwise =
+  'If you have been charged for it, we will refund you and write to you when we have; otherwise any hold on your card for it will be released.'
+
 const cancelReasons: Record<string, string> = {
   'out-of-stock': 'some of the items are no longer in stock',
   'payment-declined': 'the payment was declined',
@@ -67,7 +83,9 @@ export function renderEmail(template: string, data: Record<string, unknown>, to:
     case 'welcome':
       return {
         subject: `Welcome to Mercato${to.givenName ? `, ${to.givenName}` : ''}`,
-        text: `${greeting}\n\nyour Mercato account is ready. You can sign in with ${str(data.email)}.${signature}`,
+        // Not "sign in with": an account registered without a password (by staff, or one
+        // that signs in elsewhere) has none to sign in with here.
+        text: `${greeting}\n\nyour Mercato account for ${str(data.email)} is ready.${signature}`,
       }
     case 'order-received': {
       const currency = str(data.currency)
@@ -93,13 +111,15 @@ export function renderEmail(template: string, data: Record<string, unknown>, to:
       }
     case 'order-cancelled': {
       const reason = cancelReasons[str(data.reason)] ?? 'it could not be completed'
-      const told = cancelDetailsForCustomers.has(str(data.reason)) && data.detail
+      // A decline's detail is the provider's code (card_declined), for API clients; the
+      // reason already says it in words.
+      const told =
+        cancelDetailsForCustomers.has(str(data.reason)) && data.reason !== 'payment-declined' && data.detail
       const detail = told ? `\n\n${str(data.detail)}` : ''
+      const money = cancelMoney[str(data.reason)] ?? cancelMoneyOtherwise
       return {
         subject: `Your order ${orderId} has been cancelled`,
-        text:
-          `${greeting}\n\nwe are sorry: your order ${orderId} has been cancelled because ${reason}.${detail}\n\n` +
-          `Any amount charged for it will be refunded.${signature}`,
+        text: `${greeting}\n\nwe are sorry: your order ${orderId} has been cancelled because ${reason}.${detail}\n\n${money}${signature}`,
       }
     }
     case 'order-shipped': {

@@ -472,6 +472,22 @@ describe('e-mail rendering and the sink parser', () => {
       cancelled('deadline-passed', 'no answer while STOCK_RESERVED within 30000 ms'),
       /30000/,
     )
+    // A decline's detail is the provider's code, for API clients; the e-mail says it in words.
+    assert.doesNotMatch(cancelled('payment-declined', 'card_declined'), /card_declined/)
+    // Payment is captured on confirmation: nothing cancelled before it was charged, so no
+    // refund is promised there; a customer's or operator's cancel may come after it.
+    for (const reason of [
+      'out-of-stock',
+      'invalid-order',
+      'payment-declined',
+      'payment-failed',
+      'deadline-passed',
+    ])
+      assert.match(cancelled(reason, ''), /You have not been charged for it/, reason)
+    for (const reason of ['customer-cancelled', 'operator-cancelled'])
+      assert.match(cancelled(reason, ''), /If you have been charged for it, we will refund you/, reason)
+    // An account may have been registered without a password: the welcome promises no sign-in.
+    assert.doesNotMatch(renderEmail('welcome', data, {}).text, /sign in/)
   })
 
   it('keeps the last messages as .eml files, across a restart of the sink', async () => {
