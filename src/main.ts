@@ -52,6 +52,17 @@ function wholeNumber(flag: string, raw: string, min: number, max = Number.MAX_SA
   return Number(raw)
 }
 
+/** `--rate`: orders per second, a fraction for a gentle run (0.5: one every two seconds). */
+function ordersPerSecond(raw: string): number {
+  const max = 1_000_000
+  if (!/^\d+(\.\d+)?$/.test(raw) || Number(raw) > max)
+    throw new ConfigError(
+      '--rate',
+      `must be a number of orders per second from 0 (as fast as --concurrency allows) to ${max}, got "${raw}"`,
+    )
+  return Number(raw)
+}
+
 /**
  * The stream of a Mercato that exists: an operator's tool must not make an empty embedded
  * log where a mistyped --data-dir points, and then report on nothing as if all were well.
@@ -367,7 +378,7 @@ withEngineFlags(program.command('load'))
         {
           url,
           orders: wholeNumber('--orders', options.orders, 1),
-          rate: wholeNumber('--rate', options.rate, 0),
+          rate: ordersPerSecond(options.rate),
           concurrency: wholeNumber('--concurrency', options.concurrency, 1),
           retryShare,
           bearers,
