@@ -73,7 +73,7 @@ export type PlaceOrder = Static<typeof PlaceOrder>
 /** For routes that take no query parameters: one sent is refused, not ignored. */
 export const NoQuery = T.Object({}, strict)
 
-export const CancelOrder = T.Object({ reason: T.Optional(T.String({ maxLength: 500 })) }, strict)
+export const CancelOrder = T.Object({ reason: T.Optional(PersonText(0, 500)) }, strict)
 
 export const RegisterCustomer = T.Object(
   {
@@ -141,7 +141,7 @@ export const FlagKeyParam = T.Object({ key: T.String({ pattern: '^[a-z0-9][a-z0-
 export const Accepted = T.Object({
   id: T.String({
     description:
-      'the resource the command created or acts on: the order (also for a cancel), the customer, the SKU, the flag, the webhook endpoint',
+      'the resource the command created or acts on: the order (also for a cancel), the customer, the product (its SKU), the stock adjustment, the flag, the webhook endpoint',
   }),
   status: T.Literal('accepted'),
   consistencyToken: T.String(),

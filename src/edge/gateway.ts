@@ -333,8 +333,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     },
   )
 
-  // A wrong password or refresh token is a 401 (invalid_grant); the user service down, a 503.
-  const signInProblems = [400, 401, 413, 415, 429, 503]
+  // A wrong password or refresh token is a 400 invalid_grant (RFC 6749 §5.2 keeps 401 for a
+  // client's own authentication, which this public client has none of); the user service
+  // down, a 503.
+  const signInProblems = [400, 415, 429, 503]
   const tokenResponse = {
     200: {
       description: 'An access token and the refresh token that renews it (RFC 6749 §5.1)',
@@ -479,7 +481,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
 }
 
 function invalidGrant(detail: string): MercatoError {
-  return new MercatoError('invalid-grant', 401, detail, { error: 'invalid_grant' })
+  return new MercatoError('invalid-grant', 400, detail, { error: 'invalid_grant' })
 }
 
 /** Routes the gateway guards: the API; not health, metrics, the docs page or internal calls. */

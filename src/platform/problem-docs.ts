@@ -30,12 +30,11 @@ export const ProblemSchema = {
 } as const
 
 const meanings: Record<number, string> = {
-  400: 'The request is invalid; `errors` names each bad field',
+  400: 'The request is invalid (a body over the size limit too); `errors` names each bad field',
   401: 'No valid access token',
   403: 'The policy refuses this caller this route or this resource',
   404: 'Not found (or not the caller’s to see)',
   409: 'A request with this Idempotency-Key is in progress; retry after Retry-After',
-  413: 'The body is larger than the limit',
   414: 'A path parameter is longer than the router accepts',
   415: 'The body is not application/json, or is compressed (Content-Encoding)',
   422: 'This Idempotency-Key was used for another request',

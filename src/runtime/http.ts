@@ -219,6 +219,11 @@ export function createHttpServer(
         instanceOf(request.url),
         laterIssues.get(request),
       )
+    } else if ((error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
+      // A 400 naming the body, as for any other bad field: nothing of it was read past the limit.
+      problem = validationProblem([], 'body', instanceOf(request.url), [
+        { in: 'body', field: '/', message: `is larger than the limit of ${config.httpBodyBytesMax} bytes` },
+      ])
     } else if (error instanceof MercatoError) problem = toProblem(error, instanceOf(request.url))
     else if (status && status >= 400 && status < 500) {
       // fastify's own client errors (bad JSON, body too large, …): their message is safe to show.

@@ -255,7 +255,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
   const responses = (extra: Record<string, unknown> = {}) => ({
     202: { ...Accepted, properties: { ...Accepted.properties, ...extra } },
   })
-  const problems = [400, 401, 403, 409, 413, 415, 422, 429, 503]
+  const problems = [400, 401, 403, 409, 415, 422, 429, 503]
 
   /** A command route: its schema, documented with the problems it may answer and the key when it is required. */
   function command(
@@ -511,7 +511,6 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       authorize: may('stock.adjust', 'Catalog', 'catalog'),
       keyRequired: true,
       newId: () => `adj_${uuidv7()}`,
-      resourceOf: (request) => (request.params as { sku: string }).sku,
       // The adjustment with its outcome (applied, or refused and why); the product shows the stock.
       location: (id, request) => `/v1/inventory/${(request.params as { sku: string }).sku}/adjustments/${id}`,
       // A restock adds stock (delta > 0); a write-off removes it.

@@ -237,8 +237,9 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.equal(form.status, 200, 'the form encoding of RFC 6749 works too')
       const wrong = await signIn(adminEmail, 'not-the-password')
       const unknown = await signIn('nobody@security.test', 'not-the-password')
-      assert.equal(wrong.status, 401)
-      assert.equal(unknown.status, 401)
+      // RFC 6749 §5.2: a refused grant is a 400; 401 is for a client's own authentication.
+      assert.equal(wrong.status, 400)
+      assert.equal(unknown.status, 400)
       assert.equal(wrong.body.detail, unknown.body.detail)
       assert.equal(wrong.body.error, 'invalid_grant')
     })
@@ -305,16 +306,16 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       )
       logins++
       const reused = await call('POST', '/v1/auth/refresh', { body: { refresh_token: first } })
-      assert.equal(reused.status, 401)
+      assert.equal(reused.status, 400)
       assert.equal(reused.body.error, 'invalid_grant')
       logins++
       const revoked = await call('POST', '/v1/auth/refresh', {
         body: { refresh_token: second.body.refresh_token },
       })
-      assert.equal(revoked.status, 401, 'the newest token of the family is revoked too')
+      assert.equal(revoked.status, 400, 'the newest token of the family is revoked too')
       logins++
       const unknown = await call('POST', '/v1/auth/refresh', { body: { refresh_token: 'rt_forged' } })
-      assert.equal(unknown.status, 401)
+      assert.equal(unknown.status, 400)
     })
 
     it('keeps verifying tokens of a rotated-out key while it may still have live tokens', async () => {
@@ -388,13 +389,14 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.equal(other.status, 200, 'another user is not limited by it')
     })
 
-    it('refuses a body over the limit with 413', async () => {
+    it('refuses a body over the limit with 400, naming the body', async () => {
       const answer = await call('POST', '/v1/orders', {
         bearer: await tokenOf('customer', alice),
         body: { ...orderBody(sku), padding: 'x'.repeat(100_000) },
         headers: { 'idempotency-key': randomUUID() },
       })
-      assert.equal(answer.status, 413)
+      assert.equal(answer.status, 400)
+      assert.equal(answer.body.errors[0].in, 'body')
     })
 
     it('caps page sizes', async () => {
@@ -680,7 +682,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       for (let i = logins; i < loginPerMinute + 3 && !refused; i++) {
         const answer = await signIn('nobody@security.test', 'wrong-password')
         if (answer.status === 429) refused = answer
-        else assert.equal(answer.status, 401)
+        else assert.equal(answer.status, 400)
       }
       assert.ok(refused, 'refused past the limit')
       assert.ok(Number(refused.headers.get('retry-after')) >= 1)

@@ -89,9 +89,10 @@ export function defineReadSuite(
           { 'idempotency-key': randomUUID() },
         )
       const restock = await adjust(2, 'restock')
-      assert.match(
-        restock.headers.get('location') ?? '',
-        new RegExp(`^/v1/inventory/${restocked}/adjustments/adj_`),
+      assert.equal(
+        restock.headers.get('location'),
+        `/v1/inventory/${restocked}/adjustments/${restock.body.id}`,
+        'the answer names the adjustment it made',
       )
       const applied = await get(shop, restock.headers.get('location') ?? '', token(restock))
       assert.equal(applied.status, 200, JSON.stringify(applied.body))

@@ -90,8 +90,9 @@ describe('the HTTP base', () => {
         instance: '/known',
       })
       const big = await app.inject({ method: 'POST', url: '/echo', payload: { x: 'y'.repeat(2_000) } })
-      assert.equal(big.statusCode, 413)
-      assert.equal(big.json().status, 413)
+      assert.equal(big.statusCode, 400)
+      assert.deepEqual(big.json().errors, [{ in: 'body', field: '/', message: big.json().errors[0].message }])
+      assert.match(big.json().errors[0].message, /is larger than the limit of \d+ bytes/)
       const broken = await app.inject({
         method: 'POST',
         url: '/echo',

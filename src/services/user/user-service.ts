@@ -312,7 +312,7 @@ export async function startUserService(
     {
       onRequest: requireVerifiedCaller(options.identity, 'user'),
       // 401: no service token, or the username or password is wrong; 403: not the gateway's.
-      config: problemDocs([400, 401, 403, 413, 415]),
+      config: problemDocs([400, 401, 403, 415]),
       schema: {
         operationId: 'verifyCredentials',
         summary: 'Check a username and password (the gateway, for a password grant)',
