@@ -956,7 +956,7 @@ defineCatalogTests('PostgreSQL (tsvector)', skipPostgres, async () => {
 })
 
 describe('the words of a query', () => {
-  test('matches every word as a prefix; a one-letter word beside longer ones whole, unless it is the one being typed', () => {
+  test('matches every word as a prefix; a one-letter word whole, unless it is the one being typed', () => {
     assert.deepEqual(queryTermsOf('Red K'), [
       { word: 'red', prefix: true },
       { word: 'k', prefix: true },
@@ -967,5 +967,10 @@ describe('the words of a query', () => {
       { word: 'charger', prefix: true },
     ])
     assert.deepEqual(queryTermsOf('k'), [{ word: 'k', prefix: true }])
+    // Beside another one-letter word too: "a s" looks for the word "a".
+    assert.deepEqual(queryTermsOf('a s'), [
+      { word: 'a', prefix: false },
+      { word: 's', prefix: true },
+    ])
   })
 })

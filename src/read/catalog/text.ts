@@ -7,8 +7,8 @@
 // ("runn" is a prefix of "running" but not of its stem "run"), and product names are
 // full of brands and model numbers no language's stemmer knows.
 //
-// One exception: a word of one character beside longer words ("usb c charger") is matched
-// whole, unless it ends the query. As a prefix it would match nearly every product (every
+// One exception: a word of one character ("usb c charger", "a s") is matched whole, unless
+// it ends the query. As a prefix it would match nearly every product (every
 // word starting with "c") and cost a scan of the whole index, for nothing the shopper
 // meant. At the end it stays a prefix: the first keystroke of the word being typed ("red k"
 // finds the red kettle), and one such scan narrowed by the other words.
@@ -41,10 +41,8 @@ export function distinctWordsOf(q: string | undefined): string[] {
 /** The words a query searches for: distinct, in order, the first `queryWordsMax` of them. */
 export function queryTermsOf(q: string | undefined): QueryTerm[] {
   const words = distinctWordsOf(q).slice(0, queryWordsMax)
-  const short = (word: string) => [...word].length === 1
-  const whole = words.some((word) => !short(word))
   const last = words.length - 1
-  return words.map((word, i) => ({ word, prefix: i === last || !(whole && short(word)) }))
+  return words.map((word, i) => ({ word, prefix: i === last || [...word].length > 1 }))
 }
 
 /**
