@@ -352,6 +352,11 @@ function messageOf(issue: ValidationIssue): string {
   if (issue.keyword === 'additionalProperties') return 'is not a known field'
   const not = issue.keyword === 'not' ? (issue.schema as { const?: unknown } | undefined) : undefined
   if (not && 'const' in not) return `must not be ${not.const === 0 ? 'zero' : JSON.stringify(not.const)}`
+  // Lengths count UTF-16 code units (see the ajv options): say so, or 101 emoji would be
+  // "more than 200 characters".
+  const limit = (issue.params as { limit?: number }).limit
+  if (issue.keyword === 'maxLength')
+    return `must NOT be longer than ${limit} UTF-16 code units (an emoji counts 2)`
   return issue.message ?? 'is invalid'
 }
 

@@ -340,6 +340,23 @@ describe('the command API', () => {
     assert.equal(zero.status, 400)
     assert.deepEqual(zero.body.errors, [{ in: 'body', field: '/delta', message: 'must not be zero' }])
 
+    // Lengths count UTF-16 code units, as the events' schemas do, and the message says so.
+    const emoji = await shop.put('/v1/products/EMOJI-1', {
+      name: 'Smile',
+      description: '',
+      category: '🙂'.repeat(51),
+      priceMinor: 100,
+      currency: 'USD',
+    })
+    assert.equal(emoji.status, 400)
+    assert.deepEqual(emoji.body.errors, [
+      {
+        in: 'body',
+        field: '/category',
+        message: 'must NOT be longer than 100 UTF-16 code units (an emoji counts 2)',
+      },
+    ])
+
     const loopback = await shop.post(
       '/v1/webhooks',
       { url: 'http://127.0.0.1:9/x', events: ['order.confirmed'] },
