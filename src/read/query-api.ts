@@ -571,7 +571,16 @@ function searchQueryOf(raw: SearchQueryString): CatalogQuery {
 function orderCursorOf(cursor: string): { placedAt: string; orderId: string } {
   try {
     const parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString())
-    if (typeof parsed.placedAt === 'string' && typeof parsed.orderId === 'string') return parsed
+    // What a page's last order gives: its event's time (RFC 3339), and an id.
+    const { placedAt, orderId } = parsed as { placedAt?: unknown; orderId?: unknown }
+    if (
+      typeof placedAt === 'string' &&
+      /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(placedAt) &&
+      !Number.isNaN(Date.parse(placedAt)) &&
+      typeof orderId === 'string' &&
+      /^[A-Za-z0-9._:-]{1,64}$/.test(orderId)
+    )
+      return { placedAt, orderId }
   } catch {}
   throw new MercatoError('invalid-cursor', 400, 'cursor is not one this API gave', {
     errors: [{ in: 'querystring', field: '/cursor', message: 'is not a cursor this API gave' }],

@@ -310,6 +310,9 @@ export function defineReadSuite(
         '/v1/products?sort=cheapest',
         '/v1/products?cursor=not-a-cursor',
         `/v1/customers/${customerId}/orders?cursor=nope`,
+        // The shape of an order cursor, with values no page gave.
+        `/v1/customers/${customerId}/orders?cursor=${Buffer.from(JSON.stringify({ placedAt: 'not a date', orderId: 'x' })).toString('base64url')}`,
+        `/v1/customers/${customerId}/orders?cursor=${Buffer.from(JSON.stringify({ placedAt: '2026-01-01T00:00:00.000Z', orderId: "x' OR '1'='1" })).toString('base64url')}`,
         `/v1/customers/${customerId}/orders?limit=-1`,
         '/v1/orders/ord_x?expand=all',
         `/v1/products?q=${Array.from({ length: 17 }, (_, i) => `w${i}`).join('+')}`,
