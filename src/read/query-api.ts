@@ -55,6 +55,12 @@ const SearchQuery = T.Object(
     category: T.Optional(T.String({ minLength: 1, maxLength: 100 })),
     minPrice: T.Optional(whole(13)),
     maxPrice: T.Optional(whole(13)),
+    currency: T.Optional(
+      T.String({
+        pattern: '^[A-Z]{3}$',
+        description: 'only products priced in this currency (ISO 4217), so that a price range or sort compares like with like',
+      }),
+    ),
     inStock: T.Optional(T.Union([T.Literal('true'), T.Literal('false')])),
     sort: T.Optional(
       T.Union(['relevance', 'price-asc', 'price-desc', 'name', 'newest'].map((s) => T.Literal(s))),
@@ -530,6 +536,7 @@ type SearchQueryString = {
   category?: string
   minPrice?: string
   maxPrice?: string
+  currency?: string
   inStock?: 'true' | 'false'
   sort?: CatalogQuery['sort']
   cursor?: string
@@ -542,6 +549,7 @@ function searchQueryOf(raw: SearchQueryString): CatalogQuery {
     category: raw.category,
     minPrice: raw.minPrice === undefined ? undefined : Number(raw.minPrice),
     maxPrice: raw.maxPrice === undefined ? undefined : Number(raw.maxPrice),
+    currency: raw.currency,
     inStock: raw.inStock === undefined ? undefined : raw.inStock === 'true',
     sort: raw.sort,
     cursor: raw.cursor,

@@ -299,6 +299,44 @@ export function defineReadSuite(
       assert.equal(answer.headers.get('mercato-stale'), 'true')
     })
 
+    it('a price range or sort compares prices of one currency when a currency is given', async () => {
+      const category = `cur-${randomUUID().slice(0, 8)}`
+      let last: { body: { consistencyToken: string } } | undefined
+      for (const [suffix, priceMinor, currency] of [
+        ['YEN', 500, 'JPY'],
+        ['USD', 500, 'USD'],
+        ['EUR', 400, 'EUR'],
+      ] as const) {
+        last = await shop.put(`/v1/products/CUR-${suffix}-${category}`, {
+          name: `Priced in ${currency}`,
+          description: '',
+          category,
+          priceMinor,
+          currency,
+        })
+      }
+      const wait = { 'mercato-consistency-token': last!.body.consistencyToken }
+      const skus = (answer: Answer) => answer.body.items.map((p: { currency: string }) => p.currency)
+      const all = await get(shop, `/v1/products?category=${category}&minPrice=500&maxPrice=500`, wait)
+      assert.deepEqual(skus(all).sort(), ['JPY', 'USD'], 'without a currency, minor units of any')
+      const yen = await get(
+        shop,
+        `/v1/products?category=${category}&minPrice=500&maxPrice=500&currency=JPY`,
+        wait,
+      )
+      assert.deepEqual(skus(yen), ['JPY'])
+      assert.equal(yen.body.total, 1)
+      assert.deepEqual(yen.body.facets.category, [{ value: category, count: 1 }])
+      const euros = await get(shop, `/v1/products?q=priced&sort=price-asc&currency=EUR`, wait)
+      assert.deepEqual(skus(euros), ['EUR'])
+      const bad = await get(shop, '/v1/products?currency=usd')
+      assert.equal(bad.status, 400)
+      assert.deepEqual(
+        bad.body.errors.map((e: { field: string }) => e.field),
+        ['/currency'],
+      )
+    })
+
     it('bad query parameters are 400 problem details naming the parameter', async () => {
       for (const path of [
         '/v1/products?foo=1',

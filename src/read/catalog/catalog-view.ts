@@ -55,8 +55,10 @@ export type CatalogSort = 'relevance' | 'price-asc' | 'price-desc' | 'name' | 'n
 export interface CatalogQuery {
   q?: string
   category?: string
+  /** Prices are minor units of their own currency: a range or a price sort means one currency. */
   minPrice?: number
   maxPrice?: number
+  currency?: string
   inStock?: boolean
   sort?: CatalogSort
   cursor?: string

@@ -84,6 +84,7 @@ export async function searchCatalog(
     query.category ?? null,
     query.minPrice ?? null,
     query.maxPrice ?? null,
+    query.currency ?? null,
     query.inStock ?? null,
     sortName,
   ])
@@ -211,7 +212,7 @@ function pageSql(
 
 /**
  * Products per category, over the matches of the words, price and stock filters (not
- * the category filter). Without words: from the kept counts, or with a price range, by
+ * the category filter). Without words: from the kept counts, or with a price range or currency, by
  * counting each category's range of the facet index.
  */
 function facetSql(
@@ -221,7 +222,12 @@ function facetSql(
   text: string | undefined,
 ): Sql {
   const sql = newSql()
-  if (text === undefined && query.minPrice === undefined && query.maxPrice === undefined) {
+  if (
+    text === undefined &&
+    query.minPrice === undefined &&
+    query.maxPrice === undefined &&
+    query.currency === undefined
+  ) {
     const count = query.inStock === undefined ? 'listed' : query.inStock ? 'in_stock' : 'listed - in_stock'
     sql.text = `SELECT category AS value, ${count} AS count FROM ${C} WHERE listed > 0`
     return sql
@@ -277,11 +283,12 @@ function newSql(): Sql {
   }
 }
 
-/** The price and stock filters (the category filter is the caller's: facets leave it out). */
+/** The price, currency and stock filters (the category filter is the caller's: facets leave it out). */
 function filters(sql: Sql, query: CatalogQuery, price = 'p.price_minor'): string[] {
   const where: string[] = []
   if (query.minPrice !== undefined) where.push(`${price} >= ${sql.param(query.minPrice)}`)
   if (query.maxPrice !== undefined) where.push(`${price} <= ${sql.param(query.maxPrice)}`)
+  if (query.currency !== undefined) where.push(`p.currency = ${sql.param(query.currency)}`)
   if (query.inStock === true) where.push('p.available > 0')
   if (query.inStock === false) where.push('p.available <= 0')
   return where
