@@ -361,28 +361,29 @@ function messageOf(issue: ValidationIssue): string {
 }
 
 /**
- * A value that matches none of a union of constants gives one `const` issue per constant and
- * an `anyOf`: they become one issue that lists the allowed values.
+ * A value that matches none of a union of constants gives an issue per constant (a `const`,
+ * or a `type` when it is not even a string, as a repeated query parameter) and an `anyOf`:
+ * they become one issue that lists the allowed values.
  */
 function withChoicesMerged(issues: ValidationIssue[]): ValidationIssue[] {
-  const allowed = new Map<string, unknown[]>()
+  const choices = new Map<string, unknown[]>()
   for (const issue of issues) {
-    if (issue.keyword !== 'const') continue
-    const values = allowed.get(issue.instancePath) ?? []
-    values.push(issue.params.allowedValue)
-    allowed.set(issue.instancePath, values)
+    const branches = issue.keyword === 'anyOf' && Array.isArray(issue.schema) ? issue.schema : []
+    if (branches.length > 1 && branches.every((b) => typeof b === 'object' && b !== null && 'const' in b))
+      choices.set(
+        issue.instancePath,
+        branches.map((b) => (b as { const: unknown }).const),
+      )
   }
   const merged: ValidationIssue[] = []
-  const listed = new Set<string>()
   for (const issue of issues) {
-    const values = allowed.get(issue.instancePath)
-    if (!values || values.length < 2 || (issue.keyword !== 'const' && issue.keyword !== 'anyOf')) {
-      merged.push(issue)
-    } else if (!listed.has(issue.instancePath)) {
-      listed.add(issue.instancePath)
-      const choices = values.map((value) => JSON.stringify(value)).join(', ')
-      merged.push({ ...issue, keyword: 'enum', message: `must be one of ${choices}` })
+    const values = choices.get(issue.instancePath)
+    if (!values) merged.push(issue)
+    else if (issue.keyword === 'anyOf') {
+      const listed = values.map((value) => JSON.stringify(value)).join(', ')
+      merged.push({ ...issue, keyword: 'enum', message: `must be one of ${listed}` })
     }
+    // The branches' own issues at that path are what the one above says.
   }
   return merged
 }

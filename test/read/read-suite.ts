@@ -368,6 +368,9 @@ export function defineReadSuite(
           message: 'must be one of "relevance", "price-asc", "price-desc", "name", "newest"',
         },
       ])
+      // Repeated, it is not a string: still one issue, not one per choice.
+      const repeated = await get(shop, '/v1/products?sort=name&sort=price-asc')
+      assert.deepEqual(repeated.body.errors, badSort.body.errors)
       const badToken = await get(shop, `/v1/products/${sku}`, { 'mercato-consistency-token': 'garbage' })
       assert.equal(badToken.status, 400)
       assert.equal((await get(shop, '/v1/orders/ord_does_not_exist')).status, 404)
