@@ -56,8 +56,11 @@ export interface RunningNotification {
   sink?: MailSink
 }
 
-/** What webhooks deliver, and the webhooks topic itself for the endpoints. */
-export const notificationTopics = [...webhookDeliveryTopics, 'webhooks']
+/**
+ * What webhooks deliver, the webhooks topic itself for the endpoints, and the products, whose
+ * names an order's e-mail lists.
+ */
+export const notificationTopics = [...webhookDeliveryTopics, 'webhooks', 'products']
 
 export const notificationMigrations: Migration[] = [
   {
@@ -135,6 +138,11 @@ export const notificationMigrations: Migration[] = [
         order_id TEXT PRIMARY KEY,
         carrier TEXT NOT NULL,
         tracking_number TEXT NOT NULL)`,
+  },
+  {
+    // An order's e-mail names its products, not their SKUs.
+    id: 'notification-0004-product-names',
+    sql: 'CREATE TABLE IF NOT EXISTS notification_products (sku TEXT PRIMARY KEY, name TEXT NOT NULL)',
   },
 ]
 
@@ -306,6 +314,13 @@ export async function startNotificationService(
           ],
         )
         await releaseWaiting(tx, String(data.customerId))
+        return
+      case 'product.upserted':
+        await tx.execute(
+          `INSERT INTO notification_products (sku, name) VALUES ($1, $2)
+           ON CONFLICT (sku) DO UPDATE SET name = excluded.name`,
+          [String(data.sku), String(data.name)],
+        )
         return
       case 'order.placed': {
         const orderId = String(data.orderId)
@@ -554,6 +569,17 @@ export async function startNotificationService(
       )
   }
 
+  /** The names of the products an order's lines name, by SKU, as now known. */
+  async function productNamesOf(lines: unknown): Promise<Record<string, string>> {
+    if (!Array.isArray(lines) || lines.length === 0) return {}
+    const skus = lines.map((line) => String((line as { sku?: unknown }).sku))
+    const rows = await store.query<{ sku: string; name: string }>(
+      `SELECT sku, name FROM notification_products WHERE sku IN (${skus.map((_, i) => `$${i + 1}`).join(', ')})`,
+      skus,
+    )
+    return Object.fromEntries(rows.map((row) => [row.sku, row.name]))
+  }
+
   async function sendEmail(row: DueRow): Promise<void> {
     // The claim reads the e-mail and the customer's name back in the same statement.
     const email = await claim<{
@@ -587,9 +613,10 @@ export async function startNotificationService(
       const shipment = email.tracking_number
         ? { carrier: email.carrier, trackingNumber: email.tracking_number }
         : {}
+      const vars = JSON.parse(email.vars) as Record<string, unknown>
       const rendered = renderEmail(
         email.template,
-        { ...JSON.parse(email.vars), ...shipment },
+        { ...vars, ...shipment, productNames: await productNamesOf(vars.lines) },
         {
           givenName: email.given_name ?? undefined,
           familyName: email.family_name ?? undefined,

@@ -90,11 +90,13 @@ export function renderEmail(template: string, data: Record<string, unknown>, to:
     case 'order-received': {
       const currency = str(data.currency)
       const lines = Array.isArray(data.lines) ? (data.lines as Record<string, unknown>[]) : []
+      const names = (data.productNames ?? {}) as Record<string, string>
       const items = lines
-        .map(
-          (line) =>
-            `  ${num(line.quantity)} × ${str(line.sku)} at ${formatMoney(num(line.unitPriceMinor), currency)}`,
-        )
+        .map((line) => {
+          const sku = str(line.sku)
+          const product = names[sku] ? `${names[sku]} (${sku})` : sku
+          return `  ${num(line.quantity)} × ${product} at ${formatMoney(num(line.unitPriceMinor), currency)}`
+        })
         .join('\n')
       return {
         subject: `We have received your order ${orderId}`,

@@ -119,10 +119,28 @@ for (const { kind, skip } of await storeKinds('notification service')) {
         familyName: 'Lovelace',
       })
       await waitFor('welcome mail', () => running.sink!.messages().some((m) => /Welcome/.test(m.subject)))
+      // The e-mail names a product it knows; one it does not know, by its SKU.
+      await harness.publish('product.upserted', 'TEA-1', {
+        sku: 'TEA-1',
+        name: 'Green Tea',
+        description: '',
+        category: 'tea',
+        priceMinor: 1250,
+        currency: 'EUR',
+      })
+      // Another topic than the order's: nothing orders the two, so wait for the product.
+      await waitFor(
+        'the product known',
+        async () =>
+          (await store.query("SELECT 1 FROM notification_products WHERE sku = 'TEA-1'")).length === 1,
+      )
       const placed = await harness.publish('order.placed', 'o-1', {
         orderId: 'o-1',
         customerId: 'c-1',
-        lines: [{ sku: 'TEA-1', quantity: 2, unitPriceMinor: 1250 }],
+        lines: [
+          { sku: 'TEA-1', quantity: 2, unitPriceMinor: 1250 },
+          { sku: 'TEA-2', quantity: 1, unitPriceMinor: 0 },
+        ],
         totalMinor: 2500,
         currency: 'EUR',
       })
@@ -131,7 +149,7 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       assert.equal(received.to, 'ada@example.com')
       assert.equal(received.subject, 'We have received your order o-1')
       assert.match(received.text, /Hello Ada,/)
-      assert.match(received.text, /2 × TEA-1 at €12\.50/)
+      assert.match(received.text, /2 × Green Tea \(TEA-1\) at €12\.50\n {2}1 × TEA-2 at €0\.00/)
       assert.match(received.text, /Total: €25\.00/)
       assert.ok(received.receivedAt)
 
