@@ -226,7 +226,7 @@ export function createHttpServer(
       ])
     } else if (error instanceof MercatoError) problem = toProblem(error, instanceOf(request.url))
     else if (status && status >= 400 && status < 500) {
-      // fastify's own client errors (bad JSON, body too large, …): their message is safe to show.
+      // fastify's own client errors (bad JSON, a bad Content-Length, …): their message is safe to show.
       problem = {
         type: 'about:blank',
         title: titleFor(status),

@@ -24,7 +24,8 @@ let closes = 0
  * checkpoints. Call `release` when the connection closes: it resolves once the worker has
  * closed its own connection to the file (the last one to close removes the WAL), so a
  * caller that then deletes the file's directory races no one.
- */ export function checkpointInBackground(db: DatabaseSync, path: string): { release(): Promise<void> } {
+ */
+export function checkpointInBackground(db: DatabaseSync, path: string): { release(): Promise<void> } {
   db.exec(`PRAGMA wal_autocheckpoint = ${backstopPages}`)
   const count = openCounts.get(path) ?? 0
   openCounts.set(path, count + 1)
