@@ -3,6 +3,7 @@
 // waiting for a position. It follows the registry: when a rebuild (here or in another
 // process) makes a new generation live, it moves its consumer to that generation.
 import type { Cache } from '../engines/cache/port.ts'
+import { pruneInbox } from '../engines/store/inbox.ts'
 import type { EventStream, PositionedEvent, Subscription } from '../engines/stream/event-stream.ts'
 import { joinBatches } from '../platform/batch-joiner.ts'
 import { errorMessage } from '../platform/errors.ts'
@@ -20,7 +21,12 @@ export interface ProjectorOptions {
   retiredKeepMs: number
   /** Lifetime of the tombstone that invalidates a cache entry. */
   invalidationTtlMs: number
+  /** How long a view remembers an event it applied, to apply a copy of it no more (see pruneInbox). */
+  inboxRetentionMs: number
 }
+
+/** How often the projector forgets applied events past the inbox retention. */
+const inboxPruneIntervalMs = 60_000
 
 export interface ProjectorDeps {
   views: Views
@@ -127,9 +133,17 @@ export class Projector {
   async #watchRegistry(): Promise<void> {
     const { views, log } = this.#deps
     const signal = this.#stopping.signal
+    let prunedAt = Date.now()
     while (!signal.aborted) {
       await sleep(this.#options.pollIntervalMs, signal)
       if (signal.aborted) break
+      if (Date.now() - prunedAt >= inboxPruneIntervalMs) {
+        prunedAt = Date.now()
+        const before = new Date(prunedAt - this.#options.inboxRetentionMs)
+        await pruneInbox(views.store, before, signal).catch((error) =>
+          log.warn({ err: errorMessage(error) }, 'forgetting applied events failed; will retry'),
+        )
+      }
       for (const definition of Object.values(views.definitions)) {
         try {
           const live = await views.registry.live(definition.name)

@@ -58,7 +58,8 @@ const SearchQuery = T.Object(
     currency: T.Optional(
       T.String({
         pattern: '^[A-Z]{3}$',
-        description: 'only products priced in this currency (ISO 4217), so that a price range or sort compares like with like',
+        description:
+          'only products priced in this currency (ISO 4217), so that a price range or sort compares like with like',
       }),
     ),
     inStock: T.Optional(T.Union([T.Literal('true'), T.Literal('false')])),

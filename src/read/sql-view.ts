@@ -2,6 +2,7 @@
 // has its own tables, and the positions live in one table written in the same transaction
 // as the documents.
 import { requestRole } from '../contracts/requests.ts'
+import { recordAllHandled } from '../engines/store/inbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
 import {
@@ -115,7 +116,16 @@ export class SqlViewStorage implements ViewStorage {
       known = remembered ?? (await positionMap(tx, this.store.kind, this.view, generation, events))
       const fresh = unapplied(events, known)
       if (fresh.length === 0) return
+      // A copy of an event at another offset (an outbox that published again after a crash,
+      // a dead letter replayed) is the same event: the inbox, by id, keeps it from a second
+      // effect, as in the services. Its position is passed all the same.
+      const firstSeen = await recordAllHandled(
+        tx,
+        inboxConsumerOf(this.view, generation),
+        fresh.map(({ event }) => event.id),
+      )
       for (const event of fresh) {
+        if (!firstSeen.delete(event.event.id)) continue
         await this.#trackRequest(tx, generation, event)
         await this.fold.apply(tx, this.store.kind, generation, event, changed)
       }
@@ -219,8 +229,16 @@ export class SqlViewStorage implements ViewStorage {
       for (const table of this.fold.tables(generation)) await tx.execute(`DROP TABLE IF EXISTS ${table}`)
       for (const table of ['view_positions', 'view_pending_requests'])
         await tx.execute(`DELETE FROM ${table} WHERE view = $1 AND generation = $2`, [this.view, generation])
+      await tx.execute('DELETE FROM mercato_inbox WHERE consumer = $1', [
+        inboxConsumerOf(this.view, generation),
+      ])
     })
   }
+}
+
+/** Whose events a generation's inbox rows are (the views store's inbox serves every view). */
+function inboxConsumerOf(view: ViewName, generation: number): string {
+  return `view.${view}.g${generation}`
 }
 
 /** A partition's stored position was not the one this process remembered: another process moved it. */

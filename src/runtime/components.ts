@@ -372,7 +372,12 @@ Object.assign(components, {
           log: context.log.child({ component: 'projector' }),
           metrics: context.metrics,
         },
-        { pollIntervalMs: 1_000, retiredKeepMs: 60_000, invalidationTtlMs: 30_000 },
+        {
+          pollIntervalMs: 1_000,
+          retiredKeepMs: 60_000,
+          invalidationTtlMs: 30_000,
+          inboxRetentionMs: context.config.inboxRetentionMs,
+        },
       )
       await projector.start()
       context.projector = projector

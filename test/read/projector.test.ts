@@ -20,7 +20,7 @@ describe('the projector', () => {
     const views = await openViews({ store })
     const projector = new Projector(
       { views, stream, cache: await openCache(config), log, metrics },
-      { pollIntervalMs: 20, retiredKeepMs: 0, invalidationTtlMs: 1_000 },
+      { pollIntervalMs: 20, retiredKeepMs: 0, invalidationTtlMs: 1_000, inboxRetentionMs: 60_000 },
     )
     await projector.start()
     try {
