@@ -421,14 +421,26 @@ export class EventStream {
   /**
    * Re-publishes the dead letters of a topic not replayed yet (at most `countMax`) to their
    * original topic, the `mercato_dlq_*` headers removed, then records how far it got in the
-   * replay group's offsets. Recording comes after publishing: a crash in between replays
-   * those letters again next time (consumers are idempotent) rather than losing them.
+   * replay group's offsets. A record that several groups dead-lettered goes back once: every
+   * group reads it again from the topic, and one copy per letter would come back to each
+   * group as many times. Recording comes after publishing: a crash in between replays those
+   * letters again next time (consumers are idempotent) rather than losing them.
    */
   async replayDeadLetters(topic: string, countMax: number): Promise<DeadLetter[]> {
     const letters = await this.deadLetters(topic, countMax, { waitingOnly: true })
     if (letters.length === 0) return []
+    // One letter per record: the one of each original position, or the letter itself when it names none.
+    const records = new Map<string, DeadLetter>()
+    for (const letter of letters) {
+      const { original, position } = letter
+      const key =
+        original.offset < 0
+          ? `letter ${position.partition}/${position.offset}`
+          : `${original.topic}/${original.partition}/${original.offset}`
+      records.set(key, letter)
+    }
     await this.engine.publish(
-      letters.map(({ record, original }) => ({
+      [...records.values()].map(({ record, original }) => ({
         topic: original.topic,
         key: record.key,
         value: record.value,

@@ -270,24 +270,33 @@ export function defineStreamConformance(
       await subscription.stop()
     })
 
-    /** Dead-letters `events` through a group whose handler refuses them, then stops the group. */
-    async function deadLetter(stream: EventStream, events: CloudEvent[]): Promise<void> {
+    /** Dead-letters `events` through groups whose handlers refuse them, then stops the groups. */
+    async function deadLetter(
+      stream: EventStream,
+      events: CloudEvent[],
+      groups = ['refuses'],
+    ): Promise<void> {
       const refused = new Set(events.map((e) => e.id))
-      const subscription = await stream.subscribe({
-        group: 'refuses',
-        topics: ['products'],
-        handle: async (event) => {
-          if (refused.has(event.id)) throw new Error('warehouse says no')
-        },
-      })
+      const subscriptions = await Promise.all(
+        groups.map((group) =>
+          stream.subscribe({
+            group,
+            topics: ['products'],
+            handle: async (event) => {
+              if (refused.has(event.id)) throw new Error('warehouse says no')
+            },
+          }),
+        ),
+      )
       const before = (await stream.deadLetters('products', 1_000)).length
       await stream.publish(events)
       await waitFor(
         'the dead letters',
-        async () => (await stream.deadLetters('products', 1_000)).length === before + events.length,
+        async () =>
+          (await stream.deadLetters('products', 1_000)).length === before + events.length * groups.length,
         30_000,
       )
-      await subscription.stop()
+      await Promise.all(subscriptions.map((subscription) => subscription.stop()))
     }
 
     /** How often each event id appears on the products topic. */
@@ -329,6 +338,14 @@ export function defineStreamConformance(
       const copies = await copiesOnTopic(stream)
       for (const event of [...first, later])
         assert.equal(copies.get(event.id), 2, 'the original and one replayed copy')
+    })
+
+    it('puts a record that several groups dead-lettered back once, not once per letter', async () => {
+      const stream = await freshStream()
+      const poison = productEvent('poison-shared', 0)
+      await deadLetter(stream, [poison], ['refuses', 'refuses-too'])
+      assert.deepEqual(idsOf(await stream.replayDeadLetters('products', 1_000)), [poison.id, poison.id])
+      assert.equal((await copiesOnTopic(stream)).get(poison.id), 2, 'the original and one replayed copy')
     })
 
     it('replays the dead letters again when recording the replay failed, rather than losing them', async () => {
