@@ -11,10 +11,13 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import type { Generation } from './generations.ts'
 import { type PartitionPosition, partitionKey, type ViewName, viewNames } from './view.ts'
-import type { Views } from './views.ts'
+import { groupOf, type Views } from './views.ts'
 
 interface PartitionState {
+  /** The view's own position: what its answers reflect. */
   nextOffset: number
+  /** How far the view has come, records its group passed without applying (dead-lettered) counted. */
+  reached: number
   end: number
   lastEventMs: number
   /** The last sample at which the view had applied everything on this partition. */
@@ -39,6 +42,8 @@ export class Freshness {
   readonly #log: Logger
   readonly #sampleMs: number
   readonly #samples = new Map<ViewName, ViewSample>()
+  /** When each view's projector group was last asked how far it has passed (see #sample). */
+  readonly #groupAskedAt = new Map<ViewName, number>()
   readonly #waiters = new Map<ViewName, Set<() => void>>()
   readonly #stopping = new AbortController()
   readonly #startedAt = Date.now()
@@ -102,7 +107,7 @@ export class Freshness {
     if (!sample) return now - this.#startedAt
     let worst = 0
     for (const p of sample.partitions.values()) {
-      if (p.nextOffset >= p.end) continue
+      if (p.reached >= p.end) continue
       const freshAsOf = Math.max(p.caughtUpAt, p.lastEventMs)
       worst = Math.max(worst, now - (freshAsOf || this.#startedAt))
     }
@@ -217,24 +222,49 @@ export class Freshness {
       ]),
     )
     const previous = this.#samples.get(view)
+    const earlier = previous?.generation === live.generation ? previous.partitions : undefined
+    const nextOffsetOf = (key: string) => applied.get(key)?.nextOffset ?? 0
+    // A record the projector dead-lettered is never applied: the view's position stays before
+    // it while its group's committed offset passes it. When a partition is behind and has not
+    // moved since the last sample, the group is asked, so such a record is not lag for ever.
+    // (At most once a second: a projector that is down keeps every partition stuck.)
+    const stuck =
+      sampledAt - (this.#groupAskedAt.get(view) ?? 0) >= 1_000 &&
+      ends.some(({ topic, partition, end }) => {
+        const key = partitionKey(topic, partition)
+        return nextOffsetOf(key) < end && earlier?.get(key)?.nextOffset === nextOffsetOf(key)
+      })
+    if (stuck) this.#groupAskedAt.set(view, sampledAt)
+    const passed = stuck ? await this.#committed(view, live.generation, [...topics]) : undefined
     const partitions = new Map<string, PartitionState>()
     let lag = 0
     for (const { topic, partition, end } of ends) {
       const key = partitionKey(topic, partition)
       const position = applied.get(key)
-      const nextOffset = position?.nextOffset ?? 0
-      const before = previous?.generation === live.generation ? previous.partitions.get(key) : undefined
+      const nextOffset = nextOffsetOf(key)
+      // Kept from the last look at the group while the view has not moved on since.
+      const before = earlier?.get(key)
+      const groupPassed = passed?.get(key) ?? (before?.nextOffset === nextOffset ? before.reached : 0)
+      const reached = Math.max(nextOffset, groupPassed)
       partitions.set(key, {
         nextOffset,
+        reached,
         end,
         lastEventMs: position?.lastEventMs ?? 0,
-        caughtUpAt: nextOffset >= end ? sampledAt : (before?.caughtUpAt ?? 0),
+        caughtUpAt: reached >= end ? sampledAt : (before?.caughtUpAt ?? 0),
       })
-      lag += Math.max(0, end - nextOffset)
+      lag += Math.max(0, end - reached)
     }
     this.#samples.set(view, { generation: live.generation, sampledAt, partitions })
     this.#lagGauge.set({ view }, lag)
     this.#stalenessGauge.set({ view }, this.stalenessMs(view, sampledAt) / 1000)
+  }
+
+  /** The committed offsets of the group that projects `generation` of `view`, by partition. */
+  async #committed(view: ViewName, generation: number, topics: string[]): Promise<Map<string, number>> {
+    const group = this.#stream.group(groupOf(view, generation))
+    const lags = await this.#stream.engine.lag(group, topics)
+    return new Map(lags.map((p) => [partitionKey(p.topic, p.partition), p.committed]))
   }
 }
 

@@ -8,6 +8,7 @@ import { Value } from '@sinclair/typebox/value'
 import { answerSchemas } from '../../src/read/answer-docs.ts'
 import { rebuildView } from '../../src/read/projector.ts'
 import { viewNames } from '../../src/read/view.ts'
+import { groupOf } from '../../src/read/views.ts'
 import { type EngineSet, type Shop, startShop } from '../support/shop.ts'
 import { waitFor } from '../support/wait.ts'
 
@@ -174,6 +175,41 @@ export function defineReadSuite(
       assert.ok([200, 404].includes(answer.status))
       assert.match(answer.headers.get('mercato-staleness-ms') ?? '', /^\d+$/)
       assert.match(answer.headers.get('mercato-position') ?? '', /^[^=,]+\/\d+=\d+(,[^=,]+\/\d+=\d+)*$/)
+    })
+
+    it('a record the projector dead-letters is passed: not lag, and not staleness, for ever', async () => {
+      const stream = shop.app.context.stream!
+      // An event with no subject: every group that reads it dead-letters it.
+      await stream.engine.publish([
+        {
+          topic: stream.topic('products'),
+          key: `DEAD-${randomUUID()}`,
+          value: Buffer.from('{}'),
+          headers: {
+            ce_specversion: '1.0',
+            ce_id: randomUUID(),
+            ce_source: 'mercato/command-api',
+            ce_type: 'product.upserted',
+            ce_time: new Date().toISOString(),
+            ce_dataversion: '1',
+            'content-type': 'application/json',
+          },
+        },
+      ])
+      await waitFor('the catalog to dead-letter it', async () =>
+        (await stream.deadLetters('products', 1_000)).some(
+          (letter) =>
+            letter.original.group.endsWith('projector.catalog.g1') && letter.error.includes('subject'),
+        ),
+      )
+      // A few samples of the views' positions later (MERCATO_VIEW_SAMPLE_MS, 100 ms), it is passed.
+      await new Promise((resolve) => setTimeout(resolve, 500))
+      await waitFor('the catalog past the dead letter', async () => {
+        const metrics = await (await fetch(`${shop.url}/metrics`)).text()
+        return /^mercato_view_lag_events\{view="catalog"\} 0$/m.test(metrics)
+      })
+      const answer = await get(shop, '/v1/products?limit=1')
+      assert.equal(answer.headers.get('mercato-staleness-ms'), '0')
     })
 
     it('an order is followed to delivery: status, timeline, payment, shipment, lists and 360', async () => {
@@ -384,14 +420,17 @@ export function defineReadSuite(
           viewNames.map(async (view) => {
             const live = await views.registry.live(view)
             const positions = await views.definitions[view].storage.positions(live!.generation)
-            const ends = await stream.engine.lag(
-              'nobody',
+            // The group's committed offsets count too: a record it dead-lettered is passed, not applied.
+            const group = await stream.engine.lag(
+              stream.group(groupOf(view, live!.generation)),
               views.definitions[view].topics.map((t) => stream.topic(t)),
             )
-            return ends.every(
+            return group.every(
               (e) =>
-                (positions.find((p) => p.topic === e.topic && p.partition === e.partition)?.nextOffset ??
-                  0) >= e.end,
+                Math.max(
+                  e.committed,
+                  positions.find((p) => p.topic === e.topic && p.partition === e.partition)?.nextOffset ?? 0,
+                ) >= e.end,
             )
           }),
         )
