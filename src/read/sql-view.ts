@@ -2,7 +2,7 @@
 // has its own tables, and the positions live in one table written in the same transaction
 // as the documents.
 import { requestRole } from '../contracts/requests.ts'
-import { recordAllHandled } from '../engines/store/inbox.ts'
+import { forgetConsumer, recordAllHandled } from '../engines/store/inbox.ts'
 import type { Migration, Store, Tx } from '../engines/store/port.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
 import {
@@ -229,10 +229,10 @@ export class SqlViewStorage implements ViewStorage {
       for (const table of this.fold.tables(generation)) await tx.execute(`DROP TABLE IF EXISTS ${table}`)
       for (const table of ['view_positions', 'view_pending_requests'])
         await tx.execute(`DELETE FROM ${table} WHERE view = $1 AND generation = $2`, [this.view, generation])
-      await tx.execute('DELETE FROM mercato_inbox WHERE consumer = $1', [
-        inboxConsumerOf(this.view, generation),
-      ])
     })
+    // Its inbox may hold a row for every event of the stream (a rebuild's): a batch at a time,
+    // so no statement holds the store for long.
+    await forgetConsumer(this.store, inboxConsumerOf(this.view, generation))
   }
 }
 

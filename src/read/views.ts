@@ -26,12 +26,15 @@ export interface ViewDefinition {
 
 export const viewSchemaVersions: Record<ViewName, number> = {
   // 4: each stock adjustment with its outcome, at the request's Location.
-  catalog: 4,
+  // 5: an event applied once by its id (a copy further on the stream doubled stock), and
+  //    the currency in the facet and look-up indexes.
+  catalog: 5,
   // 2: a failed payment's reason is the customer's sentence, not the provider's error.
   'order-status': 2,
   // 2: refused registrations are kept, so their id answers why.
   // 3: notifications sent count e-mails to the customer, not webhook deliveries about their orders.
-  'customer-360': 3,
+  // 4: an event applied once by its id (a copy further on the stream doubled spend).
+  'customer-360': 4,
   webhooks: 1,
 }
 

@@ -72,15 +72,29 @@ const pruneBatchSize = 1_000
  * up to 7 more until its segment rolls).
  */
 export async function pruneInbox(store: Store, before: Date, signal?: AbortSignal): Promise<number> {
-  let pruned = 0
+  return deleteInBatches(store, 'handled_at < $1', [before.toISOString()], signal)
+}
+
+/** Forgets every event `consumer` handled (a consumer that is gone), a batch at a time. */
+export async function forgetConsumer(store: Store, consumer: string, signal?: AbortSignal): Promise<number> {
+  return deleteInBatches(store, 'consumer = $1', [consumer], signal)
+}
+
+async function deleteInBatches(
+  store: Store,
+  where: string,
+  params: string[],
+  signal: AbortSignal | undefined,
+): Promise<number> {
+  let deleted = 0
   while (!signal?.aborted) {
-    const deleted = await store.execute(
+    const batch = await store.execute(
       `DELETE FROM mercato_inbox WHERE (consumer, event_id) IN
-         (SELECT consumer, event_id FROM mercato_inbox WHERE handled_at < $1 LIMIT ${pruneBatchSize})`,
-      [before.toISOString()],
+         (SELECT consumer, event_id FROM mercato_inbox WHERE ${where} LIMIT ${pruneBatchSize})`,
+      params,
     )
-    pruned += deleted
-    if (deleted < pruneBatchSize) break
+    deleted += batch
+    if (batch < pruneBatchSize) break
   }
-  return pruned
+  return deleted
 }

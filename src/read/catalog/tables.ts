@@ -71,8 +71,8 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
     `CREATE INDEX IF NOT EXISTS ${P}_category_price ON ${P} (category, price_minor, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_category_price_desc ON ${P} (category, price_minor DESC, sku)`,
     `CREATE INDEX IF NOT EXISTS ${P}_category_newest ON ${P} (category, listed_at DESC, sku)`,
-    // Facet counts of a price range (without words) read this index alone, per category.
-    `CREATE INDEX IF NOT EXISTS ${P}_facets ON ${P} (category, price_minor, available)`,
+    // Facet counts of a price range or currency (without words) read this index alone, per category.
+    `CREATE INDEX IF NOT EXISTS ${P}_facets ON ${P} (category, price_minor, available, currency)`,
   ]
   if (kind === 'postgres') {
     statements.push(`CREATE INDEX IF NOT EXISTS ${P}_search ON ${P} USING GIN (search)`)
@@ -80,7 +80,7 @@ export function catalogCreateSql(kind: Store['kind'], g: number): string[] {
     // What a text search reads of each match, by id: a look-up in this narrow index
     // touches far fewer pages than one in the table (search.ts names it: INDEXED BY).
     statements.push(
-      `CREATE INDEX IF NOT EXISTS ${lookupIndex(g)} ON ${P} (id, sku, category, price_minor, available)`,
+      `CREATE INDEX IF NOT EXISTS ${lookupIndex(g)} ON ${P} (id, sku, category, price_minor, available, currency)`,
     )
     // Contentless: the words live in the index only (the text is in the tables);
     // contentless_delete lets a re-upsert delete a row by id. The text indexed is already
