@@ -232,10 +232,15 @@ export class Freshness {
       sampledAt - (this.#groupAskedAt.get(view) ?? 0) >= 1_000 &&
       ends.some(({ topic, partition, end }) => {
         const key = partitionKey(topic, partition)
-        return nextOffsetOf(key) < end && earlier?.get(key)?.nextOffset === nextOffsetOf(key)
+        const before = earlier?.get(key)
+        // (Not once the group was found past the end: that is kept below.)
+        return nextOffsetOf(key) < end && before?.nextOffset === nextOffsetOf(key) && before.reached < end
       })
     if (stuck) this.#groupAskedAt.set(view, sampledAt)
-    const passed = stuck ? await this.#committed(view, live.generation, [...topics]) : undefined
+    // Unanswered, the sample goes on with what it knows.
+    const passed = stuck
+      ? await this.#committed(view, live.generation, [...topics]).catch(() => undefined)
+      : undefined
     const partitions = new Map<string, PartitionState>()
     let lag = 0
     for (const { topic, partition, end } of ends) {
