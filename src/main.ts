@@ -10,6 +10,7 @@
 import { existsSync } from 'node:fs'
 import { Command, Option } from 'commander'
 import { eventRegistry } from './contracts/registry.ts'
+import { deadRecordOf } from './engines/stream/event-stream.ts'
 import { ConfigError, errorMessage } from './platform/errors.ts'
 import { KeyRing } from './platform/identity/key-ring.ts'
 import { createLogger, type Logger } from './platform/logger.ts'
@@ -269,15 +270,16 @@ withEngineFlags(dlq.command('replay'))
     'publish the dead letters not replayed yet on their original topic, and record that they were (fix the cause first)',
   )
   .requiredOption('--topic <topic>', 'the original topic')
-  .option('--limit <n>', 'records to replay', '1000')
+  .option('--limit <n>', 'dead letters to replay', '1000')
   .action(async (options) => {
     const limit = wholeNumber('--limit', options.limit, 1)
     const stream = await openDeadLetters(options)
     try {
       const letters = await stream.replayDeadLetters(options.topic, limit)
       const { waiting } = await stream.deadLetterCounts(options.topic)
+      const records = new Set(letters.map(deadRecordOf)).size
       console.log(
-        `replayed ${letters.length} dead letter(s) onto ${options.topic}${waiting > 0 ? `; ${waiting} more wait (run it again)` : ''}`,
+        `replayed ${letters.length} dead letter(s) onto ${options.topic} as ${records} record(s)${waiting > 0 ? `; ${waiting} more wait (run it again)` : ''}`,
       )
     } finally {
       await stream.close()

@@ -429,16 +429,8 @@ export class EventStream {
   async replayDeadLetters(topic: string, countMax: number): Promise<DeadLetter[]> {
     const letters = await this.deadLetters(topic, countMax, { waitingOnly: true })
     if (letters.length === 0) return []
-    // One letter per record: the one of each original position, or the letter itself when it names none.
     const records = new Map<string, DeadLetter>()
-    for (const letter of letters) {
-      const { original, position } = letter
-      const key =
-        original.offset < 0
-          ? `letter ${position.partition}/${position.offset}`
-          : `${original.topic}/${original.partition}/${original.offset}`
-      records.set(key, letter)
-    }
+    for (const letter of letters) records.set(deadRecordOf(letter), letter)
     await this.engine.publish(
       [...records.values()].map(({ record, original }) => ({
         topic: original.topic,
@@ -486,6 +478,16 @@ export class EventStream {
     await Promise.all([...this.#subscriptions].map((subscription) => subscription.stop()))
     await this.engine.close()
   }
+}
+
+/**
+ * The record a dead letter is of: its original position (several groups' letters may share
+ * it), or the letter itself when it names none.
+ */
+export function deadRecordOf({ original, position }: DeadLetter): string {
+  return original.offset < 0
+    ? `letter ${position.partition}/${position.offset}`
+    : `${original.topic}/${original.partition}/${original.offset}`
 }
 
 function toDeadLetter(record: StreamRecord, replayed: boolean): DeadLetter {
