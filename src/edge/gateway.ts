@@ -116,13 +116,14 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       maxAge: 600,
     })
   }
-  // OAuth 2.0 clients send the token routes a form; every other route takes JSON only.
-  const formRoutes = new Set(['/v1/auth/token', '/v1/auth/refresh'])
+  // The token routes: OAuth 2.0 clients send them a form (every other route takes JSON only),
+  // and the grant in it is what counts, not a bearer token sent along.
+  const tokenRoutes = new Set(['/v1/auth/token', '/v1/auth/refresh'])
   http.addContentTypeParser(
     'application/x-www-form-urlencoded',
     { parseAs: 'string' },
     (request, body, done) => {
-      if (!formRoutes.has(request.routeOptions.url ?? ''))
+      if (!tokenRoutes.has(request.routeOptions.url ?? ''))
         return done(Object.assign(new Error('unsupported media type'), { statusCode: 415 }))
       done(null, Object.fromEntries(new URLSearchParams(body as string)))
     },
@@ -190,7 +191,8 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       'from one address',
     )
     showQuota(reply, byAddress)
-    const principal = await authenticateUser(identity.tokens, request)
+    // A client may send its expired access token along to the refresh that renews it.
+    const principal = tokenRoutes.has(url) ? anonymous : await authenticateUser(identity.tokens, request)
     if (principal.kind === 'user') {
       const byUser = await throttle(
         `user:${principal.subject}`,
