@@ -186,7 +186,12 @@ async function benchProjectionLag(engine: string, options: QueryBenchOptions): P
   }
   const projector = new Projector(
     { views, stream, cache, log, metrics },
-    { pollIntervalMs: 1_000, retiredKeepMs: 60_000, invalidationTtlMs: 30_000, inboxRetentionMs: config.inboxRetentionMs },
+    {
+      pollIntervalMs: 1_000,
+      retiredKeepMs: 60_000,
+      invalidationTtlMs: 30_000,
+      inboxRetentionMs: config.inboxRetentionMs,
+    },
   )
   await projector.start()
   const bare = await stream.subscribe({
