@@ -355,19 +355,19 @@ export function defineReadSuite(
         })
       }
       const wait = { 'mercato-consistency-token': last!.body.consistencyToken }
-      const skus = (answer: Answer) => answer.body.items.map((p: { currency: string }) => p.currency)
+      const currencies = (answer: Answer) => answer.body.items.map((p: { currency: string }) => p.currency)
       const all = await get(shop, `/v1/products?category=${category}&minPrice=500&maxPrice=500`, wait)
-      assert.deepEqual(skus(all).sort(), ['JPY', 'USD'], 'without a currency, minor units of any')
+      assert.deepEqual(currencies(all).sort(), ['JPY', 'USD'], 'without a currency, minor units of any')
       const yen = await get(
         shop,
         `/v1/products?category=${category}&minPrice=500&maxPrice=500&currency=JPY`,
         wait,
       )
-      assert.deepEqual(skus(yen), ['JPY'])
+      assert.deepEqual(currencies(yen), ['JPY'])
       assert.equal(yen.body.total, 1)
       assert.deepEqual(yen.body.facets.category, [{ value: category, count: 1 }])
       const euros = await get(shop, `/v1/products?q=priced&sort=price-asc&currency=EUR`, wait)
-      assert.deepEqual(skus(euros), ['EUR'])
+      assert.deepEqual(currencies(euros), ['EUR'])
       const bad = await get(shop, '/v1/products?currency=usd')
       assert.equal(bad.status, 400)
       assert.deepEqual(
