@@ -353,6 +353,11 @@ function defineViewTests(
       await applyAll(views, g, [[at(refused, 'orders', 3)]])
       assert.equal(await orderStatus.storage.pending(g, cancel.position), false)
       assert.equal(await customer360.storage.pending(g, cancel.position), false)
+      // A copy after its outcome is settled already: a read with its token waits for nothing.
+      const late = at(cancel.event, 'orders', 4)
+      await applyAll(views, g, [[late]])
+      assert.equal(await orderStatus.storage.pending(g, late.position), false)
+      assert.equal(await customer360.storage.pending(g, late.position), false)
       assert.equal(await catalog.storage.pending(g, restock.position), true)
       for (const d of Object.values(views.definitions)) await d.storage.drop(g)
       assert.equal(await catalog.storage.pending(g, restock.position), false)

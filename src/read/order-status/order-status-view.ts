@@ -268,9 +268,12 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
     const positions =
       ids.length === 0 ? [] : await this.#redis.hmget(this.#key(g, 'request-positions'), ...ids)
     const pendingAt = new Map(ids.map((id, i) => [id, positions[i]]))
+    // A copy of a request whose step its order holds already was applied before: pending
+    // then, or settled since (whose copy must not be pending for ever).
+    const seenBefore = await this.#stepsHeld(g, fresh, requests)
     const writes: string[][] = []
     for (const [id, at] of requests) {
-      if (pendingAt.get(id)) continue
+      if (pendingAt.get(id) || seenBefore.has(id)) continue
       writes.push(['HSET', this.#key(g, 'requests'), at, id])
       writes.push(['HSET', this.#key(g, 'request-positions'), id, at])
     }
@@ -302,6 +305,18 @@ export class RedisOrderStatusView implements ViewStorage, OrderStatusReader {
       if (customerId) changed.add(customerOrdersCacheKey(customerId))
     }
     return [...changed]
+  }
+
+  /** Of the `requests` (event ids) in `events`, those whose step their order holds already. */
+  async #stepsHeld(g: number, events: ViewEvent[], requests: Map<string, string>): Promise<Set<string>> {
+    const asked = events.flatMap(({ event }) => {
+      const step = requests.has(event.id) ? orderStepOf(event) : undefined
+      return step ? [{ id: event.id, orderId: step.orderId }] : []
+    })
+    const held = await Promise.all(
+      asked.map(({ id, orderId }) => this.#redis.hexists(this.#key(g, `order:${orderId}`), id)),
+    )
+    return new Set(asked.filter((_, i) => held[i] === 1).map(({ id }) => id))
   }
 
   async pending(g: number, position: RecordPosition): Promise<boolean> {
