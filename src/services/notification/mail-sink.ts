@@ -88,10 +88,12 @@ export async function startMailSink(options: MailSinkOptions = {}): Promise<Mail
         // Named by time, then by arrival: the names sort in the order the messages came.
         const name = `${Date.now()}-${String(++received).padStart(6, '0')}.eml`
         writeFile(join(options.directory, name), raw).then(
-          () => {
+          async () => {
             files.push(name)
-            for (const old of files.splice(0, Math.max(0, files.length - messagesMax)))
-              unlink(join(options.directory!, old)).catch(() => {})
+            // The answer waits for the oldest to go: then a reader of the folder never finds
+            // more than the last messagesMax (one gone already is no matter).
+            const old = files.splice(0, Math.max(0, files.length - messagesMax))
+            await Promise.all(old.map((file) => unlink(join(options.directory!, file)).catch(() => {})))
             keep()
           },
           // The sender tries again later (a full disk, say): 451 is a transient refusal.
