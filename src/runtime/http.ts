@@ -133,11 +133,18 @@ export function createHttpServer(
   // body is refused with 415 rather than parsed into a string that fails validation.
   app.removeContentTypeParser('text/plain')
   // fastify's JSON parser refuses a "__proto__" or "constructor" key as invalid JSON; say why.
+  // A body that is no JSON, or nests deeper than any route takes, is a bad field like any other.
   const parseJson = app.getDefaultJsonParser('error', 'error')
   app.removeContentTypeParser('application/json')
   app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
     const text = body as string
-    parseJson(request, text, (error, value) => done(error && isJson(text) ? poisonedBody() : error, value))
+    parseJson(request, text, (error, value) => {
+      if (error)
+        return done(isJson(text) ? poisonedBody() : badBody(text === '' ? 'is empty' : 'is not valid JSON'))
+      if (nestsDeeperThan(value, jsonDepthMax))
+        return done(badBody(`nests arrays and objects deeper than ${jsonDepthMax} levels`), undefined)
+      done(null, value)
+    })
   })
 
   let inFlight = 0
@@ -333,10 +340,28 @@ function isJson(text: string): boolean {
 }
 
 function poisonedBody(): MercatoError {
-  const message = 'has a "__proto__" key, or a "constructor" key holding a "prototype", which is not allowed'
+  return badBody('has a "__proto__" key, or a "constructor" key holding a "prototype", which is not allowed')
+}
+
+function badBody(message: string): MercatoError {
   return new MercatoError('invalid-request', 400, `the body ${message}`, {
     errors: [{ in: 'body', field: '/', message }],
   })
+}
+
+/** Far more than any route's body has; a deeper one would only exhaust the stack of whatever walks it. */
+const jsonDepthMax = 32
+
+/** Walks without recursion, so that the walk itself cannot overflow the stack. */
+function nestsDeeperThan(value: unknown, depthMax: number): boolean {
+  const stack: [unknown, number][] = [[value, 0]]
+  while (stack.length > 0) {
+    const [current, depth] = stack.pop() as [unknown, number]
+    if (current === null || typeof current !== 'object') continue
+    if (depth >= depthMax) return true
+    for (const child of Object.values(current)) stack.push([child, depth + 1])
+  }
+  return false
 }
 
 interface ValidationIssue {

@@ -31,7 +31,11 @@ export interface Shop {
     body: unknown,
     headers?: Record<string, string>,
   ): Promise<{ status: number; body: any; headers: Headers }>
-  put(path: string, body: unknown): Promise<{ status: number; body: any; headers: Headers }>
+  put(
+    path: string,
+    body: unknown,
+    headers?: Record<string, string>,
+  ): Promise<{ status: number; body: any; headers: Headers }>
   get(path: string): Promise<{ status: number; body: any }>
   /** Creates products (price `priceMinor`, 1000 by default, in USD) with `stock` units each, and waits until orders can use them. */
   stockUp(skus: string[], stock: number, priceMinor?: number): Promise<void>
@@ -125,7 +129,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     },
     bearer,
     post: (path, body, headers) => request('POST', path, body, headers),
-    put: (path, body) => request('PUT', path, body),
+    put: (path, body, headers) => request('PUT', path, body, headers),
     get: (path) => request('GET', path),
     async stockUp(skus, stock, priceMinor = 1000) {
       for (const sku of skus) {

@@ -331,6 +331,15 @@ describe('the command API', () => {
     const broken = await shop.post('/v1/orders', '{"lines": [', { 'idempotency-key': randomUUID() })
     assert.equal(broken.status, 400)
     assert.match(broken.body.detail, /not valid JSON/, 'JSON that does not parse is still told so')
+    assert.equal(broken.body.type, 'https://mercato.dev/problems/invalid-request')
+    assert.deepEqual(broken.body.errors, [{ in: 'body', field: '/', message: 'is not valid JSON' }])
+    // Deep nesting would overflow the stack of whatever walks it (the idempotency fingerprint did: a 500).
+    const nested = `{"state":"ENABLED","variants":{"a":${'['.repeat(5_000)}1${']'.repeat(5_000)}},"defaultVariant":"a"}`
+    const deep = await shop.put('/v1/flags/deep-flag', nested, { 'idempotency-key': randomUUID() })
+    assert.equal(deep.status, 400)
+    assert.deepEqual(deep.body.errors, [
+      { in: 'body', field: '/', message: 'nests arrays and objects deeper than 32 levels' },
+    ])
 
     const zero = await shop.post(
       '/v1/inventory/CMD-1/adjustments',
