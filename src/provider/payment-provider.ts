@@ -42,7 +42,7 @@ const ChargeParams = T.Object({ id: T.String({ minLength: 1, maxLength: 64 }) })
 const AuthorizationBody = T.Object(
   {
     amountMinor: T.Integer({ minimum: 0, maximum: 1_000_000_000_000 }),
-    currency: T.String({ pattern: '^[A-Z]{3}$' }),
+    currency: T.String({ enum: Intl.supportedValuesOf('currency'), description: 'ISO 4217 currency code' }),
     paymentMethodToken: T.String({ minLength: 1, maxLength: 128 }),
     reference: T.String({ minLength: 1, maxLength: 128 }),
   },

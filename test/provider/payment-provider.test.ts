@@ -151,6 +151,14 @@ function defineProviderSuite(engine: Engine, skip: string | undefined) {
       const keyless = await post('/authorizations', undefined, authorization(unique('order')))
       assert.equal(keyless.status, 400)
       assert.equal((await chargesOf(reference)).length, 1)
+      const nowhere = unique('order')
+      const unknownCurrency = await post(
+        '/authorizations',
+        unique('key'),
+        authorization(nowhere, { currency: 'ZZZ' }),
+      )
+      assert.equal(unknownCurrency.status, 400, 'ZZZ is no ISO 4217 currency')
+      assert.equal((await chargesOf(nowhere)).length, 0)
     })
 
     it('declines tok_decline, dialled tokens and tokens it does not know, as a 402 business answer', async () => {
