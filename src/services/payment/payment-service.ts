@@ -207,43 +207,21 @@ export async function startPaymentService(
 
   /**
    * An authorization whose answer was lost on every attempt may still have happened at the
-   * provider; when the order is cancelled, it is found by reference and voided.
+   * provider; when the order is cancelled, it is found by reference and voided. One that was
+   * still in flight there lands later: reconciliation finds it and voids it then. (Asking
+   * again with the authorization's key would wait for such a one, but where no attempt
+   * reached the provider it authorizes anew: a hold on the card for a cancelled order.)
    */
   async function releaseStrayAuthorization(payment: PaymentRow, tools: HandlerTools): Promise<void> {
     const orderId = payment.order_id
-    if (payment.payment_method_token) {
-      // Ask again with the same key and body: the provider answers with what really happened
-      // (or 409 while the first attempt is still in flight there, which is retried), so an
-      // authorization that lands after we gave up is found too.
-      await withProvider('void', orderId, () =>
-        client.authorize(
-          {
-            amountMinor: payment.amount_minor,
-            currency: payment.currency,
-            paymentMethodToken: payment.payment_method_token as string,
-            reference: orderId,
-          },
-          `${orderId}:authorize`,
-          true,
-        ),
-      )
-    }
     const charges = await withProvider('void', orderId, () => client.chargesFor(orderId, true))
     const stray = charges.find((charge) => charge.status === 'authorized')
     if (!stray) return
     await withProvider('void', orderId, () => client.void(stray.chargeId, `${orderId}:void`))
     log.warn({ orderId, chargeId: stray.chargeId }, 'voided an authorization left behind by a failed payment')
-    await tools.transact((tx) =>
-      noteStrayCharge(
-        tx,
-        orderId,
-        stray.chargeId,
-        `${payment.reason ?? 'failed'}; stray authorization voided`,
-      ),
-    )
+    await tools.transact((tx) => noteStrayCharge(tx, payment, stray.chargeId))
   }
 
-  /** A compensation or capture that fails is thrown, for the stream to retry and finally dead-letter. */
   async function withProvider<T>(step: string, orderId: string, call: () => Promise<T>): Promise<T> {
     try {
       return await call()

@@ -181,18 +181,17 @@ export async function movePayment(
   return changed === 1
 }
 
-/** Records a charge found at the provider for a payment that failed here, and what was done about it. */
-export async function noteStrayCharge(
-  tx: Tx,
-  orderId: string,
-  chargeId: string,
-  note: string,
-): Promise<void> {
+/** Records an authorization found at the provider for a payment that failed here, once voided. */
+export async function noteStrayCharge(tx: Tx, payment: PaymentRow, chargeId: string): Promise<void> {
+  const reason = payment.reason ?? 'failed'
+  const note = reason.endsWith(strayVoided) ? reason : `${reason}${strayVoided}`
   await tx.execute(
     `UPDATE payments SET charge_id = COALESCE(charge_id, $2), reason = $3, updated_at = $4 WHERE order_id = $1`,
-    [orderId, chargeId, note.slice(0, 500), new Date().toISOString()],
+    [payment.order_id, chargeId, note.slice(0, 500), new Date().toISOString()],
   )
 }
+
+const strayVoided = '; stray authorization voided'
 
 /**
  * Marks a cancelled order's payment as owing its void or refund, in a transaction of its own

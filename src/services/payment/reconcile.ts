@@ -1,7 +1,10 @@
 // Reconciliation: the ledger against itself (every entry balances), each payment against
 // its ledger, and each payment against the provider's record of its charge. A mismatch
-// can be transient while an operation is between the provider and the local commit; one
-// that stays across runs needs a person.
+// can be transient while an operation is between the provider and the local commit: each
+// payment is read afresh when its turn comes, and one found mismatched is looked at again
+// a moment later, and reported only if it still is. One that stays across runs needs a
+// person. An authorization found at the provider for a payment that failed here (one that
+// landed after the payment gave up) is voided: the order was, or is being, cancelled.
 //
 // A run looks at everything only now and then (a full pass); the runs between look at
 // what can have changed since the run before: payments and ledger entries written since,
@@ -9,10 +12,14 @@
 // a run costs what the shop did in a minute, not everything it ever did. What changed at
 // the provider with nothing written here (a refund done there whose answer was lost, then
 // dead-lettered) shows at the next full pass; its dead letter shows at once.
+import { setTimeout as sleep } from 'node:timers/promises'
+import { errorMessage } from '../../platform/errors.ts'
 import type { Service } from '../../platform/service.ts'
 import { type Imbalance, paymentLedger, unbalancedEntries } from './ledger.ts'
 import {
   cancelsPendingSince,
+  loadPayment,
+  noteStrayCharge,
   type PaymentRow,
   type PaymentStatus,
   paymentsPage,
@@ -87,6 +94,9 @@ export function reconciliationClient(
   })
 }
 
+/** How long after a first look a payment found mismatched is looked at again. */
+const recheckAfterMs = 2_000
+
 /** How often a run is a full pass (the first run always is). */
 const fullPassEveryMs = 86_400_000
 
@@ -101,6 +111,7 @@ export class Reconciliation {
   readonly #service: Service
   readonly #client: ProviderClient
   readonly #fullPassEveryMs: number
+  readonly #pause: () => Promise<unknown>
   readonly #now: () => number
   #fullPassAt = Number.NEGATIVE_INFINITY
   /** Changes at or after this were not yet looked at; undefined before the first full pass. */
@@ -113,11 +124,17 @@ export class Reconciliation {
   constructor(
     service: Service,
     client: ProviderClient,
-    options: { fullPassEveryMs?: number; now?: () => number } = {},
+    options: {
+      fullPassEveryMs?: number
+      /** What a run waits for between a first look at a mismatch and the second (a moment). */
+      pause?: () => Promise<unknown>
+      now?: () => number
+    } = {},
   ) {
     this.#service = service
     this.#client = client
     this.#fullPassEveryMs = options.fullPassEveryMs ?? fullPassEveryMs
+    this.#pause = options.pause ?? (() => sleep(recheckAfterMs))
     this.#now = options.now ?? Date.now
   }
 
@@ -130,28 +147,40 @@ export class Reconciliation {
     for (const entry of await unbalancedEntries(store, since))
       this.#unbalanced.set(entry.entryId, unbalanced(entry))
     const mismatches = [...this.#unbalanced.values()]
-    const suspects = new Set<string>()
-    const look = async (payments: PaymentRow[]) => {
-      for (let i = 0; i < payments.length; i += concurrency) {
-        const batch = payments.slice(i, i + concurrency)
-        const found = await Promise.all(batch.map((p) => check(this.#service, this.#client, p, startedAt)))
-        for (const [j, mismatched] of found.entries()) {
-          if (mismatched.length > 0) suspects.add(batch[j].order_id)
-          mismatches.push(...mismatched)
-        }
+    /** Payments found mismatched on a first look, by order id: looked at again before the run ends. */
+    const mismatched = new Set<string>()
+    const look = async (orderIds: string[], into: (orderId: string, found: Mismatch[]) => void) => {
+      for (let i = 0; i < orderIds.length; i += concurrency) {
+        const batch = orderIds.slice(i, i + concurrency)
+        const found = await Promise.all(batch.map((id) => check(this.#service, this.#client, id, startedAt)))
+        for (const [j, mismatchesOf] of found.entries()) into(batch[j], mismatchesOf)
       }
     }
+    const firstLook = (payments: PaymentRow[]) =>
+      look(
+        payments.map((p) => p.order_id),
+        (orderId, found) => found.length > 0 && mismatched.add(orderId),
+      )
     if (since === undefined) {
       for (let after = ''; ; ) {
         const page = await paymentsPage(store, after, pageSize)
         if (page.length === 0) break
         after = page[page.length - 1].order_id
-        await look(page)
+        await firstLook(page)
       }
       this.#fullPassAt = startedAt
     } else {
       const openBefore = new Date(startedAt - authorizationOpenMaxMs).toISOString()
-      await look(await paymentsToRecheck(store, since, openBefore, this.#suspects))
+      await firstLook(await paymentsToRecheck(store, since, openBefore, this.#suspects))
+    }
+    // A capture or void between the provider and its commit here settles in a moment.
+    const suspects = new Set<string>()
+    if (mismatched.size > 0) {
+      await this.#pause()
+      await look([...mismatched], (orderId, found) => {
+        if (found.length > 0) suspects.add(orderId)
+        mismatches.push(...found)
+      })
     }
     // Few, and looked at every run: one stays until its void or refund goes through. During
     // a long provider outage they pile up: the oldest thousand are reported.
@@ -198,9 +227,12 @@ function unbalanced(entry: Imbalance): Mismatch {
 async function check(
   service: Service,
   client: ProviderClient,
-  payment: PaymentRow,
+  orderId: string,
   now: number,
 ): Promise<Mismatch[]> {
+  // Read now, not when its page was: a page's payments move on while the page is looked at.
+  const payment = await loadPayment(service.store, orderId)
+  if (!payment) return []
   const ids = { orderId: payment.order_id, paymentId: payment.payment_id }
   const found: Mismatch[] = []
   const ledger = await paymentLedger(service.store, payment.payment_id)
@@ -234,6 +266,7 @@ async function check(
     // Nothing should have moved at the provider; an authorization left behind by a lost answer shows here.
     for (const charge of await client.chargesFor(payment.order_id)) {
       if (charge.status === 'voided' || charge.status === 'declined') continue
+      if (charge.status === 'authorized' && (await voidStray(service, client, payment, charge))) continue
       found.push({
         kind: 'untracked-charge',
         ...ids,
@@ -257,6 +290,30 @@ async function check(
     return found
   }
   return [...found, ...compare(payment, charge)]
+}
+
+/** Voids an authorization of a payment that failed here; false if the provider refused for now. */
+async function voidStray(
+  service: Service,
+  client: ProviderClient,
+  payment: PaymentRow,
+  charge: ProviderCharge,
+): Promise<boolean> {
+  try {
+    await client.void(charge.chargeId, `${payment.order_id}:void`)
+  } catch (error) {
+    service.log.warn(
+      { orderId: payment.order_id, chargeId: charge.chargeId, err: errorMessage(error) },
+      'could not void an authorization left behind by a failed payment; reported, and tried again next run',
+    )
+    return false
+  }
+  service.log.warn(
+    { orderId: payment.order_id, chargeId: charge.chargeId },
+    'reconciliation voided an authorization left behind by a failed payment',
+  )
+  await service.transact((tx) => noteStrayCharge(tx, payment, charge.chargeId))
+  return true
 }
 
 function compare(payment: PaymentRow, charge: ProviderCharge): Mismatch[] {

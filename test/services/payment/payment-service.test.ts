@@ -16,6 +16,7 @@ import { loadConfig } from '../../../src/runtime/config.ts'
 import { createHttpServer } from '../../../src/runtime/http.ts'
 import { trialBalance, unbalancedEntries } from '../../../src/services/payment/ledger.ts'
 import { startPaymentService } from '../../../src/services/payment/payment-service.ts'
+import { loadPayment } from '../../../src/services/payment/payments.ts'
 import { ProviderClient, ProviderError } from '../../../src/services/payment/provider-client.ts'
 import {
   type Mismatch,
@@ -309,18 +310,49 @@ describe('the payment service', () => {
       async () => (await chargesOf(orderId))[0].status === 'voided',
     )
 
+  const everyEventHandled = () =>
+    waitFor('every event handled', async () =>
+      (
+        await harness.stream.engine.lag(harness.stream.group(service.name), [harness.stream.topic('orders')])
+      ).every((l) => l.lag === 0),
+    )
+
   it('voids an authorization left behind by answers that never came, once the order is cancelled', async () => {
     const orderId = await leaveStrayAuthorization()
-    const before = await reconcile(
+    await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
+    await voided(orderId)
+  })
+
+  it('puts no new hold on the card when it cancels a payment that never reached the provider', async () => {
+    const orderId = newOrder()
+    try {
+      await dials({ errorRate: 1 })
+      await requestPayment(orderId)
+      await answer(orderId, 'payment.failed')
+    } finally {
+      await dials({ errorRate: 0 })
+    }
+    await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
+    await everyEventHandled()
+    assert.deepEqual(
+      await chargesOf(orderId),
+      [],
+      'no authorization for a cancelled order, not even one voided',
+    )
+  })
+
+  it('has reconciliation void an authorization that landed after its payment gave up', async () => {
+    const orderId = await leaveStrayAuthorization()
+    const found = await reconcile(
       service,
       reconciliationClient(service, () => providerUrl),
     )
     assert.deepEqual(
-      before.filter((m) => m.orderId === orderId).map((m) => m.kind),
-      ['untracked-charge'],
+      found.filter((m) => m.orderId === orderId),
+      [],
     )
-    await harness.publish('order.cancelled', orderId, { orderId, reason: 'payment-failed' })
-    await voided(orderId)
+    assert.equal((await chargesOf(orderId))[0].status, 'voided')
+    assert.match(String((await loadPayment(service.store, orderId))?.reason), /; stray authorization voided$/)
   })
 
   it('voids such an authorization when the order is cancelled while the circuit is open, instead of dead-lettering the cancel', async () => {
@@ -407,7 +439,7 @@ describe('the payment service', () => {
     let clock = t0
     const minutes = (n: number) => t0 + n * 60_000
     const client = reconciliationClient(service, () => providerUrl)
-    const reconciliation = new Reconciliation(service, client, { now: () => clock })
+    const reconciliation = new Reconciliation(service, client, { now: () => clock, pause: async () => {} })
     const kinds = (found: Mismatch[], orderId: string) =>
       found.filter((m) => m.orderId === orderId).map((m) => m.kind)
     const setPayment = (orderId: string, capturedMinor: number, updatedAt?: number) =>
@@ -443,6 +475,27 @@ describe('the payment service', () => {
     // Between full passes, an authorization open over an hour is looked at every time.
     clock = t0 + 86_400_000 + 60_000
     assert.deepEqual(kinds(await reconciliation.run(), untouched), ['stale-authorization'])
+  })
+
+  it('reports a mismatch only if it is still there a moment after it was first seen', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId)
+    await answer(orderId, 'payment.authorized')
+    const setCaptured = (capturedMinor: number) =>
+      service.store.execute('UPDATE payments SET captured_minor = $1 WHERE order_id = $2', [
+        capturedMinor,
+        orderId,
+      ])
+    const client = reconciliationClient(service, () => providerUrl)
+    const ofOrder = (found: Mismatch[]) => found.filter((m) => m.orderId === orderId).map((m) => m.kind)
+    await setCaptured(1)
+    // Settled while the run waits its moment, as a capture between the provider and its commit does.
+    const settling = new Reconciliation(service, client, { pause: () => setCaptured(0) })
+    assert.deepEqual(ofOrder(await settling.run()), [])
+    await setCaptured(1)
+    const staying = new Reconciliation(service, client, { pause: async () => {} })
+    assert.deepEqual(ofOrder(await staying.run()), ['ledger-amount', 'provider-amount'])
+    await setCaptured(0)
   })
 
   it('dead-letters a capture the provider keeps refusing, without a captured event', async () => {
