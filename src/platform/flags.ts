@@ -146,11 +146,13 @@ export function validateFlagDefinition(definition: unknown, key = 'flag'): FlagD
 
 /**
  * The variant names a targeting rule can return as literals: the branches of `if` and the
- * buckets of `fractional`, however deeply nested. (A name computed at run time, say with
- * `cat`, cannot be known here; flagd then falls back to the default variant.)
+ * buckets of `fractional`, however deeply nested. flagd takes a number or a boolean returned
+ * by its string (5 names the variant "5"). (A name computed at run time, with `var` or
+ * `cat`, cannot be known here: if it names no variant, the evaluation fails and the reader
+ * takes the code's default.)
  */
 function variantsReturnedBy(rule: unknown): string[] {
-  if (typeof rule === 'string') return [rule]
+  if (typeof rule === 'string' || typeof rule === 'number' || typeof rule === 'boolean') return [String(rule)]
   if (!rule || typeof rule !== 'object' || Array.isArray(rule)) return []
   const { if: branches, fractional: buckets } = rule as { if?: unknown; fractional?: unknown }
   if (Array.isArray(branches))

@@ -250,6 +250,17 @@ describe('the command API', () => {
         '/defaultVariant',
         /not one of the variants/,
       ],
+      [
+        // flagd reads the 5 as the variant "5", which there is not.
+        {
+          state: 'ENABLED',
+          variants: { a: 1 },
+          defaultVariant: 'a',
+          targeting: { if: [{ '==': [1, 1] }, 5, 'a'] },
+        },
+        '/targeting',
+        /returns "5", which is not one of the variants/,
+      ],
     ]
     // Flags the code reads take only values it can use.
     const known: [string, unknown, string, RegExp][] = [
