@@ -3,7 +3,7 @@
 // the total follows, so no third count is run).
 //
 // Text: embedded, an FTS5 index ranked by bm25 with the name weighted 10, the category 4,
-// the description 1, and a name that holds a word of the query first; distributed, a
+// the description 1, and names that hold more words of the query first; distributed, a
 // tsvector (name A, category B, description C) under a GIN index, ranked by ts_rank. Both index the words of text.ts, so both engines find the
 // same products. A score is rounded to an integer (×1e9) in SQL: a page's last score is
 // carried in the cursor as that integer, and the next page starts strictly after
@@ -25,7 +25,7 @@ import {
   type ProductRow,
   productsTable,
 } from './tables.ts'
-import { compareCodePoints, ftsMatchOf, queryTermsOf, tsQueryOf } from './text.ts'
+import { compareCodePoints, ftsMatchOf, type QueryTerm, queryTermsOf, tsQueryOf } from './text.ts'
 
 interface SortSpec {
   /** The key column of `products` (or the score, computed). */
@@ -44,20 +44,27 @@ const sorts: Record<CatalogSort, SortSpec> = {
 
 const scoreScale = 1e9
 /**
- * Added to the score of a product whose name holds a word of the query: FTS5's bm25 divides
- * by the length of the whole row, so a long description would otherwise rank a name match
- * below products that have the words in their description only. bm25 scores stay far below it.
+ * Added to the score of a product for each word of the query its name holds: FTS5's bm25
+ * divides by the length of the whole row (not of each column), so a long description would
+ * otherwise rank a name that holds the words below names that hold fewer of them, or none.
+ * bm25 scores stay far below it.
  */
 const nameMatchBonus = 1_000
 
 /**
  * A match's score on SQLite: bm25 with the name weighted 10, the category 4, the description
- * 1 (the FTS5 table's column order), above every match without a word in the name (bm25 over
- * the name alone is below zero when it holds one); rounded to an integer so a cursor can
+ * 1 (the FTS5 table's column order), above every match whose name holds fewer of the words
+ * (each word looked up in the name column alone); rounded to an integer so a cursor can
  * carry it exactly.
  */
-function ftsScore(F: string): string {
-  return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + CASE WHEN bm25(${F}, 1.0, 0.0, 0.0) < 0 THEN ${nameMatchBonus} ELSE 0 END) * ${scoreScale}) AS INTEGER)`
+function ftsScore(sql: Sql, F: string, terms: QueryTerm[]): string {
+  const inName = terms
+    .map(
+      (term) =>
+        `(rowid IN (SELECT rowid FROM ${F} WHERE ${F} MATCH ${sql.param(`name : ${ftsMatchOf([term])}`)}))`,
+    )
+    .join(' + ')
+  return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + (${inName}) * ${nameMatchBonus}) * ${scoreScale}) AS INTEGER)`
 }
 
 type Row = ProductRow & { name_key: string; score?: number | bigint }
@@ -104,8 +111,8 @@ export async function searchCatalog(
   // moves them all alike. (A change to that product itself, or one that makes two products
   // trade places, may still repeat or skip a product at the page's edge.)
   if (after && sortName === 'relevance' && store.kind === 'sqlite' && text !== undefined)
-    after = { ...after, key: (await currentScore(store, tables, text, after.sku)) ?? after.key }
-  const page = pageSql(store.kind, tables, query, text, sortName, after)
+    after = { ...after, key: (await currentScore(store, tables, text, terms, after.sku)) ?? after.key }
+  const page = pageSql(store.kind, tables, query, text, terms, sortName, after)
   const facets = facetSql(store.kind, tables, query, text)
 
   const [rows, facetRows] = await Promise.all([
@@ -146,10 +153,11 @@ async function currentScore(
   store: Store,
   { P, F }: Tables,
   text: string,
+  terms: QueryTerm[],
   sku: string,
 ): Promise<number | undefined> {
   const sql = newSql()
-  sql.text = `SELECT ${ftsScore(F)} AS score FROM ${F} WHERE ${F} MATCH ${sql.param(text)}
+  sql.text = `SELECT ${ftsScore(sql, F, terms)} AS score FROM ${F} WHERE ${F} MATCH ${sql.param(text)}
     AND rowid = (SELECT id FROM ${P} WHERE sku = ${sql.param(sku)})`
   const [row] = await store.query<{ score: number | bigint }>(sql.text, sql.params)
   return row === undefined ? undefined : Number(row.score)
@@ -161,6 +169,7 @@ function pageSql(
   { P, D, F, L }: Tables,
   query: CatalogQuery,
   text: string | undefined,
+  terms: QueryTerm[],
   sortName: CatalogSort,
   after: After | undefined,
 ): Sql {
@@ -185,7 +194,7 @@ function pageSql(
   } else if (text !== undefined) {
     // The matches drive: each is one look-up of its product by id, in the narrow
     // covering index unless the sort needs a column only the table holds.
-    const score = sortName === 'relevance' ? `, ${ftsScore(F)} AS score` : ''
+    const score = sortName === 'relevance' ? `, ${ftsScore(sql, F, terms)} AS score` : ''
     const narrow = sort.column === 'score' || sort.column === 'price_minor' ? ` INDEXED BY ${L}` : ''
     from = `(SELECT rowid AS id${score} FROM ${F} WHERE ${F} MATCH ${sql.param(text)}) m CROSS JOIN ${P} p${narrow}`
     where.push('p.id = m.id')
