@@ -73,7 +73,9 @@ export class GenerationRegistry {
   /**
    * Makes `generation` live and retires the one that was. A build that a newer one has
    * overtaken (two rebuilds at once) is retired instead: the newer one began later, so it
-   * has read at least as much of the stream.
+   * has read at least as much of the stream. Builds begun before the one made live are
+   * retired with the live one: still running, each ends with an error when it tries to
+   * switch; abandoned (its process died), it would otherwise be kept for ever.
    */
   async switchTo(view: ViewName, generation: number): Promise<void> {
     const newer = await this.#store.transaction(async (tx) => {
@@ -90,7 +92,8 @@ export class GenerationRegistry {
         return Number(live.generation)
       }
       await tx.execute(
-        `UPDATE view_generations SET state = 'retired', switched_at = $3 WHERE view = $1 AND state = 'live' AND generation <> $2`,
+        `UPDATE view_generations SET state = 'retired', switched_at = $3
+          WHERE view = $1 AND ((state = 'live' AND generation <> $2) OR (state = 'building' AND generation < $2))`,
         [view, generation, now],
       )
       const changed = await tx.execute(

@@ -479,6 +479,16 @@ function defineViewTests(
       assert.equal(states.get(older.generation), 'retired')
     })
 
+    test('a rebuild whose process died is retired, to be dropped, once a later one goes live', async () => {
+      const registry = views.registry
+      const abandoned = await registry.beginBuild('catalog', 1)
+      const later = await registry.beginBuild('catalog', 1)
+      await registry.switchTo('catalog', later.generation)
+      const states = new Map((await registry.all('catalog')).map((g) => [g.generation, g.state]))
+      assert.equal(states.get(abandoned.generation), 'retired')
+      assert.equal(states.get(later.generation), 'live')
+    })
+
     test('the same history interleaved otherwise builds a byte-for-byte equal view', async () => {
       await applyAll(views, 2, interleavedOtherwise(events))
       const [one, two] = [await dumps(views, 1), await dumps(views, 2)]
