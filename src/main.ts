@@ -47,6 +47,15 @@ function configFrom(options: Record<string, string | undefined>): Config {
   })
 }
 
+/**
+ * A command writing a store beside a running shop waits up to a minute for the store, not
+ * the bound a request has: a busy shop commits to a SQLite file one transaction after
+ * another, and a second process only gets its write lock in a gap between them.
+ */
+function patient(config: Config): Config {
+  return { ...config, storeAcquireTimeoutMs: Math.max(config.storeAcquireTimeoutMs, 60_000) }
+}
+
 function wholeNumber(flag: string, raw: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
   if (!/^\d+$/.test(raw) || Number(raw) < min || Number(raw) > max)
     throw new ConfigError(flag, `must be a whole number from ${min} to ${max}, got "${raw}"`)
@@ -182,7 +191,7 @@ async function replayView(options: Record<string, string | undefined>): Promise<
   const log = createLogger({ level: 'warn' })
   const metrics = new Metrics()
   const stream = await openExistingStream(config, log, metrics, 'whose view to rebuild')
-  const store = await storeOpener(config)('views')
+  const store = await storeOpener(patient(config))('views')
   const views = await openViews({
     store,
     redis: viewsRedisOf(config),
@@ -292,7 +301,7 @@ withEngineFlags(program.command('keys'))
   .action(async (action: string) => {
     if (action !== 'rotate') throw new ConfigError('keys', `the only action is rotate, got "${action}"`)
     const config = configFrom(program.commands.find((c) => c.name() === 'keys')!.opts())
-    const store = await storeOpener(config)('identity')
+    const store = await storeOpener(patient(config))('identity')
     try {
       const ring = await KeyRing.open(store, {
         tokenTtlMaxMs: Math.max(config.accessTokenTtlSeconds, config.serviceTokenTtlSeconds) * 1000,
