@@ -71,18 +71,28 @@ export function problemDocs(
       const problem = { $ref: '#/components/schemas/Problem' }
       // The router refuses an over-long path parameter itself, before any route runs.
       const refused = url.includes(':') ? [...statuses, 414].sort((a, b) => a - b) : statuses
+      // An error status in `answers` gives only headers of its own, beside the problem's.
       const errors = Object.fromEntries(
-        refused.map((status) => [
-          status,
-          {
-            description: meanings[status],
-            content: { 'application/problem+json': { schema: problem } },
-            ...(withRetryAfter.has(status) ? { headers: retryAfter } : {}),
-          },
-        ]),
+        refused.map((status) => {
+          const headers = {
+            ...(withRetryAfter.has(status) ? retryAfter : {}),
+            ...(answers[status] as { headers?: object } | undefined)?.headers,
+          }
+          return [
+            status,
+            {
+              description: meanings[status],
+              content: { 'application/problem+json': { schema: problem } },
+              ...(Object.keys(headers).length > 0 ? { headers } : {}),
+            },
+          ]
+        }),
+      )
+      const answered = Object.entries({ ...(schema.response as object), ...answers }).filter(
+        ([status]) => !refused.includes(Number(status)),
       )
       const successes = Object.fromEntries(
-        Object.entries({ ...(schema.response as object), ...answers }).map(([status, answer]) => [
+        answered.map(([status, answer]) => [
           status,
           status.startsWith('2') && Object.keys(successHeaders).length > 0
             ? { ...answer, headers: successHeaders }

@@ -141,15 +141,20 @@ export const answerSchemas = {
 
 const text = (description: string) => ({ type: 'string', description })
 
-/** Headers of every answer of the query API, 304s included. */
-const answerHeaders = {
+/** Headers of every answer read from a view, a 404 included: how fresh it is. */
+const freshnessHeaders = {
   'Mercato-Position': text(
     'the view position the answer reflects: topic/partition=next offset, comma-separated',
   ),
   'Mercato-Staleness-Ms': text('how far the view is behind the stream, in milliseconds (0: caught up)'),
   'Mercato-Stale': text(
-    'true when a consistency token was sent and the view had not reached it within the wait',
+    'true when a consistency token was sent and the view had not reached it within the wait (a 404 so marked: come back later)',
   ),
+}
+
+/** Headers of every 200 and 304 of the query API. */
+const answerHeaders = {
+  ...freshnessHeaders,
   ETag: text('the answer’s entity tag: send it in If-None-Match to get a 304 while it is unchanged'),
   'Mercato-Cache': text('hit, miss, or none (an answer that is not cached)'),
 }
@@ -163,5 +168,6 @@ export function readAnswers(schema: TSchema, description: string): Record<number
       description: 'Not modified: If-None-Match holds the current ETag',
       headers: answerHeaders,
     },
+    404: { headers: freshnessHeaders },
   }
 }

@@ -691,6 +691,15 @@ describe('the command API', () => {
       for (const status of ['200', '304'])
         for (const header of ['Mercato-Position', 'Mercato-Staleness-Ms', 'ETag'])
           assert.ok(responses[status].headers[header], `${path} ${status} ${header}`)
+      // A 404 from a view says how fresh it is too (marked stale: come back later).
+      if (path !== '/v1/products') {
+        assert.deepEqual(Object.keys(responses['404'].headers), [
+          'Mercato-Position',
+          'Mercato-Staleness-Ms',
+          'Mercato-Stale',
+        ])
+        assert.ok(responses['404'].content['application/problem+json'], `${path} 404 problem`)
+      }
     }
     assert.deepEqual(answer.body.paths['/v1/orders'].post.responses['400'].content, {
       'application/problem+json': { schema: { $ref: '#/components/schemas/Problem' } },
