@@ -53,17 +53,21 @@ const nameMatchBonus = 1_000
 
 /**
  * A match's score on SQLite: bm25 with the name weighted 10, the category 4, the description
- * 1 (the FTS5 table's column order), above every match whose name holds fewer of the words
- * (each word looked up in the name column alone); rounded to an integer so a cursor can
- * carry it exactly.
+ * 1 (the FTS5 table's column order), above every match whose name holds fewer of the words;
+ * rounded to an integer so a cursor can carry it exactly. One word is in the name when bm25
+ * over the name alone is below zero; of several, each is looked up in the name column once
+ * for the whole query (a look-up per matched row costs far more).
  */
 function ftsScore(sql: Sql, F: string, terms: QueryTerm[]): string {
-  const inName = terms
-    .map(
-      (term) =>
-        `(rowid IN (SELECT rowid FROM ${F} WHERE ${F} MATCH ${sql.param(`name : ${ftsMatchOf([term])}`)}))`,
-    )
-    .join(' + ')
+  const inName =
+    terms.length === 1
+      ? `(bm25(${F}, 1.0, 0.0, 0.0) < 0)`
+      : terms
+          .map(
+            (term) =>
+              `(rowid IN (SELECT rowid FROM ${F} WHERE ${F} MATCH ${sql.param(`name : ${ftsMatchOf([term])}`)}))`,
+          )
+          .join(' + ')
   return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + (${inName}) * ${nameMatchBonus}) * ${scoreScale}) AS INTEGER)`
 }
 
