@@ -101,7 +101,7 @@ const catalog = [
   ...[1, 2, 3].map((i) => ({
     sku: `RANK-QDESC-${i}`,
     name: `Plain mug ${i}`,
-    description: 'goes with a quillonite grinder',
+    description: 'goes with a quillonite grinder, any quillonite grinder, every quillonite grinder',
     category: 'kitchen',
     priceMinor: 300,
     stock: 3,

@@ -3,8 +3,9 @@
 // the total follows, so no third count is run).
 //
 // Text: embedded, an FTS5 index ranked by bm25 with the name weighted 10, the category 4,
-// the description 1, and names that hold more words of the query first; distributed, a
-// tsvector (name A, category B, description C) under a GIN index, ranked by ts_rank. Both index the words of text.ts, so both engines find the
+// the description 1; distributed, a tsvector (name A, category B, description C) under a
+// GIN index, ranked by ts_rank. On both, names that hold more words of the query come
+// first, however long the description. Both index the words of text.ts, so both engines find the
 // same products. A score is rounded to an integer (×1e9) in SQL: a page's last score is
 // carried in the cursor as that integer, and the next page starts strictly after
 // (score, sku), so paging never repeats or skips a product, ties included.
@@ -45,9 +46,9 @@ const sorts: Record<CatalogSort, SortSpec> = {
 const scoreScale = 1e9
 /**
  * Added to the score of a product for each word of the query its name holds: FTS5's bm25
- * divides by the length of the whole row (not of each column), so a long description would
- * otherwise rank a name that holds the words below names that hold fewer of them, or none.
- * bm25 scores stay far below it.
+ * divides by the length of the whole row (not of each column), and ts_rank adds up every
+ * match, so a long description would otherwise rank a name that holds the words below names
+ * that hold fewer of them, or none. bm25 and ts_rank scores stay far below it.
  */
 const nameMatchBonus = 1_000
 
@@ -194,7 +195,14 @@ function pageSql(
   if (text !== undefined && kind === 'postgres') {
     const tsquery = `${sql.param(text)}::tsquery`
     where.push(`p.search @@ ${tsquery}`)
-    if (sortName === 'relevance') key = `round(ts_rank(p.search, ${tsquery})::float8 * ${scoreScale})::bigint`
+    if (sortName === 'relevance') {
+      // ts_rank adds up every matching word, so words repeated in a description can outweigh
+      // the name: as on SQLite, each word of the query found in the name comes first.
+      const inName = terms
+        .map((term) => `(ts_filter(p.search, '{a}') @@ ${sql.param(tsQueryOf([term]))}::tsquery)::int`)
+        .join(' + ')
+      key = `round((ts_rank(p.search, ${tsquery}) + (${inName}) * ${nameMatchBonus})::float8 * ${scoreScale})::bigint`
+    }
   } else if (text !== undefined) {
     // The matches drive: each is one look-up of its product by id, in the narrow
     // covering index unless the sort needs a column only the table holds.
