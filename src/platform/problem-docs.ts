@@ -88,8 +88,9 @@ export function problemDocs(
           ]
         }),
       )
+      // Errors are the route's `statuses` alone: another error status of `answers` it never gives.
       const answered = Object.entries({ ...(schema.response as object), ...answers }).filter(
-        ([status]) => !refused.includes(Number(status)),
+        ([status]) => Number(status) < 400,
       )
       const successes = Object.fromEntries(
         answered.map(([status, answer]) => [
