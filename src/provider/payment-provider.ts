@@ -9,6 +9,7 @@ import { createHash, timingSafeEqual } from 'node:crypto'
 import type {} from '@fastify/swagger'
 import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
+import { currencies } from '../contracts/commands.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import { MercatoError } from '../platform/errors.ts'
 import { sleep } from '../platform/limits.ts'
@@ -42,7 +43,7 @@ const ChargeParams = T.Object({ id: T.String({ minLength: 1, maxLength: 64 }) })
 const AuthorizationBody = T.Object(
   {
     amountMinor: T.Integer({ minimum: 0, maximum: 1_000_000_000_000 }),
-    currency: T.String({ enum: Intl.supportedValuesOf('currency'), description: 'ISO 4217 currency code' }),
+    currency: T.String({ enum: currencies, description: 'ISO 4217 currency code' }),
     paymentMethodToken: T.String({ minLength: 1, maxLength: 128 }),
     reference: T.String({ minLength: 1, maxLength: 128 }),
   },
