@@ -282,6 +282,12 @@ export async function rebuildView(
       options.onProgress?.({ view, generation, applied, total })
       if (done) break
       if (options.signal?.aborted) throw new Error(`rebuild of ${view} stopped`)
+      // A rebuild begun later went live and retired this one, whose storage is dropped soon.
+      const state = (await deps.views.registry.all(view)).find((g) => g.generation === generation)?.state
+      if (state !== 'building')
+        throw new Error(
+          `generation ${generation} of ${view} was not made live: a rebuild begun after it already is; ${generation} is retired`,
+        )
       await sleep(options.pollMs ?? 250, options.signal)
     }
   } finally {
