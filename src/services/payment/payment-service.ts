@@ -126,7 +126,6 @@ export async function startPaymentService(
         captured_minor: 0,
         refunded_minor: 0,
         reason: result.outcome === 'authorized' ? null : result.reason.slice(0, reasonLengthMax),
-        payment_method_token: request.paymentMethodToken,
         created_at: '',
         updated_at: '',
       }
@@ -250,8 +249,8 @@ export async function startPaymentService(
     service,
     reconciliationClient(service, options.providerUrl, options.apiKey),
   )
-  service.every('payment-reconciliation', reconcileEveryMs, async () => {
-    const mismatches = await reconciliation.run()
+  service.every('payment-reconciliation', reconcileEveryMs, async (stopping) => {
+    const mismatches = await reconciliation.run(stopping)
     if (mismatches.length > 0) {
       log.warn(
         { count: mismatches.length, first: mismatches.slice(0, 5) },

@@ -15,7 +15,7 @@ export interface PaymentRow {
   captured_minor: number
   refunded_minor: number
   reason: string | null
-  /** Kept so a failed authorization can be asked again, with the same key and body, for its real outcome. */
+  /** No longer written (a failed authorization is looked up by reference, not asked again); rows of before keep theirs. */
   payment_method_token?: string | null
   /** Set when the order was cancelled and the payment still holds money; cleared once voided or refunded. */
   cancel_pending_since?: string | null

@@ -194,11 +194,9 @@ export class ProviderClient {
     return this.#breaker.state === CircuitState.Open
   }
 
-  /** `patient` waits out an open circuit: for a compensation that asks again what happened. */
   async authorize(
     request: { amountMinor: number; currency: string; paymentMethodToken: string; reference: string },
     key: string,
-    patient = false,
   ): Promise<Authorization> {
     const answer = await this.#call('authorize', {
       method: 'POST',
@@ -206,7 +204,6 @@ export class ProviderClient {
       key,
       body: request,
       expected: [201, 402],
-      patient,
     })
     if (answer.status === 402) {
       const reason = typeof answer.body.reason === 'string' ? answer.body.reason : 'declined'

@@ -111,7 +111,7 @@ export class Reconciliation {
   readonly #service: Service
   readonly #client: ProviderClient
   readonly #fullPassEveryMs: number
-  readonly #pause: () => Promise<unknown>
+  readonly #pause: (stopping?: AbortSignal) => Promise<unknown>
   readonly #now: () => number
   #fullPassAt = Number.NEGATIVE_INFINITY
   /** Changes at or after this were not yet looked at; undefined before the first full pass. */
@@ -127,19 +127,19 @@ export class Reconciliation {
     options: {
       fullPassEveryMs?: number
       /** What a run waits for between a first look at a mismatch and the second (a moment). */
-      pause?: () => Promise<unknown>
+      pause?: (stopping?: AbortSignal) => Promise<unknown>
       now?: () => number
     } = {},
   ) {
     this.#service = service
     this.#client = client
     this.#fullPassEveryMs = options.fullPassEveryMs ?? fullPassEveryMs
-    this.#pause = options.pause ?? (() => sleep(recheckAfterMs))
+    this.#pause = options.pause ?? ((stopping) => sleep(recheckAfterMs, undefined, { signal: stopping }))
     this.#now = options.now ?? Date.now
   }
 
   /** Every mismatch known now: those found by this run, and unbalanced entries found before. */
-  async run(): Promise<Mismatch[]> {
+  async run(stopping?: AbortSignal): Promise<Mismatch[]> {
     const startedAt = this.#now()
     const since = startedAt - this.#fullPassAt < this.#fullPassEveryMs ? this.#since : undefined
     const { store } = this.#service
@@ -176,7 +176,12 @@ export class Reconciliation {
     // A capture or void between the provider and its commit here settles in a moment.
     const suspects = new Set<string>()
     if (mismatched.size > 0) {
-      await this.#pause()
+      // A service stopping does not wait the moment out: what this run found unconfirmed is
+      // left for the next run of its next start.
+      await this.#pause(stopping).catch((error) => {
+        if (!stopping?.aborted) throw error
+      })
+      if (stopping?.aborted) return mismatches
       await look([...mismatched], (orderId, found) => {
         if (found.length > 0) suspects.add(orderId)
         mismatches.push(...found)
