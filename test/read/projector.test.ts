@@ -44,4 +44,38 @@ describe('the projector', () => {
       dir.remove()
     }
   })
+
+  it('stops a rebuild still under way once one begun after it goes live, before its storage is dropped', async () => {
+    const dir = tempDir()
+    const config = loadConfig({ MERCATO_DATA_DIR: dir.path, MERCATO_LOG_LEVEL: 'silent' })
+    const stream = await openEventStream(config, silentLogger(), new Metrics())
+    const store = await storeOpener(config)('views')
+    const views = await openViews({ store })
+    try {
+      await stream.publish([productEvent('SLOW-1', 1)])
+      // A rebuild that never gets its events (a slow one, a long history): it can only be overtaken.
+      const stalled = {
+        group: (name: string) => stream.group(name),
+        topic: (name: string) => stream.topic(name),
+        engine: stream.engine,
+        subscribe: async () => ({ stop: async () => {} }),
+      } as unknown as typeof stream
+      let overtaking: Promise<void> | undefined
+      const rebuilding = rebuildView({ views, stream: stalled, metrics: new Metrics() }, 'catalog', {
+        pollMs: 50,
+        onProgress: () => {
+          overtaking ??= (async () => {
+            const later = await views.registry.beginBuild('catalog', views.definitions.catalog.schemaVersion)
+            await views.registry.switchTo('catalog', later.generation)
+          })()
+        },
+      })
+      await assert.rejects(rebuilding, /was not made live: a rebuild begun after it already is/)
+      await overtaking
+    } finally {
+      await stream.close()
+      await store.close()
+      dir.remove()
+    }
+  })
 })
