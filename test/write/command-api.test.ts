@@ -830,15 +830,17 @@ for (const { kind, skip } of await storeKinds('idempotency keys')) {
       }))
 
     it('give one owner to claims that race for an expired key or a lapsed lock', () =>
-      withKeys({ ttlMs: 200, lockMs: 100 }, async (keys, store) => {
+      // A lock long enough that the three claims start within it even on a loaded machine
+      // (with 100 ms, a claim delayed past the winner's lock once rightly owned the key too).
+      withKeys({ ttlMs: 2_000, lockMs: 1_000 }, async (keys, store) => {
         // Three connections open before the race: one opened during it can start its claim
         // after the winner's lock has lapsed, and then rightly own the key too.
         await Promise.all([1, 2, 3].map(() => store.query('SELECT 1')))
-        for (let round = 0; round < 5; round++) {
+        for (let round = 0; round < 2; round++) {
           const key = `k${round}`
           await keys.claim('a', key, 'f', () => 'first')
           // The lock lapses first (a retry of the same request takes the key over), then the key expires.
-          for (const waitMs of [125, 125]) {
+          for (const waitMs of [1_250, 1_250]) {
             await new Promise((resolve) => setTimeout(resolve, waitMs))
             const claims = await Promise.all(
               ['r1', 'r2', 'r3'].map((id) => keys.claim('a', key, 'f', () => `${id}-${waitMs}`)),
