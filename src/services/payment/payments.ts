@@ -59,56 +59,40 @@ export async function loadPayment(reader: Reader, orderId: string): Promise<Paym
   return row && numeric(row)
 }
 
-/** Payments in order id order, after `afterOrderId`. */
+/** Order ids of payments in order, after `afterOrderId`. */
 export async function paymentsPage(
   reader: Reader,
   afterOrderId: string,
   countMax: number,
-): Promise<PaymentRow[]> {
-  const rows = await reader.query<PaymentRow>(
-    'SELECT * FROM payments WHERE order_id > $1 ORDER BY order_id LIMIT $2',
+): Promise<string[]> {
+  const rows = await reader.query<{ order_id: string }>(
+    'SELECT order_id FROM payments WHERE order_id > $1 ORDER BY order_id LIMIT $2',
     [afterOrderId, countMax],
   )
-  return rows.map(numeric)
+  return rows.map((row) => row.order_id)
 }
 
-/** Order ids asked for in one statement. */
-const idsPerQuery = 100
-
 /**
- * The payments reconciliation looks at between full passes: those changed at or after
- * `since`, those with a ledger entry written since, those authorized before `openBefore`
- * and still open, and `orderIds`.
+ * The order ids of the payments reconciliation looks at between full passes: those changed
+ * at or after `since`, those with a ledger entry written since, those authorized before
+ * `openBefore` and still open, and `orderIds`.
  */
 export async function paymentsToRecheck(
   reader: Reader,
   since: string,
   openBefore: string,
   orderIds: Iterable<string>,
-): Promise<PaymentRow[]> {
+): Promise<string[]> {
   const batches = await Promise.all([
-    reader.query<PaymentRow>('SELECT * FROM payments WHERE updated_at >= $1', [since]),
-    reader.query<PaymentRow>(
-      `SELECT * FROM payments WHERE order_id IN
-         (SELECT order_id FROM ledger_entries WHERE created_at >= $1)`,
-      [since],
+    reader.query<{ order_id: string }>('SELECT order_id FROM payments WHERE updated_at >= $1', [since]),
+    reader.query<{ order_id: string }>('SELECT order_id FROM ledger_entries WHERE created_at >= $1', [since]),
+    reader.query<{ order_id: string }>(
+      "SELECT order_id FROM payments WHERE status = 'authorized' AND updated_at < $1",
+      [openBefore],
     ),
-    reader.query<PaymentRow>("SELECT * FROM payments WHERE status = 'authorized' AND updated_at < $1", [
-      openBefore,
-    ]),
   ])
-  const byOrder = new Map(batches.flat().map((row) => [row.order_id, row]))
-  // The others, a chunk at a time: there may be many, and the store's queue is bounded.
-  const others = [...orderIds].filter((orderId) => !byOrder.has(orderId))
-  for (let i = 0; i < others.length; i += idsPerQuery) {
-    const chunk = others.slice(i, i + idsPerQuery)
-    const rows = await reader.query<PaymentRow>(
-      `SELECT * FROM payments WHERE order_id IN (${chunk.map((_, j) => `$${j + 1}`).join(', ')})`,
-      chunk,
-    )
-    for (const row of rows) byOrder.set(row.order_id, row)
-  }
-  return [...byOrder.values()].sort((a, b) => (a.order_id < b.order_id ? -1 : 1)).map(numeric)
+  const ids = new Set([...batches.flat().map((row) => row.order_id), ...orderIds])
+  return [...ids].sort()
 }
 
 function numeric(row: PaymentRow): PaymentRow {

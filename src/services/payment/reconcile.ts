@@ -156,16 +156,13 @@ export class Reconciliation {
         for (const [j, mismatchesOf] of found.entries()) into(batch[j], mismatchesOf)
       }
     }
-    const firstLook = (payments: PaymentRow[]) =>
-      look(
-        payments.map((p) => p.order_id),
-        (orderId, found) => found.length > 0 && mismatched.add(orderId),
-      )
+    const firstLook = (orderIds: string[]) =>
+      look(orderIds, (orderId, found) => found.length > 0 && mismatched.add(orderId))
     if (since === undefined) {
       for (let after = ''; ; ) {
         const page = await paymentsPage(store, after, pageSize)
         if (page.length === 0) break
-        after = page[page.length - 1].order_id
+        after = page[page.length - 1]
         await firstLook(page)
       }
       this.#fullPassAt = startedAt
