@@ -1,6 +1,8 @@
 // `npm run bench -- query`:
-//  1. cached GET /v1/orders/{id} on a whole `mercato start` process, beside a bare fastify
-//     server answering the same documents from memory, same autocannon settings;
+//  1. cached GET /v1/orders/{id} beside a bare fastify server answering the same documents
+//     from memory, same autocannon settings: on the query API as the gateway of a distributed
+//     deployment calls it (service token and user token), and on a whole `mercato start`
+//     process through its gateway (whose own cost `npm run bench -- gateway` measures);
 //  2. catalog search over 100,000 products, on SQLite FTS5 and PostgreSQL (bench/search.ts);
 //  3. projection lag at 1,000 events/s: from append to the change visible in the
 //     order-status view, beside a bare consumer's append-to-handler time on the same stream,
@@ -14,13 +16,14 @@ import { silentLogger } from '../src/platform/logger.ts'
 import { Metrics } from '../src/platform/metrics.ts'
 import { Projector } from '../src/read/projector.ts'
 import { openViews } from '../src/read/views.ts'
+import { resolveTargets } from '../src/runtime/components.ts'
 import { loadConfig } from '../src/runtime/config.ts'
 import { demoProducts } from '../src/runtime/demo-data.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
 import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
-import { type Driven, drive, withBearer } from './drive.ts'
-import { cpuPerRequest, startProcess } from './mercato-process.ts'
+import { type DrivenRequest, drive, withBearer } from './drive.ts'
+import { cpuPerRequest, type Started, startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchSearch } from './search.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
@@ -68,46 +71,14 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
     MERCATO_CARRIER_STEP_MS: '100',
     ...benchLimits,
   }
-  const mercato = await startProcess(['src/main.ts', 'start'], env, /mercato is up/)
+  let shop: Started | undefined = await startProcess(['src/main.ts', 'start'], env, /mercato is up/)
   const tokens = await benchTokens(env)
   const bearer = await tokens.customer('cus_demo_1')
-  let bare: Awaited<ReturnType<typeof startProcess>> | undefined
+  let bare: Started | undefined
+  let queryApi: Started | undefined
   try {
-    const ids: string[] = []
-    const skus = demoProducts().map((p) => p.sku)
-    const address = { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' }
-    for (let i = 0; i < 100; i++) {
-      const response = await fetch(`${mercato.url}/v1/orders`, {
-        method: 'POST',
-        headers: {
-          'content-type': 'application/json',
-          'idempotency-key': randomUUID(),
-          authorization: `Bearer ${bearer}`,
-        },
-        body: JSON.stringify({
-          lines: [{ sku: skus[i % skus.length], quantity: 1 }],
-          shippingAddress: address,
-          paymentMethodToken: 'tok_visa',
-        }),
-      })
-      if (response.status !== 202)
-        throw new Error(`order refused: ${response.status} ${await response.text()}`)
-      ids.push(((await response.json()) as { id: string }).id)
-    }
-    // Let every saga end, so the view no longer changes and every GET is a cache hit.
-    const documents: Record<string, unknown> = {}
-    for (const id of ids) {
-      for (;;) {
-        const doc = (await (
-          await fetch(`${mercato.url}/v1/orders/${id}`, { headers: { authorization: `Bearer ${bearer}` } })
-        ).json()) as { status?: string }
-        if (doc.status === 'DELIVERED' || doc.status === 'CANCELLED') {
-          documents[id] = doc
-          break
-        }
-        await new Promise((resolve) => setTimeout(resolve, 100))
-      }
-    }
+    const ids = await placeOrders(shop.url, bearer)
+    const documents = await documentsOnceEnded(shop.url, bearer, ids)
     const file = join(dir.path, 'documents.json')
     writeFileSync(file, JSON.stringify(documents))
     bare = await startProcess(
@@ -115,33 +86,113 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
       { MERCATO_BENCH_DOCUMENTS: file },
       /bare server is up/,
     )
-    await drive(bare.url, 2, options.connections, getOrders(ids))
-    await drive(mercato.url, 2, options.connections, getOrders(ids, bearer))
-    const answered = (driven: Driven) => driven.perSecond * options.seconds
-    const { result: baseline, cpuUs: baselineCpuUs } = await cpuPerRequest(
-      bare,
-      () => drive(bare!.url, options.seconds, options.connections, getOrders(ids)),
-      answered,
+    const measured = async (process: Started, request: DrivenRequest) => {
+      await drive(process.url, 2, options.connections, request) // warm-up, and fills the cache
+      return cpuPerRequest(
+        process,
+        () => drive(process.url, options.seconds, options.connections, request),
+        (driven) => driven.perSecond * options.seconds,
+      )
+    }
+    const bareBefore = await measured(bare, getOrders(ids))
+    // The whole shop: through the gateway's hook in the same process (token, rate limits,
+    // route policy, security headers), as `mercato start` serves it.
+    const whole = await measured(shop, getOrders(ids, bearer))
+    await shop.stop()
+    shop = undefined
+    // The query API as a distributed deployment runs it: every component but the gateway,
+    // called as the gateway calls it, with the user's token and a service token.
+    queryApi = await startProcess(
+      [
+        'src/main.ts',
+        'start',
+        '--target',
+        resolveTargets(['all'])
+          .filter((name) => name !== 'gateway')
+          .join(','),
+      ],
+      env,
+      /mercato is up/,
     )
-    const { result: subject, cpuUs } = await cpuPerRequest(
-      mercato,
-      () => drive(mercato.url, options.seconds, options.connections, getOrders(ids, bearer)),
-      answered,
-    )
-    console.error({ baseline, subject, cpuUs, baselineCpuUs })
-    const scenario = `cached GET /v1/orders/{id}, ${options.connections} connections`
+    const alone = await measured(queryApi, {
+      ...getOrders(ids, bearer),
+      headers: { ...withBearer({}, bearer), 'mercato-service-token': await tokens.service('query-api') },
+    })
+    const bareAfter = await measured(bare, getOrders(ids))
+    // The bare server before and after, since the machine's load drifts during a run.
+    const baseline = {
+      perSecond: (bareBefore.result.perSecond + bareAfter.result.perSecond) / 2,
+      p50: (bareBefore.result.p50 + bareAfter.result.p50) / 2,
+      p99: (bareBefore.result.p99 + bareAfter.result.p99) / 2,
+      cpuUs: (bareBefore.cpuUs + bareAfter.cpuUs) / 2,
+    }
+    console.error({ baseline, whole, alone })
+    const rowsOf = (scenario: string, { result, cpuUs }: typeof whole) => [
+      row(scenario, 'embedded', 'throughput', result.perSecond, 'answers/s', baseline.perSecond),
+      row(scenario, 'embedded', 'p50', result.p50, 'ms', baseline.p50),
+      row(scenario, 'embedded', 'p99', result.p99, 'ms', baseline.p99),
+      row(scenario, 'embedded', 'cpu', cpuUs, 'µs CPU/request', baseline.cpuUs),
+    ]
     return [
-      row(scenario, 'embedded', 'throughput', subject.perSecond, 'answers/s', baseline.perSecond),
-      row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
-      row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
-      row(scenario, 'embedded', 'cpu', cpuUs, 'µs CPU/request', baselineCpuUs),
+      ...rowsOf(`cached GET /v1/orders/{id}, query-api, ${options.connections} connections`, alone),
+      ...rowsOf(
+        `cached GET /v1/orders/{id}, whole shop through the gateway, ${options.connections} connections`,
+        whole,
+      ),
     ]
   } finally {
     await tokens.close()
     await bare?.stop()
-    await mercato.stop()
+    await shop?.stop()
+    await queryApi?.stop()
     dir.remove()
   }
+}
+
+async function placeOrders(url: string, bearer: string): Promise<string[]> {
+  const ids: string[] = []
+  const skus = demoProducts().map((p) => p.sku)
+  const address = { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' }
+  for (let i = 0; i < 100; i++) {
+    const response = await fetch(`${url}/v1/orders`, {
+      method: 'POST',
+      headers: {
+        'content-type': 'application/json',
+        'idempotency-key': randomUUID(),
+        authorization: `Bearer ${bearer}`,
+      },
+      body: JSON.stringify({
+        lines: [{ sku: skus[i % skus.length], quantity: 1 }],
+        shippingAddress: address,
+        paymentMethodToken: 'tok_visa',
+      }),
+    })
+    if (response.status !== 202) throw new Error(`order refused: ${response.status} ${await response.text()}`)
+    ids.push(((await response.json()) as { id: string }).id)
+  }
+  return ids
+}
+
+/** Waits for every saga to end, so the view no longer changes and every GET is a cache hit. */
+async function documentsOnceEnded(
+  url: string,
+  bearer: string,
+  ids: string[],
+): Promise<Record<string, unknown>> {
+  const documents: Record<string, unknown> = {}
+  for (const id of ids) {
+    for (;;) {
+      const doc = (await (
+        await fetch(`${url}/v1/orders/${id}`, { headers: { authorization: `Bearer ${bearer}` } })
+      ).json()) as { status?: string }
+      if (doc.status === 'DELIVERED' || doc.status === 'CANCELLED') {
+        documents[id] = doc
+        break
+      }
+      await new Promise((resolve) => setTimeout(resolve, 100))
+    }
+  }
+  return documents
 }
 
 /** Publishes order.requested at 1,000 events/s and measures append → visible in the view, and append → bare handler. */
