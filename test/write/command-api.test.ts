@@ -261,6 +261,18 @@ describe('the command API', () => {
         '/targeting',
         /returns "5", which is not one of the variants/,
       ],
+      [
+        // JSON Logic's `?:` (`if` by another name) is outside flagd's schema: refused, so a
+        // variant it returns need not be checked.
+        {
+          state: 'ENABLED',
+          variants: { a: 1 },
+          defaultVariant: 'a',
+          targeting: { '?:': [{ '==': [1, 1] }, 'z', 'a'] },
+        },
+        '/targeting',
+        /not a valid flagd definition: \/targeting/,
+      ],
     ]
     // Flags the code reads take only values it can use.
     const known: [string, unknown, string, RegExp][] = [
