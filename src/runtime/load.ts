@@ -15,11 +15,14 @@ export interface OrderOutcome {
 export class OrderWatcher {
   readonly outcomes = new Map<string, OrderOutcome>()
   #subscription: Subscription | undefined
+  #stream: EventStream | undefined
+  readonly #group = `watch-${randomUUID()}`
   readonly #waiters = new Map<string, () => void>()
 
   async start(stream: EventStream): Promise<void> {
+    this.#stream = stream
     this.#subscription = await stream.subscribe({
-      group: `watch-${randomUUID()}`,
+      group: this.#group,
       topics: ['orders'],
       startAt: 'latest',
       handle: async (event) => {
@@ -55,8 +58,11 @@ export class OrderWatcher {
     return this.outcomes.get(orderId)
   }
 
+  /** Stops following, and deletes the watcher's consumer group: no one will read as it again. */
   async stop(): Promise<void> {
-    await this.#subscription?.abort()
+    await this.#subscription?.stop()
+    // A group left behind (the engine refused) costs only its offsets.
+    await this.#stream?.engine.deleteGroup(this.#stream.group(this.#group)).catch(() => {})
   }
 }
 

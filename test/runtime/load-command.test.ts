@@ -4,6 +4,8 @@ import assert from 'node:assert/strict'
 import { execFile } from 'node:child_process'
 import { once } from 'node:events'
 import { createServer } from 'node:net'
+import { join } from 'node:path'
+import { DatabaseSync } from 'node:sqlite'
 import { after, describe, it } from 'node:test'
 import { promisify } from 'node:util'
 import { silentLogger } from '../../src/platform/logger.ts'
@@ -66,6 +68,14 @@ describe('mercato load', () => {
     const followed = await load([...args, '--rate', '2.5', '--data-dir', shopDir, '--settle-timeout', '60'])
     assert.equal(followed.status, 0, followed.stderr)
     assert.match(followed.stdout, /accepted 2 .* unfinished 0/)
+    // The consumer group it followed the orders with is its own: it goes with it.
+    const streamDb = new DatabaseSync(join(shopDir, 'stream.db'), { readOnly: true })
+    try {
+      const groups = streamDb.prepare("SELECT DISTINCT grp FROM group_offsets WHERE grp LIKE 'watch-%'").all()
+      assert.deepEqual(groups, [])
+    } finally {
+      streamDb.close()
+    }
 
     const lost = await load([
       ...args,
