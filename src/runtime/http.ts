@@ -24,6 +24,15 @@ export interface ReadinessCheck {
 
 const requestIdPattern = /^[A-Za-z0-9._:-]{1,128}$/
 
+/** The path and query of a request target given in absolute form; any other form as it is. */
+export function originForm(target: string): string {
+  if (target.startsWith('/')) return target
+  const scheme = /^[a-z][a-z0-9+.-]*:\/\/[^/?#]*/i.exec(target)
+  if (!scheme) return target
+  const rest = target.slice(scheme[0].length)
+  return rest.startsWith('/') ? rest : `/${rest}`
+}
+
 export function createHttpServer(
   config: Config,
   log: Logger,
@@ -41,6 +50,10 @@ export function createHttpServer(
       const given = request.headers['x-request-id']
       return typeof given === 'string' && requestIdPattern.test(given) ? given : randomUUID()
     },
+    // A request line may name its target in absolute form (`GET http://host/v1/orders`,
+    // RFC 9112 §3.2.2), which a server must accept: it is routed, checked and forwarded by
+    // its path alone, as any other request is.
+    rewriteUrl: (request) => originForm(request.url ?? '/'),
     requestTimeout: config.httpRequestTimeoutMs,
     // A client that goes quiet mid-request (half a body, then nothing) is cut off after the
     // same time: Node checks requestTimeout only every 30 s, and such a request would hold

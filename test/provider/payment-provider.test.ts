@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict'
+import { type AddressInfo, connect } from 'node:net'
 import { after, before, beforeEach, describe, it } from 'node:test'
 import pg from 'pg'
 import { type Store, storeLimitDefaults } from '../../src/engines/store/port.ts'
@@ -430,6 +431,34 @@ describe('who the payment provider stand-in answers', () => {
         remoteAddress: '203.0.113.9',
       })
       assert.equal(allowed.statusCode, 200)
+    } finally {
+      await close()
+    }
+  })
+
+  it('checks a request whose line names its target in absolute form like any other', async () => {
+    const apiKey = 'sk_test_0123456789abcdef'
+    const { http, close } = await open(apiKey)
+    try {
+      await http.listen({ host: '127.0.0.1', port: 0 })
+      const { port } = http.server.address() as AddressInfo
+      const statusOf = async (requestLine: string, body = '') => {
+        const socket = connect(port, '127.0.0.1')
+        socket.end(
+          `${requestLine} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n` +
+            `content-length: ${Buffer.byteLength(body)}\r\nconnection: close\r\n\r\n${body}`,
+        )
+        let answer = ''
+        for await (const chunk of socket) answer += chunk
+        return Number(/^HTTP\/1\.1 (\d+)/.exec(answer)?.[1])
+      }
+      assert.equal(await statusOf('GET http://x/provider/v1/dials'), 401)
+      assert.equal(await statusOf('PUT http://x/provider/v1/dials', '{"errorRate":1}'), 401)
+      const dials = await http.inject({
+        url: '/provider/v1/dials',
+        headers: { authorization: `Bearer ${apiKey}` },
+      })
+      assert.equal(dials.json().errorRate, 0)
     } finally {
       await close()
     }
