@@ -49,6 +49,7 @@ export interface GatewayOptions {
     principalPerMinute: number
     addressPerMinute: number
     loginPerMinute: number
+    registerPerMinute: number
     refreshTokenTtlSeconds: number
     upstreamTimeoutMs: number
     upstreamConcurrencyMax: number
@@ -193,6 +194,18 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     showQuota(reply, byAddress)
     // A client may send its expired access token along to the refresh that renews it.
     const principal = tokenRoutes.has(url) ? anonymous : await authenticateUser(identity.tokens, request)
+    // A registration hashes a password (scrypt, a third of a second of CPU), as a sign-in
+    // does: without a token it has a quota of its own, shown in place of the guard's.
+    if (principal.kind === 'anonymous' && request.method === 'POST' && url === '/v1/customers')
+      showQuota(
+        reply,
+        await throttle(
+          `register:${request.ip}`,
+          limits.registerPerMinute,
+          reply,
+          'to register from one address',
+        ),
+      )
     if (principal.kind === 'user') {
       const byUser = await throttle(
         `user:${principal.subject}`,

@@ -227,6 +227,7 @@ Object.assign(components, {
           principalPerMinute: config.rateLimitPrincipalPerMinute,
           addressPerMinute: config.rateLimitAddressPerMinute,
           loginPerMinute: config.rateLimitLoginPerMinute,
+          registerPerMinute: config.rateLimitRegisterPerMinute,
           refreshTokenTtlSeconds: config.refreshTokenTtlSeconds,
           upstreamTimeoutMs: config.upstreamTimeoutMs,
           upstreamConcurrencyMax: config.upstreamConcurrencyMax,

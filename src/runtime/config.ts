@@ -66,6 +66,7 @@ export interface Config {
   rateLimitPrincipalPerMinute: number
   rateLimitAddressPerMinute: number
   rateLimitLoginPerMinute: number
+  rateLimitRegisterPerMinute: number
   upstreamTimeoutMs: number
   upstreamConcurrencyMax: number
   breakerFailures: number
@@ -386,6 +387,13 @@ export const intSettings = {
     env: 'MERCATO_RATE_LIMIT_LOGIN_PER_MINUTE',
     help: 'password and refresh grants one client address may try per minute',
     default: 20,
+    min: 1,
+    max: 100_000,
+  },
+  rateLimitRegisterPerMinute: {
+    env: 'MERCATO_RATE_LIMIT_REGISTER_PER_MINUTE',
+    help: 'registrations without a token one client address may send per minute',
+    default: 10,
     min: 1,
     max: 100_000,
   },

@@ -15,6 +15,7 @@ const supportEmail = 'support@security.test'
 const supportPassword = 'support-password-for-tests'
 const principalPerMinute = 40
 const loginPerMinute = 15
+const registerPerMinute = 5
 
 const address = { name: 'S', line1: '1 Safe St', city: 'Secureville', postalCode: '1', country: 'US' }
 const orderBody = (sku: string) => ({
@@ -113,6 +114,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       MERCATO_SUPPORT_PASSWORD: supportPassword,
       MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE: String(principalPerMinute),
       MERCATO_RATE_LIMIT_LOGIN_PER_MINUTE: String(loginPerMinute),
+      MERCATO_RATE_LIMIT_REGISTER_PER_MINUTE: String(registerPerMinute),
       MERCATO_HTTP_BODY_BYTES_MAX: '65536',
       MERCATO_CORS_ORIGINS: 'https://shop.example',
     })
@@ -688,6 +690,27 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       }
       assert.ok(refused, 'refused past the limit')
       assert.ok(Number(refused.headers.get('retry-after')) >= 1)
+    })
+
+    it('limits registrations without a token from one address, each a password to hash: 429 with Retry-After', async () => {
+      const register = (i: number) =>
+        call('POST', '/v1/customers', {
+          body: {
+            email: `flood-${i}-${randomUUID().slice(0, 8)}@security.test`,
+            givenName: 'Flood',
+            familyName: 'Test',
+            password: `flood-password-${i}`,
+          },
+          headers: { 'idempotency-key': randomUUID() },
+        })
+      const statuses: number[] = []
+      for (let i = 0; i < registerPerMinute + 2; i++) statuses.push((await register(i)).status)
+      assert.deepEqual(statuses.slice(0, registerPerMinute), Array(registerPerMinute).fill(202))
+      const refused = await register(registerPerMinute + 2)
+      assert.equal(refused.status, 429, refused.text)
+      assert.match(refused.headers.get('content-type') ?? '', /^application\/problem\+json/)
+      assert.ok(Number(refused.headers.get('retry-after')) >= 1)
+      assert.equal(refused.headers.get('ratelimit-limit'), String(registerPerMinute))
     })
   })
 })

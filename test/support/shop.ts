@@ -72,6 +72,7 @@ export async function startShop(engines: EngineSet, env: Record<string, string> 
     MERCATO_ACCESS_TOKEN_TTL_SECONDS: '3600',
     MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE: '1000000',
     MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE: '1000000',
+    MERCATO_RATE_LIMIT_REGISTER_PER_MINUTE: '1000000',
     ...engineEnv(engines, name),
     ...env,
   })
