@@ -29,34 +29,48 @@ export class RateLimiter {
     this.#prefix = prefix
   }
 
-  /** Counts one request against `key` under `rule`, and says whether it may go on. */
+  /**
+   * Counts one request against `key` under `rule`, and says whether it may go on. A refused
+   * request is not counted, so a client that waits out its Retry-After is let in.
+   */
   async take(key: string, rule: RateRule, now = Date.now()): Promise<RateVerdict> {
     const window = Math.floor(now / rule.windowMs)
     const elapsed = (now % rule.windowMs) / rule.windowMs
     const name = (w: number) => `${this.#prefix}rate:${rule.windowMs}:${key}:${w}`
-    const [count, previousText] = await Promise.all([
-      this.#cache.increment(name(window), { ttlMs: rule.windowMs * 2 }),
+    const ttlMs = rule.windowMs * 2
+    let [count, previousText] = await Promise.all([
+      this.#cache.increment(name(window), { ttlMs }),
       this.#cache.get(name(window - 1)),
     ])
     const previous = Number(previousText ?? 0)
-    const weighted = previous * (1 - elapsed) + count
-    const allowed = weighted <= rule.limit
+    const allowed = previous * (1 - elapsed) + count <= rule.limit
     let retryAfterSeconds = 0
     if (!allowed) {
-      // The time until the previous window's weight has shrunk enough, or, when this
-      // window alone is over, until this window ends.
-      const excess = weighted - rule.limit
-      const untilShrunk = previous > 0 ? (excess / previous) * rule.windowMs : Number.POSITIVE_INFINITY
-      const untilWindowEnds = (1 - elapsed) * rule.windowMs
-      const waitMs = count > rule.limit ? untilWindowEnds : Math.min(untilShrunk, untilWindowEnds)
-      retryAfterSeconds = Math.max(1, Math.ceil(waitMs / 1000))
+      count = await this.#cache.increment(name(window), { by: -1, ttlMs })
+      // A millisecond over, so a retry at exactly that second is never refused by a rounding.
+      retryAfterSeconds = Math.max(1, Math.ceil((msUntilAllowed(previous, count, elapsed, rule) + 1) / 1000))
     }
     return {
       allowed,
       limit: rule.limit,
-      remaining: Math.max(0, Math.floor(rule.limit - weighted)),
+      remaining: Math.max(0, Math.floor(rule.limit - previous * (1 - elapsed) - count)),
       resetSeconds: Math.max(1, Math.ceil(((1 - elapsed) * rule.windowMs) / 1000)),
       retryAfterSeconds,
     }
   }
+}
+
+/**
+ * How long until one more request fits, when nothing else is counted meanwhile: in this
+ * window once the previous one's weight has shrunk enough, or else in the next, where this
+ * window's count is the weight that shrinks.
+ */
+function msUntilAllowed(previous: number, count: number, elapsed: number, rule: RateRule): number {
+  const { limit, windowMs } = rule
+  if (count + 1 <= limit && previous > 0) {
+    const fitsAt = 1 - (limit - count - 1) / previous
+    if (fitsAt < 1) return Math.max(0, fitsAt - elapsed) * windowMs
+  }
+  const fitsAtNext = count > 0 ? Math.max(0, 1 - (limit - 1) / count) : 0
+  return (1 - elapsed + fitsAtNext) * windowMs
 }

@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { after, before, describe, it } from 'node:test'
+import fc from 'fast-check'
 import { RateLimiter } from '../../src/edge/rate-limit.ts'
 import { LruCache } from '../../src/engines/cache/memory/lru-cache.ts'
 import { cacheLimitDefaults } from '../../src/engines/cache/port.ts'
@@ -26,12 +27,39 @@ describe('rate limits in process', () => {
       verdicts.map((v) => v.remaining),
       [4, 3, 2, 1, 0, 0],
     )
-    assert.ok(verdicts[5].retryAfterSeconds >= 1 && verdicts[5].retryAfterSeconds <= 60)
+    // The five weigh in full at the next window's start, and 5 × (1 − 12/60) + 1 fits: 72 s.
+    assert.equal(verdicts[5].retryAfterSeconds, 72)
     // Half a window later the previous window still weighs half: 6 × 0.5 = 3, so 2 more fit.
     const later = [] as boolean[]
     for (let i = 0; i < 3; i++) later.push((await limiter.take('k', rule, start + 90_000 + i)).allowed)
     assert.deepEqual(later, [true, true, false])
     assert.equal((await limiter.take('other', rule, start + 5)).allowed, true, 'keys are counted apart')
+  })
+
+  it('lets in a client that waits out its Retry-After, whatever came before', async () => {
+    await fc.assert(
+      fc.asyncProperty(
+        fc.integer({ min: 1, max: 30 }),
+        fc.array(fc.integer({ min: 0, max: 30_000 }), { minLength: 1, maxLength: 120 }),
+        async (limit, gaps) => {
+          const limiter = new RateLimiter(new LruCache(cacheLimitDefaults), 'test:')
+          const rule = { limit, windowMs: 60_000 }
+          let now = 1_000_000
+          for (const gap of gaps) {
+            now += gap
+            const verdict = await limiter.take('k', rule, now)
+            if (verdict.allowed) continue
+            assert.ok(verdict.retryAfterSeconds <= 120, `Retry-After ${verdict.retryAfterSeconds} s`)
+            now += verdict.retryAfterSeconds * 1000
+            assert.ok(
+              (await limiter.take('k', rule, now)).allowed,
+              `refused again after ${verdict.retryAfterSeconds} s`,
+            )
+          }
+        },
+      ),
+      { numRuns: 300 },
+    )
   })
 })
 
