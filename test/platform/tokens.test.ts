@@ -61,6 +61,22 @@ describe('the key ring', () => {
     other.close()
   })
 
+  it('stops taking a token it verified before once the key that signed it is retired', async () => {
+    const ring = await KeyRing.open(store, {
+      tokenTtlMaxMs: 100,
+      activationDelayMs: 0,
+      refreshEveryMs: 60_000,
+    })
+    const tokens = new Tokens(ring, { ...tokenOptions, verifiedMemoMs: 50 })
+    const token = (await tokens.issueAccess(ada)).token
+    assert.deepEqual(await tokens.verifyAccess(token), ada)
+    await ring.rotate()
+    // The old key's successor has signed for longer than a token of this ring lives.
+    await new Promise((resolve) => setTimeout(resolve, 200))
+    await assert.rejects(tokens.verifyAccess(token), { status: 401 })
+    ring.close()
+  })
+
   it('keeps service tokens and access tokens apart', async () => {
     const ring = await KeyRing.open(store, {
       tokenTtlMaxMs: 300_000,

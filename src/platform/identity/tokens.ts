@@ -44,6 +44,11 @@ export interface TokenOptions {
   accessTtlSeconds: number
   serviceTtlSeconds: number
   external?: ExternalIssuer
+  /**
+   * How long a verified token is taken on trust before its signature is checked again
+   * (default 30 s, as often as the key ring is re-read): a key retired since stops it then.
+   */
+  verifiedMemoMs?: number
 }
 
 /** Service tokens carry this issuer, never the users' one. */
@@ -170,13 +175,14 @@ export class Tokens {
   }
 
   /**
-   * Keeps what a verified token said until it expires: a signature checked once stays
-   * good, and every request of a client carries the same token. Bounded; a token seen
-   * again after it was dropped is simply verified again.
+   * Keeps what a verified token said for a while (never past its expiry): every request of
+   * a client carries the same token, and one signature check serves them all. Bounded; a
+   * token seen again after it was dropped is simply verified again.
    */
   #remember(key: string, value: UserPrincipal | string, expSeconds: number): void {
     if (this.#verified.size >= verifiedSizeMax) this.#verified.clear()
-    this.#verified.set(key, { value, expiresAtMs: expSeconds * 1000 })
+    const memoMs = this.options.verifiedMemoMs ?? 30_000
+    this.#verified.set(key, { value, expiresAtMs: Math.min(expSeconds * 1000, Date.now() + memoMs) })
   }
 
   #recall(key: string): UserPrincipal | string | undefined {
