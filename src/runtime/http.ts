@@ -129,6 +129,8 @@ export function createHttpServer(
   const routes: { pattern: RegExp; methods: string[] }[] = []
   app.addHook('onRoute', (route) => {
     const methods = ([] as string[]).concat(route.method)
+    // CORS's preflight route (OPTIONS on every path) says nothing of what a path answers.
+    if (methods.every((method) => method === 'OPTIONS')) return
     const pattern = new RegExp(
       `^${route.url
         .replace(/[.+?^${}()|[\]\\]/g, '\\$&')

@@ -597,6 +597,14 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       const other = await preflight('https://evil.example')
       assert.equal(other.headers.get('access-control-allow-origin'), null)
     })
+
+    it('with CORS on, still answers 404 for a path that does not exist and 405 naming the methods of one that does', async () => {
+      const missing = await call('GET', '/v1/nonexistent')
+      assert.equal(missing.status, 404, missing.text)
+      const wrongMethod = await call('DELETE', '/v1/products')
+      assert.equal(wrongMethod.status, 405, wrongMethod.text)
+      assert.equal(wrongMethod.headers.get('allow'), 'GET, HEAD, OPTIONS')
+    })
   })
 
   describe('API9 improper inventory management', () => {
