@@ -26,7 +26,7 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
-import { addOpenApiFinisher, addOpenApiSource } from '../runtime/openapi.ts'
+import { addOpenApiFinisher, addOpenApiSource, type OpenApiDocument } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
 import { openApiPath, type UpstreamName, upstreamRoutes } from './routes.ts'
@@ -290,14 +290,27 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       }
     }
   })
-  for (const upstream of upstreams.values()) {
-    let cached: { document: unknown; until: number } | undefined
+  for (const [name, upstream] of upstreams) {
+    // Of an upstream's document, the operations the gateway forwards to it: the upstream's
+    // process may serve more (an internal route, another component's) that are not the API.
+    const forwarded = new Set(
+      upstreamRoutes
+        .filter((r) => r.upstream === name)
+        .map((r) => `${r.method.toLowerCase()} ${openApiPath(r.url)}`),
+    )
+    let cached: { document: OpenApiDocument; until: number } | undefined
     addOpenApiSource(options.http, async () => {
-      if (cached && cached.until > Date.now()) return cached.document as object
+      if (cached && cached.until > Date.now()) return cached.document
       const answer = await upstream.forward({ method: 'GET', path: '/v1/openapi.json', headers: {} })
       if (answer.status !== 200) return undefined
-      cached = { document: JSON.parse(answer.body.toString('utf8')), until: Date.now() + 60_000 }
-      return cached.document as object
+      const document = JSON.parse(answer.body.toString('utf8')) as OpenApiDocument
+      const paths: NonNullable<OpenApiDocument['paths']> = {}
+      for (const [path, operations] of Object.entries(document.paths ?? {})) {
+        const kept = Object.entries(operations).filter(([method]) => forwarded.has(`${method} ${path}`))
+        if (kept.length > 0) paths[path] = Object.fromEntries(kept)
+      }
+      cached = { document: { ...document, paths }, until: Date.now() + 60_000 }
+      return cached.document
     })
   }
   for (const route of upstreamRoutes) {

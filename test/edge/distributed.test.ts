@@ -116,6 +116,11 @@ describe('the gateway in its own process, in front of the APIs in another', () =
     assert.equal(doc.status, 200)
     for (const path of ['/v1/auth/token', '/v1/orders', '/v1/orders/{id}', '/v1/products/{sku}'])
       assert.ok(doc.body.paths[path], path)
+    // Only what the gateway serves: the upstream's internal routes are not the API.
+    assert.deepEqual(
+      Object.keys(doc.body.paths).filter((path) => path.startsWith('/internal/')),
+      [],
+    )
     assert.ok(doc.body.components.schemas.Problem, 'the problem schema the upstreams refer to')
     assert.equal(
       doc.body.paths['/v1/orders/{id}'].get.responses['404'].content['application/problem+json'].schema.$ref,
