@@ -460,15 +460,23 @@ export function validationProblem(
     return { in: part, field: pointer || '/', message: messageOf(issue) }
   })
   errors.push(...more)
+  // A body of thousands of bad fields gets an answer of bounded size: the first ones.
+  const said = errors.slice(0, detailErrorsMax).map((e) => `${e.in} ${e.field}: ${e.message}`)
+  if (errors.length > detailErrorsMax) said.push(`and ${errors.length - detailErrorsMax} more`)
   return {
     type: 'https://mercato.dev/problems/invalid-request',
     title: 'Invalid request',
     status: 400,
-    detail: errors.map((e) => `${e.in} ${e.field}: ${e.message}`).join('; '),
+    detail: said.join('; '),
     instance,
-    errors,
+    errors: errors.slice(0, listedErrorsMax),
+    ...(errors.length > listedErrorsMax ? { errorCount: errors.length } : {}),
   }
 }
+
+/** Bad fields an invalid-request problem names in its detail, and lists in `errors`. */
+const detailErrorsMax = 10
+const listedErrorsMax = 50
 
 function titleFor(status: number): string {
   const titles: Record<number, string> = {

@@ -64,6 +64,15 @@ describe('the HTTP base', () => {
       throw new MercatoError('out-of-stock', 409, 'sku A is out of stock')
     })
     app.post('/echo', async (request) => request.body)
+    app.post(
+      '/strict',
+      {
+        schema: {
+          body: { type: 'object', properties: { a: { type: 'string' } }, additionalProperties: false },
+        },
+      },
+      async () => ({}),
+    )
     app.get('/cache-down', async () => {
       throw new Error("Stream isn't writeable and enableOfflineQueue options is false")
     })
@@ -101,6 +110,13 @@ describe('the HTTP base', () => {
       })
       assert.equal(broken.statusCode, 400)
       assert.equal((await app.inject({ url: '/nothing-here' })).json().status, 404)
+      // Many bad fields: the first are named, and the answer stays small.
+      const many = Object.fromEntries(Array.from({ length: 80 }, (_, i) => [`f${i}`, 1]))
+      const crowded = await app.inject({ method: 'POST', url: '/strict', payload: many })
+      assert.equal(crowded.statusCode, 400)
+      assert.equal(crowded.json().errors.length, 50)
+      assert.equal(crowded.json().errorCount, 80)
+      assert.match(crowded.json().detail, /body \/f9: is not a known field; and 70 more$/)
     } finally {
       await app.close()
     }
