@@ -1,6 +1,8 @@
 // The write path: validate (statelessly), make idempotent, append one event, answer 202
 // with the id, its Location and a consistency token naming the stream position.
+
 import { randomBytes } from 'node:crypto'
+import { isIP } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
 import {
   Accepted,
@@ -692,11 +694,17 @@ function webhookUrlIssues(raw: string, allowPrivate: boolean): FieldIssue[] {
   if (url.protocol !== 'https:' && url.protocol !== 'http:') return issue('must be http or https')
   if (url.username || url.password) return issue('must not carry credentials')
   if (allowPrivate) return []
-  const host = url.hostname.replace(/^\[|\]$/g, '').toLowerCase()
+  // A name's trailing dot (`localhost.`) names the same host.
+  const host = url.hostname
+    .replace(/^\[|\]$/g, '')
+    .toLowerCase()
+    .replace(/\.$/, '')
   if (host === 'localhost' || host.endsWith('.localhost')) return issue('must not name this machine')
   const reason = privateAddressReason(host)
   if (reason && !reason.endsWith('is not an IP address'))
     return issue(`must not name a loopback, link-local or private address (${host} is one)`)
+  // A public host has a domain; one label alone is a name of this machine or its network.
+  if (!isIP(host) && !host.includes('.')) return issue('must name a public host (a name with a domain)')
   return []
 }
 

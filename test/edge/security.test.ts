@@ -496,6 +496,13 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         'http://10.0.0.1/hook',
         'http://[::1]/hook',
         'http://[::ffff:127.0.0.1]/hook',
+        'http://[::127.0.0.1]/hook', // IPv4-compatible
+        'http://[::ffff:0:7f00:1]/hook', // IPv4-translated
+        'http://[2002:7f00:1::1]/hook', // 6to4
+        'http://localhost./hook',
+        'http://locaLHost%2e/hook',
+        'http://ip6-localhost/hook',
+        'http://intranet-box/hook', // one label: no public name
         'https://user:pass@example.com/hook',
       ]) {
         const answer = await call('POST', '/v1/webhooks', {

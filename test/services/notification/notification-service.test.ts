@@ -433,6 +433,9 @@ describe('webhook guard and signature', () => {
       'fd12:3456::1',
       '::ffff:127.0.0.1',
       '::ffff:7f00:1',
+      '::7f00:1', // IPv4-compatible
+      '::ffff:0:7f00:1', // IPv4-translated
+      '2002:7f00:1::1', // 6to4
     ])
       assert.equal(typeof privateAddressReason(address), 'string', address)
     for (const address of ['8.8.8.8', '1.1.1.1', '2606:4700:4700::1111', '::ffff:8.8.8.8'])
