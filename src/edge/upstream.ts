@@ -103,7 +103,7 @@ export class Upstream {
     }))
 
     this.#breaker = circuitBreaker(
-      handleAll.orWhenResult((answer) => (answer as UpstreamAnswer).status >= 500),
+      handleAll.orWhenResult((answer) => isFailure(answer as UpstreamAnswer)),
       {
         halfOpenAfter: breaker.halfOpenAfterMs,
         breaker: new ConsecutiveBreaker(breaker.consecutiveFailures),
@@ -246,4 +246,13 @@ function endToEnd<T>(
     kept[name] = value
   }
   return kept
+}
+
+/**
+ * A 5xx answer counts toward the circuit, but not a 503 with Retry-After: that is the upstream
+ * refusing by its own choice (admission control, load shedding, a view not built yet), and
+ * opening the circuit on it would refuse every route of the upstream, not just the busy one.
+ */
+function isFailure(answer: UpstreamAnswer): boolean {
+  return answer.status >= 500 && !(answer.status === 503 && answer.headers['retry-after'] !== undefined)
 }

@@ -225,6 +225,23 @@ describe('an upstream component behind the gateway', () => {
     }
   })
 
+  it("keeps the circuit closed on an upstream's 503 with Retry-After: a refusal it chose, not a failure", async () => {
+    const instance = await startInstance((_request, response) => {
+      response.statusCode = 503
+      response.setHeader('retry-after', '1')
+      response.end('the saga is behind')
+    })
+    const client = upstream([instance.url], { breaker: { consecutiveFailures: 3, halfOpenAfterMs: 300 } })
+    try {
+      for (let i = 0; i < 6; i++) assert.equal((await client.forward(get())).status, 503)
+      assert.equal(client.state(), 'closed')
+      assert.equal(instance.hits(), 6)
+    } finally {
+      await client.close()
+      await instance.close()
+    }
+  })
+
   it('counts connection failures toward the circuit and refuses them with 503, without internal URLs', async () => {
     const client = upstream([await deadUrl()], {
       breaker: { consecutiveFailures: 2, halfOpenAfterMs: 5_000 },
