@@ -151,8 +151,18 @@ export function createHttpServer(
   // A body that is no JSON, or nests deeper than any route takes, is a bad field like any other.
   const parseJson = app.getDefaultJsonParser('error', 'error')
   app.removeContentTypeParser('application/json')
-  app.addContentTypeParser('application/json', { parseAs: 'string' }, (request, body, done) => {
-    const text = body as string
+  app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
+    // JSON between systems is UTF-8 (RFC 8259 §8.1): another charset is refused, and bytes
+    // that are not UTF-8 are a bad body, not text quietly patched with U+FFFD.
+    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers['content-type'] ?? '')?.[1]
+    if (charset !== undefined && !/^utf-?8$/i.test(charset))
+      return done(Object.assign(new Error(`a JSON body is UTF-8, not ${charset}`), { statusCode: 415 }))
+    let text: string
+    try {
+      text = utf8.decode(body as Buffer)
+    } catch {
+      return done(badBody('is not valid UTF-8'))
+    }
     parseJson(request, text, (error, value) => {
       if (error)
         return done(isJson(text) ? poisonedBody() : badBody(text === '' ? 'is empty' : 'is not valid JSON'))
@@ -357,6 +367,8 @@ function isJson(text: string): boolean {
 function poisonedBody(): MercatoError {
   return badBody('has a "__proto__" key, or a "constructor" key holding a "prototype", which is not allowed')
 }
+
+const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false })
 
 function badBody(message: string): MercatoError {
   return new MercatoError('invalid-request', 400, `the body ${message}`, {

@@ -109,6 +109,28 @@ describe('the HTTP base', () => {
         headers: { 'content-type': 'application/json' },
       })
       assert.equal(broken.statusCode, 400)
+      const notUtf8 = await app.inject({
+        method: 'POST',
+        url: '/echo',
+        payload: Buffer.from([0x7b, 0x22, 0x78, 0x22, 0x3a, 0x22, 0xff, 0xfe, 0x22, 0x7d]), // {"x":"\xff\xfe"}
+        headers: { 'content-type': 'application/json' },
+      })
+      assert.equal(notUtf8.statusCode, 400)
+      assert.match(notUtf8.json().detail, /not valid UTF-8/)
+      const latin1 = await app.inject({
+        method: 'POST',
+        url: '/echo',
+        payload: '{"x":"y"}',
+        headers: { 'content-type': 'application/json; charset=latin1' },
+      })
+      assert.equal(latin1.statusCode, 415)
+      const utf8 = await app.inject({
+        method: 'POST',
+        url: '/echo',
+        payload: '{"x":"é"}',
+        headers: { 'content-type': 'application/json; charset=UTF-8' },
+      })
+      assert.deepEqual(utf8.json(), { x: 'é' })
       assert.equal((await app.inject({ url: '/nothing-here' })).json().status, 404)
       // Many bad fields: the first are named, and the answer stays small.
       const many = Object.fromEntries(Array.from({ length: 80 }, (_, i) => [`f${i}`, 1]))
