@@ -495,7 +495,13 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     staticCSP:
       "default-src 'self'; base-uri 'self'; font-src 'self' data:; frame-ancestors 'self'; img-src 'self' data:; " +
       "object-src 'none'; script-src 'self'; script-src-attr 'none'; style-src 'self'",
-    uiConfig: { url: '/v1/openapi.json' },
+    // The page loads ./json, swagger's document of this process alone: it is sent to the one
+    // API document instead, merged from the upstreams when they run elsewhere.
+    uiHooks: {
+      onRequest: async (request, reply) => {
+        if (request.routeOptions.url === '/docs/json') return reply.redirect('/v1/openapi.json')
+      },
+    },
   })
 
   const pruning = setInterval(() => refreshTokens.prune().catch(() => {}), 3_600_000)

@@ -116,6 +116,9 @@ describe('the gateway in its own process, in front of the APIs in another', () =
     assert.equal(doc.status, 200)
     for (const path of ['/v1/auth/token', '/v1/orders', '/v1/orders/{id}', '/v1/products/{sku}'])
       assert.ok(doc.body.paths[path], path)
+    // The interactive docs load the same document.
+    const docs = await call(gateway.url, 'GET', '/docs/json')
+    assert.deepEqual(Object.keys(docs.body.paths).sort(), Object.keys(doc.body.paths).sort())
     // Only what the gateway serves: the upstream's internal routes are not the API.
     assert.deepEqual(
       Object.keys(doc.body.paths).filter((path) => path.startsWith('/internal/')),
