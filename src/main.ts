@@ -146,10 +146,12 @@ withEngineFlags(program.command('replay'))
   .option('--time <iso>', 'from the first event at or after this time')
   .option('--earliest', 'from the start of the topic')
   .option('--latest', 'skip to the end of the topic')
+  .option('--new-group', 'the group has never read the topic: give it a position all the same')
   .action(async (options) => {
     if (options.view !== undefined) return replayView(options)
     if (!options.group || !options.topic)
       throw new ConfigError('replay', 'give --view, or --group and --topic')
+    knownTopic(options.topic)
     const targets = [
       options.offset !== undefined,
       options.time !== undefined,
@@ -174,6 +176,14 @@ withEngineFlags(program.command('replay'))
     const log = createLogger({ level: 'warn' })
     const stream = await openExistingStream(config, log, new Metrics(), 'whose group to move')
     try {
+      // A group that has read nothing of the topic is most likely a mistyped name: moving it
+      // would make a group no one runs, and report success.
+      const before = await stream.engine.lag(stream.group(options.group), [stream.topic(options.topic)])
+      if (!options.newGroup && before.some((p) => p.end > 0) && before.every((p) => p.committed <= 0))
+        throw new ConfigError(
+          '--group',
+          `"${options.group}" has read nothing of ${options.topic}, so no group of that name consumes it (--new-group to give it a position anyway)`,
+        )
       await stream.engine.seek(stream.group(options.group), stream.topic(options.topic), target)
       const lag = await stream.engine.lag(stream.group(options.group), [stream.topic(options.topic)])
       console.table(lag)

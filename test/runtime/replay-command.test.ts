@@ -6,6 +6,7 @@ import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import { after, describe, it } from 'node:test'
 import { promisify } from 'node:util'
+import { createEvent } from '../../src/contracts/envelope.ts'
 import { silentLogger } from '../../src/platform/logger.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { loadConfig } from '../../src/runtime/config.ts'
@@ -14,6 +15,50 @@ import { tempDir } from '../support/wait.ts'
 
 const dir = tempDir()
 after(() => dir.remove())
+
+describe('mercato replay --group', () => {
+  it('refuses a topic that does not exist, and a group that has read nothing of the topic, changing nothing', async () => {
+    const shop = tempDir()
+    try {
+      const config = loadConfig({ MERCATO_DATA_DIR: shop.path, MERCATO_LOG_LEVEL: 'silent' })
+      const stream = await openEventStream(config, silentLogger(), new Metrics())
+      await stream.ensureTopics()
+      await stream.publish([
+        createEvent({
+          type: 'inventory.adjustment-requested',
+          source: 'mercato/test',
+          subject: 'REPLAY-1',
+          data: { sku: 'REPLAY-1', delta: 1, reason: 'restock' },
+        }),
+      ])
+      const replay = (...args: string[]) =>
+        promisify(execFile)(process.execPath, ['src/main.ts', 'replay', ...args, '--data-dir', shop.path], {
+          timeout: 60_000,
+        }).then(
+          () => ({ code: 0, stderr: '' }),
+          (error: { code: number; stderr: string }) => error,
+        )
+      const noTopic = await replay('--group', 'inventory', '--topic', 'nosuch', '--earliest')
+      assert.equal(noTopic.code, 2)
+      assert.match(noTopic.stderr, /no topic "nosuch"/)
+      const noGroup = await replay('--group', 'inventroy', '--topic', 'inventory', '--earliest')
+      assert.equal(noGroup.code, 2)
+      assert.match(noGroup.stderr, /"inventroy" has read nothing of inventory/)
+      const lag = await stream.engine.lag(stream.group('inventroy'), [stream.topic('inventory')])
+      assert.ok(
+        lag.every((p) => p.committed === 0),
+        'no position made for the mistyped group',
+      )
+      assert.equal(
+        (await replay('--group', 'inventroy', '--topic', 'inventory', '--earliest', '--new-group')).code,
+        0,
+      )
+      await stream.close()
+    } finally {
+      shop.remove()
+    }
+  })
+})
 
 describe('mercato replay --view', () => {
   it('waits for the views store while another process holds its write lock past a request’s bound', async () => {
