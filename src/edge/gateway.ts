@@ -26,6 +26,7 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
+import { type ValidationIssue, validationProblem } from '../runtime/http.ts'
 import { addOpenApiFinisher, addOpenApiSource, type OpenApiDocument } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
@@ -126,7 +127,17 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     (request, body, done) => {
       if (!tokenRoutes.has(request.routeOptions.url ?? ''))
         return done(Object.assign(new Error('unsupported media type'), { statusCode: 415 }))
-      done(null, Object.fromEntries(new URLSearchParams(body as string)))
+      const params = new URLSearchParams(body as string)
+      const repeated = [...params.keys()].find((key, i, keys) => keys.indexOf(key) !== i)
+      // RFC 6749 §3.2: a parameter is never sent twice.
+      if (repeated !== undefined)
+        return done(
+          new MercatoError('invalid-request', 400, `the body gives ${repeated} more than once`, {
+            error: 'invalid_request',
+            errors: [{ in: 'body', field: `/${repeated}`, message: 'is given more than once' }],
+          }),
+        )
+      done(null, Object.fromEntries(params))
     },
   )
 
@@ -393,6 +404,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     '/v1/auth/token',
     {
       config: problemDocs(signInProblems),
+      attachValidation: true,
       schema: {
         operationId: 'signIn',
         summary: 'Sign in: a password grant answers an access token and a refresh token',
@@ -402,7 +414,8 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         body: {
           type: 'object',
           required: ['grant_type', 'username', 'password'],
-          additionalProperties: false,
+          // RFC 6749 §3.2: parameters the server does not know (client_id …) are ignored.
+          additionalProperties: true,
           properties: {
             grant_type: { type: 'string', enum: ['password'] },
             username: { type: 'string', minLength: 1, maxLength: 320 },
@@ -414,6 +427,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     },
     async (request, reply) => {
       await throttleSignIn(request, reply)
+      refuseInvalidTokenRequest(request, 'password')
       const { username, password } = request.body as { username: string; password: string }
       const verified = await fetch(`${await options.userUrl()}/internal/v1/credentials/verify`, {
         method: 'POST',
@@ -451,6 +465,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     '/v1/auth/refresh',
     {
       config: problemDocs(signInProblems),
+      attachValidation: true,
       schema: {
         operationId: 'refreshToken',
         summary: 'Trade a refresh token for a new access token and the next refresh token',
@@ -461,7 +476,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         body: {
           type: 'object',
           required: ['refresh_token'],
-          additionalProperties: false,
+          additionalProperties: true,
           properties: {
             grant_type: { type: 'string', enum: ['refresh_token'] },
             refresh_token: { type: 'string', minLength: 1, maxLength: 256 },
@@ -471,6 +486,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     },
     async (request, reply) => {
       await throttleSignIn(request, reply)
+      refuseInvalidTokenRequest(request, 'refresh_token')
       const { refresh_token: token } = request.body as { refresh_token: string }
       const outcome = await refreshTokens.rotate(token)
       if (!outcome.ok) {
@@ -512,6 +528,21 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       await Promise.all([...upstreams.values()].map((u) => u.close()))
     },
   }
+}
+
+/**
+ * RFC 6749 §5.2: a token request the schema refuses is `invalid_request`, or
+ * `unsupported_grant_type` when it names another grant; the problem names each bad field.
+ */
+function refuseInvalidTokenRequest(request: FastifyRequest, grantType: string): void {
+  const refused = request.validationError as (Error & { validation?: ValidationIssue[] }) | undefined
+  if (!refused) return
+  const given = (request.body as Record<string, unknown> | undefined)?.grant_type
+  const problem = validationProblem(refused.validation ?? [], 'body', request.url)
+  throw new MercatoError('invalid-request', 400, problem.detail, {
+    errors: problem.errors,
+    error: typeof given === 'string' && given !== grantType ? 'unsupported_grant_type' : 'invalid_request',
+  })
 }
 
 function invalidGrant(detail: string): MercatoError {

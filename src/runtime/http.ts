@@ -391,7 +391,7 @@ function nestsDeeperThan(value: unknown, depthMax: number): boolean {
   return false
 }
 
-interface ValidationIssue {
+export interface ValidationIssue {
   instancePath: string
   message?: string
   keyword: string

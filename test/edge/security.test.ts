@@ -246,6 +246,35 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.equal(wrong.body.error, 'invalid_grant')
     })
 
+    it('answers token requests as RFC 6749 says: error codes, unknown parameters ignored, none twice', async () => {
+      const token = (body: unknown) => {
+        logins++
+        return call('POST', '/v1/auth/token', { body })
+      }
+      const otherGrant = await token({ grant_type: 'client_credentials', client_id: 'x' })
+      assert.equal(otherGrant.status, 400)
+      assert.equal(otherGrant.body.error, 'unsupported_grant_type')
+      const missing = await token({ grant_type: 'password', username: adminEmail })
+      assert.equal(missing.status, 400)
+      assert.equal(missing.body.error, 'invalid_request')
+      assert.equal(missing.body.errors[0].field, '/password')
+      const withClientId = await token({
+        grant_type: 'password',
+        username: adminEmail,
+        password: adminPassword,
+        client_id: 'a-shop-app',
+      })
+      assert.equal(withClientId.status, 200, withClientId.text)
+      logins++
+      const twice = await fetch(`${shop.url}/v1/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: `grant_type=password&username=${encodeURIComponent(adminEmail)}&password=a&password=${encodeURIComponent(adminPassword)}`,
+      })
+      assert.equal(twice.status, 400)
+      assert.equal(((await twice.json()) as { error: string }).error, 'invalid_request')
+    })
+
     it('refuses expired, not yet valid, wrong issuer and wrong audience tokens', async () => {
       const now = Math.floor(Date.now() / 1000)
       const cases = {
