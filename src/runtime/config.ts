@@ -395,7 +395,7 @@ export const intSettings = {
     help: 'registrations without a token one client address may send per minute',
     default: 10,
     min: 1,
-    max: 100_000,
+    max: 100_000_000,
   },
   upstreamTimeoutMs: {
     env: 'MERCATO_UPSTREAM_TIMEOUT_MS',

@@ -438,6 +438,13 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('customer.register', 'Customer', 'new'),
       keyRequired: true,
+      // Someone registering themselves signs in with a password: without one the account
+      // could never be used. Staff may register a customer who signs in elsewhere.
+      rules: (body, request) =>
+        principalOf(request).kind === 'anonymous' &&
+        (body as { password?: unknown } | undefined)?.password === undefined
+          ? [{ in: 'body', field: '/password', message: 'is required to register yourself' }]
+          : [],
       newId: () => `cus_${uuidv7()}`,
       location: (id) => `/v1/customers/${id}/360`,
       events: async (customerId, request) => {

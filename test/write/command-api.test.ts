@@ -470,6 +470,28 @@ describe('the command API', () => {
     })
   })
 
+  it('refuses a registration without a password from someone registering themselves; staff may leave it out', async () => {
+    const before = await appended(shop)
+    const body = () => ({
+      email: `nopass-${randomUUID().slice(0, 8)}@example.com`,
+      givenName: 'No',
+      familyName: 'Pass',
+    })
+    const response = await fetch(`${shop.url}/v1/customers`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', 'idempotency-key': randomUUID() },
+      body: JSON.stringify(body()),
+    })
+    const anonymous = { status: response.status, body: (await response.json()) as { errors: unknown } }
+    assert.equal(anonymous.status, 400, JSON.stringify(anonymous.body))
+    assert.deepEqual(anonymous.body.errors, [
+      { in: 'body', field: '/password', message: 'is required to register yourself' },
+    ])
+    assert.equal(await appended(shop), before)
+    const byStaff = await shop.post('/v1/customers', body(), { 'idempotency-key': randomUUID() })
+    assert.equal(byStaff.status, 202, JSON.stringify(byStaff.body))
+  })
+
   it('registers a customer who can then sign in and read their 360 at the Location; a staff address is refused', async () => {
     const email = `reg-${randomUUID().slice(0, 8)}@example.com`
     const registration = { email, givenName: 'Reg', familyName: 'Istered', password: 'register-password-1' }
