@@ -201,6 +201,14 @@ describe('the HTTP base', () => {
       assert.equal(answer.status, 431)
       assert.match(answer.headers.get('content-type') ?? '', /^application\/problem\+json/)
       assert.equal(((await answer.json()) as { status: number }).status, 431)
+      // Written before a request exists, it carries the security headers and an id all the same.
+      assert.equal(answer.headers.get('x-content-type-options'), 'nosniff')
+      assert.equal(answer.headers.get('x-frame-options'), 'SAMEORIGIN')
+      assert.match(answer.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/)
+      const tooLong = await fetch(`${address}/hello/${'x'.repeat(200)}%zz`)
+      assert.equal(tooLong.status, 400)
+      assert.equal(tooLong.headers.get('x-frame-options'), 'SAMEORIGIN')
+      assert.match(tooLong.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/)
     } finally {
       await app.close()
     }
