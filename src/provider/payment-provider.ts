@@ -82,8 +82,9 @@ export async function startPaymentProvider(
   )
 
   http.addHook('preClose', async () => closing.abort())
+  // By the route matched, not the URL as sent: the router decodes %XX escapes (/%70rovider/…).
   http.addHook('onRequest', async (request) => {
-    if (request.url.startsWith(`${prefix}/`)) checkCaller(request, options.apiKey)
+    if (request.routeOptions.url?.startsWith(`${prefix}/`)) checkCaller(request, options.apiKey)
   })
 
   /** Runs one operation under its Idempotency-Key, with the dialled failures. */

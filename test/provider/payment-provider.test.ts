@@ -436,7 +436,7 @@ describe('who the payment provider stand-in answers', () => {
     }
   })
 
-  it('checks a request whose line names its target in absolute form like any other', async () => {
+  it('checks a request whose target is in absolute form, or escaped, like any other', async () => {
     const apiKey = 'sk_test_0123456789abcdef'
     const { http, close } = await open(apiKey)
     try {
@@ -454,6 +454,8 @@ describe('who the payment provider stand-in answers', () => {
       }
       assert.equal(await statusOf('GET http://x/provider/v1/dials'), 401)
       assert.equal(await statusOf('PUT http://x/provider/v1/dials', '{"errorRate":1}'), 401)
+      // The router decodes escapes in the path: the check goes by the route it matched.
+      assert.equal(await statusOf('PUT /%70rovider/v1/dials', '{"errorRate":1}'), 401)
       const dials = await http.inject({
         url: '/provider/v1/dials',
         headers: { authorization: `Bearer ${apiKey}` },
