@@ -24,7 +24,13 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
-import { securityHeaders, type ValidationIssue, validationProblem } from '../runtime/http.ts'
+import {
+  badBody,
+  securityHeaders,
+  utf8Text,
+  type ValidationIssue,
+  validationProblem,
+} from '../runtime/http.ts'
 import { addOpenApiFinisher, addOpenApiSource, type OpenApiDocument } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
@@ -121,21 +127,25 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   const tokenRoutes = new Set(['/v1/auth/token', '/v1/auth/refresh'])
   http.addContentTypeParser(
     'application/x-www-form-urlencoded',
-    { parseAs: 'string' },
+    { parseAs: 'buffer' },
     (request, body, done) => {
       if (!tokenRoutes.has(request.routeOptions.url ?? ''))
         return done(Object.assign(new Error('unsupported media type'), { statusCode: 415 }))
-      const params = new URLSearchParams(body as string)
-      const repeated = [...params.keys()].find((key, i, keys) => keys.indexOf(key) !== i)
-      // RFC 6749 §3.2: a parameter is never sent twice.
-      if (repeated !== undefined)
-        return done(
-          new MercatoError('invalid-request', 400, `the body gives ${repeated} more than once`, {
-            error: 'invalid_request',
-            errors: [{ in: 'body', field: `/${repeated}`, message: 'is given more than once' }],
-          }),
-        )
-      done(null, Object.fromEntries(params))
+      const text = utf8Text(body as Buffer)
+      if (text === undefined) return done(badBody('is not valid UTF-8', { error: 'invalid_request' }))
+      const params: Record<string, string> = {}
+      for (const [key, value] of new URLSearchParams(text)) {
+        // RFC 6749 §3.2: a parameter is never sent twice.
+        if (Object.hasOwn(params, key))
+          return done(
+            new MercatoError('invalid-request', 400, `the body gives ${key} more than once`, {
+              error: 'invalid_request',
+              errors: [{ in: 'body', field: `/${key}`, message: 'is given more than once' }],
+            }),
+          )
+        params[key] = value
+      }
+      done(null, params)
     },
   )
 

@@ -164,13 +164,15 @@ export function createHttpServer(
     // that are not UTF-8 are a bad body, not text quietly patched with U+FFFD.
     const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers['content-type'] ?? '')?.[1]
     if (charset !== undefined && !/^utf-?8$/i.test(charset))
-      return done(Object.assign(new Error(`a JSON body is UTF-8, not ${charset}`), { statusCode: 415 }))
-    let text: string
-    try {
-      text = utf8.decode(body as Buffer)
-    } catch {
-      return done(badBody('is not valid UTF-8'))
-    }
+      return done(
+        new MercatoError(
+          'unsupported-media-type',
+          415,
+          `a JSON body is UTF-8, not ${charset}: send it as UTF-8`,
+        ),
+      )
+    const text = utf8Text(body as Buffer)
+    if (text === undefined) return done(badBody('is not valid UTF-8'))
     parseJson(request, text, (error, value) => {
       if (error)
         return done(isJson(text) ? poisonedBody() : badBody(text === '' ? 'is empty' : 'is not valid JSON'))
@@ -378,9 +380,20 @@ function poisonedBody(): MercatoError {
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false })
 
-function badBody(message: string): MercatoError {
+/** A body's text, or undefined when its bytes are not UTF-8. */
+export function utf8Text(body: Buffer): string | undefined {
+  try {
+    return utf8.decode(body)
+  } catch {
+    return undefined
+  }
+}
+
+/** A refusal of the whole body, with `extensions` (an OAuth error code, say) besides its errors. */
+export function badBody(message: string, extensions: Record<string, unknown> = {}): MercatoError {
   return new MercatoError('invalid-request', 400, `the body ${message}`, {
     errors: [{ in: 'body', field: '/', message }],
+    ...extensions,
   })
 }
 

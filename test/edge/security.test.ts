@@ -273,6 +273,17 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       })
       assert.equal(twice.status, 400)
       assert.equal(((await twice.json()) as { error: string }).error, 'invalid_request')
+      logins++
+      const notUtf8 = await fetch(`${shop.url}/v1/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: Buffer.concat([
+          Buffer.from('grant_type=password&username=a&password='),
+          Buffer.from([0xff, 0xfe]),
+        ]),
+      })
+      assert.equal(notUtf8.status, 400)
+      assert.equal(((await notUtf8.json()) as { error: string }).error, 'invalid_request')
     })
 
     it('refuses expired, not yet valid, wrong issuer and wrong audience tokens', async () => {

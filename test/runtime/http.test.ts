@@ -124,6 +124,7 @@ describe('the HTTP base', () => {
         headers: { 'content-type': 'application/json; charset=latin1' },
       })
       assert.equal(latin1.statusCode, 415)
+      assert.match(latin1.json().detail, /UTF-8, not latin1/)
       const utf8 = await app.inject({
         method: 'POST',
         url: '/echo',
