@@ -248,11 +248,23 @@ function endToEnd<T>(
   return kept
 }
 
+/** Problem types of a 503 an upstream answers by its own choice, healthy and busy. */
+const deliberateRefusals = new Set([
+  'https://mercato.dev/problems/overloaded', // load shedding, admission control, a full queue
+  'https://mercato.dev/problems/view-unavailable', // a view still being built
+])
+
 /**
- * A 5xx answer counts toward the circuit, but not a 503 with Retry-After: that is the upstream
- * refusing by its own choice (admission control, load shedding, a view not built yet), and
- * opening the circuit on it would refuse every route of the upstream, not just the busy one.
+ * A 5xx answer counts toward the circuit, but not a 503 the upstream chose (see
+ * deliberateRefusals): opening the circuit on it would refuse every route of the upstream,
+ * not just the busy one. A 503 for a timeout or a dependency down does count.
  */
 function isFailure(answer: UpstreamAnswer): boolean {
-  return answer.status >= 500 && !(answer.status === 503 && answer.headers['retry-after'] !== undefined)
+  if (answer.status < 500) return false
+  if (answer.status !== 503) return true
+  try {
+    return !deliberateRefusals.has((JSON.parse(answer.body.toString('utf8')) as { type?: string }).type ?? '')
+  } catch {
+    return true
+  }
 }

@@ -225,17 +225,22 @@ describe('an upstream component behind the gateway', () => {
     }
   })
 
-  it("keeps the circuit closed on an upstream's 503 with Retry-After: a refusal it chose, not a failure", async () => {
+  it("keeps the circuit closed on an upstream's 503 that it chose (overloaded), and opens it on one for a timeout", async () => {
+    let type = 'overloaded'
     const instance = await startInstance((_request, response) => {
       response.statusCode = 503
       response.setHeader('retry-after', '1')
-      response.end('the saga is behind')
+      response.setHeader('content-type', 'application/problem+json')
+      response.end(JSON.stringify({ type: `https://mercato.dev/problems/${type}`, status: 503 }))
     })
     const client = upstream([instance.url], { breaker: { consecutiveFailures: 3, halfOpenAfterMs: 300 } })
     try {
       for (let i = 0; i < 6; i++) assert.equal((await client.forward(get())).status, 503)
       assert.equal(client.state(), 'closed')
       assert.equal(instance.hits(), 6)
+      type = 'timeout'
+      for (let i = 0; i < 3; i++) await client.forward(get())
+      assert.equal(client.state(), 'open')
     } finally {
       await client.close()
       await instance.close()
