@@ -19,7 +19,7 @@ import {
   setCaller,
 } from '../platform/identity/guard.ts'
 import type { KeyRing } from '../platform/identity/key-ring.ts'
-import { anonymous, type Principal } from '../platform/identity/tokens.ts'
+import { anonymous, isStaff, type Principal } from '../platform/identity/tokens.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
@@ -214,8 +214,8 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     // A client may send its expired access token along to the refresh that renews it.
     const principal = tokenRoutes.has(url) ? anonymous : await authenticateUser(identity.tokens, request)
     // A registration hashes a password (scrypt, a third of a second of CPU), as a sign-in
-    // does: without a token it has a quota of its own, shown in place of the guard's.
-    if (principal.kind === 'anonymous' && request.method === 'POST' && url === '/v1/customers')
+    // does: unless staff send it, it has a quota of its own, shown in place of the guard's.
+    if (!isStaff(principal) && request.method === 'POST' && url === '/v1/customers')
       showQuota(
         reply,
         await throttle(

@@ -392,7 +392,7 @@ export const intSettings = {
   },
   rateLimitRegisterPerMinute: {
     env: 'MERCATO_RATE_LIMIT_REGISTER_PER_MINUTE',
-    help: 'registrations without a token one client address may send per minute',
+    help: 'registrations not sent by staff that one client address may send per minute',
     default: 10,
     min: 1,
     max: 100_000_000,

@@ -32,6 +32,7 @@ import {
   principalOf,
   requireVerifiedCaller,
 } from '../platform/identity/guard.ts'
+import { isStaff } from '../platform/identity/tokens.ts'
 import { uuidv7 } from '../platform/ids.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
@@ -438,12 +439,11 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
     {
       authorize: may('customer.register', 'Customer', 'new'),
       keyRequired: true,
-      // Someone registering themselves signs in with a password: without one the account
-      // could never be used. Staff may register a customer who signs in elsewhere.
+      // An account registered without a password could never be used, unless staff register
+      // a customer who signs in elsewhere.
       rules: (body, request) =>
-        principalOf(request).kind === 'anonymous' &&
-        (body as { password?: unknown } | undefined)?.password === undefined
-          ? [{ in: 'body', field: '/password', message: 'is required to register yourself' }]
+        !isStaff(principalOf(request)) && (body as { password?: unknown } | undefined)?.password === undefined
+          ? [{ in: 'body', field: '/password', message: 'is required unless staff register the customer' }]
           : [],
       newId: () => `cus_${uuidv7()}`,
       location: (id) => `/v1/customers/${id}/360`,

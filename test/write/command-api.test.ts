@@ -470,7 +470,7 @@ describe('the command API', () => {
     })
   })
 
-  it('refuses a registration without a password from someone registering themselves; staff may leave it out', async () => {
+  it('refuses a registration without a password unless staff send it', async () => {
     const before = await appended(shop)
     const body = () => ({
       email: `nopass-${randomUUID().slice(0, 8)}@example.com`,
@@ -485,8 +485,13 @@ describe('the command API', () => {
     const anonymous = { status: response.status, body: (await response.json()) as { errors: unknown } }
     assert.equal(anonymous.status, 400, JSON.stringify(anonymous.body))
     assert.deepEqual(anonymous.body.errors, [
-      { in: 'body', field: '/password', message: 'is required to register yourself' },
+      { in: 'body', field: '/password', message: 'is required unless staff register the customer' },
     ])
+    const byCustomer = await shop.post('/v1/customers', body(), {
+      'idempotency-key': randomUUID(),
+      authorization: await shop.bearer('customer', 'cus_someone'),
+    })
+    assert.equal(byCustomer.status, 400, JSON.stringify(byCustomer.body))
     assert.equal(await appended(shop), before)
     const byStaff = await shop.post('/v1/customers', body(), { 'idempotency-key': randomUUID() })
     assert.equal(byStaff.status, 202, JSON.stringify(byStaff.body))

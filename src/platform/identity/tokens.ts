@@ -31,6 +31,11 @@ export type Principal = UserPrincipal | { kind: 'anonymous' }
 
 export const anonymous: Principal = { kind: 'anonymous' }
 
+/** Whether `principal` is staff (admin or support) rather than a customer or no one. */
+export function isStaff(principal: Principal): boolean {
+  return principal.kind === 'user' && principal.role !== 'customer'
+}
+
 export interface ExternalIssuer {
   issuer: string
   jwksUrl: string
