@@ -179,7 +179,7 @@ withEngineFlags(program.command('replay'))
       // A group that has read nothing of the topic is most likely a mistyped name: moving it
       // would make a group no one runs, and report success.
       const before = await stream.engine.lag(stream.group(options.group), [stream.topic(options.topic)])
-      if (!options.newGroup && before.some((p) => p.end > 0) && before.every((p) => p.committed <= 0))
+      if (!options.newGroup && before.some((p) => p.end > 0) && !before.some((p) => p.hasCommitted))
         throw new ConfigError(
           '--group',
           `"${options.group}" has read nothing of ${options.topic}, so no group of that name consumes it (--new-group to give it a position anyway)`,

@@ -46,13 +46,15 @@ describe('mercato replay --group', () => {
       assert.match(noGroup.stderr, /"inventroy" has read nothing of inventory/)
       const lag = await stream.engine.lag(stream.group('inventroy'), [stream.topic('inventory')])
       assert.ok(
-        lag.every((p) => p.committed === 0),
+        lag.every((p) => !p.hasCommitted),
         'no position made for the mistyped group',
       )
       assert.equal(
         (await replay('--group', 'inventroy', '--topic', 'inventory', '--earliest', '--new-group')).code,
         0,
       )
+      // Moved to the start, the group has a position there: moving it again is no mistake.
+      assert.equal((await replay('--group', 'inventroy', '--topic', 'inventory', '--offset', '0')).code, 0)
       await stream.close()
     } finally {
       shop.remove()

@@ -937,7 +937,16 @@ describe('admission of new orders', () => {
     const lag = async (group: string): Promise<PartitionLag[]> => {
       if (group !== 'order') return []
       handled += script.handledPerLook
-      return [{ topic: 'orders', partition: 0, committed: handled, end: handled + waiting, lag: waiting }]
+      return [
+        {
+          topic: 'orders',
+          partition: 0,
+          committed: handled,
+          end: handled + waiting,
+          lag: waiting,
+          hasCommitted: true,
+        },
+      ]
     }
     const stream = {
       engine: { lag },

@@ -60,8 +60,11 @@ export interface PartitionEnd {
 }
 
 export interface PartitionLag extends PartitionEnd {
+  /** The group's next offset; 0 when it has none (see `hasCommitted`). */
   committed: number
   lag: number
+  /** Whether the group has a position of its own on the partition. */
+  hasCommitted: boolean
 }
 
 export type SeekTarget = { offset: number } | { timestampMs: number } | 'earliest' | 'latest'

@@ -408,6 +408,9 @@ export function defineStreamConformance(
       await waitFor('the first pass', () => seen.length === 10, 30_000)
       await subscription.stop()
       const topic = stream.topic('products')
+      // A group with a position is told from one that never had any.
+      assert.ok((await fixture.engine.lag(stream.group('replay'), [topic])).some((p) => p.hasCommitted))
+      assert.ok((await fixture.engine.lag(stream.group('never-ran'), [topic])).every((p) => !p.hasCommitted))
       await fixture.engine.seek(stream.group('replay'), topic, { offset: 6 })
       seen.length = 0
       subscription = await stream.subscribe({ group: 'replay', topics: ['products'], handle })

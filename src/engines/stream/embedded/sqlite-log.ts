@@ -318,8 +318,16 @@ export class SqliteLog implements StreamEngine {
       }[])
         commits.set(`${topic}/${row.partition}`, row.committed)
     return (await this.ends(topics)).map(({ topic, partition, end }) => {
-      const committed = commits.get(`${topic}/${partition}`) ?? 0
-      return { topic, partition, committed, end, lag: Math.max(0, end - committed) }
+      const committed = commits.get(`${topic}/${partition}`)
+      const from = committed ?? 0
+      return {
+        topic,
+        partition,
+        committed: from,
+        end,
+        lag: Math.max(0, end - from),
+        hasCommitted: committed !== undefined,
+      }
     })
   }
 

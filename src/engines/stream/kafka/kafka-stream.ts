@@ -300,7 +300,7 @@ export class KafkaStream implements StreamEngine {
     return ends.map(({ topic, partition, end }) => {
       const at = offsets.get(`${topic}/${partition}`) ?? -1n
       const from = at < 0n ? 0 : Number(at)
-      return { topic, partition, committed: from, end, lag: Math.max(0, end - from) }
+      return { topic, partition, committed: from, end, lag: Math.max(0, end - from), hasCommitted: at >= 0n }
     })
   }
 
