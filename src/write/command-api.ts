@@ -40,7 +40,7 @@ import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
-import { type FieldIssue, reportWithValidation } from '../runtime/http.ts'
+import { type FieldIssue, reportWithValidation, validationProblem } from '../runtime/http.ts'
 import { bodyOptional } from '../runtime/openapi.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations, type KeyClaim } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
@@ -191,8 +191,11 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       // Said as a schema refusal says it: every bad field, in the same words.
       const broken = ruleIssues.get(request) ?? []
       if (broken.length > 0) {
-        const detail = broken.map((e) => `${e.in} ${e.field}: ${e.message}`).join('; ')
-        throw new MercatoError('invalid-request', 400, detail, { errors: broken })
+        const { detail, ...problem } = validationProblem([], 'body', request.url, broken)
+        throw new MercatoError('invalid-request', 400, detail, {
+          errors: problem.errors,
+          ...('errorCount' in problem ? { errorCount: problem.errorCount } : {}),
+        })
       }
       // The command's span continues the caller's trace (a W3C traceparent header) or starts
       // one; its events carry it, so one trace follows the order from the request on.
@@ -705,7 +708,7 @@ function webhookUrlIssues(raw: string, allowPrivate: boolean): FieldIssue[] {
   const host = url.hostname
     .replace(/^\[|\]$/g, '')
     .toLowerCase()
-    .replace(/\.$/, '')
+    .replace(/\.+$/, '')
   if (host === 'localhost' || host.endsWith('.localhost')) return issue('must not name this machine')
   const reason = privateAddressReason(host)
   if (reason && !reason.endsWith('is not an IP address'))

@@ -540,6 +540,7 @@ describe('security at the gateway (OWASP API Top 10)', () => {
         'http://[::ffff:0:7f00:1]/hook', // IPv4-translated
         'http://[2002:7f00:1::1]/hook', // 6to4
         'http://localhost./hook',
+        'http://localhost../hook',
         'http://locaLHost%2e/hook',
         'http://ip6-localhost/hook',
         'http://intranet-box/hook', // one label: no public name
