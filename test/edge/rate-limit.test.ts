@@ -29,7 +29,8 @@ describe('rate limits in process', () => {
     )
     // The five weigh in full at the next window's start, and 5 × (1 − 12/60) + 1 fits: 72 s.
     assert.equal(verdicts[5].retryAfterSeconds, 72)
-    // Half a window later the previous window still weighs half: 6 × 0.5 = 3, so 2 more fit.
+    // Half a window later the previous window still weighs half (the refused sixth not
+    // counted): 5 × 0.5 = 2.5, so 2 more fit.
     const later = [] as boolean[]
     for (let i = 0; i < 3; i++) later.push((await limiter.take('k', rule, start + 90_000 + i)).allowed)
     assert.deepEqual(later, [true, true, false])
