@@ -16,6 +16,7 @@ import { Pool } from 'undici'
 import { MercatoError, OverloadedError } from '../platform/errors.ts'
 import { assertPositive, invariant } from '../platform/limits.ts'
 import { Metrics } from '../platform/metrics.ts'
+import { problemTypeHeader } from '../runtime/http.ts'
 
 export interface UpstreamOptions {
   /** The component's name, shown to clients in errors and used as the metrics label. */
@@ -262,9 +263,6 @@ const deliberateRefusals = new Set([
 function isFailure(answer: UpstreamAnswer): boolean {
   if (answer.status < 500) return false
   if (answer.status !== 503) return true
-  try {
-    return !deliberateRefusals.has((JSON.parse(answer.body.toString('utf8')) as { type?: string }).type ?? '')
-  } catch {
-    return true
-  }
+  const type = answer.headers[problemTypeHeader]
+  return !(typeof type === 'string' && deliberateRefusals.has(type))
 }

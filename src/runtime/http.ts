@@ -19,6 +19,9 @@ import type { Config } from './config.ts'
 
 const unshed = new Set(['/healthz', '/readyz', '/metrics'])
 
+/** On a 503: its problem type, so a gateway tells a refusal by choice from a failure. */
+export const problemTypeHeader = 'mercato-problem-type'
+
 export interface ReadinessCheck {
   name: string
   check: () => Promise<void>
@@ -231,6 +234,7 @@ export function createHttpServer(
       shed.inc()
       const problem = new OverloadedError('http', `${inFlight} requests in flight, the limit`)
       reply.header('retry-after', String(problem.retryAfterSeconds))
+      reply.header(problemTypeHeader, toProblem(problem).type)
       return reply
         .code(503)
         .type('application/problem+json')
@@ -290,6 +294,8 @@ export function createHttpServer(
     if (error instanceof OverloadedError) reply.header('retry-after', String(error.retryAfterSeconds))
     // Every 503 is for now (overload, a dependency down, a view not built yet): say when to come back.
     else if (problem.status === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', '1')
+    // Which 503 it is, for a gateway in front, also when there is no body to read (HEAD).
+    if (problem.status === 503) reply.header(problemTypeHeader, problem.type)
     // RFC 6750: a 401 says how to authenticate, and why a token was refused.
     if (problem.status === 401 && !reply.hasHeader('www-authenticate')) {
       const invalid = error instanceof MercatoError && error.code === 'invalid-token'

@@ -37,6 +37,7 @@ describe('the HTTP base', () => {
       }
       assert.ok(shed, 'a request past the bound was answered 503')
       assert.equal(shed.headers.get('retry-after'), '1')
+      assert.equal(shed.headers.get('mercato-problem-type'), 'https://mercato.dev/problems/overloaded')
       assert.match(shed.headers.get('content-type') ?? '', /^application\/problem\+json/)
       assert.equal(((await shed.json()) as { status: number }).status, 503)
       assert.equal((await fetch(`${address}/healthz`)).status, 200)
@@ -81,7 +82,10 @@ describe('the HTTP base', () => {
     })
     try {
       // Every 503 says when to come back.
-      assert.equal((await app.inject({ url: '/not-yet' })).headers['retry-after'], '1')
+      const notYet = await app.inject({ url: '/not-yet' })
+      assert.equal(notYet.headers['retry-after'], '1')
+      // A gateway in front reads which 503 it is from a header, a HEAD having no body.
+      assert.equal(notYet.headers['mercato-problem-type'], 'https://mercato.dev/problems/view-unavailable')
       const down = await app.inject({ url: '/cache-down' })
       assert.equal(down.statusCode, 503, 'a dependency down is a 503, not a 500')
       assert.equal(down.headers['retry-after'], '1')
