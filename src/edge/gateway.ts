@@ -132,9 +132,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       if (!tokenRoutes.has(request.routeOptions.url ?? ''))
         return done(Object.assign(new Error('unsupported media type'), { statusCode: 415 }))
       const text = utf8Text(body as Buffer)
-      if (text === undefined) return done(badBody('is not valid UTF-8', { error: 'invalid_request' }))
+      const pairs = text === undefined ? undefined : formPairs(text)
+      if (pairs === undefined) return done(badBody('is not valid UTF-8', { error: 'invalid_request' }))
       const params: Record<string, string> = {}
-      for (const [key, value] of new URLSearchParams(text)) {
+      for (const [key, value] of pairs) {
         // RFC 6749 §3.2: a parameter is never sent twice.
         if (Object.hasOwn(params, key))
           return done(
@@ -535,6 +536,27 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       clearInterval(pruning)
       await Promise.all([...upstreams.values()].map((u) => u.close()))
     },
+  }
+}
+
+/**
+ * The name-value pairs of a form body; undefined when an escape does not decode to UTF-8
+ * (URLSearchParams would quietly make `%FF` a U+FFFD, so `%FE` would be the same password).
+ */
+function formPairs(text: string): [string, string][] | undefined {
+  const decode = (part: string) => decodeURIComponent(part.replaceAll('+', ' '))
+  try {
+    return text
+      .split('&')
+      .filter((pair) => pair !== '')
+      .map((pair) => {
+        const equals = pair.indexOf('=')
+        return equals < 0
+          ? [decode(pair), '']
+          : [decode(pair.slice(0, equals)), decode(pair.slice(equals + 1))]
+      })
+  } catch {
+    return undefined
   }
 }
 

@@ -284,6 +284,14 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       })
       assert.equal(notUtf8.status, 400)
       assert.equal(((await notUtf8.json()) as { error: string }).error, 'invalid_request')
+      logins++
+      const escapedNotUtf8 = await fetch(`${shop.url}/v1/auth/token`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/x-www-form-urlencoded' },
+        body: 'grant_type=password&username=a&password=%FF%FE',
+      })
+      assert.equal(escapedNotUtf8.status, 400)
+      assert.equal(((await escapedNotUtf8.json()) as { error: string }).error, 'invalid_request')
     })
 
     it('refuses expired, not yet valid, wrong issuer and wrong audience tokens', async () => {
@@ -767,6 +775,25 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.match(refused.headers.get('content-type') ?? '', /^application\/problem\+json/)
       assert.ok(Number(refused.headers.get('retry-after')) >= 1)
       assert.equal(refused.headers.get('ratelimit-limit'), String(registerPerMinute))
+      // A signed-in customer is held to it too; only staff are not.
+      const body = {
+        email: `flood-c-${randomUUID().slice(0, 8)}@security.test`,
+        givenName: 'F',
+        familyName: 'T',
+        password: 'flood-password-c',
+      }
+      const asCustomer = await call('POST', '/v1/customers', {
+        bearer: await tokenOf('customer', alice),
+        body,
+        headers: { 'idempotency-key': randomUUID() },
+      })
+      assert.equal(asCustomer.status, 429, asCustomer.text)
+      const asAdmin = await call('POST', '/v1/customers', {
+        bearer: await tokenOf('admin'),
+        body,
+        headers: { 'idempotency-key': randomUUID() },
+      })
+      assert.equal(asAdmin.status, 202, asAdmin.text)
     })
   })
 })
