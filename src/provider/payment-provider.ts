@@ -82,9 +82,11 @@ export async function startPaymentProvider(
   )
 
   http.addHook('preClose', async () => closing.abort())
-  // By the route matched, not the URL as sent: the router decodes %XX escapes (/%70rovider/…).
+  // By the route matched, not the URL as sent: the router decodes %XX escapes (/%70rovider/…);
+  // a path under the prefix that matches no route is checked too, or its 405 would list them.
   http.addHook('onRequest', async (request) => {
-    if (request.routeOptions.url?.startsWith(`${prefix}/`)) checkCaller(request, options.apiKey)
+    if ((request.routeOptions.url ?? decodedPath(request.url)).startsWith(`${prefix}/`))
+      checkCaller(request, options.apiKey)
   })
 
   /** Runs one operation under its Idempotency-Key, with the dialled failures. */
@@ -254,6 +256,15 @@ function checkCaller(request: FastifyRequest, apiKey: string | undefined): void 
     403,
     'the payment-provider stand-in answers callers on this machine only (set MERCATO_PAYMENT_PROVIDER_API_KEY to let callers with that key in)',
   )
+}
+
+function decodedPath(url: string): string {
+  const path = url.split('?')[0]
+  try {
+    return decodeURIComponent(path)
+  } catch {
+    return path
+  }
 }
 
 function sameSecret(given: string, expected: string): boolean {

@@ -405,6 +405,13 @@ describe('who the payment provider stand-in answers', () => {
         remoteAddress: '203.0.113.9',
       })
       assert.equal(refund.statusCode, 403)
+      // A method no route takes is refused the same, not answered 405 with the methods there are.
+      const other = await http.inject({
+        method: 'DELETE',
+        url: '/provider/v1/dials',
+        remoteAddress: '203.0.113.9',
+      })
+      assert.equal(other.statusCode, 403)
       const local = await http.inject({ url: '/provider/v1/dials', remoteAddress: '127.0.0.1' })
       assert.equal(local.statusCode, 200)
       assert.equal(local.json().errorRate, 0)
