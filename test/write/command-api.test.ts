@@ -331,6 +331,12 @@ describe('the command API', () => {
       /"nope.event" names no event type a webhook receives \(those of orders, payments, shipments, customers\)/,
     )
     assert.equal(refused.body.secret, undefined)
+    // Many bad entries: the first 50 are listed, and how many there were in all.
+    const crowded = await register(Array.from({ length: 60 }, (_, i) => `nope.event-${i}`))
+    assert.equal(crowded.status, 400)
+    assert.equal(crowded.body.errors.length, 50)
+    assert.equal(crowded.body.errorCount, 60)
+    assert.match(crowded.body.detail, /; and 50 more$/)
     assert.equal(await appended(shop), before)
     const accepted = await register(['order.*', '*', 'payment.captured'])
     assert.equal(accepted.status, 202, JSON.stringify(accepted.body))
