@@ -242,7 +242,8 @@ export async function benchGateway(options: { seconds: number; connections: numb
   }
 }
 
-async function placeOrders(url: string, headers: Record<string, string>): Promise<string[]> {
+/** Places 100 orders of the demo catalog's products; their ids. */
+export async function placeOrders(url: string, headers: Record<string, string>): Promise<string[]> {
   const skus = demoProducts().map((p) => p.sku)
   const ids: string[] = []
   for (let i = 0; i < 100; i++) {

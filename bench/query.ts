@@ -18,11 +18,11 @@ import { Projector } from '../src/read/projector.ts'
 import { openViews } from '../src/read/views.ts'
 import { resolveTargets } from '../src/runtime/components.ts'
 import { loadConfig } from '../src/runtime/config.ts'
-import { demoProducts } from '../src/runtime/demo-data.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
 import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
 import { type DrivenRequest, drive, withBearer } from './drive.ts'
+import { placeOrders } from './gateway.ts'
 import { cpuPerRequest, type Started, startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchSearch } from './search.ts'
@@ -77,7 +77,7 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
   let bare: Started | undefined
   let queryApi: Started | undefined
   try {
-    const ids = await placeOrders(shop.url, bearer)
+    const ids = await placeOrders(shop.url, { authorization: `Bearer ${bearer}` })
     const documents = await documentsOnceEnded(shop.url, bearer, ids)
     const file = join(dir.path, 'documents.json')
     writeFileSync(file, JSON.stringify(documents))
@@ -147,30 +147,6 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
     await queryApi?.stop()
     dir.remove()
   }
-}
-
-async function placeOrders(url: string, bearer: string): Promise<string[]> {
-  const ids: string[] = []
-  const skus = demoProducts().map((p) => p.sku)
-  const address = { name: 'Bench', line1: '1 Bench St', city: 'Benchville', postalCode: '1', country: 'US' }
-  for (let i = 0; i < 100; i++) {
-    const response = await fetch(`${url}/v1/orders`, {
-      method: 'POST',
-      headers: {
-        'content-type': 'application/json',
-        'idempotency-key': randomUUID(),
-        authorization: `Bearer ${bearer}`,
-      },
-      body: JSON.stringify({
-        lines: [{ sku: skus[i % skus.length], quantity: 1 }],
-        shippingAddress: address,
-        paymentMethodToken: 'tok_visa',
-      }),
-    })
-    if (response.status !== 202) throw new Error(`order refused: ${response.status} ${await response.text()}`)
-    ids.push(((await response.json()) as { id: string }).id)
-  }
-  return ids
 }
 
 /** Waits for every saga to end, so the view no longer changes and every GET is a cache hit. */
