@@ -151,15 +151,26 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   )
 
   const rule = (perMinute: number): RateRule => ({ limit: perMinute, windowMs: minute })
-  /** Counts one request against `key`; over the limit, refuses it with 429 and the quota's headers. */
-  async function throttle(
-    key: string,
-    perMinute: number,
-    reply: FastifyReply,
-    reason: string,
-  ): Promise<RateVerdict> {
-    const verdict = await limiter.take(key, rule(perMinute))
-    if (verdict.allowed) return verdict
+  interface Quota {
+    key: string
+    perMinute: number
+    reason: string
+  }
+  /**
+   * Counts one request against each quota. Refused by one, it is taken back from the others
+   * (a refused request counts against none) and refused with 429 and that quota's headers.
+   */
+  async function throttle(quotas: Quota[], reply: FastifyReply, now = Date.now()): Promise<RateVerdict[]> {
+    const verdicts = await Promise.all(quotas.map((q) => limiter.take(q.key, rule(q.perMinute), now)))
+    const refusedBy = verdicts.findIndex((v) => !v.allowed)
+    if (refusedBy < 0) return verdicts
+    await Promise.all(
+      quotas.map((q, i) =>
+        verdicts[i].allowed ? limiter.giveBack(q.key, rule(q.perMinute), now) : undefined,
+      ),
+    )
+    const verdict = verdicts[refusedBy]
+    const { reason } = quotas[refusedBy]
     refused.inc({ reason })
     showQuota(reply, verdict)
     reply.header('retry-after', String(verdict.retryAfterSeconds))
@@ -174,10 +185,12 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   }
   /** The sign-in routes' own quota, per address, shown in place of the guard's. */
   async function throttleSignIn(request: FastifyRequest, reply: FastifyReply): Promise<void> {
-    showQuota(
-      reply,
-      await throttle(`login:${request.ip}`, limits.loginPerMinute, reply, 'to sign in from one address'),
-    )
+    const quota = {
+      key: `login:${request.ip}`,
+      perMinute: limits.loginPerMinute,
+      reason: 'to sign in from one address',
+    }
+    showQuota(reply, (await throttle([quota], reply))[0])
   }
   function showQuota(reply: FastifyReply, verdict: RateVerdict): void {
     reply.header('ratelimit-limit', String(verdict.limit))
@@ -204,37 +217,48 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   async function guard(request: FastifyRequest, reply: FastifyReply): Promise<void> {
     const url = request.routeOptions.url
     if (url === undefined || !isPublicApi(url)) return
-    // The quota closer to running out is the one a client should pace itself by.
-    const byAddress = await throttle(
-      `address:${request.ip}`,
-      limits.addressPerMinute,
-      reply,
-      'from one address',
-    )
-    showQuota(reply, byAddress)
+    const now = Date.now()
+    // The address's quota first: a flood of bad tokens is refused before their signatures
+    // are checked.
+    const byAddress: Quota = {
+      key: `address:${request.ip}`,
+      perMinute: limits.addressPerMinute,
+      reason: 'from one address',
+    }
+    const [addressVerdict] = await throttle([byAddress], reply, now)
+    // Shown on a refusal from here on too (a bad token's 401), until a closer quota replaces it.
+    showQuota(reply, addressVerdict)
     // A client may send its expired access token along to the refresh that renews it.
     const principal = tokenRoutes.has(url) ? anonymous : await authenticateUser(identity.tokens, request)
+    const more: Quota[] = []
     // A registration hashes a password (scrypt, a third of a second of CPU), as a sign-in
-    // does: unless staff send it, it has a quota of its own, shown in place of the guard's.
+    // does: unless staff send it, it has a quota of its own.
     if (!isStaff(principal) && request.method === 'POST' && url === '/v1/customers')
-      showQuota(
-        reply,
-        await throttle(
-          `register:${request.ip}`,
-          limits.registerPerMinute,
-          reply,
-          'to register from one address',
-        ),
-      )
-    if (principal.kind === 'user') {
-      const byUser = await throttle(
-        `user:${principal.subject}`,
-        limits.principalPerMinute,
-        reply,
-        'for one user',
-      )
-      if (byUser.remaining < byAddress.remaining) showQuota(reply, byUser)
+      more.push({
+        key: `register:${request.ip}`,
+        perMinute: limits.registerPerMinute,
+        reason: 'to register from one address',
+      })
+    if (principal.kind === 'user')
+      more.push({
+        key: `user:${principal.subject}`,
+        perMinute: limits.principalPerMinute,
+        reason: 'for one user',
+      })
+    let verdicts = [addressVerdict]
+    if (more.length > 0) {
+      try {
+        verdicts = [addressVerdict, ...(await throttle(more, reply, now))]
+      } catch (error) {
+        await limiter.giveBack(byAddress.key, rule(byAddress.perMinute), now)
+        throw error
+      }
     }
+    // The quota closest to running out is the one a client should pace itself by.
+    showQuota(
+      reply,
+      verdicts.reduce((closest, v) => (v.remaining < closest.remaining ? v : closest)),
+    )
     // HEAD is GET without the body (RFC 9110): the same route, the same rules.
     const method = request.method === 'HEAD' ? 'GET' : request.method
     const route = `${method} ${openApiPath(url)}`

@@ -36,17 +36,15 @@ export class RateLimiter {
   async take(key: string, rule: RateRule, now = Date.now()): Promise<RateVerdict> {
     const window = Math.floor(now / rule.windowMs)
     const elapsed = (now % rule.windowMs) / rule.windowMs
-    const name = (w: number) => `${this.#prefix}rate:${rule.windowMs}:${key}:${w}`
-    const ttlMs = rule.windowMs * 2
     let [count, previousText] = await Promise.all([
-      this.#cache.increment(name(window), { ttlMs }),
-      this.#cache.get(name(window - 1)),
+      this.#cache.increment(this.#name(key, rule, window), { ttlMs: rule.windowMs * 2 }),
+      this.#cache.get(this.#name(key, rule, window - 1)),
     ])
     const previous = Number(previousText ?? 0)
     const allowed = previous * (1 - elapsed) + count <= rule.limit
     let retryAfterSeconds = 0
     if (!allowed) {
-      count = await this.#cache.increment(name(window), { by: -1, ttlMs })
+      count = await this.giveBack(key, rule, now)
       // A millisecond over, so a retry at exactly that second is never refused by a rounding.
       retryAfterSeconds = Math.max(1, Math.ceil((msUntilAllowed(previous, count, elapsed, rule) + 1) / 1000))
     }
@@ -57,6 +55,19 @@ export class RateLimiter {
       resetSeconds: Math.max(1, Math.ceil(((1 - elapsed) * rule.windowMs) / 1000)),
       retryAfterSeconds,
     }
+  }
+
+  /**
+   * Takes back one request counted at `at`: one refused here, or by another limit after this
+   * one let it through. Resolves with the window's count after it.
+   */
+  giveBack(key: string, rule: RateRule, at: number): Promise<number> {
+    const window = Math.floor(at / rule.windowMs)
+    return this.#cache.increment(this.#name(key, rule, window), { by: -1, ttlMs: rule.windowMs * 2 })
+  }
+
+  #name(key: string, rule: RateRule, window: number): string {
+    return `${this.#prefix}rate:${rule.windowMs}:${key}:${window}`
   }
 }
 

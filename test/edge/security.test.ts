@@ -756,6 +756,34 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.ok(Number(refused.headers.get('retry-after')) >= 1)
     })
 
+    it('counts a request refused by one limit against none of the others', async () => {
+      const anonymousRegistration = () =>
+        call('POST', '/v1/customers', {
+          body: { email: `quota-${randomUUID().slice(0, 8)}@security.test`, givenName: 'Q', familyName: 'T' },
+          headers: { 'idempotency-key': randomUUID() },
+        })
+      // Refused for want of a password, it still counts against the registration quota, shown.
+      const before = Number((await anonymousRegistration()).headers.get('ratelimit-remaining'))
+      const busy = await tokenOf('customer', `cus_busy_${randomUUID().slice(0, 6)}`)
+      for (let i = 0; i < principalPerMinute; i++) await call('GET', '/v1/products', { bearer: busy })
+      for (let i = 0; i < 3; i++) {
+        const refused = await call('POST', '/v1/customers', {
+          bearer: busy,
+          body: {
+            email: `busy-${i}@security.test`,
+            givenName: 'B',
+            familyName: 'U',
+            password: 'busy-password-1',
+          },
+          headers: { 'idempotency-key': randomUUID() },
+        })
+        assert.equal(refused.status, 429, refused.text)
+        assert.match(refused.body.detail, /for one user/)
+      }
+      const after = Number((await anonymousRegistration()).headers.get('ratelimit-remaining'))
+      assert.equal(after, before - 1, 'only the second anonymous registration counted')
+    })
+
     it('limits registrations without a token from one address, each a password to hash: 429 with Retry-After', async () => {
       const register = (i: number) =>
         call('POST', '/v1/customers', {
@@ -767,10 +795,15 @@ describe('security at the gateway (OWASP API Top 10)', () => {
           },
           headers: { 'idempotency-key': randomUUID() },
         })
+      // Earlier tests may have spent some of the quota: the first answer says what is left.
+      const first = await register(0)
+      assert.equal(first.status, 202, first.text)
+      const left = Number(first.headers.get('ratelimit-remaining'))
+      assert.ok(left < registerPerMinute)
       const statuses: number[] = []
-      for (let i = 0; i < registerPerMinute + 2; i++) statuses.push((await register(i)).status)
-      assert.deepEqual(statuses.slice(0, registerPerMinute), Array(registerPerMinute).fill(202))
-      const refused = await register(registerPerMinute + 2)
+      for (let i = 1; i <= left; i++) statuses.push((await register(i)).status)
+      assert.deepEqual(statuses, Array(left).fill(202))
+      const refused = await register(left + 1)
       assert.equal(refused.status, 429, refused.text)
       assert.match(refused.headers.get('content-type') ?? '', /^application\/problem\+json/)
       assert.ok(Number(refused.headers.get('retry-after')) >= 1)
