@@ -24,13 +24,7 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
-import {
-  badBody,
-  securityHeaders,
-  utf8Text,
-  type ValidationIssue,
-  validationProblem,
-} from '../runtime/http.ts'
+import { badBody, invalidRequest, securityHeaders, utf8Text, type ValidationIssue } from '../runtime/http.ts'
 import { addOpenApiFinisher, addOpenApiSource, type OpenApiDocument } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
@@ -592,9 +586,7 @@ function refuseInvalidTokenRequest(request: FastifyRequest, grantType: string): 
   const refused = request.validationError as (Error & { validation?: ValidationIssue[] }) | undefined
   if (!refused) return
   const given = (request.body as Record<string, unknown> | undefined)?.grant_type
-  const problem = validationProblem(refused.validation ?? [], 'body', request.url)
-  throw new MercatoError('invalid-request', 400, problem.detail, {
-    errors: problem.errors,
+  throw invalidRequest(refused.validation ?? [], [], {
     error: typeof given === 'string' && given !== grantType ? 'unsupported_grant_type' : 'invalid_request',
   })
 }

@@ -513,6 +513,21 @@ export function validationProblem(
   }
 }
 
+/**
+ * The error for a request refused outside the schema's own check (a command's rules, a
+ * validation a route handles itself), said as validationProblem says it; `extensions`
+ * (an OAuth error code, say) go beside its errors.
+ */
+export function invalidRequest(
+  issues: ValidationIssue[],
+  more: FieldIssue[],
+  extensions: Record<string, unknown> = {},
+): MercatoError {
+  const { detail, errors, ...counted } = validationProblem(issues, 'body', '', more)
+  const errorCount = 'errorCount' in counted ? { errorCount: counted.errorCount } : {}
+  return new MercatoError('invalid-request', 400, detail, { errors, ...errorCount, ...extensions })
+}
+
 /** Bad fields an invalid-request problem names in its detail, and lists in `errors`. */
 const detailErrorsMax = 10
 const listedErrorsMax = 50

@@ -1,6 +1,5 @@
 // The write path: validate (statelessly), make idempotent, append one event, answer 202
 // with the id, its Location and a consistency token naming the stream position.
-
 import { randomBytes } from 'node:crypto'
 import { isIP } from 'node:net'
 import type { FastifyInstance, FastifyReply, FastifyRequest, FastifySchema } from 'fastify'
@@ -40,7 +39,7 @@ import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
-import { type FieldIssue, reportWithValidation, validationProblem } from '../runtime/http.ts'
+import { type FieldIssue, invalidRequest, reportWithValidation } from '../runtime/http.ts'
 import { bodyOptional } from '../runtime/openapi.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations, type KeyClaim } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
@@ -190,13 +189,7 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       // (the lines flag lowered since) still gets its stored answer; the key is let go.
       // Said as a schema refusal says it: every bad field, in the same words.
       const broken = ruleIssues.get(request) ?? []
-      if (broken.length > 0) {
-        const { detail, ...problem } = validationProblem([], 'body', request.url, broken)
-        throw new MercatoError('invalid-request', 400, detail, {
-          errors: problem.errors,
-          ...('errorCount' in problem ? { errorCount: problem.errorCount } : {}),
-        })
-      }
+      if (broken.length > 0) throw invalidRequest([], broken)
       // The command's span continues the caller's trace (a W3C traceparent header) or starts
       // one; its events carry it, so one trace follows the order from the request on.
       const header = request.headers.traceparent

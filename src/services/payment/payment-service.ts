@@ -221,6 +221,7 @@ export async function startPaymentService(
     await tools.transact((tx) => noteStrayCharge(tx, payment, stray.chargeId))
   }
 
+  /** A compensation or capture that fails is thrown, for the stream to retry and finally dead-letter. */
   async function withProvider<T>(step: string, orderId: string, call: () => Promise<T>): Promise<T> {
     try {
       return await call()
