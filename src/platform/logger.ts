@@ -24,3 +24,59 @@ export function createLogger(options: { level?: string; name?: string } = {}): L
 export function silentLogger(): Logger {
   return pino({ level: 'silent' })
 }
+
+type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'
+
+/**
+ * A child logger made only when a line is written at an enabled level: an HTTP server makes
+ * one per request, most requests write nothing, and a pino child costs a serialization of its
+ * bindings.
+ */
+export class LazyChildLogger {
+  readonly #parent: Logger
+  readonly #bindings: Record<string, unknown>
+  #child: Logger | undefined
+
+  constructor(parent: Logger, bindings: Record<string, unknown>) {
+    this.#parent = parent
+    this.#bindings = bindings
+  }
+
+  get level(): string {
+    return this.#parent.level
+  }
+
+  child(bindings: Record<string, unknown>): Logger {
+    return this.#logger().child(bindings)
+  }
+
+  fatal(...args: unknown[]): void {
+    this.#write('fatal', args)
+  }
+  error(...args: unknown[]): void {
+    this.#write('error', args)
+  }
+  warn(...args: unknown[]): void {
+    this.#write('warn', args)
+  }
+  info(...args: unknown[]): void {
+    this.#write('info', args)
+  }
+  debug(...args: unknown[]): void {
+    this.#write('debug', args)
+  }
+  trace(...args: unknown[]): void {
+    this.#write('trace', args)
+  }
+  silent(): void {}
+
+  #write(level: Level, args: unknown[]): void {
+    if (!this.#parent.isLevelEnabled(level)) return
+    ;(this.#logger()[level] as (...a: unknown[]) => void)(...args)
+  }
+
+  #logger(): Logger {
+    this.#child ??= this.#parent.child(this.#bindings)
+    return this.#child
+  }
+}

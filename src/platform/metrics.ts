@@ -22,8 +22,25 @@ export class Metrics {
     ) as Counter
   }
 
-  gauge(name: string, help: string, labelNames: string[] = []): Gauge {
-    return this.#once(name, () => new Gauge({ name, help, labelNames, registers: [this.registry] })) as Gauge
+  /** With `read`, the gauge is read when scraped rather than set as its value changes. */
+  gauge(name: string, help: string, labelNames: string[] = [], read?: () => number): Gauge {
+    return this.#once(
+      name,
+      () =>
+        new Gauge({
+          name,
+          help,
+          labelNames,
+          registers: [this.registry],
+          ...(read
+            ? {
+                collect() {
+                  this.set(read())
+                },
+              }
+            : {}),
+        }),
+    ) as Gauge
   }
 
   histogram(name: string, help: string, labelNames: string[] = [], buckets?: number[]): Histogram {

@@ -190,9 +190,29 @@ function frozen(decision: Decision): Decision {
 
 function memoKey(request: AuthzRequest): string {
   const { principal, action, resource, context } = request
-  const parts = [principal.type, principal.id, attrsKey(principal.attrs), action, resource.type, resource.id]
-  parts.push(attrsKey(resource.attrs), context === undefined ? '' : canonical(context))
-  return JSON.stringify(parts)
+  // JSON escapes U+0000, so it separates the parts unambiguously.
+  const contextKey = context === undefined ? '' : canonical(context)
+  return `${principalKey(principal)}\u0000${action}\u0000${entityKey(resource)}\u0000${contextKey}`
+}
+
+/**
+ * Keys of frozen principal entities: the same user's entity is one frozen object request after
+ * request (see `principalEntity`), and being frozen, its key cannot go out of date.
+ */
+const principalKeys = new WeakMap<Entity, string>()
+
+function principalKey(principal: Entity): string {
+  if (!Object.isFrozen(principal)) return entityKey(principal)
+  let key = principalKeys.get(principal)
+  if (key === undefined) {
+    key = entityKey(principal)
+    principalKeys.set(principal, key)
+  }
+  return key
+}
+
+function entityKey(entity: Entity): string {
+  return JSON.stringify([entity.type, entity.id, attrsKey(entity.attrs)])
 }
 
 /** Attributes with their names sorted, so equal entities give equal keys whatever their key order. */

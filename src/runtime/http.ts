@@ -13,7 +13,7 @@ import Fastify, {
 import helmet from 'helmet'
 import { errorMessage, isOutage, MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
-import type { Logger } from '../platform/logger.ts'
+import { LazyChildLogger, type Logger } from '../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../platform/metrics.ts'
 import type { Config } from './config.ts'
 
@@ -52,6 +52,8 @@ export function createHttpServer(
   const app = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
+    childLoggerFactory: (logger, bindings) =>
+      new LazyChildLogger(logger as Logger, bindings) as unknown as FastifyBaseLogger,
     bodyLimit: config.httpBodyBytesMax,
     // A request keeps the id its caller gave it (the gateway's, a client's) when it looks
     // like one; otherwise it gets a new one. Logs carry it, and so does the answer.
@@ -190,7 +192,7 @@ export function createHttpServer(
     'mercato_http_shed_total',
     'Requests refused with 503 because the process was full.',
   )
-  const inFlightGauge = metrics.gauge('mercato_http_in_flight', 'Requests being handled.')
+  metrics.gauge('mercato_http_in_flight', 'Requests being handled.', [], () => inFlight)
   // By route template (never the raw path: ids would make a series per order), method and
   // status; a path no route matches counts as "unmatched".
   const answered = metrics.counter('mercato_http_requests_total', 'HTTP requests answered.', [
@@ -241,16 +243,10 @@ export function createHttpServer(
         .send(toProblem(problem, instanceOf(request.url)))
     }
     inFlight++
-    inFlightGauge.set(inFlight)
-    let done = false
-    const finish = () => {
-      if (done) return
-      done = true
+    // An answer's end and a client that goes away both close the response, once.
+    reply.raw.once('close', () => {
       inFlight--
-      inFlightGauge.set(inFlight)
-    }
-    reply.raw.once('finish', finish)
-    reply.raw.once('close', finish)
+    })
   })
 
   app.setErrorHandler((error, request, reply) => {

@@ -93,6 +93,23 @@ describe('the key ring', () => {
     })
     ring.close()
   })
+
+  it('takes nothing on trust from a token that shares a verified token’s signature', async () => {
+    const ring = await KeyRing.open(store, {
+      tokenTtlMaxMs: 300_000,
+      activationDelayMs: 0,
+      refreshEveryMs: 60_000,
+    })
+    const tokens = new Tokens(ring, tokenOptions)
+    const token = (await tokens.issueAccess(ada)).token
+    assert.deepEqual(await tokens.verifyAccess(token), ada)
+    const [header, payload, signature] = token.split('.')
+    const claims = JSON.parse(Buffer.from(payload, 'base64url').toString())
+    const forged = Buffer.from(JSON.stringify({ ...claims, role: 'staff' })).toString('base64url')
+    await assert.rejects(tokens.verifyAccess(`${header}.${forged}.${signature}`), { status: 401 })
+    assert.deepEqual(await tokens.verifyAccess(token), ada, 'the genuine token is still taken')
+    ring.close()
+  })
 })
 
 describe('an external OpenID Connect issuer', () => {

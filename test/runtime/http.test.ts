@@ -26,8 +26,13 @@ describe('the HTTP base', () => {
       return { ok: true }
     })
     const address = await app.listen({ port: 0, host: '127.0.0.1' })
+    const inFlight = async () =>
+      /^mercato_http_in_flight (\d+)$/m.exec(await (await fetch(`${address}/metrics`)).text())?.[1]
     try {
-      const slow = [fetch(`${address}/slow`), fetch(`${address}/slow`)]
+      const abort = new AbortController()
+      const abandoned = fetch(`${address}/slow`, { signal: abort.signal }).catch(() => undefined)
+      const slow = [fetch(`${address}/slow`)]
+      await waitFor('both slow requests in flight', async () => (await inFlight()) === '2')
       let shed: Response | undefined
       for (let i = 0; i < 100 && !shed; i++) {
         const response = await fetch(`${address}/slow`, { signal: AbortSignal.timeout(200) }).catch(
@@ -41,10 +46,14 @@ describe('the HTTP base', () => {
       assert.match(shed.headers.get('content-type') ?? '', /^application\/problem\+json/)
       assert.equal(((await shed.json()) as { status: number }).status, 503)
       assert.equal((await fetch(`${address}/healthz`)).status, 200)
-      assert.equal((await fetch(`${address}/metrics`)).status, 200)
+      // A client that gives up frees its slot as surely as an answer does.
+      abort.abort()
+      await abandoned
+      await waitFor('the abandoned request’s slot freed', async () => (await inFlight()) === '1')
       release()
       for (const response of await Promise.all(slow)) assert.equal(response.status, 200)
       assert.equal((await fetch(`${address}/slow`)).status, 200)
+      await waitFor('no request in flight', async () => (await inFlight()) === '0')
     } finally {
       release()
       await app.close()

@@ -89,8 +89,23 @@ export function requireVerifiedCaller(identity: Identity, component: string) {
   }
 }
 
-/** Cedar's entity for a principal. */
+const entities = new WeakMap<Principal, Entity>()
+
+/**
+ * Cedar's entity for a principal: one frozen object per principal, which the policy engine's
+ * memo can key without reading it again (a verified token's principal is itself remembered).
+ */
 export function principalEntity(principal: Principal): Entity {
+  let entity = entities.get(principal)
+  if (entity === undefined) {
+    entity = Object.freeze(entityOf(principal))
+    if (entity.attrs) Object.freeze(entity.attrs)
+    entities.set(principal, entity)
+  }
+  return entity
+}
+
+function entityOf(principal: Principal): Entity {
   if (principal.kind === 'anonymous') return { type: 'Anonymous', id: 'anonymous' }
   return {
     type: 'User',

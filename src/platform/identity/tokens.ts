@@ -74,7 +74,15 @@ export class Tokens {
   readonly #resolveLocal: JWTVerifyGetKey
   readonly #resolveExternal: JWTVerifyGetKey | undefined
   readonly #serviceTokens = new Map<string, { token: string; renewAt: number }>()
-  readonly #verified = new Map<string, { value: UserPrincipal | string; expiresAtMs: number }>()
+  /**
+   * By the token's signature, the last of its three parts: a key a tenth the token's length
+   * to hash on every request (a header's string is new each time). The whole token and its
+   * purpose are compared before an entry is believed.
+   */
+  readonly #verified = new Map<
+    string,
+    { token: string; purpose: string; value: UserPrincipal | string; expiresAtMs: number }
+  >()
 
   constructor(ring: KeyRing, options: TokenOptions) {
     this.#ring = ring
@@ -107,10 +115,10 @@ export class Tokens {
 
   /** The user an access token names; throws InvalidTokenError (401) with a safe reason. */
   async verifyAccess(token: string): Promise<UserPrincipal> {
-    const known = this.#recall(`access\u0000${token}`)
+    const known = this.#recall(token, 'access')
     if (known) return known as UserPrincipal
     const payload = await this.#verifyAccess(token)
-    this.#remember(`access\u0000${token}`, payload.principal, payload.expSeconds)
+    this.#remember(token, 'access', payload.principal, payload.expSeconds)
     return payload.principal
   }
 
@@ -164,8 +172,8 @@ export class Tokens {
 
   /** The component a service token names, when it is addressed to `audience`. */
   async verifyService(token: string, audience: string): Promise<string> {
-    const key = `service\u0000${audience}\u0000${token}`
-    const known = this.#recall(key)
+    const purpose = `service\u0000${audience}`
+    const known = this.#recall(token, purpose)
     if (known) return known as string
     const payload = await verify(token, this.#resolveLocal, {
       issuer: serviceIssuer,
@@ -175,7 +183,7 @@ export class Tokens {
     })
     if (typeof payload.sub !== 'string' || payload.sub.length === 0)
       throw new InvalidTokenError('the service token names no caller')
-    this.#remember(key, payload.sub, payload.exp as number)
+    this.#remember(token, purpose, payload.sub, payload.exp as number)
     return payload.sub
   }
 
@@ -184,19 +192,29 @@ export class Tokens {
    * a client carries the same token, and one signature check serves them all. Bounded; a
    * token seen again after it was dropped is simply verified again.
    */
-  #remember(key: string, value: UserPrincipal | string, expSeconds: number): void {
+  #remember(token: string, purpose: string, value: UserPrincipal | string, expSeconds: number): void {
     if (this.#verified.size >= verifiedSizeMax) this.#verified.clear()
     const memoMs = this.options.verifiedMemoMs ?? 30_000
-    this.#verified.set(key, { value, expiresAtMs: Math.min(expSeconds * 1000, Date.now() + memoMs) })
+    this.#verified.set(signatureOf(token), {
+      token,
+      purpose,
+      value,
+      expiresAtMs: Math.min(expSeconds * 1000, Date.now() + memoMs),
+    })
   }
 
-  #recall(key: string): UserPrincipal | string | undefined {
+  #recall(token: string, purpose: string): UserPrincipal | string | undefined {
+    const key = signatureOf(token)
     const known = this.#verified.get(key)
-    if (!known) return undefined
+    if (!known || known.token !== token || known.purpose !== purpose) return undefined
     if (known.expiresAtMs > Date.now()) return known.value
     this.#verified.delete(key)
     return undefined
   }
+}
+
+function signatureOf(token: string): string {
+  return token.slice(token.lastIndexOf('.') + 1)
 }
 
 async function verify(

@@ -1,0 +1,50 @@
+import assert from 'node:assert/strict'
+import { Writable } from 'node:stream'
+import { describe, it } from 'node:test'
+import { pino } from 'pino'
+import { LazyChildLogger } from '../../src/platform/logger.ts'
+
+function capturing() {
+  const lines: Record<string, unknown>[] = []
+  const stream = new Writable({
+    write(chunk, _encoding, done) {
+      lines.push(JSON.parse(String(chunk)))
+      done()
+    },
+  })
+  return { logger: pino({ level: 'info' }, stream), lines }
+}
+
+describe('a lazy child logger', () => {
+  it('writes its bindings on every line, as a pino child does', async () => {
+    const { logger, lines } = capturing()
+    const child = new LazyChildLogger(logger, { reqId: 'r-1' })
+    child.warn({ err: 'boom' }, 'request failed')
+    child.child({ step: 2 }).error('again')
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.deepEqual(
+      lines.map(({ reqId, err, step, msg, level }) => ({ reqId, err, step, msg, level })),
+      [
+        { reqId: 'r-1', err: 'boom', step: undefined, msg: 'request failed', level: 40 },
+        { reqId: 'r-1', err: undefined, step: 2, msg: 'again', level: 50 },
+      ],
+    )
+  })
+
+  it('makes no child for a line below the level', () => {
+    const { logger, lines } = capturing()
+    let children = 0
+    const child = logger.child.bind(logger)
+    logger.child = ((...args: Parameters<typeof logger.child>) => {
+      children++
+      return child(...args)
+    }) as typeof logger.child
+    const lazy = new LazyChildLogger(logger, { reqId: 'r-2' })
+    lazy.debug('not written')
+    lazy.trace('nor this')
+    assert.equal(children, 0)
+    assert.equal(lines.length, 0)
+    lazy.info('written')
+    assert.equal(children, 1)
+  })
+})
