@@ -56,3 +56,31 @@ export async function drive(
 export function withBearer(headers: Record<string, string>, bearer: string): Record<string, string> {
   return bearer ? { ...headers, authorization: `Bearer ${bearer}` } : headers
 }
+
+/**
+ * Runs `baseline` and `subject` in turns, `rounds` of each, with the baseline once more at the
+ * end (A B A … B A), so that a drift in the machine's speed during a run falls on both alike.
+ * Each figure is the mean over the runs, except the non-2xx answers, which are summed.
+ */
+export async function alternate<T extends Driven>(
+  baseline: () => Promise<T>,
+  subject: () => Promise<T>,
+  rounds: number,
+): Promise<{ baseline: T; subject: T }> {
+  const baselines: T[] = []
+  const subjects: T[] = []
+  for (let round = 0; round < rounds; round++) {
+    baselines.push(await baseline())
+    subjects.push(await subject())
+  }
+  baselines.push(await baseline())
+  return { baseline: meanOf(baselines), subject: meanOf(subjects) }
+}
+
+function meanOf<T extends Driven>(runs: T[]): T {
+  const mean: Record<string, number> = {}
+  for (const key of Object.keys(runs[0]))
+    mean[key] = runs.reduce((sum, run) => sum + (run[key as keyof T] as number), 0)
+  for (const key of Object.keys(mean)) if (key !== 'non2xx') mean[key] /= runs.length
+  return mean as unknown as T
+}

@@ -18,7 +18,7 @@ import { Pool } from 'undici'
 import { resolveTargets } from '../src/runtime/components.ts'
 import { demoProducts } from '../src/runtime/demo-data.ts'
 import { tempDir } from '../test/support/wait.ts'
-import { type Driven, drive } from './drive.ts'
+import { alternate, type Driven, drive } from './drive.ts'
 import { type Started, startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
@@ -71,28 +71,6 @@ async function driveOneByOne(
   }
 }
 
-function mean(a: Driven, b: Driven): Driven {
-  return {
-    perSecond: (a.perSecond + b.perSecond) / 2,
-    p50: (a.p50 + b.p50) / 2,
-    p99: (a.p99 + b.p99) / 2,
-    non2xx: a.non2xx + b.non2xx,
-  }
-}
-
-interface Compared {
-  through: Driven
-  direct: Driven
-}
-
-/** A, B, A: direct, through the gateway, direct again; the baseline is the mean of the two direct runs. */
-async function compare(direct: () => Promise<Driven>, through: () => Promise<Driven>): Promise<Compared> {
-  const a = await direct()
-  const b = await through()
-  const c = await direct()
-  return { through: b, direct: mean(a, c) }
-}
-
 interface Request {
   method: 'GET' | 'POST'
   headers: Record<string, string>
@@ -112,33 +90,34 @@ async function measure(
   const oneByOne = (target: typeof direct) => () => driveOneByOne(target.url, seconds, target.request)
   await loaded(direct)() // warm-up
   await loaded(gateway)()
-  const load = await compare(loaded(direct), loaded(gateway))
-  const light = await compare(oneByOne(direct), oneByOne(gateway))
-  const nonOk = load.through.non2xx + light.through.non2xx + load.direct.non2xx + light.direct.non2xx
+  // A, B, A: direct, through the gateway, direct again.
+  const load = await alternate(loaded(direct), loaded(gateway), 1)
+  const light = await alternate(oneByOne(direct), oneByOne(gateway), 1)
+  const nonOk = load.subject.non2xx + light.subject.non2xx + load.baseline.non2xx + light.baseline.non2xx
   console.error(
-    `${scenario}: ${(load.through.perSecond / load.direct.perSecond).toFixed(2)}× direct at ${connections} connections; ` +
-      `p50 one by one ${light.through.p50.toFixed(3)} ms against ${light.direct.p50.toFixed(3)} ms ` +
-      `(+${(light.through.p50 - light.direct.p50).toFixed(3)} ms); non-2xx answers ${nonOk}`,
+    `${scenario}: ${(load.subject.perSecond / load.baseline.perSecond).toFixed(2)}× direct at ${connections} connections; ` +
+      `p50 one by one ${light.subject.p50.toFixed(3)} ms against ${light.baseline.p50.toFixed(3)} ms ` +
+      `(+${(light.subject.p50 - light.baseline.p50).toFixed(3)} ms); non-2xx answers ${nonOk}`,
   )
   return [
     row(
       `${scenario}, ${connections} connections`,
       'embedded',
       'throughput',
-      load.through.perSecond,
+      load.subject.perSecond,
       'req/s',
-      load.direct.perSecond,
+      load.baseline.perSecond,
     ),
     row(
       `${scenario}, ${connections} connections`,
       'embedded',
       'p50',
-      load.through.p50,
+      load.subject.p50,
       'ms',
-      load.direct.p50,
+      load.baseline.p50,
     ),
-    row(`${scenario}, one by one`, 'embedded', 'p50', light.through.p50, 'ms', light.direct.p50),
-    row(`${scenario}, one by one`, 'embedded', 'p99', light.through.p99, 'ms', light.direct.p99),
+    row(`${scenario}, one by one`, 'embedded', 'p50', light.subject.p50, 'ms', light.baseline.p50),
+    row(`${scenario}, one by one`, 'embedded', 'p99', light.subject.p99, 'ms', light.baseline.p99),
   ]
 }
 

@@ -1,8 +1,9 @@
 // `npm run bench -- query`:
 //  1. cached GET /v1/orders/{id} beside a bare fastify server answering the same documents
-//     from memory, same autocannon settings: on the query API as the gateway of a distributed
-//     deployment calls it (service token and user token), and on a whole `mercato start`
-//     process through its gateway (whose own cost `npm run bench -- gateway` measures);
+//     from memory, same autocannon settings, in turns with it: on the query API as the gateway
+//     of a distributed deployment calls it (service token and user token), and on a whole
+//     `mercato start` process through its gateway (whose own cost `npm run bench -- gateway`
+//     measures);
 //  2. catalog search over 100,000 products, on SQLite FTS5 and PostgreSQL (bench/search.ts);
 //  3. projection lag at 1,000 events/s: from append to the change visible in the
 //     order-status view, beside a bare consumer's append-to-handler time on the same stream,
@@ -21,7 +22,7 @@ import { loadConfig } from '../src/runtime/config.ts'
 import { openCache, openEventStream, redisKeyPrefix, storeOpener } from '../src/runtime/engines.ts'
 import { deleteKafkaTopics, dropPostgresSchemas } from '../test/support/servers.ts'
 import { tempDir } from '../test/support/wait.ts'
-import { type DrivenRequest, drive, withBearer } from './drive.ts'
+import { alternate, type DrivenRequest, drive, withBearer } from './drive.ts'
 import { placeOrders } from './gateway.ts'
 import { cpuPerRequest, type Started, startProcess } from './mercato-process.ts'
 import { percentile, type Row, row } from './rows.ts'
@@ -86,18 +87,26 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
       { MERCATO_BENCH_DOCUMENTS: file },
       /bare server is up/,
     )
-    const measured = async (process: Started, request: DrivenRequest) => {
-      await drive(process.url, 2, options.connections, request) // warm-up, and fills the cache
-      return cpuPerRequest(
+    // Each subject in turns with the bare server, rounds of two seconds or so: the machine's
+    // speed drifts during a run, and then it drifts for both alike.
+    const rounds = Math.max(1, Math.round(options.seconds / 2))
+    const seconds = options.seconds / rounds
+    const run = (process: Started, request: DrivenRequest) => async () => {
+      const { result, cpuUs } = await cpuPerRequest(
         process,
-        () => drive(process.url, options.seconds, options.connections, request),
-        (driven) => driven.perSecond * options.seconds,
+        () => drive(process.url, seconds, options.connections, request),
+        (driven) => driven.perSecond * seconds,
       )
+      return { ...result, cpuUs }
     }
-    const bareBefore = await measured(bare, getOrders(ids))
+    const versusBare = async (process: Started, request: DrivenRequest) => {
+      await drive(bare!.url, 2, options.connections, getOrders(ids)) // warm-up
+      await drive(process.url, 2, options.connections, request) // warm-up, and fills the cache
+      return alternate(run(bare!, getOrders(ids)), run(process, request), rounds)
+    }
     // The whole shop: through the gateway's hook in the same process (token, rate limits,
     // route policy, security headers), as `mercato start` serves it.
-    const whole = await measured(shop, getOrders(ids, bearer))
+    const whole = await versusBare(shop, getOrders(ids, bearer))
     await shop.stop()
     shop = undefined
     // The query API as a distributed deployment runs it: every component but the gateway,
@@ -114,24 +123,16 @@ async function benchCachedOrder(options: QueryBenchOptions): Promise<Row[]> {
       env,
       /mercato is up/,
     )
-    const alone = await measured(queryApi, {
+    const alone = await versusBare(queryApi, {
       ...getOrders(ids, bearer),
       headers: { ...withBearer({}, bearer), 'mercato-service-token': await tokens.service('query-api') },
     })
-    const bareAfter = await measured(bare, getOrders(ids))
-    // The bare server before and after, since the machine's load drifts during a run.
-    const baseline = {
-      perSecond: (bareBefore.result.perSecond + bareAfter.result.perSecond) / 2,
-      p50: (bareBefore.result.p50 + bareAfter.result.p50) / 2,
-      p99: (bareBefore.result.p99 + bareAfter.result.p99) / 2,
-      cpuUs: (bareBefore.cpuUs + bareAfter.cpuUs) / 2,
-    }
-    console.error({ baseline, whole, alone })
-    const rowsOf = (scenario: string, { result, cpuUs }: typeof whole) => [
-      row(scenario, 'embedded', 'throughput', result.perSecond, 'answers/s', baseline.perSecond),
-      row(scenario, 'embedded', 'p50', result.p50, 'ms', baseline.p50),
-      row(scenario, 'embedded', 'p99', result.p99, 'ms', baseline.p99),
-      row(scenario, 'embedded', 'cpu', cpuUs, 'µs CPU/request', baseline.cpuUs),
+    console.error({ whole, alone })
+    const rowsOf = (scenario: string, { subject, baseline }: typeof whole) => [
+      row(scenario, 'embedded', 'throughput', subject.perSecond, 'answers/s', baseline.perSecond),
+      row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
+      row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
+      row(scenario, 'embedded', 'cpu', subject.cpuUs, 'µs CPU/request', baseline.cpuUs),
     ]
     return [
       ...rowsOf(`cached GET /v1/orders/{id}, query-api, ${options.connections} connections`, alone),

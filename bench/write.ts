@@ -1,9 +1,9 @@
 // `npm run bench -- write`: POST /v1/orders on command-api (validation, idempotency key
 // in the store, append to the stream) beside a bare fastify server that only validates
-// the same body, under the same autocannon settings, in the same run.
+// the same body, under the same autocannon settings, in turns in the same run.
 import { tempDir } from '../test/support/wait.ts'
-import { type Driven, drive, withBearer } from './drive.ts'
-import { cpuPerRequest, startProcess } from './mercato-process.ts'
+import { alternate, drive, withBearer } from './drive.ts'
+import { cpuPerRequest, type Started, startProcess } from './mercato-process.ts'
 import { type Row, row } from './rows.ts'
 import { benchLimits, benchTokens } from './tokens.ts'
 
@@ -47,24 +47,28 @@ export async function benchWrite(options: { seconds: number; connections: number
   try {
     await drive(bare.url, 2, options.connections, post()) // warm-up
     await drive(mercato.url, 2, options.connections, post(bearer))
-    const accepted = (driven: Driven) => driven.perSecond * options.seconds
-    const { result: baseline, cpuUs: baselineCpuUs } = await cpuPerRequest(
-      bare,
-      () => drive(bare.url, options.seconds, options.connections, post()),
-      accepted,
-    )
-    const { result: subject, cpuUs } = await cpuPerRequest(
-      mercato,
-      () => drive(mercato.url, options.seconds, options.connections, post(bearer)),
-      accepted,
-    )
-    console.error({ baseline, subject, cpuUs, baselineCpuUs })
+    // In turns, rounds of two seconds or so: the machine's speed drifts during a run, and then
+    // it drifts for both alike.
+    const rounds = Math.max(1, Math.round(options.seconds / 2))
+    const seconds = options.seconds / rounds
+    const run =
+      (process: Started, bearer = '') =>
+      async () => {
+        const { result, cpuUs } = await cpuPerRequest(
+          process,
+          () => drive(process.url, seconds, options.connections, post(bearer)),
+          (driven) => driven.perSecond * seconds,
+        )
+        return { ...result, cpuUs }
+      }
+    const { baseline, subject } = await alternate(run(bare), run(mercato, bearer), rounds)
+    console.error({ baseline, subject })
     const scenario = `POST /v1/orders, ${options.connections} connections`
     return [
       row(scenario, 'embedded', 'throughput', subject.perSecond, 'accepted/s', baseline.perSecond),
       row(scenario, 'embedded', 'p50', subject.p50, 'ms', baseline.p50),
       row(scenario, 'embedded', 'p99', subject.p99, 'ms', baseline.p99),
-      row(scenario, 'embedded', 'cpu', cpuUs, 'µs CPU/request', baselineCpuUs),
+      row(scenario, 'embedded', 'cpu', subject.cpuUs, 'µs CPU/request', baseline.cpuUs),
     ]
   } finally {
     await tokens.close()
