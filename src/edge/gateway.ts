@@ -432,6 +432,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     {
       config: problemDocs(signInProblems),
       attachValidation: true,
+      preSerialization: oauthErrorCode,
       schema: {
         operationId: 'signIn',
         summary: 'Sign in: a password grant answers an access token and a refresh token',
@@ -493,6 +494,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     {
       config: problemDocs(signInProblems),
       attachValidation: true,
+      preSerialization: oauthErrorCode,
       schema: {
         operationId: 'refreshToken',
         summary: 'Trade a refresh token for a new access token and the next refresh token',
@@ -589,6 +591,17 @@ function refuseInvalidTokenRequest(request: FastifyRequest, grantType: string): 
   throw invalidRequest(refused.validation ?? [], [], {
     error: typeof given === 'string' && given !== grantType ? 'unsupported_grant_type' : 'invalid_request',
   })
+}
+
+/**
+ * RFC 6749 §5.2: every refusal of a malformed token request carries `error`, those refused
+ * before the route's own checks included (a body that is not JSON, too large, of another
+ * content type).
+ */
+async function oauthErrorCode(_request: FastifyRequest, reply: FastifyReply, payload: unknown) {
+  const malformed = reply.statusCode === 400 || reply.statusCode === 413 || reply.statusCode === 415
+  if (!malformed || payload === null || typeof payload !== 'object' || 'error' in payload) return payload
+  return { ...payload, error: 'invalid_request' }
 }
 
 function invalidGrant(detail: string): MercatoError {

@@ -292,6 +292,25 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       })
       assert.equal(escapedNotUtf8.status, 400)
       assert.equal(((await escapedNotUtf8.json()) as { error: string }).error, 'invalid_request')
+      // Refused before the route's own checks: not JSON, too large, another content type.
+      for (const path of ['/v1/auth/token', '/v1/auth/refresh']) {
+        for (const [contentType, body] of [
+          ['application/json', '{"grant_type":'],
+          ['application/json', JSON.stringify({ grant_type: 'password', password: 'x'.repeat(100_000) })],
+          ['text/plain', 'grant_type=password'],
+        ]) {
+          logins++
+          const refused = await fetch(`${shop.url}${path}`, {
+            method: 'POST',
+            headers: { 'content-type': contentType },
+            body,
+          })
+          assert.ok([400, 413, 415].includes(refused.status), `${path} ${contentType}: ${refused.status}`)
+          const problem = (await refused.json()) as { error: string; status: number }
+          assert.equal(problem.error, 'invalid_request', `${path} ${contentType} ${body.slice(0, 20)}`)
+          assert.equal(problem.status, refused.status)
+        }
+      }
     })
 
     it('refuses expired, not yet valid, wrong issuer and wrong audience tokens', async () => {
