@@ -24,7 +24,14 @@ import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import type { GatewayConfig } from '../runtime/config.ts'
-import { badBody, invalidRequest, securityHeaders, utf8Text, type ValidationIssue } from '../runtime/http.ts'
+import {
+  badBody,
+  charsetRefusal,
+  invalidRequest,
+  securityHeaders,
+  utf8Text,
+  type ValidationIssue,
+} from '../runtime/http.ts'
 import { addOpenApiFinisher, addOpenApiSource, type OpenApiDocument } from '../runtime/openapi.ts'
 import type { RateLimiter, RateRule, RateVerdict } from './rate-limit.ts'
 import { RefreshTokens } from './refresh-tokens.ts'
@@ -125,6 +132,8 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     (request, body, done) => {
       if (!tokenRoutes.has(request.routeOptions.url ?? ''))
         return done(Object.assign(new Error('unsupported media type'), { statusCode: 415 }))
+      const otherCharset = charsetRefusal(request, 'a form')
+      if (otherCharset) return done(otherCharset)
       const text = utf8Text(body as Buffer)
       const pairs = text === undefined ? undefined : formPairs(text)
       if (pairs === undefined) return done(badBody('is not valid UTF-8', { error: 'invalid_request' }))

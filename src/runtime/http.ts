@@ -167,15 +167,8 @@ export function createHttpServer(
   app.addContentTypeParser('application/json', { parseAs: 'buffer' }, (request, body, done) => {
     // JSON between systems is UTF-8 (RFC 8259 §8.1): another charset is refused, and bytes
     // that are not UTF-8 are a bad body, not text quietly patched with U+FFFD.
-    const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers['content-type'] ?? '')?.[1]
-    if (charset !== undefined && !/^utf-?8$/i.test(charset))
-      return done(
-        new MercatoError(
-          'unsupported-media-type',
-          415,
-          `a JSON body is UTF-8, not ${charset}: send it as UTF-8`,
-        ),
-      )
+    const otherCharset = charsetRefusal(request, 'a JSON body')
+    if (otherCharset) return done(otherCharset)
     const text = utf8Text(body as Buffer)
     if (text === undefined) return done(badBody('is not valid UTF-8'))
     parseJson(request, text, (error, value) => {
@@ -381,6 +374,13 @@ function poisonedBody(): MercatoError {
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false })
+
+/** A 415 for a body whose Content-Type names a charset other than UTF-8, the only one read. */
+export function charsetRefusal(request: FastifyRequest, what: string): MercatoError | undefined {
+  const charset = /;\s*charset\s*=\s*"?([^";\s]+)/i.exec(request.headers['content-type'] ?? '')?.[1]
+  if (charset === undefined || /^utf-?8$/i.test(charset)) return undefined
+  return new MercatoError('unsupported-media-type', 415, `${what} is UTF-8, not ${charset}: send it as UTF-8`)
+}
 
 /** A body's text, or undefined when its bytes are not UTF-8. */
 export function utf8Text(body: Buffer): string | undefined {
