@@ -211,15 +211,19 @@ function principalKey(principal: Entity): string {
   return key
 }
 
+/** JSON texts in a row: each one ends where it ends, so the key is unambiguous. */
 function entityKey(entity: Entity): string {
-  return JSON.stringify([entity.type, entity.id, attrsKey(entity.attrs)])
+  return `${JSON.stringify(entity.type)}${JSON.stringify(entity.id)}{${attrsKey(entity.attrs)}}`
 }
 
 /** Attributes with their names sorted, so equal entities give equal keys whatever their key order. */
 function attrsKey(attrs: Entity['attrs']): string {
   if (attrs === undefined) return ''
-  const names = Object.keys(attrs).sort()
-  return JSON.stringify(names.map((name) => [name, attrs[name]]))
+  const names = Object.keys(attrs)
+  if (names.length > 1) names.sort()
+  let key = ''
+  for (const name of names) key += `${JSON.stringify(name)}:${JSON.stringify(attrs[name])},`
+  return key
 }
 
 /** JSON with object keys sorted at every depth. */

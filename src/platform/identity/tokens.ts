@@ -113,6 +113,11 @@ export class Tokens {
     return { token, expiresIn: this.options.accessTtlSeconds }
   }
 
+  /** The user an access token names when this process verified it a moment ago; undefined otherwise. */
+  knownAccess(token: string): UserPrincipal | undefined {
+    return this.#recall(token, 'access') as UserPrincipal | undefined
+  }
+
   /** The user an access token names; throws InvalidTokenError (401) with a safe reason. */
   async verifyAccess(token: string): Promise<UserPrincipal> {
     const known = this.#recall(token, 'access')
@@ -168,6 +173,11 @@ export class Tokens {
       renewAt: Date.now() + (this.options.serviceTtlSeconds * 1000 * 2) / 3,
     })
     return token
+  }
+
+  /** The component a service token addressed to `audience` names, when this process verified it a moment ago. */
+  knownService(token: string, audience: string): string | undefined {
+    return this.#recall(token, `service\u0000${audience}`) as string | undefined
   }
 
   /** The component a service token names, when it is addressed to `audience`. */
