@@ -80,7 +80,7 @@ export function requireVerifiedCaller(identity: Identity, component: string) {
   }
   // Callback-style: a caller whose tokens this process verified a moment ago (every request of
   // a client carries the same ones) goes on without a promise or a wait.
-  return (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void => {
+  return (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) => {
     if (callerOf(request)) return done()
     const serviceToken = request.headers[serviceTokenHeader]
     if (typeof serviceToken !== 'string') {
