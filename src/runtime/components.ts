@@ -304,6 +304,7 @@ Object.assign(components, {
           apiKey: context.config.paymentProviderApiKey,
           timeoutMs: context.config.paymentProviderTimeoutMs,
           attemptsMax: context.config.paymentProviderAttemptsMax,
+          inFlightPatienceMs: context.config.paymentProviderInFlightWaitMs,
           concurrencyMax: context.config.paymentProviderConcurrencyMax,
           backoffBaseMs: context.config.handlerBackoffBaseMs,
         },

@@ -51,6 +51,7 @@ export interface Config {
   paymentProviderApiKey: string | undefined
   paymentProviderTimeoutMs: number
   paymentProviderAttemptsMax: number
+  paymentProviderInFlightWaitMs: number
   paymentProviderConcurrencyMax: number
   carrierStepMs: number
   readWaitMs: number
@@ -305,6 +306,13 @@ export const intSettings = {
     default: 4,
     min: 1,
     max: 20,
+  },
+  paymentProviderInFlightWaitMs: {
+    env: 'MERCATO_PAYMENT_PROVIDER_IN_FLIGHT_WAIT_MS',
+    help: 'how long a payment provider call waits, asking once a second, for an idempotency key the provider still holds (an earlier attempt cut short by a timeout or a crash) before the step fails',
+    default: 15_000,
+    min: 0,
+    max: 600_000,
   },
   paymentProviderConcurrencyMax: {
     env: 'MERCATO_PAYMENT_PROVIDER_CONCURRENCY_MAX',

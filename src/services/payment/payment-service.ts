@@ -37,7 +37,7 @@ export interface PaymentServiceOptions {
   backoffBaseMs: number
   /** How long the circuit to the provider stays open before a call may try again (default 5 s). */
   circuitHalfOpenAfterMs?: number
-  /** How long a call waits for a key the provider still holds from a cut-short attempt (default 30 s). */
+  /** How long a call waits for a key the provider still holds from a cut-short attempt (default 15 s). */
   inFlightPatienceMs?: number
 }
 

@@ -42,7 +42,7 @@ export interface ProviderClientOptions {
   backoffBaseMs: number
   /** How long the circuit stays open before one call may try again (default 5 s). */
   circuitHalfOpenAfterMs?: number
-  /** How long a call waits for a key the provider still holds from a cut-short attempt (default 30 s). */
+  /** How long a call waits for a key the provider still holds from a cut-short attempt (default 15 s). */
   inFlightPatienceMs?: number
   /** Who calls (a metric label): each client has its own circuit. Default `saga`. */
   name?: string
@@ -81,7 +81,7 @@ export class ProviderError extends Error {
 }
 
 /** How long a call waits for an idempotency key the provider still holds (its lease is 15 s at no latency). */
-const inFlightPatienceDefaultMs = 30_000
+const inFlightPatienceDefaultMs = 15_000
 
 /** Consecutive failed attempts that open the circuit: many, so a flaky provider is retried, a down one is not. */
 const circuitFailuresMax = 10
@@ -99,6 +99,11 @@ interface ProviderRequest {
 interface Answer {
   status: number
   body: Record<string, unknown>
+}
+
+/** The provider still holds the key for an earlier attempt (cut short by a timeout or a crash). */
+function keyHeld(error: unknown): boolean {
+  return error instanceof ProviderError && error.status === 409 && error.retryable
 }
 
 function transient(error: unknown): boolean {
@@ -142,12 +147,7 @@ export class ProviderClient {
     // A full bulkhead, or a key still in flight at the provider (its answer to a request
     // whose first attempt a crash cut short), says nothing of the provider's health.
     this.#breaker = circuitBreaker(
-      handleWhen(
-        (error) =>
-          transient(error) &&
-          !(error instanceof BulkheadRejectedError) &&
-          !(error instanceof ProviderError && error.status === 409),
-      ),
+      handleWhen((error) => transient(error) && !(error instanceof BulkheadRejectedError) && !keyHeld(error)),
       { halfOpenAfter, breaker: new ConsecutiveBreaker(circuitFailuresMax) },
     )
     const perAttempt = [
@@ -157,11 +157,19 @@ export class ProviderClient {
       timeout(options.timeoutMs, { strategy: TimeoutStrategy.Aggressive, abortOnReturn: false }),
       bulkhead(options.concurrencyMax, options.concurrencyMax),
     ] as const
+    // A held key is not retried here but waited for in #call, once a second, for as long as
+    // the call's patience: attempts in quick succession would only be told the same.
     const maxAttempts = options.attemptsMax - 1
-    this.#policy = wrap(retry(handleWhen(transient), { maxAttempts, backoff }), ...perAttempt)
+    this.#policy = wrap(
+      retry(
+        handleWhen((error) => transient(error) && !keyHeld(error)),
+        { maxAttempts, backoff },
+      ),
+      ...perAttempt,
+    )
     this.#patientPolicy = wrap(
       retry(
-        handleWhen((error) => transient(error) || error instanceof BrokenCircuitError),
+        handleWhen((error) => (transient(error) && !keyHeld(error)) || error instanceof BrokenCircuitError),
         { maxAttempts, backoff },
       ),
       ...perAttempt,
@@ -267,10 +275,10 @@ export class ProviderClient {
           this.#calls.inc({ operation, outcome: String(answer.status) })
           return answer
         } catch (error) {
-          // The key is still held by an attempt a crash cut short: the provider frees it once
-          // its lease runs out, so wait for that rather than give the step up.
-          const held = error instanceof ProviderError && error.status === 409 && error.retryable
-          if (!held || Date.now() >= patientUntil) throw error
+          // The key is still held by an attempt cut short (a timeout, a crash): the provider
+          // answers it once that attempt ends or its lease runs out, so wait for that a while
+          // rather than give the step up.
+          if (!keyHeld(error) || Date.now() >= patientUntil) throw error
           await sleep(1_000)
         }
       }

@@ -30,7 +30,8 @@ import { type Harness, openHarness } from '../notification/harness.ts'
 describe('the payment service', () => {
   const dir = tempDir()
   const providerStore = new SqliteStore(join(dir.path, 'provider'), 'provider', storeLimitDefaults)
-  const http = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+  const httpMetrics = new Metrics()
+  const http = createHttpServer(loadConfig({}), silentLogger(), httpMetrics, () => [])
   let providerUrl = ''
   let provider: Awaited<ReturnType<typeof startPaymentProvider>>
   let harness: Harness
@@ -195,6 +196,47 @@ describe('the payment service', () => {
       await dials({ latencyMs: 0 })
     }
     assert.equal((await chargesOf(orderId)).length, 1)
+  })
+
+  it('gives a held key up after its patience, asking once a second, not once per attempt', async () => {
+    const client = new ProviderClient({
+      providerUrl: () => providerUrl,
+      timeoutMs: 250,
+      attemptsMax: 3,
+      concurrencyMax: 4,
+      backoffBaseMs: 10,
+      inFlightPatienceMs: 1_500,
+      log: silentLogger(),
+      metrics: new Metrics(),
+    })
+    const held = async () => {
+      const text = await httpMetrics.text()
+      const line = text
+        .split('\n')
+        .find((l) =>
+          l.startsWith(
+            'mercato_http_requests_total{method="POST",route="/provider/v1/authorizations",status="409"}',
+          ),
+        )
+      return Number(line?.split(' ').at(-1) ?? 0)
+    }
+    const before = await held()
+    const orderId = newOrder()
+    await dials({ latencyMs: 4_000 })
+    try {
+      await assert.rejects(
+        client.authorize(
+          { amountMinor: 1_000, currency: 'EUR', paymentMethodToken: 'tok_visa', reference: orderId },
+          `${orderId}:authorize`,
+        ),
+        (error) => error instanceof ProviderError && error.status === 409,
+      )
+    } finally {
+      await dials({ latencyMs: 0 })
+    }
+    // The first attempt timed out; then one question a second for 1.5 s: two or three 409s.
+    const asked = (await held()) - before
+    assert.ok(asked >= 1 && asked <= 3, `${asked} answers of 409`)
   })
 
   it('answers payment.failed when the provider keeps failing', async () => {
