@@ -98,6 +98,17 @@ const catalog = [
     priceMinor: 200,
     stock: 3,
   },
+  // A word whole in a name, and the same letters only beginning a longer word of one.
+  {
+    sku: 'RANK-WHOLE',
+    name: 'Brask',
+    description: 'a brask',
+    category: 'kitchen',
+    priceMinor: 300,
+    stock: 3,
+  },
+  { sku: 'RANK-WHOLE-2', name: 'Tea brask', description: '', category: 'kitchen', priceMinor: 300, stock: 3 },
+  { sku: 'RANK-START', name: 'Braskwood', description: '', category: 'kitchen', priceMinor: 300, stock: 3 },
   ...[1, 2, 3].map((i) => ({
     sku: `RANK-QDESC-${i}`,
     name: `Plain mug ${i}`,
@@ -217,6 +228,19 @@ function defineSearchTests(
       assert.deepEqual(
         both.items.map((p) => p.sku),
         ['RANK-LONG', 'RANK-HALF', 'RANK-QDESC-1', 'RANK-QDESC-2', 'RANK-QDESC-3'],
+      )
+    })
+
+    test('a word a name holds whole ranks above a longer word it only begins', async () => {
+      const page = await searchCatalog(store, 1, { q: 'brask', limit: 10 })
+      assert.equal(page.total, 3)
+      assert.deepEqual(page.items.map((p) => p.sku).sort(), ['RANK-START', 'RANK-WHOLE', 'RANK-WHOLE-2'])
+      assert.equal(page.items[2].sku, 'RANK-START')
+      // Still a prefix match: a longer word begun, and nothing whole, is found.
+      const begun = await searchCatalog(store, 1, { q: 'braskw', limit: 10 })
+      assert.deepEqual(
+        begun.items.map((p) => p.sku),
+        ['RANK-START'],
       )
     })
 

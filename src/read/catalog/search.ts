@@ -5,7 +5,7 @@
 // Text: embedded, an FTS5 index ranked by bm25 with the name weighted 10, the category 4,
 // the description 1; distributed, a tsvector (name A, category B, description C) under a
 // GIN index, ranked by ts_rank. On both, names that hold more words of the query come
-// first, however long the description. Both index the words of text.ts, so both engines find the
+// first, however long the description, and of those, names that hold more of them whole. Both index the words of text.ts, so both engines find the
 // same products. A score is rounded to an integer (×1e9) in SQL: a page's last score is
 // carried in the cursor as that integer, and the next page starts strictly after
 // (score, sku), so paging never repeats or skips a product, ties included.
@@ -50,7 +50,13 @@ const scoreScale = 1e9
  * match, so a long description would otherwise rank a name that holds the words below names
  * that hold fewer of them, or none. bm25 and ts_rank scores stay far below it.
  */
-const nameMatchBonus = 1_000
+const nameMatchBonus = 10_000
+/**
+ * Added for each word of the query its name holds whole, not only as the start of a longer
+ * word: among names that hold as many of the words, "Cup" comes before "Cupboard" for `cup`.
+ * Every word of a query of 16 adds both and stays far below 2^53 once scaled.
+ */
+const wholeWordBonus = 1_000
 
 /**
  * A match's score on SQLite: bm25 with the name weighted 10, the category 4, the description
@@ -60,16 +66,11 @@ const nameMatchBonus = 1_000
  * for the whole query (a look-up per matched row costs far more).
  */
 function ftsScore(sql: Sql, F: string, terms: QueryTerm[]): string {
-  const inName =
-    terms.length === 1
-      ? `(bm25(${F}, 1.0, 0.0, 0.0) < 0)`
-      : terms
-          .map(
-            (term) =>
-              `(rowid IN (SELECT rowid FROM ${F} WHERE ${F} MATCH ${sql.param(`name : ${ftsMatchOf([term])}`)}))`,
-          )
-          .join(' + ')
-  return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + (${inName}) * ${nameMatchBonus}) * ${scoreScale}) AS INTEGER)`
+  const inName = (term: QueryTerm) =>
+    `(rowid IN (SELECT rowid FROM ${F} WHERE ${F} MATCH ${sql.param(`name : ${ftsMatchOf([term])}`)}))`
+  const inNameAtAll = terms.length === 1 ? `(bm25(${F}, 1.0, 0.0, 0.0) < 0)` : terms.map(inName).join(' + ')
+  const inNameWhole = terms.map((term) => inName({ ...term, prefix: false })).join(' + ')
+  return `CAST(round((-bm25(${F}, 10.0, 4.0, 1.0) + (${inNameAtAll}) * ${nameMatchBonus} + (${inNameWhole}) * ${wholeWordBonus}) * ${scoreScale}) AS INTEGER)`
 }
 
 type Row = ProductRow & { name_key: string; score?: number | bigint }
@@ -198,10 +199,11 @@ function pageSql(
     if (sortName === 'relevance') {
       // ts_rank adds up every matching word, so words repeated in a description can outweigh
       // the name: as on SQLite, each word of the query found in the name comes first.
-      const inName = terms
-        .map((term) => `(ts_filter(p.search, '{a}') @@ ${sql.param(tsQueryOf([term]))}::tsquery)::int`)
-        .join(' + ')
-      key = `round((ts_rank(p.search, ${tsquery}) + (${inName}) * ${nameMatchBonus})::float8 * ${scoreScale})::bigint`
+      const inName = (term: QueryTerm) =>
+        `(ts_filter(p.search, '{a}') @@ ${sql.param(tsQueryOf([term]))}::tsquery)::int`
+      const atAll = terms.map(inName).join(' + ')
+      const whole = terms.map((term) => inName({ ...term, prefix: false })).join(' + ')
+      key = `round((ts_rank(p.search, ${tsquery}) + (${atAll}) * ${nameMatchBonus} + (${whole}) * ${wholeWordBonus})::float8 * ${scoreScale})::bigint`
     }
   } else if (text !== undefined) {
     // The matches drive: each is one look-up of its product by id, in the narrow
