@@ -256,12 +256,15 @@ export function createHttpServer(
     let problem: ReturnType<typeof toProblem>
     const validation = (error as { validation?: ValidationIssue[]; validationContext?: string }).validation
     if (validation) {
-      problem = validationProblem(
-        validation,
-        (error as { validationContext?: string }).validationContext ?? 'body',
-        instanceOf(request.url),
-        laterIssues.get(request),
-      )
+      const part = (error as { validationContext?: string }).validationContext ?? 'body'
+      const { issues, repeated } =
+        part === 'querystring'
+          ? repeatedParameters(validation, request.query)
+          : { issues: validation, repeated: [] }
+      problem = validationProblem(issues, part, instanceOf(request.url), [
+        ...repeated,
+        ...(laterIssues.get(request) ?? []),
+      ])
     } else if ((error as { code?: string }).code === 'FST_ERR_CTP_BODY_TOO_LARGE') {
       // A 400 naming the body, as for any other bad field: nothing of it was read past the limit.
       problem = validationProblem([], 'body', instanceOf(request.url), [
@@ -486,6 +489,32 @@ const laterIssues = new WeakMap<FastifyRequest, FieldIssue[]>()
  * Records an issue a route's handler will refuse the request for (a header it checks itself),
  * so that a request the schema refuses first names it too: every bad field at once.
  */
+/**
+ * A query parameter given twice reaches validation as an array, which its schema then calls
+ * the wrong type, or no allowed value: it is said as what it is, once per parameter.
+ */
+function repeatedParameters(
+  issues: ValidationIssue[],
+  query: unknown,
+): { issues: ValidationIssue[]; repeated: FieldIssue[] } {
+  const given = (query ?? {}) as Record<string, unknown>
+  const isRepeated = (path: string) => {
+    const name = path.split('/')[1]
+    return name !== undefined && Array.isArray(given[name])
+  }
+  const names = new Set(
+    issues.filter((i) => isRepeated(i.instancePath)).map((i) => i.instancePath.split('/')[1]),
+  )
+  return {
+    issues: issues.filter((i) => !isRepeated(i.instancePath)),
+    repeated: [...names].map((name) => ({
+      in: 'querystring',
+      field: `/${name}`,
+      message: 'is given more than once',
+    })),
+  }
+}
+
 export function reportWithValidation(request: FastifyRequest, issue: FieldIssue): void {
   laterIssues.set(request, [...(laterIssues.get(request) ?? []), issue])
 }

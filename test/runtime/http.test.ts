@@ -86,10 +86,41 @@ describe('the HTTP base', () => {
     app.get('/cache-down', async () => {
       throw new Error("Stream isn't writeable and enableOfflineQueue options is false")
     })
+    app.get(
+      '/search',
+      {
+        schema: {
+          querystring: {
+            type: 'object',
+            properties: {
+              q: { type: 'string' },
+              sort: { enum: ['name', 'price'] },
+              limit: { type: 'string', pattern: '^[0-9]+$' },
+            },
+            additionalProperties: false,
+          },
+        },
+      },
+      async () => ({}),
+    )
     app.get('/not-yet', async () => {
       throw new MercatoError('view-unavailable', 503, 'the catalog view has not been built yet')
     })
     try {
+      // A parameter given twice is said to be, not a wrong type or a value not allowed.
+      const twice = await app.inject({ url: '/search?q=a&q=b&sort=name&sort=price&limit=x' })
+      assert.equal(twice.statusCode, 400)
+      assert.deepEqual(
+        twice
+          .json()
+          .errors.map((e: { field: string; message: string }) => `${e.field} ${e.message}`)
+          .sort(),
+        [
+          '/limit must match pattern "^[0-9]+$"',
+          '/q is given more than once',
+          '/sort is given more than once',
+        ],
+      )
       // Every 503 says when to come back.
       const notYet = await app.inject({ url: '/not-yet' })
       assert.equal(notYet.headers['retry-after'], '1')
