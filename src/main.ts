@@ -148,7 +148,17 @@ withEngineFlags(program.command('replay'))
   .option('--latest', 'skip to the end of the topic')
   .option('--new-group', 'the group has never read the topic: give it a position all the same')
   .action(async (options) => {
-    if (options.view !== undefined) return replayView(options)
+    if (options.view !== undefined) {
+      // A rebuild always reads the whole stream: a group's flag with it would be dropped unsaid.
+      const groupFlags = ['group', 'topic', 'offset', 'time', 'earliest', 'latest', 'newGroup']
+      const mixed = groupFlags.filter((flag) => options[flag] !== undefined)
+      if (mixed.length > 0)
+        throw new ConfigError(
+          'replay',
+          `--view rebuilds from the start of the stream and takes none of ${mixed.map((f) => `--${f.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`,
+        )
+      return replayView(options)
+    }
     if (!options.group || !options.topic)
       throw new ConfigError('replay', 'give --view, or --group and --topic')
     knownTopic(options.topic)

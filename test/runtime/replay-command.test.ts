@@ -55,6 +55,10 @@ describe('mercato replay --group', () => {
       )
       // Moved to the start, the group has a position there: moving it again is no mistake.
       assert.equal((await replay('--group', 'inventroy', '--topic', 'inventory', '--offset', '0')).code, 0)
+      // A view's rebuild takes no group's flags: mixed in, they are refused, not dropped.
+      const mixed = await replay('--view', 'catalog', '--group', 'x', '--offset', '0')
+      assert.equal(mixed.code, 2)
+      assert.match(mixed.stderr, /takes none of --group, --offset/)
       await stream.close()
     } finally {
       shop.remove()
