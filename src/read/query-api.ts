@@ -311,7 +311,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       const { id } = request.params as { id: string }
       readCustomer(request, id)
       const { cursor, limit } = request.query as { cursor?: string; limit?: string }
-      const after = cursor === undefined ? undefined : orderCursorOf(cursor)
+      const after = cursor === undefined ? undefined : orderCursorOf(cursor, id)
       const size = limit === undefined ? 20 : Number(limit)
       return answer(request, reply, {
         view: 'order-status',
@@ -322,7 +322,10 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
           return {
             customerId: id,
             items: page.items,
-            nextCursor: page.next ? Buffer.from(JSON.stringify(page.next)).toString('base64url') : null,
+            // The customer's too: a cursor goes on with the list it came from, and no other.
+            nextCursor: page.next
+              ? Buffer.from(JSON.stringify({ ...page.next, customerId: id })).toString('base64url')
+              : null,
           }
         },
         notFound: `no customer ${id}`,
@@ -577,12 +580,21 @@ function searchQueryOf(raw: SearchQueryString): CatalogQuery {
   return query
 }
 
-function orderCursorOf(cursor: string): { placedAt: string; orderId: string } {
+function orderCursorOf(cursor: string, customerId: string): { placedAt: string; orderId: string } {
   try {
     const parsed = JSON.parse(Buffer.from(cursor, 'base64url').toString())
-    // What a page's last order gives: its event's time (RFC 3339), and an id.
-    const { placedAt, orderId } = parsed as { placedAt?: unknown; orderId?: unknown }
+    // What a page's last order gives: its event's time (RFC 3339), and an id; and whose list it was.
+    const {
+      placedAt,
+      orderId,
+      customerId: listed,
+    } = parsed as {
+      placedAt?: unknown
+      orderId?: unknown
+      customerId?: unknown
+    }
     if (
+      listed === customerId &&
       typeof placedAt === 'string' &&
       /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/.test(placedAt) &&
       !Number.isNaN(Date.parse(placedAt)) &&
@@ -591,7 +603,9 @@ function orderCursorOf(cursor: string): { placedAt: string; orderId: string } {
     )
       return { placedAt, orderId }
   } catch {}
-  throw new MercatoError('invalid-cursor', 400, 'cursor is not one this API gave', {
-    errors: [{ in: 'querystring', field: '/cursor', message: 'is not a cursor this API gave' }],
+  throw new MercatoError('invalid-cursor', 400, 'cursor is not one this API gave for this customer', {
+    errors: [
+      { in: 'querystring', field: '/cursor', message: 'is not a cursor this API gave for this customer' },
+    ],
   })
 }

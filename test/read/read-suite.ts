@@ -261,6 +261,13 @@ export function defineReadSuite(
         cursor = page.body.nextCursor
       } while (cursor)
       assert.equal(seen.size, 22)
+      // A cursor goes on with the list it came from only.
+      const elsewhere = await get(
+        shop,
+        `/v1/customers/cus_someone_else/orders?cursor=${list.body.nextCursor}`,
+      )
+      assert.equal(elsewhere.status, 400)
+      assert.equal(elsewhere.body.errors[0].field, '/cursor')
 
       await waitFor(
         'the 360 to count the delivered order',
@@ -407,9 +414,11 @@ export function defineReadSuite(
           message: 'must be one of "relevance", "price-asc", "price-desc", "name", "newest"',
         },
       ])
-      // Repeated, it is not a string: still one issue, not one per choice.
+      // Repeated, it is said to be: one issue, not one per choice, nor a value not allowed.
       const repeated = await get(shop, '/v1/products?sort=name&sort=price-asc')
-      assert.deepEqual(repeated.body.errors, badSort.body.errors)
+      assert.deepEqual(repeated.body.errors, [
+        { in: 'querystring', field: '/sort', message: 'is given more than once' },
+      ])
       const badToken = await get(shop, `/v1/products/${sku}`, { 'mercato-consistency-token': 'garbage' })
       assert.equal(badToken.status, 400)
       assert.equal((await get(shop, '/v1/orders/ord_does_not_exist')).status, 404)
