@@ -294,6 +294,29 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       assert.equal((await deliveries(store))[0].last_status_code, 204)
     })
 
+    it('leaves the payment method token out of what a webhook receives', async () => {
+      const receiver = await webhookReceiver(204)
+      cleanups.push(receiver.close)
+      const { harness, store } = await start()
+      await setEndpoint(harness, store, receiver.url, ['order.*'])
+      await harness.publish('order.payment-requested', 'o-tok', {
+        orderId: 'o-tok',
+        customerId: 'c-tok',
+        paymentMethodToken: 'tok_secret_card',
+        amountMinor: 100,
+        currency: 'USD',
+      })
+      await waitFor('webhook delivered', async () => (await deliveries(store))[0]?.status === 'sent')
+      const [request] = receiver.received
+      assert.doesNotMatch(request.body, /tok_secret_card/)
+      assert.deepEqual(JSON.parse(request.body).data, {
+        orderId: 'o-tok',
+        customerId: 'c-tok',
+        amountMinor: 100,
+        currency: 'USD',
+      })
+    })
+
     it('stops delivering to a removed endpoint, its retries included', async () => {
       const receiver = await webhookReceiver(500)
       cleanups.push(receiver.close)
