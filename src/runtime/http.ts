@@ -137,6 +137,23 @@ export function createHttpServer(
       socket.destroy(error)
     },
   })
+  // An Expect other than 100-continue, the only one HTTP defines (RFC 9110 §10.1.1), is
+  // refused by Node before a request exists: as problem details here too.
+  app.server.on('checkExpectation', (_request: IncomingMessage, response: ServerResponse) => {
+    const body = JSON.stringify({
+      type: 'about:blank',
+      title: titleFor(417),
+      status: 417,
+      detail: 'the only Expect this server meets is 100-continue',
+    })
+    response.writeHead(417, {
+      ...security,
+      'content-type': 'application/problem+json',
+      'content-length': Buffer.byteLength(body),
+      'x-request-id': randomUUID(),
+    })
+    response.end(body)
+  })
   // Every route's methods by path pattern, to answer 405 (with Allow) and OPTIONS on a path
   // that exists for other methods.
   const routes: { pattern: RegExp; methods: string[] }[] = []
@@ -574,6 +591,7 @@ function titleFor(status: number): string {
     413: 'Content Too Large',
     414: 'URI Too Long',
     415: 'Unsupported Media Type',
+    417: 'Expectation Failed',
     429: 'Too Many Requests',
     431: 'Request Header Fields Too Large',
   }

@@ -254,6 +254,19 @@ describe('the HTTP base', () => {
       assert.equal(tooLong.status, 400)
       assert.equal(tooLong.headers.get('x-frame-options'), 'SAMEORIGIN')
       assert.match(tooLong.headers.get('x-request-id') ?? '', /^[0-9a-f-]{36}$/)
+      // An Expect no server can meet: 417, as problem details too.
+      const { port } = new URL(address)
+      const socket = connect(Number(port), '127.0.0.1')
+      socket.write('GET /hello HTTP/1.1\r\nHost: x\r\nExpect: bogus\r\nConnection: close\r\n\r\n')
+      let raw = ''
+      socket.on('data', (chunk) => {
+        raw += chunk
+      })
+      await once(socket, 'close')
+      assert.match(raw, /^HTTP\/1\.1 417 /)
+      assert.match(raw, /content-type: application\/problem\+json/i)
+      assert.match(raw, /x-frame-options: SAMEORIGIN/i)
+      assert.equal(JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)).status, 417)
     } finally {
       await app.close()
     }
