@@ -150,10 +150,12 @@ export class Freshness {
     const key = partitionKey(token.topic, token.partition)
     const deadline = Date.now() + timeoutMs
     for (;;) {
-      const generation = this.generation(view)
+      // A view not built yet (its projector starting) may be by the deadline: waited for too.
+      const generation = this.#samples.get(view)?.generation
       // Pending is asked after the position is seen reached (so the request was applied),
       // and the position read again after it is seen settled (so it covers the outcome).
       if (
+        generation !== undefined &&
         reaches(await this.positions(view, generation), token) &&
         !(await storage.pending(generation, token))
       )
