@@ -52,7 +52,8 @@ const whole = (max: number) => T.String({ pattern: `^\\d{1,${max}}$` })
 const SearchQuery = T.Object(
   {
     q: T.Optional(T.String({ maxLength: 200 })),
-    category: T.Optional(T.String({ minLength: 1, maxLength: 100 })),
+    // No category is blank (PUT /v1/products refuses one): a blank filter is a mistake.
+    category: T.Optional(T.String({ minLength: 1, maxLength: 100, pattern: '\\S' })),
     minPrice: T.Optional(whole(13)),
     maxPrice: T.Optional(whole(13)),
     currency: T.Optional(

@@ -406,6 +406,9 @@ export function defineReadSuite(
         assert.match(answer.headers.get('content-type') ?? '', /application\/problem\+json/)
         assert.equal(answer.body.status, 400)
       }
+      const blankCategory = await get(shop, '/v1/products?category=%20%20')
+      assert.equal(blankCategory.status, 400)
+      assert.equal(blankCategory.body.errors[0].field, '/category')
       const badSort = await get(shop, '/v1/products?sort=cheapest')
       assert.deepEqual(badSort.body.errors, [
         {
