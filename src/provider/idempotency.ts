@@ -90,7 +90,14 @@ export async function complete(tx: Tx, key: string, lease: string, answer: Answe
      WHERE idempotency_key = $1 AND lease = $2 AND status_code IS NULL`,
     [key, lease, answer.status, JSON.stringify(answer.body), new Date().toISOString()],
   )
-  if (updated !== 1) throw new Error(`idempotency key ${key} was taken over while in flight`)
+  // Past its lease, a retry took the key over and does the work: this request's is rolled
+  // back, and it is told what a retry is told while that one runs (no error of the provider's).
+  if (updated !== 1)
+    throw new MercatoError(
+      'idempotency-key-in-flight',
+      409,
+      'a retry with this Idempotency-Key took it over while this request was slow; retry for its answer',
+    )
 }
 
 /** Frees a reservation whose work failed unexpectedly, so a retry can do it. */
