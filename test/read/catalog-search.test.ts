@@ -61,6 +61,8 @@ function generate(count: number): Generated[] {
   })
 }
 
+const longWords = 'vexa vexb vexc vexd vexe vexf vexg vexh vexi vexj vexk vexl'.split(' ')
+
 const catalog = [
   ...generate(10_000),
   {
@@ -109,6 +111,23 @@ const catalog = [
   },
   { sku: 'RANK-WHOLE-2', name: 'Tea brask', description: '', category: 'kitchen', priceMinor: 300, stock: 3 },
   { sku: 'RANK-START', name: 'Braskwood', description: '', category: 'kitchen', priceMinor: 300, stock: 3 },
+  // A long query: every word begun in one name, all but one whole in another.
+  {
+    sku: 'RANK-ALL-BEGUN',
+    name: longWords.map((w) => `${w}x`).join(' '),
+    description: '',
+    category: 'kitchen',
+    priceMinor: 300,
+    stock: 3,
+  },
+  {
+    sku: 'RANK-MOST-WHOLE',
+    name: longWords.slice(0, -1).join(' '),
+    description: longWords.at(-1) ?? '',
+    category: 'kitchen',
+    priceMinor: 300,
+    stock: 3,
+  },
   ...[1, 2, 3].map((i) => ({
     sku: `RANK-QDESC-${i}`,
     name: `Plain mug ${i}`,
@@ -236,6 +255,12 @@ function defineSearchTests(
       assert.equal(page.total, 3)
       assert.deepEqual(page.items.map((p) => p.sku).sort(), ['RANK-START', 'RANK-WHOLE', 'RANK-WHOLE-2'])
       assert.equal(page.items[2].sku, 'RANK-START')
+      // However many words: one more word in the name outranks every word whole.
+      const long = await searchCatalog(store, 1, { q: longWords.join(' '), limit: 10 })
+      assert.deepEqual(
+        long.items.map((p) => p.sku),
+        ['RANK-ALL-BEGUN', 'RANK-MOST-WHOLE'],
+      )
       // Still a prefix match: a longer word begun, and nothing whole, is found.
       const begun = await searchCatalog(store, 1, { q: 'braskw', limit: 10 })
       assert.deepEqual(

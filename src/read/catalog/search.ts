@@ -50,11 +50,12 @@ const scoreScale = 1e9
  * match, so a long description would otherwise rank a name that holds the words below names
  * that hold fewer of them, or none. bm25 and ts_rank scores stay far below it.
  */
-const nameMatchBonus = 10_000
+const nameMatchBonus = 100_000
 /**
  * Added for each word of the query its name holds whole, not only as the start of a longer
  * word: among names that hold as many of the words, "Cup" comes before "Cupboard" for `cup`.
- * Every word of a query of 16 adds both and stays far below 2^53 once scaled.
+ * The 16 words of the longest query add up to less than one more word in the name, and every
+ * bonus together stays below 2^53 once scaled.
  */
 const wholeWordBonus = 1_000
 
