@@ -127,6 +127,7 @@ export async function startPaymentProvider(
       })
     } catch (error) {
       await release(store, key, lease).catch(() => {})
+      if (error instanceof MercatoError) requests.inc({ operation, outcome: error.code })
       throw error
     }
     if (Math.random() < current.timeoutRate) {

@@ -309,7 +309,7 @@ export const intSettings = {
   },
   paymentProviderInFlightWaitMs: {
     env: 'MERCATO_PAYMENT_PROVIDER_IN_FLIGHT_WAIT_MS',
-    help: 'how long a payment provider call waits, asking once a second, for an idempotency key the provider still holds (an earlier attempt cut short by a timeout or a crash) before the step fails',
+    help: 'how long a payment provider call waits, asking once a second, for an idempotency key the provider says it still holds (an earlier attempt cut short by a timeout or a crash), from the first time it says so, before the step fails',
     default: 15_000,
     min: 0,
     max: 600_000,

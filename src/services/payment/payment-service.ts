@@ -248,7 +248,7 @@ export async function startPaymentService(
 
   const reconciliation = new Reconciliation(
     service,
-    reconciliationClient(service, options.providerUrl, options.apiKey),
+    reconciliationClient(service, options.providerUrl, options.apiKey, options.inFlightPatienceMs),
   )
   service.every('payment-reconciliation', reconcileEveryMs, async (stopping) => {
     const mismatches = await reconciliation.run(stopping)

@@ -267,7 +267,9 @@ export class ProviderClient {
   async #call(operation: string, request: ProviderRequest): Promise<Answer> {
     const url = `${apiBase(await this.#options.providerUrl())}${request.path}`
     const policy = request.patient ? this.#patientPolicy : this.#policy
-    const patientUntil = Date.now() + (this.#options.inFlightPatienceMs ?? inFlightPatienceDefaultMs)
+    const patienceMs = this.#options.inFlightPatienceMs ?? inFlightPatienceDefaultMs
+    /** When the provider first said it holds the key: the wait is counted from there. */
+    let heldSince: number | undefined
     try {
       for (;;) {
         try {
@@ -278,8 +280,11 @@ export class ProviderClient {
           // The key is still held by an attempt cut short (a timeout, a crash): the provider
           // answers it once that attempt ends or its lease runs out, so wait for that a while
           // rather than give the step up.
-          if (!keyHeld(error) || Date.now() >= patientUntil) throw error
-          await sleep(1_000)
+          if (!keyHeld(error)) throw error
+          heldSince ??= Date.now()
+          const leftMs = heldSince + patienceMs - Date.now()
+          if (leftMs <= 0) throw error
+          await sleep(Math.min(1_000, leftMs))
         }
       }
     } catch (error) {

@@ -80,10 +80,12 @@ export function reconciliationClient(
   service: Service,
   providerUrl: () => string | Promise<string>,
   apiKey?: string,
+  inFlightPatienceMs?: number,
 ): ProviderClient {
   return new ProviderClient({
     providerUrl,
     apiKey,
+    inFlightPatienceMs,
     name: 'reconciliation',
     timeoutMs: 5_000,
     attemptsMax: 2,
