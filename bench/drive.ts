@@ -60,7 +60,8 @@ export function withBearer(headers: Record<string, string>, bearer: string): Rec
 /**
  * Runs `baseline` and `subject` in turns, `rounds` of each, with the baseline once more at the
  * end (A B A … B A), so that a drift in the machine's speed during a run falls on both alike.
- * Each figure is the mean over the runs, except the non-2xx answers, which are summed.
+ * Each figure is the mean over the runs, except the non-2xx answers, which are summed: a
+ * p99 is the mean of the runs' p99s, not the p99 of all their answers together.
  */
 export async function alternate<T extends Driven>(
   baseline: () => Promise<T>,

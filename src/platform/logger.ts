@@ -1,4 +1,4 @@
-import { type Logger, pino } from 'pino'
+import { type ChildLoggerOptions, type Logger, pino } from 'pino'
 import { currentCorrelationId, currentTraceId } from './tracing.ts'
 
 export type { Logger }
@@ -35,15 +35,18 @@ type Level = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace'
 export class LazyChildLogger {
   readonly #parent: Logger
   readonly #bindings: Record<string, unknown>
+  /** A child's own options (a route's log level, say), as pino's child takes them. */
+  readonly #options: ChildLoggerOptions
   #child: Logger | undefined
 
-  constructor(parent: Logger, bindings: Record<string, unknown>) {
+  constructor(parent: Logger, bindings: Record<string, unknown>, options: ChildLoggerOptions = {}) {
     this.#parent = parent
     this.#bindings = bindings
+    this.#options = options
   }
 
   get level(): string {
-    return this.#parent.level
+    return this.#options.level ?? this.#parent.level
   }
 
   child(bindings: Record<string, unknown>): Logger {
@@ -71,12 +74,13 @@ export class LazyChildLogger {
   silent(): void {}
 
   #write(level: Level, args: unknown[]): void {
-    if (!this.#parent.isLevelEnabled(level)) return
+    const values = this.#parent.levels.values
+    if (values[level] < (values[this.level] ?? Number.POSITIVE_INFINITY)) return
     ;(this.#logger()[level] as (...a: unknown[]) => void)(...args)
   }
 
   #logger(): Logger {
-    this.#child ??= this.#parent.child(this.#bindings)
+    this.#child ??= this.#parent.child(this.#bindings, this.#options)
     return this.#child
   }
 }

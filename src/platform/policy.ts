@@ -195,20 +195,25 @@ function memoKey(request: AuthzRequest): string {
   return `${principalKey(principal)}\u0000${action}\u0000${entityKey(resource)}\u0000${contextKey}`
 }
 
+/** Entities made by `lastingEntity`, and their memo keys: the same object request after request. */
+const lasting = new WeakMap<Entity, string>()
+
 /**
- * Keys of frozen principal entities: the same user's entity is one frozen object request after
- * request (see `principalEntity`), and being frozen, its key cannot go out of date.
+ * Freezes `entity` (its attributes too) and lets the memo keep its key by the object: for an
+ * entity asked about over and over (a signed-in user's), made once and kept.
  */
-const principalKeys = new WeakMap<Entity, string>()
+export function lastingEntity(entity: Entity): Entity {
+  if (entity.attrs) {
+    for (const value of Object.values(entity.attrs)) if (Array.isArray(value)) Object.freeze(value)
+    Object.freeze(entity.attrs)
+  }
+  Object.freeze(entity)
+  lasting.set(entity, entityKey(entity))
+  return entity
+}
 
 function principalKey(principal: Entity): string {
-  if (!Object.isFrozen(principal)) return entityKey(principal)
-  let key = principalKeys.get(principal)
-  if (key === undefined) {
-    key = entityKey(principal)
-    principalKeys.set(principal, key)
-  }
-  return key
+  return lasting.get(principal) ?? entityKey(principal)
 }
 
 /** JSON texts in a row: each one ends where it ends, so the key is unambiguous. */

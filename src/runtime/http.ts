@@ -52,8 +52,8 @@ export function createHttpServer(
   const app = Fastify({
     loggerInstance: log.child({ component: 'http' }) as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
-    childLoggerFactory: (logger, bindings) =>
-      new LazyChildLogger(logger as Logger, bindings) as unknown as FastifyBaseLogger,
+    childLoggerFactory: (logger, bindings, options) =>
+      new LazyChildLogger(logger as Logger, bindings, options) as unknown as FastifyBaseLogger,
     bodyLimit: config.httpBodyBytesMax,
     // A request keeps the id its caller gave it (the gateway's, a client's) when it looks
     // like one; otherwise it gets a new one. Logs carry it, and so does the answer.
@@ -503,10 +503,6 @@ export interface FieldIssue {
 const laterIssues = new WeakMap<FastifyRequest, FieldIssue[]>()
 
 /**
- * Records an issue a route's handler will refuse the request for (a header it checks itself),
- * so that a request the schema refuses first names it too: every bad field at once.
- */
-/**
  * A query parameter given twice reaches validation as an array, which its schema then calls
  * the wrong type, or no allowed value: it is said as what it is, once per parameter.
  */
@@ -532,6 +528,10 @@ function repeatedParameters(
   }
 }
 
+/**
+ * Records an issue a route's handler will refuse the request for (a header it checks itself),
+ * so that a request the schema refuses first names it too: every bad field at once.
+ */
 export function reportWithValidation(request: FastifyRequest, issue: FieldIssue): void {
   laterIssues.set(request, [...(laterIssues.get(request) ?? []), issue])
 }

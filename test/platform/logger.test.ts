@@ -47,4 +47,18 @@ describe('a lazy child logger', () => {
     lazy.info('written')
     assert.equal(children, 1)
   })
+
+  it('takes a child’s own level, as a route’s log level is given', async () => {
+    const { logger, lines } = capturing()
+    const quieter = new LazyChildLogger(logger, { reqId: 'r-3' }, { level: 'warn' })
+    quieter.info('not written')
+    quieter.warn('written')
+    const silent = new LazyChildLogger(logger, { reqId: 'r-4' }, { level: 'silent' })
+    silent.fatal('not written either')
+    await new Promise((resolve) => setImmediate(resolve))
+    assert.deepEqual(
+      lines.map(({ reqId, msg }) => ({ reqId, msg })),
+      [{ reqId: 'r-3', msg: 'written' }],
+    )
+  })
 })

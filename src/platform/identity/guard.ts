@@ -5,7 +5,7 @@
 // access token, both verified here. Authorization is the Cedar policy, not code.
 import type { FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { MercatoError } from '../errors.ts'
-import type { Entity, PolicyEngine } from '../policy.ts'
+import { type Entity, lastingEntity, type PolicyEngine } from '../policy.ts'
 import { anonymous, InvalidTokenError, type Principal, type Tokens } from './tokens.ts'
 
 export const serviceTokenHeader = 'mercato-service-token'
@@ -119,8 +119,7 @@ const entities = new WeakMap<Principal, Entity>()
 export function principalEntity(principal: Principal): Entity {
   let entity = entities.get(principal)
   if (entity === undefined) {
-    entity = Object.freeze(entityOf(principal))
-    if (entity.attrs) Object.freeze(entity.attrs)
+    entity = lastingEntity(entityOf(principal))
     entities.set(principal, entity)
   }
   return entity
