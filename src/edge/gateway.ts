@@ -89,8 +89,9 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
   )
 
   const security = securityHeaders()
-  http.addHook('onRequest', async (_request, reply) => {
+  http.addHook('onRequest', (_request, reply, done) => {
     reply.headers(security)
+    done()
   })
   if (options.config.corsOrigins.length > 0) {
     const origins = options.config.corsOrigins
@@ -291,14 +292,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         throw new OverloadedError(group, 'too many requests in flight')
       }
       inFlight[group]++
-      let done = false
-      const release = () => {
-        if (done) return
-        done = true
+      // An answer's end and a client that goes away both close the response, once.
+      reply.raw.once('close', () => {
         inFlight[group]--
-      }
-      reply.raw.once('finish', release)
-      reply.raw.once('close', release)
+      })
     }
   }
   http.addHook('onRequest', guard)
