@@ -171,19 +171,23 @@ describe('the payment service', () => {
     assert.equal((await chargesOf(orderId)).length, 1)
   })
 
-  it('waits for a key the provider still holds from a cut-short attempt, and authorizes once', async () => {
-    // Every attempt times out while the first is still at work; the retries find its key
-    // held (409) until it ends, and then get its answer.
-    const client = new ProviderClient({
+  /** A client whose attempts time out fast, waiting `patienceMs` for a key the provider holds. */
+  const impatientClient = (patienceMs: number) =>
+    new ProviderClient({
       providerUrl: () => providerUrl,
       timeoutMs: 250,
       attemptsMax: 3,
       concurrencyMax: 4,
       backoffBaseMs: 10,
-      inFlightPatienceMs: 10_000,
+      inFlightPatienceMs: patienceMs,
       log: silentLogger(),
       metrics: new Metrics(),
     })
+
+  it('waits for a key the provider still holds from a cut-short attempt, and authorizes once', async () => {
+    // Every attempt times out while the first is still at work; the retries find its key
+    // held (409) until it ends, and then get its answer.
+    const client = impatientClient(10_000)
     const orderId = newOrder()
     await dials({ latencyMs: 1_500 })
     try {
@@ -199,16 +203,7 @@ describe('the payment service', () => {
   })
 
   it('gives a held key up after its patience, asking once a second, not once per attempt', async () => {
-    const client = new ProviderClient({
-      providerUrl: () => providerUrl,
-      timeoutMs: 250,
-      attemptsMax: 3,
-      concurrencyMax: 4,
-      backoffBaseMs: 10,
-      inFlightPatienceMs: 1_500,
-      log: silentLogger(),
-      metrics: new Metrics(),
-    })
+    const client = impatientClient(1_500)
     const held = async () => {
       const text = await httpMetrics.text()
       const line = text
