@@ -250,7 +250,10 @@ export async function startNotificationService(
         secure: false,
         ignoreTLS: true,
         pool: true,
-        maxConnections: 5,
+        // The sink is this process's own: a connection for each e-mail sent at once. (Five, as
+        // for a relay, held a shop under load to about 70 e-mails a second, one SMTP exchange
+        // at a time on each.)
+        maxConnections: concurrencyMax,
         connectionTimeout: 10_000,
         greetingTimeout: 10_000,
         socketTimeout: smtpTimeoutMs,
