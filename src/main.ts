@@ -150,12 +150,20 @@ withEngineFlags(program.command('replay'))
   .action(async (options) => {
     if (options.view !== undefined) {
       // A rebuild always reads the whole stream: a group's flag with it would be dropped unsaid.
-      const groupFlags = ['group', 'topic', 'offset', 'time', 'earliest', 'latest', 'newGroup']
-      const mixed = groupFlags.filter((flag) => options[flag] !== undefined)
+      const groupFlags = {
+        group: '--group',
+        topic: '--topic',
+        offset: '--offset',
+        time: '--time',
+        earliest: '--earliest',
+        latest: '--latest',
+        newGroup: '--new-group',
+      }
+      const mixed = Object.entries(groupFlags).filter(([option]) => options[option] !== undefined)
       if (mixed.length > 0)
         throw new ConfigError(
           'replay',
-          `--view rebuilds from the start of the stream and takes none of ${mixed.map((f) => `--${f.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`,
+          `--view rebuilds from the start of the stream and takes none of ${mixed.map(([, flag]) => flag).join(', ')}`,
         )
       return replayView(options)
     }

@@ -101,14 +101,11 @@ export function createHttpServer(
     // content type) are problem details too, without echoing the request.
     frameworkErrors: (error, request, reply) => {
       const status = (error as { statusCode?: number }).statusCode ?? 400
-      const problem = {
-        type: 'about:blank',
-        title: titleFor(status),
+      const problem = blankProblem(
         status,
-        detail:
-          status === 414 ? 'a path parameter is too long' : 'the request line or its headers are malformed',
-        instance: instanceOf(request.url).slice(0, 200),
-      }
+        status === 414 ? 'a path parameter is too long' : 'the request line or its headers are malformed',
+        instanceOf(request.url).slice(0, 200),
+      )
       ;(reply as FastifyReply)
         .code(status)
         .headers(security)
@@ -127,7 +124,7 @@ export function createHttpServer(
           : code === 'ERR_HTTP_REQUEST_TIMEOUT'
             ? [408, 'the request did not arrive in time']
             : [400, 'the request is not valid HTTP']
-      const body = JSON.stringify({ type: 'about:blank', title: titleFor(status), status, detail })
+      const body = JSON.stringify(blankProblem(status, detail))
       if (socket.writable) {
         socket.write(
           `HTTP/1.1 ${status} ${titleFor(status)}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n` +
@@ -140,12 +137,7 @@ export function createHttpServer(
   // An Expect other than 100-continue, the only one HTTP defines (RFC 9110 §10.1.1), is
   // refused by Node before a request exists: as problem details here too.
   app.server.on('checkExpectation', (_request: IncomingMessage, response: ServerResponse) => {
-    const body = JSON.stringify({
-      type: 'about:blank',
-      title: titleFor(417),
-      status: 417,
-      detail: 'the only Expect this server meets is 100-continue',
-    })
+    const body = JSON.stringify(blankProblem(417, 'the only Expect this server meets is 100-continue'))
     response.writeHead(417, {
       ...security,
       'content-type': 'application/problem+json',
@@ -290,13 +282,11 @@ export function createHttpServer(
     } else if (error instanceof MercatoError) problem = toProblem(error, instanceOf(request.url))
     else if (status && status >= 400 && status < 500) {
       // fastify's own client errors (bad JSON, a bad Content-Length, …): their message is safe to show.
-      problem = {
-        type: 'about:blank',
-        title: titleFor(status),
+      problem = blankProblem(
         status,
-        detail: status === 415 ? 'send the body as application/json' : (error as Error).message,
-        instance: instanceOf(request.url),
-      }
+        status === 415 ? 'send the body as application/json' : (error as Error).message,
+        instanceOf(request.url),
+      )
     } else if (isOutage(error)) {
       // A store or the cache down for now: the client may come back, as for any 503.
       request.log.warn({ err: errorMessage(error) }, 'request failed: a dependency is down')
@@ -334,24 +324,12 @@ export function createHttpServer(
         .code(405)
         .header('allow', allow)
         .type('application/problem+json')
-        .send({
-          type: 'about:blank',
-          title: 'Method Not Allowed',
-          status: 405,
-          detail: `${path} answers ${allow}, not ${request.method}`,
-          instance: path,
-        })
+        .send(blankProblem(405, `${path} answers ${allow}, not ${request.method}`, path))
     }
     reply
       .code(404)
       .type('application/problem+json')
-      .send({
-        type: 'about:blank',
-        title: 'Not Found',
-        status: 404,
-        detail: `no route ${request.method} ${path}`,
-        instance: path,
-      })
+      .send(blankProblem(404, `no route ${request.method} ${path}`, path))
   })
 
   app.get('/healthz', async () => ({ status: 'ok' }))
@@ -581,6 +559,17 @@ export function invalidRequest(
 /** Bad fields an invalid-request problem names in its detail, and lists in `errors`. */
 const detailErrorsMax = 10
 const listedErrorsMax = 50
+
+/** Problem details of HTTP's own kind (RFC 9457 §4.2.1): the status says it all, the detail the rest. */
+function blankProblem(status: number, detail: string, instance?: string) {
+  return {
+    type: 'about:blank',
+    title: titleFor(status),
+    status,
+    detail,
+    ...(instance === undefined ? {} : { instance }),
+  }
+}
 
 function titleFor(status: number): string {
   const titles: Record<number, string> = {
