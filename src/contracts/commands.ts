@@ -10,6 +10,15 @@ const Currency = T.String({ enum: currencies, description: 'ISO 4217 currency co
 const strict = { additionalProperties: false } as const
 
 /**
+ * What a refusal of a value that fails its `pattern` says, in words (a regular expression
+ * means little to a client). An annotation the validator knows and ignores.
+ */
+export const patternSays = (message: string) => ({ 'x-pattern-message': message })
+
+const idSays = patternSays('must be letters, digits, ".", "_", ":" or "-"')
+const ApiId = { ...Id, ...idSays }
+
+/**
  * ISO 3166-1 alpha-2 codes the runtime can name, less aliases of another code (UK for GB,
  * DY for BJ, and the withdrawn ones ICU still maps), groupings (EU, UN, …), test codes and
  * the exceptionally reserved ones (AC, IC, …); XK, Kosovo's user-assigned code that carriers
@@ -35,10 +44,12 @@ export const countries: string[] = (() => {
  */
 const PersonText = (minLength: number, maxLength: number, { lines = false } = {}) => {
   const controls = lines ? '\\u0000-\\u0008\\u000B\\u000C\\u000E-\\u001F\\u007F-\\u009F' : '\\p{Cc}'
+  const unlike = `${lines ? 'control characters but line breaks and tabs' : 'control characters'}, lone surrogates or bidirectional overrides`
   return T.String({
     minLength,
     maxLength,
     pattern: `^${minLength > 0 ? '(?!\\s*$)' : ''}[^${controls}\\p{Cs}\\u202A-\\u202E\\u2066-\\u2069]*$`,
+    ...patternSays(minLength > 0 ? `must not be blank, nor hold ${unlike}` : `must not hold ${unlike}`),
   })
 }
 
@@ -58,12 +69,18 @@ const PostalAddress = T.Object(
 export const PlaceOrder = T.Object(
   {
     customerId: T.Optional({
-      ...Id,
+      ...ApiId,
       description: 'the customer is the one signed in; when sent, it must be that customer',
     }),
-    lines: T.Array(T.Object({ sku: Sku, quantity: Quantity }, strict), { minItems: 1, maxItems: 100 }),
+    lines: T.Array(
+      T.Object(
+        { sku: { ...Sku, ...patternSays('must be letters, digits, ".", "_" or "-"') }, quantity: Quantity },
+        strict,
+      ),
+      { minItems: 1, maxItems: 100 },
+    ),
     shippingAddress: PostalAddress,
-    paymentMethodToken: Id,
+    paymentMethodToken: ApiId,
     express: T.Optional(T.Boolean()),
   },
   strict,
@@ -132,11 +149,28 @@ export const RegisterWebhook = T.Object(
  * is `.` or `..`, which a client would read as a path segment of its own.
  */
 export const SkuParam = T.Object(
-  { sku: T.String({ minLength: 1, maxLength: 64, pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$' }) },
+  {
+    sku: T.String({
+      minLength: 1,
+      maxLength: 64,
+      pattern: '^[A-Za-z0-9][A-Za-z0-9._-]*$',
+      ...patternSays('must be letters, digits, ".", "_" or "-", beginning with a letter or a digit'),
+    }),
+  },
   strict,
 )
-export const IdParam = T.Object({ id: Id }, strict)
-export const FlagKeyParam = T.Object({ key: T.String({ pattern: '^[a-z0-9][a-z0-9._-]{0,63}$' }) }, strict)
+export const IdParam = T.Object({ id: ApiId }, strict)
+export const FlagKeyParam = T.Object(
+  {
+    key: T.String({
+      pattern: '^[a-z0-9][a-z0-9._-]{0,63}$',
+      ...patternSays(
+        'must be 1 to 64 lowercase letters, digits, ".", "_" or "-", beginning with a letter or a digit',
+      ),
+    }),
+  },
+  strict,
+)
 
 export const Accepted = T.Object({
   id: T.String({

@@ -3,7 +3,7 @@
 // carries a write's consistency token waits (bounded) until the view has reached it.
 import { Type as T } from '@sinclair/typebox'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
-import { FlagKeyParam, IdParam, NoQuery, SkuParam } from '../contracts/commands.ts'
+import { FlagKeyParam, IdParam, NoQuery, patternSays, SkuParam } from '../contracts/commands.ts'
 import { decodeConsistencyToken } from '../contracts/consistency.ts'
 import type { Cache } from '../engines/cache/port.ts'
 import type { RecordPosition } from '../engines/stream/port.ts'
@@ -48,17 +48,26 @@ export interface QueryApiOptions {
 }
 
 const strict = { additionalProperties: false }
-const whole = (max: number) => T.String({ pattern: `^\\d{1,${max}}$` })
+const whole = (max: number) =>
+  T.String({ pattern: `^\\d{1,${max}}$`, ...patternSays(`must be a whole number of at most ${max} digits`) })
+const pageLimit = T.String({
+  pattern: '^(100|[1-9][0-9]?)$',
+  description: '1 to 100, default 20',
+  ...patternSays('must be a whole number from 1 to 100'),
+})
 const SearchQuery = T.Object(
   {
     q: T.Optional(T.String({ maxLength: 200 })),
     // No category is blank (PUT /v1/products refuses one): a blank filter is a mistake.
-    category: T.Optional(T.String({ minLength: 1, maxLength: 100, pattern: '\\S' })),
+    category: T.Optional(
+      T.String({ minLength: 1, maxLength: 100, pattern: '\\S', ...patternSays('must not be blank') }),
+    ),
     minPrice: T.Optional(whole(13)),
     maxPrice: T.Optional(whole(13)),
     currency: T.Optional(
       T.String({
         pattern: '^[A-Z]{3}$',
+        ...patternSays('must be a currency code of three capital letters, such as USD'),
         description:
           'only products priced in this currency (ISO 4217), so that a price range or sort compares like with like',
       }),
@@ -68,14 +77,14 @@ const SearchQuery = T.Object(
       T.Union(['relevance', 'price-asc', 'price-desc', 'name', 'newest'].map((s) => T.Literal(s))),
     ),
     cursor: T.Optional(T.String({ minLength: 1, maxLength: 1000 })),
-    limit: T.Optional(T.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100, default 20' })),
+    limit: T.Optional(pageLimit),
   },
   strict,
 )
 const PageQuery = T.Object(
   {
     cursor: T.Optional(T.String({ minLength: 1, maxLength: 500 })),
-    limit: T.Optional(T.String({ pattern: '^(100|[1-9][0-9]?)$', description: '1 to 100, default 20' })),
+    limit: T.Optional(pageLimit),
   },
   strict,
 )

@@ -85,6 +85,8 @@ export function createHttpServer(
         allErrors: true,
         verbose: true,
         unicode: false,
+        // An annotation: what a value failing its pattern is told (see patternSays).
+        keywords: ['x-pattern-message'],
         // ajv calls `unicode: false` deprecated, and says so at every start: that one line is
         // left out; its other warnings go to the log.
         logger: {
@@ -427,10 +429,14 @@ export interface ValidationIssue {
   params: Record<string, unknown>
   /** The failed keyword's value in the schema (ajv's verbose mode). */
   schema?: unknown
+  /** The schema holding the failed keyword (ajv's verbose mode). */
+  parentSchema?: unknown
 }
 
 function messageOf(issue: ValidationIssue): string {
   if (issue.keyword === 'additionalProperties') return 'is not a known field'
+  const says = (issue.parentSchema as { 'x-pattern-message'?: string } | undefined)?.['x-pattern-message']
+  if (issue.keyword === 'pattern' && says) return says
   const not = issue.keyword === 'not' ? (issue.schema as { const?: unknown } | undefined) : undefined
   if (not && 'const' in not) return `must not be ${not.const === 0 ? 'zero' : JSON.stringify(not.const)}`
   // Lengths count UTF-16 code units (see the ajv options): say so, or 101 emoji would be

@@ -409,6 +409,10 @@ export function defineReadSuite(
       const blankCategory = await get(shop, '/v1/products?category=%20%20')
       assert.equal(blankCategory.status, 400)
       assert.equal(blankCategory.body.errors[0].field, '/category')
+      // A pattern's refusal says what it wants in words, not as a regular expression.
+      assert.equal(blankCategory.body.errors[0].message, 'must not be blank')
+      const badLimit = await get(shop, '/v1/products?limit=0')
+      assert.equal(badLimit.body.errors[0].message, 'must be a whole number from 1 to 100')
       const badSort = await get(shop, '/v1/products?sort=cheapest')
       assert.deepEqual(badSort.body.errors, [
         {

@@ -207,6 +207,19 @@ describe('the command API', () => {
       '/description',
       '/name',
     ])
+    // Each says what is wrong in words, not as the pattern it failed.
+    assert.deepEqual(
+      Object.fromEntries(
+        badText.body.errors.map((e: { field: string; message: string }) => [e.field, e.message]),
+      ),
+      {
+        '/category':
+          'must not be blank, nor hold control characters, lone surrogates or bidirectional overrides',
+        '/description':
+          'must not hold control characters but line breaks and tabs, lone surrogates or bidirectional overrides',
+        '/name': 'must not be blank, nor hold control characters, lone surrogates or bidirectional overrides',
+      },
+    )
     // A SKU must begin with a letter or a digit: none is `..`, which a client reads as a path segment.
     for (const sku of ['...', '.hidden']) {
       const dotted = await shop.put(`/v1/products/${sku}`, {
