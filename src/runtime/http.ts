@@ -240,6 +240,14 @@ export function createHttpServer(
         ),
       )
     }
+    // Node keeps the first of two Content-Types and drops the other without a word: which
+    // one the sender meant is anyone's guess, so neither is read (RFC 9110 §5.3).
+    if (hasBody && headerCount(request.raw.rawHeaders, 'content-type') > 1)
+      return done(
+        new MercatoError('invalid-request', 400, 'the request has more than one Content-Type header', {
+          errors: [{ in: 'headers', field: '/content-type', message: 'is given more than once' }],
+        }),
+      )
     if (unshed.has(request.url.split('?')[0])) return done()
     if (inFlight >= config.httpInFlightMax) {
       shed.inc()
@@ -382,6 +390,13 @@ function poisonedBody(): MercatoError {
 }
 
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false })
+
+/** How many times a header comes in `rawHeaders` (names and values in turn, names as sent). */
+function headerCount(rawHeaders: string[], name: string): number {
+  let count = 0
+  for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i].toLowerCase() === name) count++
+  return count
+}
 
 /** A 415 for a body whose Content-Type names a charset other than UTF-8, the only one read. */
 export function charsetRefusal(request: FastifyRequest, what: string): MercatoError | undefined {

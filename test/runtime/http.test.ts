@@ -237,6 +237,40 @@ describe('the HTTP base', () => {
     }
   })
 
+  it('refuses a body under two Content-Type headers, rather than reading it as the first says', async () => {
+    const app = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+    let handled = 0
+    app.post('/echo', async (request) => {
+      handled++
+      return request.body
+    })
+    const address = await app.listen({ port: 0, host: '127.0.0.1' })
+    const send = async (headers: string) => {
+      const socket = connect(Number(new URL(address).port), '127.0.0.1')
+      socket.write(
+        `POST /echo HTTP/1.1\r\nHost: x\r\n${headers}Content-Length: 9\r\nConnection: close\r\n\r\n{"x":"y"}`,
+      )
+      let raw = ''
+      socket.on('data', (chunk) => {
+        raw += chunk
+      })
+      await once(socket, 'close')
+      return { status: Number(raw.split(' ')[1]), body: JSON.parse(raw.slice(raw.indexOf('\r\n\r\n') + 4)) }
+    }
+    try {
+      const twice = await send('Content-Type: application/json\r\ncontent-type: text/plain\r\n')
+      assert.equal(twice.status, 400)
+      assert.deepEqual(twice.body.errors, [
+        { in: 'headers', field: '/content-type', message: 'is given more than once' },
+      ])
+      assert.equal(handled, 0)
+      const single = await send('Content-Type: application/json\r\n')
+      assert.deepEqual([single.status, single.body], [200, { x: 'y' }])
+    } finally {
+      await app.close()
+    }
+  })
+
   it('answers headers too large with 431 problem details', async () => {
     const app = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
     app.get('/hello', async () => ({ ok: true }))
