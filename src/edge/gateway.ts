@@ -9,7 +9,7 @@ import swaggerUi from '@fastify/swagger-ui'
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify'
 import type { Cache } from '../engines/cache/port.ts'
 import type { Store } from '../engines/store/port.ts'
-import { MercatoError, OverloadedError } from '../platform/errors.ts'
+import { MercatoError, OverloadedError, UnavailableError } from '../platform/errors.ts'
 import {
   authenticateUser,
   clientAddressHeader,
@@ -104,6 +104,10 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         'idempotency-key',
         'if-none-match',
         'mercato-consistency-token',
+        // A browser's own request id and trace context, which every answer and span carries on.
+        'x-request-id',
+        'traceparent',
+        'tracestate',
       ],
       exposedHeaders: [
         'location',
@@ -174,8 +178,9 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       ),
     )
     const verdict = verdicts[refusedBy]
-    const { reason } = quotas[refusedBy]
-    refused.inc({ reason })
+    const { reason, key } = quotas[refusedBy]
+    // The label names the quota by its key's kind (address, user, login, register).
+    refused.inc({ reason: `rate-limited-${key.slice(0, key.indexOf(':'))}` })
     showQuota(reply, verdict)
     reply.header('retry-after', String(verdict.retryAfterSeconds))
     throw new MercatoError(
@@ -233,7 +238,13 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     // Shown on a refusal from here on too (a bad token's 401), until a closer quota replaces it.
     showQuota(reply, addressVerdict)
     // A client may send its expired access token along to the refresh that renews it.
-    const principal = tokenRoutes.has(url) ? anonymous : await authenticateUser(identity.tokens, request)
+    const principal = tokenRoutes.has(url)
+      ? anonymous
+      : await authenticateUser(identity.tokens, request).catch((error) => {
+          if (error instanceof MercatoError && error.code === 'invalid-token')
+            refused.inc({ reason: 'invalid-token' })
+          throw error
+        })
     const more: Quota[] = []
     // A registration hashes a password (scrypt, a third of a second of CPU), as a sign-in
     // does: unless staff send it, it has a quota of its own.
@@ -473,7 +484,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         body: JSON.stringify({ username, password }),
         signal: AbortSignal.timeout(limits.upstreamTimeoutMs),
       }).catch(() => {
-        throw new OverloadedError('user', 'the user service did not answer')
+        throw new UnavailableError('user', 'the user service did not answer')
       })
       if (verified.status === 401 || verified.status === 400) {
         await verified.body?.cancel()
@@ -482,7 +493,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       if (verified.status !== 200) {
         await verified.body?.cancel()
         options.log.warn({ status: verified.status }, 'credential check failed')
-        throw new OverloadedError('user', 'the user service could not check the credentials')
+        throw new UnavailableError('user', 'the user service could not check the credentials')
       }
       const subject = (await verified.json()) as {
         subject: string

@@ -13,7 +13,7 @@ import {
   wrap,
 } from 'cockatiel'
 import { Pool } from 'undici'
-import { MercatoError, OverloadedError } from '../platform/errors.ts'
+import { MercatoError, OverloadedError, UnavailableError } from '../platform/errors.ts'
 import { assertPositive, invariant } from '../platform/limits.ts'
 import { Metrics } from '../platform/metrics.ts'
 import { problemTypeHeader } from '../runtime/http.ts'
@@ -182,9 +182,13 @@ export class Upstream {
           instance.downUntil = 0
           return answer
         } catch (error) {
-          if (signal.aborted || !connectErrorCodes.has((error as { code?: string }).code ?? '')) throw error
-          // A refused instance waits as long as an open circuit before it is preferred again.
-          instance.downUntil = Date.now() + this.#halfOpenAfterMs
+          const refused = connectErrorCodes.has((error as { code?: string }).code ?? '')
+          // A refused instance, or one that let the request run out its time (hung, not
+          // dead), waits as long as an open circuit before it is preferred again: round
+          // robin would otherwise send it every n-th request, and the successes of the
+          // others in between keep the circuit from opening.
+          if (refused || signal.aborted) instance.downUntil = Date.now() + this.#halfOpenAfterMs
+          if (signal.aborted || !refused) throw error
           lastError = error
         }
       }
@@ -213,7 +217,7 @@ export class Upstream {
       const retryAfterSeconds = Math.max(1, Math.ceil(leftMs / 1000))
       return [
         'circuit-open',
-        new OverloadedError(this.name, 'circuit open after repeated failures', retryAfterSeconds),
+        new UnavailableError(this.name, 'circuit open after repeated failures', retryAfterSeconds),
       ]
     }
     if (error instanceof BulkheadRejectedError) {
@@ -222,9 +226,10 @@ export class Upstream {
     }
     if (deadline.aborted) {
       const message = `${this.name} did not answer within ${this.#timeoutMs} ms`
-      return ['timeout', new MercatoError('upstream-timeout', 504, message, { upstream: this.name })]
+      const shown = 'the part of the service that answers this request did not answer in time'
+      return ['timeout', new MercatoError('upstream-timeout', 504, message, {}, shown)]
     }
-    return ['unreachable', new OverloadedError(this.name, 'no instance could be reached')]
+    return ['unreachable', new UnavailableError(this.name, 'no instance could be reached')]
   }
 }
 

@@ -14,12 +14,24 @@ export class MercatoError extends Error {
   readonly code: string
   readonly status: number
   readonly extensions: Record<string, unknown>
-  constructor(code: string, status: number, message: string, extensions: Record<string, unknown> = {}) {
+  /**
+   * What a caller reads instead of the message, when the message names what is inside
+   * (a component, a limit, a timeout): the message is for the log.
+   */
+  readonly shownDetail: string | undefined
+  constructor(
+    code: string,
+    status: number,
+    message: string,
+    extensions: Record<string, unknown> = {},
+    shownDetail?: string,
+  ) {
     super(message)
     this.name = 'MercatoError'
     this.code = code
     this.status = status
     this.extensions = extensions
+    this.shownDetail = shownDetail
   }
 }
 
@@ -27,15 +39,43 @@ export class MercatoError extends Error {
 export class OverloadedError extends MercatoError {
   readonly retryAfterSeconds: number
   constructor(resource: string, detail: string, retryAfterSeconds = 1) {
-    super('overloaded', 503, `${resource}: ${detail}`, { resource })
+    super(
+      'overloaded',
+      503,
+      `${resource}: ${detail}`,
+      {},
+      'too busy to take this request now; send it again after the seconds Retry-After gives',
+    )
     this.name = 'OverloadedError'
+    this.retryAfterSeconds = retryAfterSeconds
+  }
+}
+
+/** A component this one depends on cannot be reached, or its circuit is open: not a choice to shed. */
+export class UnavailableError extends MercatoError {
+  readonly retryAfterSeconds: number
+  constructor(resource: string, detail: string, retryAfterSeconds = 1) {
+    super(
+      'unavailable',
+      503,
+      `${resource}: ${detail}`,
+      {},
+      'a part of the service this request needs cannot be reached now; send it again after the seconds Retry-After gives',
+    )
+    this.name = 'UnavailableError'
     this.retryAfterSeconds = retryAfterSeconds
   }
 }
 
 export class TimeoutError extends MercatoError {
   constructor(operation: string, timeoutMs: number) {
-    super('timeout', 503, `${operation} did not finish within ${timeoutMs} ms`, { operation, timeoutMs })
+    super(
+      'timeout',
+      503,
+      `${operation} did not finish within ${timeoutMs} ms`,
+      {},
+      'a part of the service this request needs did not answer in time; send it again shortly',
+    )
     this.name = 'TimeoutError'
   }
 }
@@ -61,7 +101,13 @@ export class ConfigError extends MercatoError {
 
 export class UnreachableError extends MercatoError {
   constructor(what: string, url: string, cause: unknown) {
-    super('unreachable', 503, `${what} at ${redactUrl(url)} is unreachable: ${errorMessage(cause)}`, { what })
+    super(
+      'unreachable',
+      503,
+      `${what} at ${redactUrl(url)} is unreachable: ${errorMessage(cause)}`,
+      {},
+      'a part of the service this request needs cannot be reached now; send it again shortly',
+    )
     this.name = 'UnreachableError'
   }
 }
@@ -83,7 +129,12 @@ const connectionCodes = new Set([
  * give the work up (a dead letter, a 500).
  */
 export function isOutage(error: unknown): boolean {
-  if (error instanceof OverloadedError || error instanceof TimeoutError || error instanceof UnreachableError)
+  if (
+    error instanceof OverloadedError ||
+    error instanceof UnavailableError ||
+    error instanceof TimeoutError ||
+    error instanceof UnreachableError
+  )
     return true
   const code = (error as { code?: unknown } | undefined)?.code
   if (typeof code === 'string' && connectionCodes.has(code)) return true
@@ -99,7 +150,7 @@ export function toProblem(error: unknown, instance?: string): ProblemDetails {
       type: `https://mercato.dev/problems/${error.code}`,
       title: titleOf(error.code),
       status: error.status,
-      detail: error.message,
+      detail: error.shownDetail ?? error.message,
       ...(instance ? { instance } : {}),
       ...error.extensions,
     }

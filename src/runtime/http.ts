@@ -11,7 +11,14 @@ import Fastify, {
   LogController,
 } from 'fastify'
 import helmet from 'helmet'
-import { errorMessage, isOutage, MercatoError, OverloadedError, toProblem } from '../platform/errors.ts'
+import {
+  errorMessage,
+  isOutage,
+  MercatoError,
+  OverloadedError,
+  toProblem,
+  UnavailableError,
+} from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
 import { LazyChildLogger, type Logger } from '../platform/logger.ts'
 import { latencyBucketsSeconds, type Metrics } from '../platform/metrics.ts'
@@ -289,8 +296,11 @@ export function createHttpServer(
       problem = validationProblem([], 'body', instanceOf(request.url), [
         { in: 'body', field: '/', message: `is larger than the limit of ${config.httpBodyBytesMax} bytes` },
       ])
-    } else if (error instanceof MercatoError) problem = toProblem(error, instanceOf(request.url))
-    else if (status && status >= 400 && status < 500) {
+    } else if (error instanceof MercatoError) {
+      // A refusal whose words for the caller leave out what is inside: the log keeps them.
+      if (error.shownDetail !== undefined) request.log.debug({ err: error.message }, 'request refused')
+      problem = toProblem(error, instanceOf(request.url))
+    } else if (status && status >= 400 && status < 500) {
       // fastify's own client errors (bad JSON, a bad Content-Length, …): their message is safe to show.
       problem = blankProblem(
         status,
@@ -308,7 +318,8 @@ export function createHttpServer(
       request.log.error({ err: error }, 'request failed')
       problem = toProblem(error, instanceOf(request.url))
     }
-    if (error instanceof OverloadedError) reply.header('retry-after', String(error.retryAfterSeconds))
+    if (error instanceof OverloadedError || error instanceof UnavailableError)
+      reply.header('retry-after', String(error.retryAfterSeconds))
     // Every 503 is for now (overload, a dependency down, a view not built yet): say when to come back.
     else if (problem.status === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', '1')
     // Which 503 it is, for a gateway in front, also when there is no body to read (HEAD).

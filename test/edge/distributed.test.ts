@@ -168,8 +168,10 @@ describe('the gateway in its own process, in front of the APIs in another', () =
     const open = await call(gateway.url, 'GET', '/v1/products')
     assert.equal(open.status, 503)
     assert.ok(Number(open.headers.get('retry-after')) >= 1)
-    assert.match(open.body.detail, /circuit open/)
+    // An upstream down is not load shed: its own type, which names no component or limit.
+    assert.equal(open.body.type, 'https://mercato.dev/problems/unavailable')
     assert.ok(!open.text.includes(String(upstreamPort)), 'no internal address in the answer')
+    assert.ok(!/query-api|circuit|\d+ ms/.test(open.text), open.text)
     const metrics = await (await fetch(`${gateway.url}/metrics`)).text()
     assert.match(metrics, /mercato_upstream_circuit_state\{upstream="query-api"\} 2/)
 

@@ -3,7 +3,7 @@ import { createServer, type IncomingHttpHeaders, type RequestListener } from 'no
 import type { AddressInfo } from 'node:net'
 import { describe, it } from 'node:test'
 import { Upstream, type UpstreamOptions } from '../../src/edge/upstream.ts'
-import { MercatoError, OverloadedError } from '../../src/platform/errors.ts'
+import { MercatoError, OverloadedError, toProblem, UnavailableError } from '../../src/platform/errors.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { waitFor } from '../support/wait.ts'
 
@@ -172,9 +172,30 @@ describe('an upstream component behind the gateway', () => {
       assert.equal(error.status, 504)
       assert.equal(error.code, 'upstream-timeout')
       assert.equal(error.message, 'query-api did not answer within 200 ms')
+      // The log has the message; the caller is told neither the component nor its timeout.
+      assert.doesNotMatch(JSON.stringify(toProblem(error)), /query-api|200/)
     } finally {
       await client.close()
       await silent.close()
+    }
+  })
+
+  it('passes over an instance that hung (timed out) while another answers, instead of every n-th request', async () => {
+    const hung = await startInstance(() => {})
+    const up = await startInstance(answerWith('up'))
+    const client = upstream([hung.url, up.url], {
+      timeoutMs: 200,
+      breaker: { consecutiveFailures: 3, halfOpenAfterMs: 60_000 },
+    })
+    try {
+      assert.equal((await refusal(client.forward(get()))).status, 504)
+      for (let i = 0; i < 6; i++) assert.equal((await client.forward(get())).status, 200)
+      assert.equal(hung.hits(), 1)
+      assert.equal(up.hits(), 6)
+    } finally {
+      await client.close()
+      await hung.close()
+      await up.close()
     }
   })
 
@@ -198,7 +219,7 @@ describe('an upstream component behind the gateway', () => {
       assert.equal(client.state(), 'open')
 
       const error = await refusal(client.forward(get()))
-      assert.ok(error instanceof OverloadedError)
+      assert.ok(error instanceof UnavailableError)
       assert.equal(error.status, 503)
       assert.ok(error.retryAfterSeconds >= 1)
       assert.equal(instance.hits(), 3, 'an open circuit does not touch the upstream')
@@ -212,7 +233,7 @@ describe('an upstream component behind the gateway', () => {
         try {
           return (await client.forward(get())).status === 200
         } catch (error) {
-          if (error instanceof OverloadedError) return false
+          if (error instanceof UnavailableError) return false
           throw error
         }
       })
@@ -262,8 +283,10 @@ describe('an upstream component behind the gateway', () => {
       }
       assert.equal(client.state(), 'open')
       const error = await refusal(client.forward(get()))
-      assert.ok(error instanceof OverloadedError)
+      // Down is not busy: an upstream's own overload is another type.
+      assert.ok(error instanceof UnavailableError)
       assert.ok(error.retryAfterSeconds >= 1 && error.retryAfterSeconds <= 5)
+      assert.doesNotMatch(JSON.stringify(toProblem(error)), /query-api|circuit/)
     } finally {
       await client.close()
     }
