@@ -452,19 +452,26 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       preSerialization: oauthErrorCode,
       schema: {
         operationId: 'signIn',
-        summary: 'Sign in: a password grant answers an access token and a refresh token',
+        summary:
+          'Sign in: a password grant answers an access token and a refresh token; a refresh_token grant renews them, as /v1/auth/refresh does',
         tags: ['auth'],
         consumes: ['application/json', 'application/x-www-form-urlencoded'],
         response: tokenResponse,
         body: {
           type: 'object',
-          required: ['grant_type', 'username', 'password'],
+          required: ['grant_type'],
           // RFC 6749 §3.2: parameters the server does not know (client_id …) are ignored.
           additionalProperties: true,
           properties: {
-            grant_type: { type: 'string', enum: ['password'] },
-            username: { type: 'string', minLength: 1, maxLength: 320 },
-            password: { type: 'string', minLength: 1, maxLength: 1024 },
+            grant_type: { type: 'string', enum: ['password', 'refresh_token'] },
+            username: { type: 'string', minLength: 1, maxLength: 320, description: 'password grant' },
+            password: { type: 'string', minLength: 1, maxLength: 1024, description: 'password grant' },
+            refresh_token: {
+              type: 'string',
+              minLength: 1,
+              maxLength: 256,
+              description: 'refresh_token grant',
+            },
             scope: { type: 'string', maxLength: 256 },
           },
         },
@@ -472,8 +479,28 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     },
     async (request, reply) => {
       await throttleSignIn(request, reply)
-      refuseInvalidTokenRequest(request, 'password')
-      const { username, password } = request.body as { username: string; password: string }
+      refuseInvalidTokenRequest(request, ['password', 'refresh_token'])
+      const body = request.body as {
+        grant_type: string
+        username?: string
+        password?: string
+        refresh_token?: string
+      }
+      // RFC 6749 §6: a client renews its tokens at the token endpoint too.
+      const needs = body.grant_type === 'refresh_token' ? ['refresh_token'] : ['username', 'password']
+      const missing = needs.filter((name) => body[name as keyof typeof body] === undefined)
+      if (missing.length > 0)
+        throw invalidRequest(
+          [],
+          missing.map((name) => ({
+            in: 'body',
+            field: `/${name}`,
+            message: `is required by the ${body.grant_type} grant`,
+          })),
+          { error: 'invalid_request' },
+        )
+      if (body.grant_type === 'refresh_token') return refreshGrant(body.refresh_token as string, reply)
+      const { username, password } = body as { username: string; password: string }
       const verified = await fetch(`${await options.userUrl()}/internal/v1/credentials/verify`, {
         method: 'POST',
         headers: {
@@ -532,22 +559,25 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
     },
     async (request, reply) => {
       await throttleSignIn(request, reply)
-      refuseInvalidTokenRequest(request, 'refresh_token')
-      const { refresh_token: token } = request.body as { refresh_token: string }
-      const outcome = await refreshTokens.rotate(token)
-      if (!outcome.ok) {
-        const reasons = {
-          unknown: 'the refresh token is not known',
-          expired: 'the refresh token has expired',
-          revoked: 'the refresh token was revoked',
-          reused: 'the refresh token was already used: every token of this sign-in is revoked',
-        }
-        throw invalidGrant(reasons[outcome.reason])
-      }
-      reply.header('cache-control', 'no-store')
-      return tokenAnswer(outcome.principal, outcome.token)
+      refuseInvalidTokenRequest(request, ['refresh_token'])
+      return refreshGrant((request.body as { refresh_token: string }).refresh_token, reply)
     },
   )
+
+  async function refreshGrant(token: string, reply: FastifyReply) {
+    const outcome = await refreshTokens.rotate(token)
+    if (!outcome.ok) {
+      const reasons = {
+        unknown: 'the refresh token is not known',
+        expired: 'the refresh token has expired',
+        revoked: 'the refresh token was revoked',
+        reused: 'the refresh token was already used: every token of this sign-in is revoked',
+      }
+      throw invalidGrant(reasons[outcome.reason])
+    }
+    reply.header('cache-control', 'no-store')
+    return tokenAnswer(outcome.principal, outcome.token)
+  }
 
   await http.register(swaggerUi, {
     routePrefix: '/docs',
@@ -601,12 +631,13 @@ function formPairs(text: string): [string, string][] | undefined {
  * RFC 6749 §5.2: a token request the schema refuses is `invalid_request`, or
  * `unsupported_grant_type` when it names another grant; the problem names each bad field.
  */
-function refuseInvalidTokenRequest(request: FastifyRequest, grantType: string): void {
+function refuseInvalidTokenRequest(request: FastifyRequest, grantTypes: string[]): void {
   const refused = request.validationError as (Error & { validation?: ValidationIssue[] }) | undefined
   if (!refused) return
   const given = (request.body as Record<string, unknown> | undefined)?.grant_type
   throw invalidRequest(refused.validation ?? [], [], {
-    error: typeof given === 'string' && given !== grantType ? 'unsupported_grant_type' : 'invalid_request',
+    error:
+      typeof given === 'string' && !grantTypes.includes(given) ? 'unsupported_grant_type' : 'invalid_request',
   })
 }
 
