@@ -300,13 +300,18 @@ export function createHttpServer(
       // A refusal whose words for the caller leave out what is inside: the log keeps them.
       if (error.shownDetail !== undefined) request.log.debug({ err: error.message }, 'request refused')
       problem = toProblem(error, instanceOf(request.url))
-    } else if (status && status >= 400 && status < 500) {
-      // fastify's own client errors (bad JSON, a bad Content-Length, …): their message is safe to show.
-      problem = blankProblem(
-        status,
-        status === 415 ? 'send the body as application/json' : (error as Error).message,
+    } else if (status === 415) {
+      // The same type as a charset refused, naming what this route takes.
+      const takes = (request.routeOptions.schema as { consumes?: string[] } | undefined)?.consumes ?? [
+        'application/json',
+      ]
+      problem = toProblem(
+        new MercatoError('unsupported-media-type', 415, `send the body as ${takes.join(' or ')}`),
         instanceOf(request.url),
       )
+    } else if (status && status >= 400 && status < 500) {
+      // fastify's own client errors (bad JSON, a bad Content-Length, …): their message is safe to show.
+      problem = blankProblem(status, (error as Error).message, instanceOf(request.url))
     } else if (isOutage(error)) {
       // A store or the cache down for now: the client may come back, as for any 503.
       request.log.warn({ err: errorMessage(error) }, 'request failed: a dependency is down')

@@ -304,6 +304,11 @@ describe('security at the gateway (OWASP API Top 10)', () => {
           const problem = (await refused.json()) as { error: string; status: number }
           assert.equal(problem.error, 'invalid_request', `${path} ${contentType} ${body.slice(0, 20)}`)
           assert.equal(problem.status, refused.status)
+          if (contentType === 'text/plain')
+            assert.equal(
+              (problem as unknown as { detail: string }).detail,
+              'send the body as application/json or application/x-www-form-urlencoded',
+            )
         }
       }
     })

@@ -431,8 +431,10 @@ describe('the command API', () => {
       })
       assert.equal(text.status, 415, contentType)
       assert.match(text.headers.get('content-type') ?? '', /application\/problem\+json/)
-      const problem = (await text.json()) as { title: string; detail: string }
-      assert.equal(problem.title, 'Unsupported Media Type')
+      const problem = (await text.json()) as { type: string; title: string; detail: string }
+      // The type a refused charset has too: one 415, one type.
+      assert.equal(problem.type, 'https://mercato.dev/problems/unsupported-media-type')
+      assert.equal(problem.title, 'Unsupported media type')
       assert.equal(problem.detail, 'send the body as application/json')
     }
     // A compressed body is refused, whether it would fail to parse (gzip) or parse as it is.
