@@ -563,7 +563,9 @@ export function validationProblem(
     if (issue.keyword === 'additionalProperties') pointer += `/${String(issue.params.additionalProperty)}`
     return { in: part, field: pointer || '/', message: messageOf(issue) }
   })
-  errors.push(...more)
+  // (A field reported ahead of validation, and by it too, is named once.)
+  const named = new Set(errors.map((e) => `${e.in} ${e.field} ${e.message}`))
+  errors.push(...more.filter((e) => !named.has(`${e.in} ${e.field} ${e.message}`)))
   // A body of thousands of bad fields gets an answer of bounded size: the first ones.
   const said = errors.slice(0, detailErrorsMax).map((e) => `${e.in} ${e.field}: ${e.message}`)
   if (errors.length > detailErrorsMax) said.push(`and ${errors.length - detailErrorsMax} more`)

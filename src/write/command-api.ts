@@ -284,6 +284,14 @@ export async function startCommandApi(options: CommandApiOptions): Promise<{ sto
       preValidation: async (request) => {
         // (`null` is a body, and not an object: validation says so.)
         if (request.body === undefined) request.body = {}
+        // No command takes a query parameter: one is named beside the body's bad fields, not
+        // only once the body is right (fastify stops at the first part that fails).
+        for (const name of Object.keys(request.query as Record<string, unknown>))
+          reportWithValidation(request, {
+            in: 'querystring',
+            field: `/${name}`,
+            message: 'is not a known field',
+          })
         const keyError = keyErrorOf(request, spec.keyRequired)
         for (const issue of (keyError?.extensions?.errors as FieldIssue[] | undefined) ?? [])
           reportWithValidation(request, issue)

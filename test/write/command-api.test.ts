@@ -165,6 +165,16 @@ describe('the command API', () => {
       query.body.errors.map((e: { in: string; field: string }) => `${e.in} ${e.field}`),
       ['querystring /coupon'],
     )
+    // With a bad body too, both at once: the client fixes everything in one go.
+    const both = await shop.post(
+      '/v1/orders?coupon=FREE',
+      { ...order(), lines: [] },
+      { 'idempotency-key': randomUUID() },
+    )
+    assert.deepEqual(
+      both.body.errors.map((e: { in: string; field: string }) => `${e.in} ${e.field}`).sort(),
+      ['body /lines', 'querystring /coupon'],
+    )
     const nothing = await shop.post('/v1/orders', null, { 'idempotency-key': randomUUID() })
     assert.equal(nothing.status, 400)
     assert.deepEqual(
