@@ -369,7 +369,7 @@ withEngineFlags(program.command('load'))
   .description(
     "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize; the shop's rate limits (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE, MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE) must allow the rate",
   )
-  .option('--url <url>', 'where Mercato answers', 'http://127.0.0.1:8080')
+  .option('--url <url>', 'where Mercato answers', `http://127.0.0.1:${process.env.MERCATO_PORT || 8080}`)
   .option('--orders <n>', 'orders to place', '1000')
   .option('--rate <r>', 'orders offered per second (0: as fast as --concurrency allows)', '100')
   .option('--concurrency <n>', 'requests in flight at most', '64')

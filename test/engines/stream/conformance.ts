@@ -421,6 +421,10 @@ export function defineStreamConformance(
         fixture.engine.commitOffsets(stream.group('replay'), [{ topic, partition: 0, offset: 0 }]),
         /has members connected/,
       )
+      await assert.rejects(
+        fixture.engine.seek(stream.group('replay'), topic, 'earliest'),
+        /has members connected/,
+      )
       await subscription.stop()
       await fixture.engine.seek(stream.group('replay'), topic, { timestampMs: Date.now() - 60_000 })
       seen.length = 0

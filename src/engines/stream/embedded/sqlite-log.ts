@@ -253,6 +253,7 @@ export class SqliteLog implements StreamEngine {
   async seek(group: string, topic: string, target: SeekTarget): Promise<void> {
     const partitions = this.#partitionCount(topic)
     this.#transaction(() => {
+      this.#refuseWhileConsuming(group)
       for (let p = 0; p < partitions; p++) {
         const end = this.endOffset(topic, p)
         let offset: number
