@@ -23,6 +23,7 @@ import { Freshness } from '../read/freshness.ts'
 import { Projector } from '../read/projector.ts'
 import { startQueryApi } from '../read/query-api.ts'
 import { QueryCache } from '../read/query-cache.ts'
+import { viewNames } from '../read/view.ts'
 import { openViews, type Views } from '../read/views.ts'
 import { startFlags } from '../services/flags/flags.ts'
 import { startInventoryService } from '../services/inventory/inventory-service.ts'
@@ -418,6 +419,11 @@ Object.assign(components, {
           context.config.cache.kind === 'redis' || (context.projector?.appliesAll(view, generation) ?? false),
       })
       return {
+        // Not before every view has been built (by a projector here or elsewhere): until
+        // then its reads answer 503 view-unavailable.
+        ready: async () => {
+          for (const view of viewNames) freshness.generation(view)
+        },
         stop: async () => {
           unhook?.()
           await freshness.stop()

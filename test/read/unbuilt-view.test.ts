@@ -28,6 +28,10 @@ describe('a view not built yet', () => {
     const none = await read(shop.url)
     assert.equal(none.status, 503)
     assert.equal(none.headers.get('mercato-problem-type'), 'https://mercato.dev/problems/view-unavailable')
+    // Nor is it ready, and it says why.
+    const unready = await fetch(`${shop.url}/readyz`)
+    assert.equal(unready.status, 503)
+    assert.match(await unready.text(), /the catalog view has not been built yet/)
     // A query API waiting while a projector starts: the view is built within its bound.
     const patient = await processes.start('gateway,user,query-api', { MERCATO_COMMAND_API_URLS: shop.url })
     const waiting = read(patient.url)
@@ -36,5 +40,6 @@ describe('a view not built yet', () => {
     assert.equal(answer.status, 200, await answer.clone().text())
     assert.equal(answer.headers.get('mercato-stale'), 'false')
     assert.equal(((await answer.json()) as { sku: string }).sku, sku)
+    assert.equal((await fetch(`${patient.url}/readyz`)).status, 200)
   })
 })
