@@ -152,6 +152,15 @@ export const notificationMigrations: Migration[] = [
         ON notification_emails (status, next_attempt_at, id);
       DROP INDEX IF EXISTS notification_emails_due`,
   },
+  {
+    // The address a registration asked for, until the user service has decided: a refusal
+    // is written to that address (the registrant has no account to read it from).
+    id: 'notification-0006-registrations',
+    sql: `CREATE TABLE IF NOT EXISTS notification_registrations (
+        customer_id TEXT PRIMARY KEY,
+        email TEXT NOT NULL,
+        requested_at TEXT NOT NULL)`,
+  },
 ]
 
 /**
@@ -295,6 +304,20 @@ export async function startNotificationService(
     return rows[0]?.email
   }
 
+  /**
+   * The address a refused registration asked for, forgotten as it is read: the refusal goes
+   * to whoever holds that address (who may not be who asked), and says only what they can
+   * already know, that the address has an account.
+   */
+  async function takeRegistrant(tx: Tx, customerId: string | undefined): Promise<string | undefined> {
+    if (!customerId) return undefined
+    const [row] = await tx.query<{ email: string }>(
+      'DELETE FROM notification_registrations WHERE customer_id = $1 RETURNING email',
+      [customerId],
+    )
+    return row?.email
+  }
+
   /** E-mails that waited for the customer's address: due now that it is known. */
   async function releaseWaiting(tx: Tx, customerId: string): Promise<void> {
     const email = await emailOf(tx, customerId)
@@ -310,7 +333,17 @@ export async function startNotificationService(
     const data = event.data
     const now = nowIso()
     switch (event.type) {
+      case 'customer.registration-requested':
+        await tx.execute(
+          `INSERT INTO notification_registrations (customer_id, email, requested_at) VALUES ($1, $2, $3)
+           ON CONFLICT (customer_id) DO NOTHING`,
+          [String(data.customerId), String(data.email), now],
+        )
+        return
       case 'customer.registered':
+        await tx.execute('DELETE FROM notification_registrations WHERE customer_id = $1', [
+          String(data.customerId),
+        ])
         await tx.execute(
           `INSERT INTO notification_customers (customer_id, email, given_name, family_name, updated_at)
            VALUES ($1, $2, $3, $4, $5)
@@ -393,7 +426,10 @@ export async function startNotificationService(
   async function recordEmail(tx: Tx, event: CloudEvent, template: string): Promise<void> {
     const orderId = text(event.data.orderId)
     const customerId = text(event.data.customerId) ?? (await customerOfOrder(tx, orderId))
-    const recipient = await emailOf(tx, customerId)
+    const recipient =
+      event.type === 'customer.registration-rejected'
+        ? await takeRegistrant(tx, customerId)
+        : await emailOf(tx, customerId)
     const now = nowIso()
     const status = recipient ? 'pending' : 'no-recipient'
     const inserted = await tx.execute(

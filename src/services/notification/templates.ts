@@ -5,6 +5,7 @@ import { cancelDetailsForCustomers } from '../../contracts/events.ts'
 /** The template of each customer-facing event type. */
 export const templateOf: Record<string, string> = {
   'customer.registered': 'welcome',
+  'customer.registration-rejected': 'registration-refused',
   'order.placed': 'order-received',
   'order.confirmed': 'order-confirmed',
   'order.cancelled': 'order-cancelled',
@@ -86,6 +87,17 @@ export function renderEmail(template: string, data: Record<string, unknown>, to:
         // Not "sign in with": an account registered without a password (by staff, or one
         // that signs in elsewhere) has none to sign in with here.
         text: `${greeting}\n\nyour Mercato account for ${str(data.email)} is ready.${signature}`,
+      }
+    case 'registration-refused':
+      // Sent to the address the registration named, whoever asked: it tells them nothing
+      // they cannot know, and tells the registrant, who has no account to read it from.
+      return {
+        subject: 'Your Mercato registration',
+        text:
+          'Hello,\n\nsomeone, perhaps you, asked to register a new Mercato account with this e-mail ' +
+          'address. An account with this address already exists, so no new one was made. If it was ' +
+          'you, sign in to your account; if it was not, you need do nothing.' +
+          signature,
       }
     case 'order-received': {
       const currency = str(data.currency)

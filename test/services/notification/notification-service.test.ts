@@ -187,6 +187,31 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       )
     })
 
+    it('writes a refused registration to the address it asked for, which has an account already', async () => {
+      const { harness, store, running } = await start()
+      await harness.publish('customer.registration-requested', 'c-again', {
+        customerId: 'c-again',
+        email: 'grace@example.com',
+        givenName: 'Grace',
+        familyName: 'Hopper',
+      })
+      await harness.publish('customer.registration-rejected', 'c-again', {
+        customerId: 'c-again',
+        reason: 'the e-mail address is already registered',
+      })
+      await waitFor('the refusal mail', () =>
+        running.sink!.messages().some((m) => m.subject === 'Your Mercato registration'),
+      )
+      const mail = running.sink!.messages().find((m) => m.subject === 'Your Mercato registration')!
+      assert.equal(mail.to, 'grace@example.com')
+      assert.match(mail.text, /already exists/)
+      assert.deepEqual(
+        await store.query('SELECT * FROM notification_registrations'),
+        [],
+        'forgotten once written',
+      )
+    })
+
     it('tells the customer of an order cancelled before it was placed (an unknown SKU), by the customerId the cancel carries', async () => {
       const { harness, running } = await start()
       await harness.publish('customer.registered', 'c-early', {
