@@ -19,7 +19,7 @@ import {
 } from '../contracts/commands.ts'
 import { encodeConsistencyToken } from '../contracts/consistency.ts'
 import { type CloudEvent, createEvent, type NewEvent } from '../contracts/envelope.ts'
-import { eventTypeMatches, webhookDeliveryTopics, webhookEventTypes } from '../contracts/events.ts'
+import { eventTypeMatches, webhookEventTypes } from '../contracts/events.ts'
 import type { Store, Tx } from '../engines/store/port.ts'
 import type { EventStream } from '../engines/stream/event-stream.ts'
 import { errorMessage, MercatoError } from '../platform/errors.ts'
@@ -719,6 +719,12 @@ function webhookUrlIssues(raw: string, allowPrivate: boolean): FieldIssue[] {
   return []
 }
 
+/** The types a webhook receives by their prefixes: `order.*, payment.*, …`, `*` for all. */
+const webhookTypePrefixes = [
+  ...new Set(webhookEventTypes.map((type) => `${type.slice(0, type.indexOf('.'))}.*`)),
+  '*',
+].join(', ')
+
 /** Webhook subscriptions that can never receive an event: each entry must match a known type. */
 function webhookEventIssues(events: unknown[]): FieldIssue[] {
   return events.flatMap((pattern, i) =>
@@ -728,7 +734,7 @@ function webhookEventIssues(events: unknown[]): FieldIssue[] {
           {
             in: 'body',
             field: `/events/${i}`,
-            message: `${JSON.stringify(pattern)} names no event type a webhook receives (those of ${webhookDeliveryTopics.join(', ')})`,
+            message: `${JSON.stringify(pattern)} names no event type a webhook receives (${webhookTypePrefixes} or one of their types, such as order.placed)`,
           },
         ],
   )

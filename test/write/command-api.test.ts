@@ -351,7 +351,7 @@ describe('the command API', () => {
     )
     assert.match(
       refused.body.detail,
-      /"nope.event" names no event type a webhook receives \(those of orders, payments, shipments, customers\)/,
+      /"nope.event" names no event type a webhook receives \(order\.\*, payment\.\*, shipment\.\*, customer\.\*, \* or one of their types/,
     )
     assert.equal(refused.body.secret, undefined)
     // Many bad entries: the first 50 are listed, and how many there were in all.
