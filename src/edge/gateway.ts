@@ -61,6 +61,8 @@ export interface GatewayOptions {
     upstreamConcurrencyMax: number
     breakerFailures: number
     breakerHalfOpenMs: number
+    /** How long the JWKS may be cached (see jwksMaxAgeSeconds). */
+    jwksMaxAgeSeconds: number
   }
 }
 
@@ -411,7 +413,7 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       },
     },
     async (_request, reply) => {
-      reply.header('cache-control', 'public, max-age=60')
+      reply.header('cache-control', `public, max-age=${limits.jwksMaxAgeSeconds}`)
       return identity.ring.jwks()
     },
   )

@@ -12,7 +12,7 @@ import type { EventStream } from '../engines/stream/event-stream.ts'
 import { ConfigError } from '../platform/errors.ts'
 import type { FlagReader } from '../platform/flags.ts'
 import type { Identity } from '../platform/identity/guard.ts'
-import { openIdentity } from '../platform/identity/identity.ts'
+import { jwksMaxAgeSeconds, openIdentity } from '../platform/identity/identity.ts'
 import type { KeyRing } from '../platform/identity/key-ring.ts'
 import type { Logger } from '../platform/logger.ts'
 import type { Metrics } from '../platform/metrics.ts'
@@ -234,6 +234,7 @@ Object.assign(components, {
           upstreamConcurrencyMax: config.upstreamConcurrencyMax,
           breakerFailures: config.breakerFailures,
           breakerHalfOpenMs: config.breakerHalfOpenMs,
+          jwksMaxAgeSeconds: jwksMaxAgeSeconds(config.keyActivationDelayMs),
         },
       })
     },

@@ -216,6 +216,9 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.equal(typ, 'at+jwt')
       const jwks = await call('GET', '/.well-known/jwks.json')
       assert.ok(jwks.body.keys.some((key: { kid: string }) => key.kid === kid))
+      // Cached past the new key's first signature, a copy would not know it: the default
+      // minute's delay less the 30 s every process takes to publish it.
+      assert.equal(jwks.headers.get('cache-control'), 'public, max-age=30')
       assert.ok(
         jwks.body.keys.every((key: { d?: string }) => key.d === undefined),
         'no private part published',

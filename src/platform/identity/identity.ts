@@ -17,6 +17,18 @@ export interface IdentitySettings {
   }
 }
 
+/** How often every process re-reads the key ring: a key another process adds is published within it. */
+export const keyRingRefreshMs = 30_000
+
+/**
+ * How long a verifier may cache the JWKS: a new key is published within keyRingRefreshMs of
+ * its rotation and signs `activationDelayMs` after it, so a copy fetched just before it was
+ * published must have run out by then.
+ */
+export function jwksMaxAgeSeconds(activationDelayMs: number): number {
+  return Math.max(0, Math.floor((activationDelayMs - keyRingRefreshMs) / 1000))
+}
+
 export async function openIdentity(
   store: Store,
   settings: IdentitySettings,
@@ -25,7 +37,7 @@ export async function openIdentity(
   const ring = await KeyRing.open(store, {
     tokenTtlMaxMs: Math.max(settings.accessTokenTtlSeconds, settings.serviceTokenTtlSeconds) * 1000,
     activationDelayMs: settings.keyActivationDelayMs,
-    refreshEveryMs: 30_000,
+    refreshEveryMs: keyRingRefreshMs,
   })
   const tokens = new Tokens(ring, {
     issuer: settings.auth.issuer,
