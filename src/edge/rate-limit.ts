@@ -14,7 +14,10 @@ export interface RateVerdict {
   allowed: boolean
   limit: number
   remaining: number
-  /** Seconds until the current window ends (at least 1): when the quota comes back. */
+  /**
+   * Seconds until the quota comes back (at least 1): the current window's end, or, with
+   * nothing left, when one more request fits.
+   */
   resetSeconds: number
   /** When refused: seconds until a request would be allowed again (at least 1). */
   retryAfterSeconds: number
@@ -42,18 +45,20 @@ export class RateLimiter {
     ])
     const previous = Number(previousText ?? 0)
     const allowed = previous * (1 - elapsed) + count <= rule.limit
-    let retryAfterSeconds = 0
-    if (!allowed) {
-      count = await this.giveBack(key, rule, now)
-      // A millisecond over, so a retry at exactly that second is never refused by a rounding.
-      retryAfterSeconds = Math.max(1, Math.ceil((msUntilAllowed(previous, count, elapsed, rule) + 1) / 1000))
-    }
+    if (!allowed) count = await this.giveBack(key, rule, now)
+    const remaining = Math.max(0, Math.floor(rule.limit - previous * (1 - elapsed) - count))
+    // A millisecond over, so a retry at exactly that second is never refused by a rounding.
+    const nextInSeconds = () =>
+      Math.max(1, Math.ceil((msUntilAllowed(previous, count, elapsed, rule) + 1) / 1000))
     return {
       allowed,
       limit: rule.limit,
-      remaining: Math.max(0, Math.floor(rule.limit - previous * (1 - elapsed) - count)),
-      resetSeconds: Math.max(1, Math.ceil(((1 - elapsed) * rule.windowMs) / 1000)),
-      retryAfterSeconds,
+      remaining,
+      // With nothing left, the quota comes back (one request at a time) when Retry-After says,
+      // not at the window's end: a client pacing itself by Reset would wait far too long.
+      resetSeconds:
+        remaining === 0 ? nextInSeconds() : Math.max(1, Math.ceil(((1 - elapsed) * rule.windowMs) / 1000)),
+      retryAfterSeconds: allowed ? 0 : nextInSeconds(),
     }
   }
 

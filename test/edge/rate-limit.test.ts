@@ -29,6 +29,12 @@ describe('rate limits in process', () => {
     )
     // The five weigh in full at the next window's start, and 5 × (1 − 12/60) + 1 fits: 72 s.
     assert.equal(verdicts[5].retryAfterSeconds, 72)
+    // With nothing left, Reset says when the quota comes back, as Retry-After does, not the
+    // window's end (60 s); with some left, the window's end.
+    assert.deepEqual(
+      verdicts.map((v) => v.resetSeconds),
+      [60, 60, 60, 60, 72, 72],
+    )
     // Half a window later the previous window still weighs half (the refused sixth not
     // counted): 5 × 0.5 = 2.5, so 2 more fit.
     const later = [] as boolean[]
