@@ -159,7 +159,12 @@ export const notificationMigrations: Migration[] = [
     sql: `CREATE TABLE IF NOT EXISTS notification_registrations (
         customer_id TEXT PRIMARY KEY,
         email TEXT NOT NULL,
-        requested_at TEXT NOT NULL)`,
+        requested_at TEXT NOT NULL);
+      CREATE INDEX IF NOT EXISTS notification_registrations_requested
+        ON notification_registrations (requested_at);
+      CREATE TABLE IF NOT EXISTS notification_refusals (
+        email_key TEXT PRIMARY KEY,
+        told_at TEXT NOT NULL)`,
   },
 ]
 
@@ -189,6 +194,10 @@ const deliverable = new Set(webhookEventTypes)
 const redactedFields = new Set(['passwordHash', 'secret', 'paymentMethodToken'])
 /** How long a customer's undeliverable e-mails wait for their address to become known. */
 const noRecipientRetentionMs = 7 * 24 * 3_600_000
+/** At most one refused registration's e-mail to an address in this long. */
+const refusalMailGapMs = 24 * 3_600_000
+/** A registration the user service never decided on (a repeated id) is forgotten after this. */
+const registrationKeepMs = 7 * 24 * 3_600_000
 /**
  * How far before its last complete run the recipient sweep looks again: an e-mail written
  * in a transaction under way then has committed by now.
@@ -424,12 +433,42 @@ export async function startNotificationService(
   }
 
   async function recordEmail(tx: Tx, event: CloudEvent, template: string): Promise<void> {
+    if (event.type === 'customer.registration-rejected') return recordRefusal(tx, event, template)
     const orderId = text(event.data.orderId)
     const customerId = text(event.data.customerId) ?? (await customerOfOrder(tx, orderId))
-    const recipient =
-      event.type === 'customer.registration-rejected'
-        ? await takeRegistrant(tx, customerId)
-        : await emailOf(tx, customerId)
+    await insertEmail(tx, event, template, { customerId, orderId, recipient: await emailOf(tx, customerId) })
+  }
+
+  /**
+   * A refused registration, written to the address it named. Under no customer: the id was
+   * never a customer's, and its 360 must go on answering 404. At most one a day to an
+   * address: registering with someone's address must not fill their mailbox.
+   */
+  async function recordRefusal(tx: Tx, event: CloudEvent, template: string): Promise<void> {
+    const recipient = await takeRegistrant(tx, text(event.data.customerId))
+    if (!recipient) return
+    const key = recipient.trim().toLowerCase()
+    const now = nowIso()
+    const told = await tx.query('SELECT 1 FROM notification_refusals WHERE email_key = $1 AND told_at > $2', [
+      key,
+      new Date(Date.now() - refusalMailGapMs).toISOString(),
+    ])
+    if (told.length > 0) return
+    await tx.execute(
+      `INSERT INTO notification_refusals (email_key, told_at) VALUES ($1, $2)
+       ON CONFLICT (email_key) DO UPDATE SET told_at = excluded.told_at`,
+      [key, now],
+    )
+    await insertEmail(tx, event, template, { recipient })
+  }
+
+  async function insertEmail(
+    tx: Tx,
+    event: CloudEvent,
+    template: string,
+    to: { customerId?: string; orderId?: string; recipient?: string },
+  ): Promise<void> {
+    const { customerId, orderId, recipient } = to
     const now = nowIso()
     const status = recipient ? 'pending' : 'no-recipient'
     const inserted = await tx.execute(
@@ -898,6 +937,15 @@ export async function startNotificationService(
     drain('notification_emails', sendEmail, undefined, firstUnsentOfItsOrder),
   )
   service.every('notification-recipients', 1_000, releaseKnownRecipients)
+  // Addresses are kept no longer than they serve.
+  service.every('notification-registrations', 3_600_000, async () => {
+    await service.store.execute('DELETE FROM notification_registrations WHERE requested_at < $1', [
+      new Date(Date.now() - registrationKeepMs).toISOString(),
+    ])
+    await service.store.execute('DELETE FROM notification_refusals WHERE told_at < $1', [
+      new Date(Date.now() - refusalMailGapMs).toISOString(),
+    ])
+  })
   service.every(
     'notification-webhooks',
     pollIntervalMs,

@@ -210,6 +210,32 @@ for (const { kind, skip } of await storeKinds('notification service')) {
         [],
         'forgotten once written',
       )
+      // Under no customer: the refused id's 360 must not come to life with a notification.
+      const [refusal] = await store.query<{ customer_id: string | null }>(
+        "SELECT customer_id FROM notification_emails WHERE template = 'registration-refused'",
+      )
+      assert.equal(refusal.customer_id, null)
+      // Registering with the same address again the same day writes no second e-mail.
+      await harness.publish('customer.registration-requested', 'c-again-2', {
+        customerId: 'c-again-2',
+        email: 'Grace@Example.com',
+        givenName: 'G',
+        familyName: '',
+      })
+      const second = await harness.publish('customer.registration-rejected', 'c-again-2', {
+        customerId: 'c-again-2',
+        reason: 'the e-mail address is already registered',
+      })
+      await waitFor(
+        'the second refusal handled',
+        async () =>
+          (await store.query('SELECT 1 FROM mercato_inbox WHERE event_id = $1', [second.id])).length > 0,
+      )
+      assert.deepEqual(await store.query('SELECT * FROM notification_registrations'), [])
+      const refusals = await store.query(
+        "SELECT 1 FROM notification_emails WHERE template = 'registration-refused'",
+      )
+      assert.equal(refusals.length, 1)
     })
 
     it('tells the customer of an order cancelled before it was placed (an unknown SKU), by the customerId the cancel carries', async () => {
