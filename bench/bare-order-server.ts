@@ -2,10 +2,17 @@
 // with the same schema and answers 202, doing nothing else.
 import { randomUUID } from 'node:crypto'
 import Fastify from 'fastify'
-import { PlaceOrder } from '../src/contracts/commands.ts'
+import { PlaceOrder, schemaAnnotations } from '../src/contracts/commands.ts'
 
 const app = Fastify({
-  ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: true } },
+  ajv: {
+    customOptions: {
+      removeAdditional: false,
+      coerceTypes: false,
+      allErrors: true,
+      keywords: schemaAnnotations,
+    },
+  },
 })
 app.post('/v1/orders', { schema: { body: PlaceOrder } }, async (_request, reply) => {
   const id = `ord_${randomUUID()}`

@@ -369,7 +369,7 @@ withEngineFlags(program.command('load'))
   .description(
     "place orders as real clients would, follow each to its end on the shop's event stream (give its --data-dir or --stream), and summarize; the shop's rate limits (MERCATO_RATE_LIMIT_PRINCIPAL_PER_MINUTE, MERCATO_RATE_LIMIT_ADDRESS_PER_MINUTE) must allow the rate",
   )
-  .option('--url <url>', 'where Mercato answers', `http://127.0.0.1:${process.env.MERCATO_PORT || 8080}`)
+  .option('--url <url>', 'where Mercato answers (default: http://127.0.0.1:$MERCATO_PORT, or 8080)')
   .option('--orders <n>', 'orders to place', '1000')
   .option('--rate <r>', 'orders offered per second (0: as fast as --concurrency allows)', '100')
   .option('--concurrency <n>', 'requests in flight at most', '64')
@@ -391,7 +391,9 @@ withEngineFlags(program.command('load'))
     if (!(retryShare >= 0 && retryShare <= 1))
       throw new ConfigError('--retry-share', 'must be between 0 and 1')
     const config = configFrom(options)
-    const url = options.url.replace(/\/+$/, '')
+    // The shop's port as this shell sets it; 0 (any free port) names none to call.
+    const port = Number(process.env.MERCATO_PORT) || 8080
+    const url = (options.url ?? `http://127.0.0.1:${port}`).replace(/\/+$/, '')
     const logins = options.logins
       ? parseLogins(options.logins)
       : demoCustomers.map((c) => ({ username: c.email, password: c.password }))

@@ -15,6 +15,9 @@ const strict = { additionalProperties: false } as const
  */
 export const patternSays = (message: string) => ({ 'x-pattern-message': message })
 
+/** The annotations these schemas carry, for a validator to know (ajv refuses a keyword it does not). */
+export const schemaAnnotations = ['x-pattern-message']
+
 const idSays = patternSays('must be letters, digits, ".", "_", ":" or "-"')
 const ApiId = { ...Id, ...idSays }
 

@@ -109,7 +109,6 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
         // A browser's own request id and trace context, which every answer and span carries on.
         'x-request-id',
         'traceparent',
-        'tracestate',
       ],
       exposedHeaders: [
         'location',
@@ -466,14 +465,11 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
           additionalProperties: true,
           properties: {
             grant_type: { type: 'string', enum: ['password', 'refresh_token'] },
-            username: { type: 'string', minLength: 1, maxLength: 320, description: 'password grant' },
-            password: { type: 'string', minLength: 1, maxLength: 1024, description: 'password grant' },
-            refresh_token: {
-              type: 'string',
-              minLength: 1,
-              maxLength: 256,
-              description: 'refresh_token grant',
-            },
+            // Required, and not blank, by the grant that uses it (see the handler): the
+            // other grant's are ignored, as any parameter the server does not use.
+            username: { type: 'string', maxLength: 320, description: 'password grant' },
+            password: { type: 'string', maxLength: 1024, description: 'password grant' },
+            refresh_token: { type: 'string', maxLength: 256, description: 'refresh_token grant' },
             scope: { type: 'string', maxLength: 256 },
           },
         },
@@ -490,14 +486,14 @@ export async function startGateway(options: GatewayOptions): Promise<{ stop(): P
       }
       // RFC 6749 §6: a client renews its tokens at the token endpoint too.
       const needs = body.grant_type === 'refresh_token' ? ['refresh_token'] : ['username', 'password']
-      const missing = needs.filter((name) => body[name as keyof typeof body] === undefined)
+      const missing = needs.filter((name) => !body[name as keyof typeof body])
       if (missing.length > 0)
         throw invalidRequest(
           [],
           missing.map((name) => ({
             in: 'body',
             field: `/${name}`,
-            message: `is required by the ${body.grant_type} grant`,
+            message: `is required by the ${body.grant_type} grant, and not blank`,
           })),
           { error: 'invalid_request' },
         )

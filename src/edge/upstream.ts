@@ -53,7 +53,15 @@ interface Instance {
   pool: Pool
   /** Until then the instance is tried only when every other one failed to connect. */
   downUntil: number
+  /** Requests in a row that ran out their time on this instance. */
+  timeouts: number
 }
+
+/**
+ * Timeouts in a row after which an instance is taken for hung: one alone may be a request
+ * slow by its nature (a read waiting for its consistency token).
+ */
+const hungAfterTimeouts = 2
 
 // RFC 9110 §7.6.1. `expect` and `content-length` are dropped from requests too: undici refuses
 // the first and computes the second from the buffered body.
@@ -101,6 +109,7 @@ export class Upstream {
     this.#instances = urls.map((url) => ({
       pool: new Pool(url, { connections, pipelining: 1 }),
       downUntil: 0,
+      timeouts: 0,
     }))
 
     this.#breaker = circuitBreaker(
@@ -180,14 +189,17 @@ export class Upstream {
         try {
           const answer = await this.#sendTo(instance.pool, request, signal)
           instance.downUntil = 0
+          instance.timeouts = 0
           return answer
         } catch (error) {
           const refused = connectErrorCodes.has((error as { code?: string }).code ?? '')
-          // A refused instance, or one that let the request run out its time (hung, not
+          if (signal.aborted) instance.timeouts++
+          // A refused instance, or one that let requests run out their time (hung, not
           // dead), waits as long as an open circuit before it is preferred again: round
           // robin would otherwise send it every n-th request, and the successes of the
           // others in between keep the circuit from opening.
-          if (refused || signal.aborted) instance.downUntil = Date.now() + this.#halfOpenAfterMs
+          if (refused || instance.timeouts >= hungAfterTimeouts)
+            instance.downUntil = Date.now() + this.#halfOpenAfterMs
           if (signal.aborted || !refused) throw error
           lastError = error
         }

@@ -11,6 +11,7 @@ import Fastify, {
   LogController,
 } from 'fastify'
 import helmet from 'helmet'
+import { schemaAnnotations } from '../contracts/commands.ts'
 import {
   errorMessage,
   isOutage,
@@ -93,7 +94,7 @@ export function createHttpServer(
         verbose: true,
         unicode: false,
         // An annotation: what a value failing its pattern is told (see patternSays).
-        keywords: ['x-pattern-message'],
+        keywords: schemaAnnotations,
         // ajv calls `unicode: false` deprecated, and says so at every start: that one line is
         // left out; its other warnings go to the log.
         logger: {
@@ -252,7 +253,7 @@ export function createHttpServer(
     if (hasBody && headerCount(request.raw.rawHeaders, 'content-type') > 1)
       return done(
         new MercatoError('invalid-request', 400, 'the request has more than one Content-Type header', {
-          errors: [{ in: 'headers', field: '/content-type', message: 'is given more than once' }],
+          errors: [{ in: 'header', field: 'Content-Type', message: 'is given more than once' }],
         }),
       )
     if (unshed.has(request.url.split('?')[0])) return done()

@@ -14,7 +14,7 @@ const adminPassword = 'admin-password-for-tests'
 const supportEmail = 'support@security.test'
 const supportPassword = 'support-password-for-tests'
 const principalPerMinute = 40
-const loginPerMinute = 15
+const loginPerMinute = 25
 const registerPerMinute = 5
 
 const address = { name: 'S', line1: '1 Safe St', city: 'Secureville', postalCode: '1', country: 'US' }
@@ -257,6 +257,13 @@ describe('security at the gateway (OWASP API Top 10)', () => {
       assert.equal(missing.status, 400)
       assert.equal(missing.body.error, 'invalid_request')
       assert.equal(missing.body.errors[0].field, '/password')
+      // The other grant's parameters are ignored, blank or not.
+      const refreshWithUsername = await token({
+        grant_type: 'refresh_token',
+        refresh_token: 'rt_x',
+        username: '',
+      })
+      assert.deepEqual([refreshWithUsername.status, refreshWithUsername.body.error], [400, 'invalid_grant'])
       const withClientId = await token({
         grant_type: 'password',
         username: adminEmail,

@@ -3,6 +3,7 @@
 import assert from 'node:assert/strict'
 import { after, describe, it } from 'node:test'
 import { processesOnOneDataDir, watchAndSignIn } from '../support/processes.ts'
+import { waitFor } from '../support/wait.ts'
 
 describe('a view not built yet', () => {
   const processes = processesOnOneDataDir({ MERCATO_READ_WAIT_MS: '20000' })
@@ -40,6 +41,7 @@ describe('a view not built yet', () => {
     assert.equal(answer.status, 200, await answer.clone().text())
     assert.equal(answer.headers.get('mercato-stale'), 'false')
     assert.equal(((await answer.json()) as { sku: string }).sku, sku)
-    assert.equal((await fetch(`${patient.url}/readyz`)).status, 200)
+    // Ready once it has sampled every view, the others than this read's too.
+    await waitFor('the query API ready', async () => (await fetch(`${patient.url}/readyz`)).status === 200)
   })
 })

@@ -261,7 +261,7 @@ describe('the HTTP base', () => {
       const twice = await send('Content-Type: application/json\r\ncontent-type: text/plain\r\n')
       assert.equal(twice.status, 400)
       assert.deepEqual(twice.body.errors, [
-        { in: 'headers', field: '/content-type', message: 'is given more than once' },
+        { in: 'header', field: 'Content-Type', message: 'is given more than once' },
       ])
       assert.equal(handled, 0)
       const single = await send('Content-Type: application/json\r\n')
