@@ -8,7 +8,7 @@ import { Metrics } from '../platform/metrics.ts'
 import { installTracing } from '../platform/tracing.ts'
 import { type Component, type Context, components, type Running, resolveTargets } from './components.ts'
 import type { Config } from './config.ts'
-import { createHttpServer } from './http.ts'
+import { createHttpServer, drainHttp } from './http.ts'
 import { registerOpenApi } from './openapi.ts'
 
 export class App {
@@ -69,8 +69,12 @@ export class App {
   }
 
   async #stop(): Promise<void> {
-    const { log, http } = this.context
-    // Components stop first, in reverse order, while the HTTP server still answers: an
+    const { log, http, config } = this.context
+    // New requests from outside are refused first, and those in flight finish (half the
+    // shutdown's time at most) while every component still runs: on stores already closed
+    // they would fail with a 500.
+    await drainHttp(http, config.shutdownTimeoutMs / 2)
+    // Components stop next, in reverse order, while the HTTP server still answers: an
     // in-flight handler may need a route of this process (the payment provider stand-in
     // in the all-in-one mode) to finish. The server closes last.
     for (const { name, running } of [...this.#running].reverse()) {

@@ -27,6 +27,30 @@ import type { Config } from './config.ts'
 
 const unshed = new Set(['/healthz', '/readyz', '/metrics'])
 
+/**
+ * Routes a process calls on itself in the all-in-one mode (payment to its provider stand-in,
+ * the gateway's sign-in to the user service): still served while it drains, since the work
+ * in flight may need them to finish.
+ */
+const selfCalledPrefixes = ['/provider/', '/internal/']
+
+/** Per server: whether it drains, and how to learn that the last outside request has ended. */
+const drains = new WeakMap<FastifyInstance, { start(): void; idle(): Promise<void> }>()
+
+/**
+ * Stops taking requests from outside (each new one, on a connection kept alive, is a 503 with
+ * `Connection: close`; readiness says so) and resolves once those in flight have ended, or
+ * after `waitMs`. Calls the process makes to itself go on being served.
+ */
+export async function drainHttp(app: FastifyInstance, waitMs: number): Promise<void> {
+  const drain = drains.get(app)
+  if (!drain) return
+  drain.start()
+  let timer: NodeJS.Timeout | undefined
+  await Promise.race([drain.idle(), new Promise((resolve) => (timer = setTimeout(resolve, waitMs)))])
+  clearTimeout(timer)
+}
+
 /** On a 503: its problem type, so a gateway tells a refusal by choice from a failure. */
 export const problemTypeHeader = 'mercato-problem-type'
 
@@ -200,6 +224,21 @@ export function createHttpServer(
   })
 
   let inFlight = 0
+  /** Requests in flight from outside (not calls of this process to itself). */
+  let outsideInFlight = 0
+  let draining = false
+  let whenIdle: (() => void) | undefined
+  drains.set(app, {
+    start: () => {
+      draining = true
+    },
+    idle: () =>
+      outsideInFlight === 0
+        ? Promise.resolve()
+        : new Promise<void>((resolve) => {
+            whenIdle = resolve
+          }),
+  })
   const shed = metrics.counter(
     'mercato_http_shed_total',
     'Requests refused with 503 because the process was full.',
@@ -256,7 +295,23 @@ export function createHttpServer(
           errors: [{ in: 'header', field: 'Content-Type', message: 'is given more than once' }],
         }),
       )
-    if (unshed.has(request.url.split('?')[0])) return done()
+    const path = request.url.split('?')[0]
+    if (unshed.has(path)) return done()
+    const outside = !selfCalledPrefixes.some((prefix) => path.startsWith(prefix))
+    if (draining && outside) {
+      // Not on a store that is closing: the client sends it again, to another instance or
+      // to this one once it is back.
+      reply.header('connection', 'close')
+      return done(
+        new MercatoError(
+          'unavailable',
+          503,
+          'shutting down',
+          {},
+          'this server is shutting down; send the request again',
+        ),
+      )
+    }
     if (inFlight >= config.httpInFlightMax) {
       shed.inc()
       const problem = new OverloadedError('http', `${inFlight} requests in flight, the limit`)
@@ -270,9 +325,11 @@ export function createHttpServer(
       return
     }
     inFlight++
+    if (outside) outsideInFlight++
     // An answer's end and a client that goes away both close the response, once.
     reply.raw.once('close', () => {
       inFlight--
+      if (outside && --outsideInFlight === 0) whenIdle?.()
     })
     done()
   })
@@ -362,6 +419,10 @@ export function createHttpServer(
   app.get('/healthz', async () => ({ status: 'ok' }))
 
   app.get('/readyz', async (_request, reply) => {
+    if (draining) {
+      reply.code(503)
+      return { status: 'draining', checks: [] }
+    }
     const results = await Promise.all(
       readiness().map(async ({ name, check }) => {
         try {

@@ -6,7 +6,7 @@ import { MercatoError } from '../../src/platform/errors.ts'
 import { silentLogger } from '../../src/platform/logger.ts'
 import { Metrics } from '../../src/platform/metrics.ts'
 import { loadConfig } from '../../src/runtime/config.ts'
-import { createHttpServer } from '../../src/runtime/http.ts'
+import { createHttpServer, drainHttp } from '../../src/runtime/http.ts'
 import { waitFor } from '../support/wait.ts'
 
 describe('the HTTP base', () => {
@@ -232,6 +232,42 @@ describe('the HTTP base', () => {
       )
       await closed
       await waitFor('the slot to be free again', async () => (await fetch(`${address}/hello`)).status === 200)
+    } finally {
+      await app.close()
+    }
+  })
+
+  it('drains: refuses new requests from outside with 503 and Connection: close, serves calls to itself, and waits for those in flight', async () => {
+    const app = createHttpServer(loadConfig({}), silentLogger(), new Metrics(), () => [])
+    let release: () => void = () => {}
+    let arrived = false
+    app.get('/slow', async () => {
+      arrived = true
+      await new Promise<void>((resolve) => {
+        release = resolve
+      })
+      return { done: true }
+    })
+    app.get('/fast', async () => ({ ok: true }))
+    app.get('/provider/v1/ping', async () => ({ ok: true }))
+    const address = await app.listen({ port: 0, host: '127.0.0.1' })
+    try {
+      const slow = fetch(`${address}/slow`)
+      await waitFor('the slow request in flight', async () => arrived)
+      let drained = false
+      const draining = drainHttp(app, 30_000).then(() => {
+        drained = true
+      })
+      const refused = await fetch(`${address}/fast`)
+      assert.equal(refused.status, 503)
+      assert.equal(refused.headers.get('connection'), 'close')
+      assert.equal(refused.headers.get('mercato-problem-type'), 'https://mercato.dev/problems/unavailable')
+      assert.equal((await fetch(`${address}/readyz`)).status, 503)
+      assert.equal((await fetch(`${address}/provider/v1/ping`)).status, 200, 'a call to itself is served')
+      assert.equal(drained, false, 'the slow request is still in flight')
+      release()
+      assert.equal((await slow).status, 200)
+      await draining
     } finally {
       await app.close()
     }
