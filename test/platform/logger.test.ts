@@ -1,8 +1,13 @@
 import assert from 'node:assert/strict'
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { writeFileSync } from 'node:fs'
+import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { describe, it } from 'node:test'
 import { pino } from 'pino'
 import { LazyChildLogger } from '../../src/platform/logger.ts'
+import { tempDir } from '../support/wait.ts'
 
 function capturing() {
   const lines: Record<string, unknown>[] = []
@@ -60,5 +65,40 @@ describe('a lazy child logger', () => {
       lines.map(({ reqId, msg }) => ({ reqId, msg })),
       [{ reqId: 'r-3', msg: 'written' }],
     )
+  })
+})
+
+describe('the process logger', () => {
+  it('lets the process exit when whatever read its lines has gone away', async () => {
+    // A log shipper that died: every line after is EPIPE, and exiting must not wait on them.
+    const dir = tempDir()
+    try {
+      const script = join(dir.path, 'reader-gone.ts')
+      writeFileSync(
+        script,
+        `import { createLogger } from ${JSON.stringify(join(process.cwd(), 'src/platform/logger.ts'))}
+        const log = createLogger({ level: 'info' })
+        log.info('first')
+        setTimeout(() => {
+          for (let i = 0; i < 3; i++) log.info({ i }, 'after the reader left')
+          process.exit(0)
+        }, 300)`,
+      )
+      const shell = spawn(
+        'sh',
+        ['-c', `"${process.execPath}" "${script}" 2>/dev/null | head -1 > /dev/null`],
+        {
+          stdio: 'ignore',
+        },
+      )
+      const ended = await Promise.race([
+        once(shell, 'exit').then(() => true),
+        new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 10_000)),
+      ])
+      if (!ended) shell.kill('SIGKILL')
+      assert.ok(ended, 'the process exited')
+    } finally {
+      dir.remove()
+    }
   })
 })
