@@ -17,7 +17,7 @@ import {
 } from '../../contracts/events.ts'
 import { eventRegistry } from '../../contracts/registry.ts'
 import type { Migration, Tx } from '../../engines/store/port.ts'
-import { errorMessage, redactUrl } from '../../platform/errors.ts'
+import { errorMessage, redactUrl, TimeoutError } from '../../platform/errors.ts'
 import { backoffMs, sleep, withTimeout } from '../../platform/limits.ts'
 import { RefusedUrlError, resolveWebhookTarget } from '../../platform/outbound-url.ts'
 import type { Handler, HandlerTools, Service } from '../../platform/service.ts'
@@ -194,6 +194,8 @@ const deliverable = new Set(webhookEventTypes)
 const redactedFields = new Set(['passwordHash', 'secret', 'paymentMethodToken'])
 /** How long a customer's undeliverable e-mails wait for their address to become known. */
 const noRecipientRetentionMs = 7 * 24 * 3_600_000
+/** nodemailer's codes for a server it could not reach or talk to at all. */
+const smtpConnectionCodes = new Set(['ECONNECTION', 'ESOCKET', 'ETIMEDOUT', 'EDNS', 'ECONNREFUSED'])
 /** At most one refused registration's e-mail to an address in this long. */
 const refusalMailGapMs = 24 * 3_600_000
 /** A registration the user service never decided on (a repeated id) is forgotten after this. */
@@ -666,6 +668,32 @@ export async function startNotificationService(
     return Object.fromEntries(rows.map((row) => [row.sku, row.name]))
   }
 
+  /**
+   * The mail server's reachability, said in the log when it changes: a retry of each e-mail
+   * is only a debug line, and a server that cannot be reached would go unseen while e-mails
+   * pile up.
+   */
+  const smtpHealth = (() => {
+    let unreachableSince: number | undefined
+    return {
+      failed(error: unknown) {
+        const code = (error as { code?: string }).code ?? ''
+        const unreachable = smtpConnectionCodes.has(code) || error instanceof TimeoutError
+        if (unreachableSince !== undefined || !unreachable) return
+        unreachableSince = Date.now()
+        log.warn(
+          { err: errorMessage(error), code },
+          'the SMTP server cannot be reached: e-mails wait and are tried again',
+        )
+      },
+      answered() {
+        if (unreachableSince === undefined) return
+        log.info({ unreachableMs: Date.now() - unreachableSince }, 'the SMTP server answers again')
+        unreachableSince = undefined
+      },
+    }
+  })()
+
   async function sendEmail(row: DueRow): Promise<void> {
     // The claim reads the e-mail and the customer's name back in the same statement.
     const email = await claim<{
@@ -722,9 +750,11 @@ export async function startNotificationService(
         }),
       )
     } catch (error) {
+      smtpHealth.failed(error)
       await failed('notification_emails', 'email', row.id, attempt, emailAttemptsMax, errorMessage(error))
       return
     }
+    smtpHealth.answered()
     const cause = JSON.parse(email.cause) as Cause
     await service.transact(async (tx, emit) => {
       const marked = await tx.execute(

@@ -8,7 +8,7 @@ import { PostgresStore } from '../../../src/engines/store/postgres/postgres-stor
 import { SqliteStore } from '../../../src/engines/store/sqlite/sqlite-store.ts'
 import { SqliteLog, sqliteLogDefaults } from '../../../src/engines/stream/embedded/sqlite-log.ts'
 import { EventStream } from '../../../src/engines/stream/event-stream.ts'
-import { silentLogger } from '../../../src/platform/logger.ts'
+import { type Logger, silentLogger } from '../../../src/platform/logger.ts'
 import { Metrics } from '../../../src/platform/metrics.ts'
 import { Service } from '../../../src/platform/service.ts'
 import { serverUrls, skipUnlessReachable } from '../../support/servers.ts'
@@ -41,9 +41,11 @@ export interface Harness {
   close(): Promise<void>
 }
 
-export async function openHarness(storeKind: StoreKind = 'sqlite'): Promise<Harness> {
+export async function openHarness(
+  storeKind: StoreKind = 'sqlite',
+  log: Logger = silentLogger(),
+): Promise<Harness> {
   const dir = tempDir()
-  const log = silentLogger()
   const metrics = new Metrics()
   const engine = new SqliteLog({
     ...sqliteLogDefaults,

@@ -3,10 +3,13 @@ import { readdirSync, readFileSync } from 'node:fs'
 import { createServer, type IncomingHttpHeaders, type Server } from 'node:http'
 import { type AddressInfo, createServer as createNetServer, type Socket } from 'node:net'
 import { join } from 'node:path'
+import { Writable } from 'node:stream'
 import { afterEach, describe, it } from 'node:test'
 import nodemailer from 'nodemailer'
+import { pino } from 'pino'
 import type { Store } from '../../../src/engines/store/port.ts'
 import { sleep } from '../../../src/platform/limits.ts'
+import type { Logger } from '../../../src/platform/logger.ts'
 import { privateAddressReason } from '../../../src/platform/outbound-url.ts'
 import { parseMessage, startMailSink } from '../../../src/services/notification/mail-sink.ts'
 import {
@@ -66,8 +69,8 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       while (cleanups.length > 0) await cleanups.pop()!()
     })
 
-    async function start(options: Partial<NotificationOptions> = {}) {
-      const harness: Harness = await openHarness(kind)
+    async function start(options: Partial<NotificationOptions> = {}, log?: Logger) {
+      const harness: Harness = await openHarness(kind, log)
       const service = harness.service('notification')
       const running = await startNotificationService(service, { ...baseOptions, ...options })
       cleanups.push(async () => {
@@ -185,6 +188,39 @@ for (const { kind, skip } of await storeKinds('notification service')) {
           await harness.metrics.text(),
         ),
       )
+    })
+
+    it('says in the log, once, that the SMTP server cannot be reached, while its e-mails wait', async () => {
+      const lines: { msg: string; level: number }[] = []
+      const log = pino(
+        { level: 'info' },
+        new Writable({
+          write(chunk, _encoding, done) {
+            lines.push(JSON.parse(String(chunk)))
+            done()
+          },
+        }),
+      )
+      // A port just freed: nothing listens there.
+      const probe = createNetServer()
+      await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
+      const closed = (probe.address() as AddressInfo).port
+      await new Promise((resolve) => probe.close(resolve))
+      const { harness, store } = await start({ smtpUrl: `smtp://127.0.0.1:${closed}` }, log)
+      for (const id of ['c-m1', 'c-m2'])
+        await harness.publish('customer.registered', id, {
+          customerId: id,
+          email: `${id}@example.com`,
+          givenName: 'M',
+          familyName: '',
+        })
+      await waitFor(
+        'both e-mails tried',
+        async () => (await store.query('SELECT 1 FROM notification_emails WHERE last_error IS NOT NULL')).length === 2,
+      )
+      const said = lines.filter((l) => /SMTP server cannot be reached/.test(l.msg))
+      assert.equal(said.length, 1)
+      assert.equal(said[0].level, 40)
     })
 
     it('writes a refused registration to the address it asked for, which has an account already', async () => {
