@@ -200,7 +200,15 @@ export class Service {
    * and trace.
    */
   transact<T>(work: (tx: Tx, emit: Emit) => Promise<T>, cause?: NewEvent['cause']): Promise<T> {
-    return this.store.transaction((tx) => this.#withOutbox(tx, cause, work, 'job'))
+    const traceparent = (cause && 'traceparent' in cause ? cause.traceparent : undefined) as
+      | string
+      | undefined
+    if (!traceparent) return this.store.transaction((tx) => this.#withOutbox(tx, cause, work, 'job'))
+    // A span of its own, a child of the cause's: the events it emits are a hop of their own
+    // in the order's trace, not the cause's span again.
+    return inSpan(`${this.name} job`, { traceparent }, () =>
+      this.store.transaction((tx) => this.#withOutbox(tx, cause, work, 'handling')),
+    )
   }
 
   async #transactOnce<T>(
