@@ -216,7 +216,8 @@ for (const { kind, skip } of await storeKinds('notification service')) {
         })
       await waitFor(
         'both e-mails tried',
-        async () => (await store.query('SELECT 1 FROM notification_emails WHERE last_error IS NOT NULL')).length === 2,
+        async () =>
+          (await store.query('SELECT 1 FROM notification_emails WHERE last_error IS NOT NULL')).length === 2,
       )
       const said = lines.filter((l) => /SMTP server cannot be reached/.test(l.msg))
       assert.equal(said.length, 1)
