@@ -35,35 +35,43 @@ export class MercatoError extends Error {
   }
 }
 
-/** A bounded resource (pool, queue, in-flight limit) is full: shed, never wait without end. */
-export class OverloadedError extends MercatoError {
+/**
+ * A 503 a caller should send again after `retryAfterSeconds` (its Retry-After). The message
+ * names what refused, for the log; the caller reads only what to do.
+ */
+export class RetryLaterError extends MercatoError {
   readonly retryAfterSeconds: number
-  constructor(resource: string, detail: string, retryAfterSeconds = 1) {
+  constructor(code: string, resource: string, detail: string, shown: string, retryAfterSeconds: number) {
     super(
-      'overloaded',
+      code,
       503,
       `${resource}: ${detail}`,
       {},
-      'too busy to take this request now; send it again after the seconds Retry-After gives',
+      `${shown}; send it again after the seconds Retry-After gives`,
     )
-    this.name = 'OverloadedError'
     this.retryAfterSeconds = retryAfterSeconds
   }
 }
 
+/** A bounded resource (pool, queue, in-flight limit) is full: shed, never wait without end. */
+export class OverloadedError extends RetryLaterError {
+  constructor(resource: string, detail: string, retryAfterSeconds = 1) {
+    super('overloaded', resource, detail, 'too busy to take this request now', retryAfterSeconds)
+    this.name = 'OverloadedError'
+  }
+}
+
 /** A component this one depends on cannot be reached, or its circuit is open: not a choice to shed. */
-export class UnavailableError extends MercatoError {
-  readonly retryAfterSeconds: number
+export class UnavailableError extends RetryLaterError {
   constructor(resource: string, detail: string, retryAfterSeconds = 1) {
     super(
       'unavailable',
-      503,
-      `${resource}: ${detail}`,
-      {},
-      'a part of the service this request needs cannot be reached now; send it again after the seconds Retry-After gives',
+      resource,
+      detail,
+      'a part of the service this request needs cannot be reached now',
+      retryAfterSeconds,
     )
     this.name = 'UnavailableError'
-    this.retryAfterSeconds = retryAfterSeconds
   }
 }
 
@@ -129,12 +137,7 @@ const connectionCodes = new Set([
  * give the work up (a dead letter, a 500).
  */
 export function isOutage(error: unknown): boolean {
-  if (
-    error instanceof OverloadedError ||
-    error instanceof UnavailableError ||
-    error instanceof TimeoutError ||
-    error instanceof UnreachableError
-  )
+  if (error instanceof RetryLaterError || error instanceof TimeoutError || error instanceof UnreachableError)
     return true
   const code = (error as { code?: unknown } | undefined)?.code
   if (typeof code === 'string' && connectionCodes.has(code)) return true

@@ -17,8 +17,8 @@ import {
   isOutage,
   MercatoError,
   OverloadedError,
+  RetryLaterError,
   toProblem,
-  UnavailableError,
 } from '../platform/errors.ts'
 import { withTimeout } from '../platform/limits.ts'
 import { LazyChildLogger, type Logger } from '../platform/logger.ts'
@@ -381,8 +381,7 @@ export function createHttpServer(
       request.log.error({ err: error }, 'request failed')
       problem = toProblem(error, instanceOf(request.url))
     }
-    if (error instanceof OverloadedError || error instanceof UnavailableError)
-      reply.header('retry-after', String(error.retryAfterSeconds))
+    if (error instanceof RetryLaterError) reply.header('retry-after', String(error.retryAfterSeconds))
     // Every 503 is for now (overload, a dependency down, a view not built yet): say when to come back.
     else if (problem.status === 503 && !reply.hasHeader('retry-after')) reply.header('retry-after', '1')
     // Which 503 it is, for a gateway in front, also when there is no body to read (HEAD).
