@@ -130,10 +130,26 @@ export class Freshness {
     return this.#views.definitions[view].topics.some((topic) => this.#stream.topic(topic) === token.topic)
   }
 
-  /** The view's current positions, read from its storage. */
+  /**
+   * The view's current positions, read from its storage. What they show of the view having
+   * moved on is kept with the last sample at once: a cached answer older than a position
+   * this process has seen (a token it just waited for) is not served again until the next.
+   */
   async positions(view: ViewName, generation = this.generation(view)): Promise<Record<string, number>> {
     const positions: PartitionPosition[] = await this.#views.definitions[view].storage.positions(generation)
-    return Object.fromEntries(positions.map((p) => [partitionKey(p.topic, p.partition), p.nextOffset]))
+    const byPartition = Object.fromEntries(
+      positions.map((p) => [partitionKey(p.topic, p.partition), p.nextOffset]),
+    )
+    const sample = this.#samples.get(view)
+    if (sample?.generation === generation)
+      for (const [key, nextOffset] of Object.entries(byPartition)) {
+        const sampled = sample.partitions.get(key)
+        if (!sampled || nextOffset <= sampled.nextOffset) continue
+        sampled.nextOffset = nextOffset
+        sampled.reached = Math.max(sampled.reached, nextOffset)
+        sampled.end = Math.max(sampled.end, nextOffset)
+      }
+    return byPartition
   }
 
   /**

@@ -58,4 +58,29 @@ describe('a query API apart from the projector, with the in-process cache', () =
       2_000,
     )
   })
+
+  it('after waiting for a token, does not serve an older cached answer without one', async () => {
+    const product = { name: 'Split', description: '', category: 'split-wait', currency: 'USD' }
+    const read = async (path: string, token?: string) =>
+      (await (
+        await fetch(`${readerUrl}${path}`, {
+          headers: token ? { 'mercato-consistency-token': token } : {},
+        })
+      ).json()) as { priceMinor?: number; items?: { priceMinor: number }[] }
+    assert.equal((await shop.put('/v1/products/SPLIT-2', { ...product, priceMinor: 1000 })).status, 202)
+    await waitFor(
+      'the reader to cache the product',
+      async () => (await read('/v1/products/SPLIT-2')).priceMinor === 1000,
+    )
+    for (let round = 1; round <= 5; round++) {
+      const priceMinor = 1000 + round
+      const written = await shop.put('/v1/products/SPLIT-2', { ...product, priceMinor })
+      const token = written.body.consistencyToken as string
+      // Another route of the same view waits for the write, in this very process.
+      const page = await read('/v1/products?category=split-wait', token)
+      assert.equal(page.items?.[0].priceMinor, priceMinor)
+      // It has seen the view past the cached answer: that answer is not served again.
+      assert.equal((await read('/v1/products/SPLIT-2')).priceMinor, priceMinor, `round ${round}`)
+    }
+  })
 })
