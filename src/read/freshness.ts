@@ -27,6 +27,8 @@ interface PartitionState {
 interface ViewSample {
   generation: number
   sampledAt: number
+  /** When this process last read the view's positions: at the sample, or since (see positions). */
+  lookedAt: number
   partitions: Map<string, PartitionState>
 }
 
@@ -115,6 +117,15 @@ export class Freshness {
   }
 
   /**
+   * How long since this process last looked at the view's positions: an answer as of then
+   * may miss what the view applied since, when no invalidation tells this process of it.
+   */
+  sinceLookedMs(view: ViewName, now = Date.now()): number {
+    const sample = this.#samples.get(view)
+    return sample ? Math.max(0, now - sample.lookedAt) : now - this.#startedAt
+  }
+
+  /**
    * Whether `view` had applied, at the last sample, anything past `positions` (the view's
    * when an answer was read): then the answer may be out of date.
    */
@@ -141,6 +152,7 @@ export class Freshness {
       positions.map((p) => [partitionKey(p.topic, p.partition), p.nextOffset]),
     )
     const sample = this.#samples.get(view)
+    if (sample?.generation === generation) sample.lookedAt = Date.now()
     if (sample?.generation === generation)
       for (const [key, nextOffset] of Object.entries(byPartition)) {
         const sampled = sample.partitions.get(key)
@@ -278,7 +290,7 @@ export class Freshness {
       })
       lag += Math.max(0, end - reached)
     }
-    this.#samples.set(view, { generation: live.generation, sampledAt, partitions })
+    this.#samples.set(view, { generation: live.generation, sampledAt, lookedAt: sampledAt, partitions })
     this.#lagGauge.set({ view }, lag)
     this.#stalenessGauge.set({ view }, this.stalenessMs(view, sampledAt) / 1000)
   }

@@ -189,7 +189,9 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         throw error
       }
     }
-    setFreshness(reply, spec.view, cached.positions, reached)
+    // A hit no invalidation reaches is as fresh as this process's last look at the view.
+    const unheard = hit && !options.invalidatedHere(spec.view, generation)
+    setFreshness(reply, spec.view, cached.positions, reached, unheard)
     const cache = cacheKey === undefined ? 'none' : hit ? 'hit' : 'miss'
     reply.header('mercato-cache', cache)
     served.inc({ view: spec.view, cache })
@@ -203,10 +205,15 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     view: ViewName,
     positions: Record<string, number>,
     reached?: boolean,
+    unheard = false,
   ) {
+    const staleness = freshness.stalenessMs(view)
     reply
       .header('mercato-position', positionHeader(positions))
-      .header('mercato-staleness-ms', String(Math.round(freshness.stalenessMs(view))))
+      .header(
+        'mercato-staleness-ms',
+        String(Math.round(unheard ? Math.max(staleness, freshness.sinceLookedMs(view)) : staleness)),
+      )
       .header('mercato-stale', String(reached === false))
   }
 
