@@ -469,7 +469,7 @@ function poisonedBody(): MercatoError {
 const utf8 = new TextDecoder('utf-8', { fatal: true, ignoreBOM: false })
 
 /** How many times a header comes in `rawHeaders` (names and values in turn, names as sent). */
-function headerCount(rawHeaders: string[], name: string): number {
+export function headerCount(rawHeaders: string[], name: string): number {
   let count = 0
   for (let i = 0; i < rawHeaders.length; i += 2) if (rawHeaders[i].toLowerCase() === name) count++
   return count

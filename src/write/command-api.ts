@@ -39,7 +39,7 @@ import { privateAddressReason } from '../platform/outbound-url.ts'
 import { hashPassword } from '../platform/passwords.ts'
 import { problemDocs } from '../platform/problem-docs.ts'
 import { currentTraceparent, inSpan, SpanKind } from '../platform/tracing.ts'
-import { type FieldIssue, invalidRequest, reportWithValidation } from '../runtime/http.ts'
+import { type FieldIssue, headerCount, invalidRequest, reportWithValidation } from '../runtime/http.ts'
 import { bodyOptional } from '../runtime/openapi.ts'
 import { fingerprintOf, IdempotencyKeys, idempotencyMigrations, type KeyClaim } from './idempotency.ts'
 import { SagaBacklog } from './saga-backlog.ts'
@@ -743,9 +743,21 @@ function webhookEventIssues(events: unknown[]): FieldIssue[] {
 /** What is wrong with a request's Idempotency-Key header, as the error to answer; undefined when nothing is. */
 function keyErrorOf(request: FastifyRequest, required: boolean): MercatoError | undefined {
   const key = request.headers['idempotency-key']
-  if (Array.isArray(key))
+  // Node joins repeated headers with a comma, as a proxy may: two keys are not one, and a
+  // comma outside quotes is taken for such a join.
+  const repeated = headerCount(request.raw.rawHeaders, 'idempotency-key') > 1
+  const joined = typeof key === 'string' && !/^".*"$/.test(key) && key.includes(',')
+  if (Array.isArray(key) || repeated || joined)
     return new MercatoError('invalid-idempotency-key', 400, 'send one Idempotency-Key', {
-      errors: [{ in: 'header', field: 'Idempotency-Key', message: 'is sent more than once' }],
+      errors: [
+        {
+          in: 'header',
+          field: 'Idempotency-Key',
+          message: repeated
+            ? 'is sent more than once'
+            : 'holds a comma, as two keys joined do: send one key (quoted, "…", when it holds a comma)',
+        },
+      ],
     })
   if (key === undefined && required)
     return new MercatoError('idempotency-key-required', 400, 'this request needs an Idempotency-Key header', {

@@ -589,6 +589,34 @@ describe('the command API', () => {
     const quoted = await shop.post('/v1/orders', order(), { 'idempotency-key': `"${key}"` })
     assert.equal(quoted.headers.get('idempotent-replayed'), 'true')
     assert.deepEqual(quoted.body, first.body)
+    // Two keys are not one: sent twice, or joined by a comma as a proxy joins them.
+    const joined = await shop.post('/v1/orders', order(), { 'idempotency-key': 'k1,k2' })
+    assert.equal(joined.status, 400)
+    assert.match(joined.body.errors[0].message, /holds a comma/)
+    const bearer = await shop.bearer('customer')
+    const twice = await new Promise<{ status: number; body: { errors: { message: string }[] } }>(
+      (resolve, reject) => {
+        // (Given as raw pairs, the headers are all there is: no Host is added.)
+        const headers = [
+          ['host', new URL(shop.url).host],
+          ['content-type', 'application/json'],
+          ['authorization', bearer],
+          ['idempotency-key', 'k1'],
+          ['idempotency-key', 'k2'],
+        ].flat()
+        httpRequest(`${shop.url}/v1/orders`, { method: 'POST', headers }, (response) => {
+          let text = ''
+          response.on('data', (chunk) => {
+            text += chunk
+          })
+          response.on('end', () => resolve({ status: response.statusCode ?? 0, body: JSON.parse(text) }))
+        })
+          .on('error', reject)
+          .end(JSON.stringify(order()))
+      },
+    )
+    assert.deepEqual([twice.status, twice.body.errors[0].message], [400, 'is sent more than once'])
+    assert.equal(await appended(shop), before)
     const other = await shop.post('/v1/orders', order([{ sku: 'CMD-2', quantity: 1 }]), {
       'idempotency-key': key,
     })

@@ -5,11 +5,12 @@
 // `<orderId>:<step>`, so a redelivered event repeats the call harmlessly.
 //
 // An authorization always gets an answer (authorized, declined or failed): the saga waits
-// on it. A capture, void or refund that cannot be done throws instead, so the stream
-// retries the event with backoff and finally dead-letters it: money is never dropped silently.
+// on it. A capture, void or refund that cannot be done throws instead: while the provider is
+// down the stream waits it out; one the provider refuses is retried with backoff and finally
+// dead-lettered. Money is never dropped silently.
 import type { CloudEvent } from '../../contracts/envelope.ts'
 import { sagaConsumers } from '../../contracts/events.ts'
-import { errorMessage } from '../../platform/errors.ts'
+import { errorMessage, UnavailableError } from '../../platform/errors.ts'
 import { customerContext, type FlagReader } from '../../platform/flags.ts'
 import { uuidv7 } from '../../platform/ids.ts'
 import type { Emit, Handler, HandlerTools, Service } from '../../platform/service.ts'
@@ -23,7 +24,7 @@ import {
   type PaymentRow,
   paymentMigrations,
 } from './payments.ts'
-import { type Authorization, ProviderClient } from './provider-client.ts'
+import { type Authorization, ProviderClient, ProviderError } from './provider-client.ts'
 import { Reconciliation, reconciliationClient } from './reconcile.ts'
 
 export interface PaymentServiceOptions {
@@ -221,15 +222,24 @@ export async function startPaymentService(
     await tools.transact((tx) => noteStrayCharge(tx, payment, stray.chargeId))
   }
 
-  /** A compensation or capture that fails is thrown, for the stream to retry and finally dead-letter. */
+  /**
+   * A capture or compensation that fails is thrown. When the provider is down (no answer, a
+   * timeout, its circuit open, a 5xx or 429), it is an outage: the stream waits it out and
+   * tries again, however long, since money owed must not end in a dead letter because the
+   * provider was away for a minute. Any other refusal (a 4xx) is retried, then dead-lettered,
+   * for an operator.
+   */
   async function withProvider<T>(step: string, orderId: string, call: () => Promise<T>): Promise<T> {
     try {
       return await call()
     } catch (error) {
       steps.inc({ step, outcome: 'failed' })
+      const down = error instanceof ProviderError && (error.retryable || error.status === undefined)
+      if (down)
+        throw new UnavailableError('payment provider', `${step} of ${orderId}: ${errorMessage(error)}`)
       log.error(
         { orderId, step, err: errorMessage(error) },
-        `payment ${step} failed after every attempt; the event is retried, then dead-lettered`,
+        `payment ${step} refused by the provider; the event is retried, then dead-lettered`,
       )
       throw error
     }

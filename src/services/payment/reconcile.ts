@@ -216,7 +216,7 @@ function keptAfterCancel(payment: PaymentRow, now: number): Mismatch {
     orderId: payment.order_id,
     paymentId: payment.payment_id,
     ours: payment.status,
-    detail: `the order was cancelled ${minutes} min ago, but the payment is still ${payment.status}: its ${owed} did not go through (see the orders dead letters)`,
+    detail: `the order was cancelled ${minutes} min ago, but the payment is still ${payment.status}: its ${owed} did not go through (it waits while the provider is down, see mercato_stream_outage_waits_total; a refused one is in the orders dead letters)`,
   }
 }
 
