@@ -183,12 +183,12 @@ export async function runLoad(options: LoadOptions, watcher: OrderWatcher): Prom
     }
     answered++
     lastAnswerMs = Date.now()
-    count(first.status === -1 ? 'timeout' : first.status === 0 ? 'network-error' : String(first.status))
+    count(outcomeOf(first.status))
     if (first.status === 202 && first.id) acceptedAt.set(first.id, Date.now())
     if (Math.random() < options.retryShare) {
       const again = await post(body, key, bearer)
       if (again.replay) replayed++
-      else count(`sent again with its key: ${again.status}, not a replay`)
+      else count(`sent again with its key: ${outcomeOf(again.status)}, not a replay`)
     }
   }
 
@@ -258,4 +258,9 @@ export function percentiles(values: number[]): { p50: number; p99: number; max: 
   const at = (q: number) => sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]
   const round = (n: number) => Math.round(n * 100) / 100
   return { p50: round(at(0.5)), p99: round(at(0.99)), max: round(sorted[sorted.length - 1]) }
+}
+
+/** An answer's status, or what stood in for one (-1: no answer in time; 0: no connection). */
+function outcomeOf(status: number): string {
+  return status === -1 ? 'timeout' : status === 0 ? 'network-error' : String(status)
 }
