@@ -147,6 +147,8 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
     const cacheKey = spec.key === undefined ? undefined : queryCacheKey(spec.view, generation, spec.key)
     let cached: CachedAnswer | undefined
     let previous: string | undefined
+    // Whether every change of this view reaches this process's cache as an invalidation.
+    const heard = cacheKey !== undefined && options.invalidatedHere(spec.view, generation)
     if (cacheKey) {
       const found = await queryCache.lookup(cacheKey)
       previous = found.raw
@@ -157,8 +159,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
         (!token ||
           !waited ||
           (found.answer.positions[partitionKey(token.topic, token.partition)] ?? 0) >= waited.from) &&
-        (options.invalidatedHere(spec.view, generation) ||
-          !freshness.movedPast(spec.view, found.answer.positions))
+        (heard || !freshness.movedPast(spec.view, found.answer.positions))
       )
         cached = found.answer
     }
@@ -190,7 +191,7 @@ export async function startQueryApi(options: QueryApiOptions): Promise<void> {
       }
     }
     // A hit no invalidation reaches is as fresh as this process's last look at the view.
-    const unheard = hit && !options.invalidatedHere(spec.view, generation)
+    const unheard = hit && !heard
     setFreshness(reply, spec.view, cached.positions, reached, unheard)
     const cache = cacheKey === undefined ? 'none' : hit ? 'hit' : 'miss'
     reply.header('mercato-cache', cache)
