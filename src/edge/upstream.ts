@@ -185,11 +185,18 @@ export class Upstream {
     this.#inFlight.inc({ upstream: this.name })
     try {
       let lastError: unknown
+      let lastAnswer: UpstreamAnswer | undefined
       for (const instance of candidates) {
         try {
           const answer = await this.#sendTo(instance.pool, request, signal)
-          instance.downUntil = 0
           instance.timeouts = 0
+          // An instance shutting down did nothing with the request: the next one may take it.
+          if (answer.status === 503 && answer.headers[problemTypeHeader] === drainingType) {
+            instance.downUntil = Date.now() + this.#halfOpenAfterMs
+            lastAnswer = answer
+            continue
+          }
+          instance.downUntil = 0
           return answer
         } catch (error) {
           const refused = connectErrorCodes.has((error as { code?: string }).code ?? '')
@@ -204,6 +211,7 @@ export class Upstream {
           lastError = error
         }
       }
+      if (lastAnswer) return lastAnswer
       throw lastError
     } finally {
       this.#inFlight.dec({ upstream: this.name })
@@ -266,10 +274,14 @@ function endToEnd<T>(
   return kept
 }
 
+/** A 503 of an instance shutting down: the request was not taken, and another may take it. */
+const drainingType = 'https://mercato.dev/problems/draining'
+
 /** Problem types of a 503 an upstream answers by its own choice, healthy and busy. */
 const deliberateRefusals = new Set([
   'https://mercato.dev/problems/overloaded', // load shedding, admission control, a full queue
   'https://mercato.dev/problems/view-unavailable', // a view still being built
+  drainingType,
 ])
 
 /**

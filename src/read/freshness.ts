@@ -27,8 +27,6 @@ interface PartitionState {
 interface ViewSample {
   generation: number
   sampledAt: number
-  /** When this process last read the view's positions: at the sample, or since (see positions). */
-  lookedAt: number
   partitions: Map<string, PartitionState>
 }
 
@@ -44,6 +42,8 @@ export class Freshness {
   readonly #log: Logger
   readonly #sampleMs: number
   readonly #samples = new Map<ViewName, ViewSample>()
+  /** What this process last read of each view's positions between samples (see positions). */
+  readonly #seen = new Map<ViewName, { generation: number; at: number; positions: Record<string, number> }>()
   /** When each view's projector group was last asked how far it has passed (see #sample). */
   readonly #groupAskedAt = new Map<ViewName, number>()
   readonly #waiters = new Map<ViewName, Set<() => void>>()
@@ -122,17 +122,26 @@ export class Freshness {
    */
   sinceLookedMs(view: ViewName, now = Date.now()): number {
     const sample = this.#samples.get(view)
-    return sample ? Math.max(0, now - sample.lookedAt) : now - this.#startedAt
+    if (!sample) return now - this.#startedAt
+    const seen = this.#seen.get(view)
+    const lookedAt =
+      seen?.generation === sample.generation ? Math.max(seen.at, sample.sampledAt) : sample.sampledAt
+    return Math.max(0, now - lookedAt)
   }
 
   /**
-   * Whether `view` had applied, at the last sample, anything past `positions` (the view's
-   * when an answer was read): then the answer may be out of date.
+   * Whether `view` had applied, at the last sample or as this process has read it since,
+   * anything past `positions` (the view's when an answer was read): then the answer may be
+   * out of date.
    */
   movedPast(view: ViewName, positions: Record<string, number>): boolean {
     const sample = this.#samples.get(view)
     if (!sample) return true
     for (const [key, p] of sample.partitions) if (p.nextOffset > (positions[key] ?? 0)) return true
+    const seen = this.#seen.get(view)
+    if (seen?.generation === sample.generation)
+      for (const [key, nextOffset] of Object.entries(seen.positions))
+        if (nextOffset > (positions[key] ?? 0)) return true
     return false
   }
 
@@ -142,25 +151,23 @@ export class Freshness {
   }
 
   /**
-   * The view's current positions, read from its storage. What they show of the view having
-   * moved on is kept with the last sample at once: a cached answer older than a position
-   * this process has seen (a token it just waited for) is not served again until the next.
+   * The view's current positions, read from its storage. Kept as seen by this process (see
+   * movedPast): a cached answer older than a position it has read (a token it just waited
+   * for) is not served again.
    */
   async positions(view: ViewName, generation = this.generation(view)): Promise<Record<string, number>> {
     const positions: PartitionPosition[] = await this.#views.definitions[view].storage.positions(generation)
     const byPartition = Object.fromEntries(
       positions.map((p) => [partitionKey(p.topic, p.partition), p.nextOffset]),
     )
-    const sample = this.#samples.get(view)
-    if (sample?.generation === generation) sample.lookedAt = Date.now()
-    if (sample?.generation === generation)
-      for (const [key, nextOffset] of Object.entries(byPartition)) {
-        const sampled = sample.partitions.get(key)
-        if (!sampled || nextOffset <= sampled.nextOffset) continue
-        sampled.nextOffset = nextOffset
-        sampled.reached = Math.max(sampled.reached, nextOffset)
-        sampled.end = Math.max(sampled.end, nextOffset)
-      }
+    const seen = this.#seen.get(view)
+    if (seen?.generation !== generation)
+      this.#seen.set(view, { generation, at: Date.now(), positions: { ...byPartition } })
+    else {
+      seen.at = Date.now()
+      for (const [key, nextOffset] of Object.entries(byPartition))
+        seen.positions[key] = Math.max(seen.positions[key] ?? 0, nextOffset)
+    }
     return byPartition
   }
 
@@ -290,7 +297,7 @@ export class Freshness {
       })
       lag += Math.max(0, end - reached)
     }
-    this.#samples.set(view, { generation: live.generation, sampledAt, lookedAt: sampledAt, partitions })
+    this.#samples.set(view, { generation: live.generation, sampledAt, partitions })
     this.#lagGauge.set({ view }, lag)
     this.#stalenessGauge.set({ view }, this.stalenessMs(view, sampledAt) / 1000)
   }

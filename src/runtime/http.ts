@@ -304,7 +304,7 @@ export function createHttpServer(
       reply.header('connection', 'close')
       return done(
         new MercatoError(
-          'unavailable',
+          'draining',
           503,
           'shutting down',
           {},

@@ -746,7 +746,7 @@ function keyErrorOf(request: FastifyRequest, required: boolean): MercatoError | 
   // Node joins repeated headers with a comma, as a proxy may: two keys are not one, and a
   // comma outside quotes is taken for such a join.
   const repeated = headerCount(request.raw.rawHeaders, 'idempotency-key') > 1
-  const joined = typeof key === 'string' && !/^".*"$/.test(key) && key.includes(',')
+  const joined = typeof key === 'string' && !quotedKey.test(key) && key.includes(',')
   if (Array.isArray(key) || repeated || joined)
     return new MercatoError('invalid-idempotency-key', 400, 'send one Idempotency-Key', {
       errors: [
@@ -778,8 +778,11 @@ function keyErrorOf(request: FastifyRequest, required: boolean): MercatoError | 
  * string (in quotes, with \" and \\ escaped); Stripe's clients send it bare: both forms of
  * one key are the same key.
  */
+/** The draft's form of a key: a structured-field string, in quotes, with `\"` and `\\` escaped. */
+const quotedKey = /^"((?:[^"\\]|\\["\\])*)"$/
+
 function keyOf(header: string): string {
-  const quoted = /^"((?:[^"\\]|\\["\\])*)"$/.exec(header)
+  const quoted = quotedKey.exec(header)
   return quoted ? quoted[1].replace(/\\(["\\])/g, '$1') : header
 }
 

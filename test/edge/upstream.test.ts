@@ -180,6 +180,27 @@ describe('an upstream component behind the gateway', () => {
     }
   })
 
+  it('sends a request an instance refused while shutting down to the next one, and keeps the circuit closed', async () => {
+    const draining = await startInstance((_request, response) => {
+      response.statusCode = 503
+      response.setHeader('mercato-problem-type', 'https://mercato.dev/problems/draining')
+      response.end('{}')
+    })
+    const up = await startInstance(answerWith('up'))
+    const client = upstream([draining.url, up.url], {
+      breaker: { consecutiveFailures: 1, halfOpenAfterMs: 60_000 },
+    })
+    try {
+      for (let i = 0; i < 4; i++) assert.equal((await client.forward(get())).body.toString(), 'up')
+      assert.equal(draining.hits(), 1, 'passed over once it said so')
+      assert.equal(client.state(), 'closed')
+    } finally {
+      await client.close()
+      await draining.close()
+      await up.close()
+    }
+  })
+
   it('passes over an instance that hung (timed out) while another answers, instead of every n-th request', async () => {
     const hung = await startInstance(() => {})
     const up = await startInstance(answerWith('up'))

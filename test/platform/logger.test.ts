@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict'
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { writeFileSync } from 'node:fs'
+import { existsSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { describe, it } from 'node:test'
@@ -76,9 +76,11 @@ describe('the process logger', () => {
       const script = join(dir.path, 'reader-gone.ts')
       writeFileSync(
         script,
-        `import { createLogger } from ${JSON.stringify(join(process.cwd(), 'src/platform/logger.ts'))}
+        `import { writeFileSync } from 'node:fs'
+        import { createLogger } from ${JSON.stringify(join(process.cwd(), 'src/platform/logger.ts'))}
         const log = createLogger({ level: 'info' })
         log.info('first')
+        writeFileSync(${JSON.stringify(join(dir.path, 'started'))}, '')
         setTimeout(() => {
           for (let i = 0; i < 3; i++) log.info({ i }, 'after the reader left')
           process.exit(0)
@@ -96,6 +98,7 @@ describe('the process logger', () => {
         new Promise<boolean>((resolve) => setTimeout(() => resolve(false), 10_000)),
       ])
       if (!ended) shell.kill('SIGKILL')
+      assert.ok(existsSync(join(dir.path, 'started')), 'the script ran')
       assert.ok(ended, 'the process exited')
     } finally {
       dir.remove()

@@ -261,7 +261,7 @@ describe('the HTTP base', () => {
       const refused = await fetch(`${address}/fast`)
       assert.equal(refused.status, 503)
       assert.equal(refused.headers.get('connection'), 'close')
-      assert.equal(refused.headers.get('mercato-problem-type'), 'https://mercato.dev/problems/unavailable')
+      assert.equal(refused.headers.get('mercato-problem-type'), 'https://mercato.dev/problems/draining')
       assert.equal((await fetch(`${address}/readyz`)).status, 503)
       assert.equal((await fetch(`${address}/provider/v1/ping`)).status, 200, 'a call to itself is served')
       assert.equal(drained, false, 'the slow request is still in flight')

@@ -198,6 +198,10 @@ export class EventStream {
       group: options.group,
       assignment: () => handle.assignment(),
       stop: async () => {
+        // A handler running ends its run; no retry or outage wait starts again (the records
+        // left uncommitted come again to the next member), so a stop is not held by a
+        // dependency that is down.
+        stopped.abort()
         this.#forget(subscription, lagTimer)
         await handle.stop()
       },

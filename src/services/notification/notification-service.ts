@@ -449,18 +449,15 @@ export async function startNotificationService(
   async function recordRefusal(tx: Tx, event: CloudEvent, template: string): Promise<void> {
     const recipient = await takeRegistrant(tx, text(event.data.customerId))
     if (!recipient) return
-    const key = recipient.trim().toLowerCase()
-    const now = nowIso()
-    const told = await tx.query('SELECT 1 FROM notification_refusals WHERE email_key = $1 AND told_at > $2', [
-      key,
-      new Date(Date.now() - refusalMailGapMs).toISOString(),
-    ])
-    if (told.length > 0) return
-    await tx.execute(
+    // One statement, so two refusals to one address committed side by side send one e-mail.
+    const toldNow = await tx.query(
       `INSERT INTO notification_refusals (email_key, told_at) VALUES ($1, $2)
-       ON CONFLICT (email_key) DO UPDATE SET told_at = excluded.told_at`,
-      [key, now],
+       ON CONFLICT (email_key) DO UPDATE SET told_at = excluded.told_at
+         WHERE notification_refusals.told_at <= $3
+       RETURNING 1`,
+      [recipient.trim().toLowerCase(), nowIso(), new Date(Date.now() - refusalMailGapMs).toISOString()],
     )
+    if (toldNow.length === 0) return
     await insertEmail(tx, event, template, { recipient })
   }
 
@@ -683,7 +680,7 @@ export async function startNotificationService(
         unreachableSince = Date.now()
         log.warn(
           { err: errorMessage(error), code },
-          'the SMTP server cannot be reached: e-mails wait and are tried again',
+          'the SMTP server cannot be reached: e-mails are tried again with backoff, then marked dead',
         )
       },
       answered() {

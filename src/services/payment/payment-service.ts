@@ -224,7 +224,7 @@ export async function startPaymentService(
 
   /**
    * A capture or compensation that fails is thrown. When the provider is down (no answer, a
-   * timeout, its circuit open, a 5xx or 429), it is an outage: the stream waits it out and
+   * timeout, its circuit open, a 5xx or 429, a key it still holds), it is an outage: the stream waits it out and
    * tries again, however long, since money owed must not end in a dead letter because the
    * provider was away for a minute. Any other refusal (a 4xx) is retried, then dead-lettered,
    * for an operator.
@@ -234,7 +234,14 @@ export async function startPaymentService(
       return await call()
     } catch (error) {
       steps.inc({ step, outcome: 'failed' })
-      const down = error instanceof ProviderError && (error.retryable || error.status === undefined)
+      // Down: no answer, or a 5xx or 429; a key the provider still holds (409) is waited out
+      // too. Anything else (a 4xx, a setting that makes no request) is no outage.
+      const down =
+        error instanceof ProviderError &&
+        (error.unanswered ||
+          (error.status !== undefined &&
+            (error.status >= 500 || error.status === 429 || error.status === 409) &&
+            error.retryable))
       if (down)
         throw new UnavailableError('payment provider', `${step} of ${orderId}: ${errorMessage(error)}`)
       log.error(

@@ -72,11 +72,14 @@ export type Authorization =
 export class ProviderError extends Error {
   readonly status: number | undefined
   readonly retryable: boolean
-  constructor(message: string, status: number | undefined, retryable: boolean) {
+  /** No answer came: a timeout, a refused or broken connection, the circuit open, the bulkhead full. */
+  readonly unanswered: boolean
+  constructor(message: string, status: number | undefined, retryable: boolean, unanswered = false) {
     super(message)
     this.name = 'ProviderError'
     this.status = status
     this.retryable = retryable
+    this.unanswered = unanswered
   }
 }
 
@@ -303,6 +306,9 @@ export class ProviderClient {
             `payment provider ${operation} failed: ${describe(error)}`,
             undefined,
             transient(error),
+            // (A request undici refuses to make, a bad URL or header, is no outage.)
+            (transient(error) || error instanceof BrokenCircuitError) &&
+              !(error instanceof undiciErrors.InvalidArgumentError),
           )
     }
   }

@@ -558,6 +558,25 @@ describe('the payment service', () => {
     )
   })
 
+  it('dead-letters a capture the provider refuses (a 4xx), without a captured event', async () => {
+    const orderId = newOrder()
+    await requestPayment(orderId)
+    await answer(orderId, 'payment.authorized')
+    // Voided at the provider behind the service's back: a capture is refused, not an outage.
+    const [charge] = await chargesOf(orderId)
+    const voided = await fetch(`${providerUrl}/provider/v1/charges/${charge.chargeId}/void`, {
+      method: 'POST',
+      headers: { 'idempotency-key': `test-void-${orderId}` },
+    })
+    assert.equal(voided.status, 200, await voided.text())
+    await harness.publish('order.confirmed', orderId, { orderId })
+    await waitFor('the confirmation to be dead-lettered', async () =>
+      (await harness.stream.deadLetters('orders')).some((letter) => letter.record.key === orderId),
+    )
+    assert.equal(await paymentStatus(orderId), 'authorized')
+    assert.equal(eventsOf(orderId).filter((e) => e.type === 'payment.captured').length, 0)
+  })
+
   it('reports the money of a cancelled order whose refund waits for the provider, until it is refunded', async () => {
     const orderId = newOrder()
     await requestPayment(orderId)
