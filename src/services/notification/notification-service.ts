@@ -673,15 +673,17 @@ export async function startNotificationService(
   const smtpHealth = (() => {
     let unreachableSince: number | undefined
     return {
-      failed(error: unknown) {
+      /** Whether `error` says the server could not be reached (or did not answer in time). */
+      failed(error: unknown): boolean {
         const code = (error as { code?: string }).code ?? ''
         const unreachable = smtpConnectionCodes.has(code) || error instanceof TimeoutError
-        if (unreachableSince !== undefined || !unreachable) return
+        if (unreachableSince !== undefined || !unreachable) return unreachable
         unreachableSince = Date.now()
         log.warn(
           { err: errorMessage(error), code },
-          'the SMTP server cannot be reached: e-mails are tried again with backoff, then marked dead',
+          'the SMTP server cannot be reached: e-mails wait, and are tried again with backoff until it answers',
         )
+        return true
       },
       answered() {
         if (unreachableSince === undefined) return
@@ -747,8 +749,11 @@ export async function startNotificationService(
         }),
       )
     } catch (error) {
-      smtpHealth.failed(error)
-      await failed('notification_emails', 'email', row.id, attempt, emailAttemptsMax, errorMessage(error))
+      // A server that cannot be reached is no fault of the e-mail's: it spends no attempt,
+      // and the e-mail waits (backing off) for as long as the server is away.
+      const unreachable = smtpHealth.failed(error)
+      const attemptsMax = unreachable ? Number.POSITIVE_INFINITY : emailAttemptsMax
+      await failed('notification_emails', 'email', row.id, attempt, attemptsMax, errorMessage(error))
       return
     }
     smtpHealth.answered()

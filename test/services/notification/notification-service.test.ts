@@ -206,7 +206,11 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       await new Promise<void>((resolve) => probe.listen(0, '127.0.0.1', resolve))
       const closed = (probe.address() as AddressInfo).port
       await new Promise((resolve) => probe.close(resolve))
-      const { harness, store } = await start({ smtpUrl: `smtp://127.0.0.1:${closed}` }, log)
+      // One attempt each at most: a server away spends none, so none is marked dead.
+      const { harness, store } = await start(
+        { smtpUrl: `smtp://127.0.0.1:${closed}`, emailAttemptsMax: 1 },
+        log,
+      )
       for (const id of ['c-m1', 'c-m2'])
         await harness.publish('customer.registered', id, {
           customerId: id,
@@ -222,6 +226,12 @@ for (const { kind, skip } of await storeKinds('notification service')) {
       const said = lines.filter((l) => /SMTP server cannot be reached/.test(l.msg))
       assert.equal(said.length, 1)
       assert.equal(said[0].level, 40)
+      // Tried again and again, past the one attempt each has, and never marked dead.
+      await waitFor(
+        'three attempts each',
+        async () => (await store.query('SELECT 1 FROM notification_emails WHERE attempts >= 3')).length === 2,
+      )
+      assert.deepEqual(await store.query("SELECT 1 FROM notification_emails WHERE status = 'dead'"), [])
     })
 
     it('writes a refused registration to the address it asked for, which has an account already', async () => {
