@@ -180,7 +180,7 @@ export class Service {
           handlers[event.type](event, {
             transact: async (work) => {
               try {
-                return await work(tx, this.#emitter(outbox, event, 'handling'))
+                return await work(tx, this.#emitter(outbox, event))
               } catch (error) {
                 failed ??= { error }
                 throw error
@@ -200,14 +200,12 @@ export class Service {
    * and trace.
    */
   transact<T>(work: (tx: Tx, emit: Emit) => Promise<T>, cause?: NewEvent['cause']): Promise<T> {
-    const traceparent = (cause && 'traceparent' in cause ? cause.traceparent : undefined) as
-      | string
-      | undefined
-    if (!traceparent) return this.store.transaction((tx) => this.#withOutbox(tx, cause, work, 'job'))
+    const traceparent = traceparentOf(cause)
+    if (!traceparent) return this.store.transaction((tx) => this.#withOutbox(tx, cause, work))
     // A span of its own, a child of the cause's: the events it emits are a hop of their own
     // in the order's trace, not the cause's span again.
     return inSpan(`${this.name} job`, { traceparent }, () =>
-      this.store.transaction((tx) => this.#withOutbox(tx, cause, work, 'handling')),
+      this.store.transaction((tx) => this.#withOutbox(tx, cause, work)),
     )
   }
 
@@ -218,7 +216,7 @@ export class Service {
   ): Promise<T | undefined> {
     let result: T | undefined
     await handleOnce(this.store, group, event.id, async (tx) => {
-      result = await this.#withOutbox(tx, event, work, 'handling')
+      result = await this.#withOutbox(tx, event, work)
     })
     return result
   }
@@ -228,25 +226,20 @@ export class Service {
     tx: Tx,
     cause: NewEvent['cause'] | undefined,
     work: (tx: Tx, emit: Emit) => Promise<T>,
-    by: 'handling' | 'job',
   ): Promise<T> {
     const events: CloudEvent[] = []
-    const result = await work(tx, this.#emitter(events, cause, by))
+    const result = await work(tx, this.#emitter(events, cause))
     if (events.length > 0) await addToOutbox(this.store, tx, events)
     return result
   }
 
   /**
-   * Events emitted while handling an event continue the handler's span (a child of the
-   * cause's); those of a job, its cause's trace, since a job's own context is no order's.
+   * Events emitted continue the span they are emitted in: a handler's, or the one a job with
+   * a cause runs in (both children of the cause's). Outside any, the cause's trace.
    */
-  #emitter(into: CloudEvent[], cause: NewEvent['cause'] | undefined, by: 'handling' | 'job'): Emit {
+  #emitter(into: CloudEvent[], cause: NewEvent['cause'] | undefined): Emit {
     return (event) => {
-      const causeTrace = (cause && 'traceparent' in cause ? cause.traceparent : undefined) as
-        | string
-        | undefined
-      const traceparent =
-        by === 'handling' ? (currentTraceparent() ?? causeTrace) : (causeTrace ?? currentTraceparent())
+      const traceparent = currentTraceparent() ?? traceparentOf(cause)
       into.push(
         createEvent({
           ...event,
@@ -316,4 +309,9 @@ export function causeFrom(stored: string | null | undefined): NewEvent['cause'] 
 /** How often to look for rows due within `periodMs`: a few times per period, at least once a second. */
 export function sweepIntervalFor(periodMs: number): number {
   return Math.max(10, Math.min(1_000, Math.floor(periodMs / 4)))
+}
+
+/** The trace a cause carries (an event's, or a job's cause given as one), if any. */
+function traceparentOf(cause: NewEvent['cause'] | undefined): string | undefined {
+  return (cause && 'traceparent' in cause ? cause.traceparent : undefined) as string | undefined
 }
